@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from their Go modules into a cache outside the repository, keyed by
+# version, so that a second run builds nothing. No container runtime runs here, so kind cannot; these binaries run
+# under `kwokctl --runtime binary` instead. Prints each binary's build time.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.37.2}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+KWOK_GO_TOOLCHAIN="${KWOK_GO_TOOLCHAIN:-go1.27.3}"   # kwok's go.mod asks for Go 1.27
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CACHE="${LLMOS_CACHE:-$HOME/.cache/llmos}"
+BIN="$CACHE/bin"
+export GOFLAGS="-mod=mod -buildvcs=false"
+
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+# build_in_module DIR OUT PACKAGE LDFLAGS: `go build` PACKAGE inside the throw-away module DIR.
+build_in_module() {
+  local dir="$1" out="$2" pkg="$3" ldflags="$4" start
+  if [[ -x "$out" ]]; then return 0; fi
+  log "building $(basename "$out") from $pkg (several minutes on a cold Go cache)…"
+  start=$(date +%s)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  mv "$out.tmp" "$out"
+  log "built $(basename "$out") in $(( $(date +%s) - start )) s"
+}
+
+k8s() {
+  local dir="$BIN/k8s-$K8S_VERSION" mod="$CACHE/src/k8s-$K8S_VERSION" minor
+  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local staging="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$dir" "$mod"
+  if [[ ! -f "$mod/go.mod" ]]; then
+    # k8s.io/kubernetes points its staging modules at ./staging/...; map each to its published k8s.io/<name> module.
+    local kmod
+    kmod=$(cd "$mod" && GOFLAGS= go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+    {
+      echo "module llmos.dev/k8s-build"
+      echo "go 1.26"
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo "replace ("
+      sed -n 's#^\s*\(k8s.io/[^ ]*\) => ./staging/.*#\t\1 => \1 '"$staging"'#p' "$kmod"
+      echo ")"
+    } > "$mod/go.mod.tmp"
+    mv "$mod/go.mod.tmp" "$mod/go.mod"
+  fi
+  local stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for cmd in kube-scheduler kubectl kube-controller-manager kube-apiserver; do
+    build_in_module "$mod" "$dir/$cmd" "k8s.io/kubernetes/cmd/$cmd" "$stamp"
+  done
+}
+
+etcd() {
+  local dir="$BIN/etcd-$ETCD_VERSION" mod="$CACHE/src/etcd-$ETCD_VERSION"
+  mkdir -p "$dir" "$mod"
+  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/etcd-build\ngo 1.26\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$mod/go.mod"
+  build_in_module "$mod" "$dir/etcd" "go.etcd.io/etcd/server/v3" ""
+}
+
+kwok() {
+  local dir="$BIN/kwok-$KWOK_VERSION" mod="$CACHE/src/kwok-$KWOK_VERSION"
+  mkdir -p "$dir" "$mod"
+  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/kwok-build\ngo 1.27\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" > "$mod/go.mod"
+  for cmd in kwok kwokctl; do
+    GOTOOLCHAIN="$KWOK_GO_TOOLCHAIN" build_in_module "$mod" "$dir/$cmd" "sigs.k8s.io/kwok/cmd/$cmd" \
+      "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+  done
+}
+
+helm() {
+  local dir="$BIN/helm-$HELM_VERSION" mod="$CACHE/src/helm-$HELM_VERSION"
+  mkdir -p "$dir" "$mod"
+  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/helm-build\ngo 1.26\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$mod/go.mod"
+  build_in_module "$mod" "$dir/helm" "helm.sh/helm/v3/cmd/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
+case "${1:-all}" in
+  all) k8s; etcd; kwok; helm ;;
+  paths)
+    echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
+    echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION" ;;
+  *) "$1" ;;
+esac

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's test command runs this: every test (unit, integration on the local control plane, real vLLM engine).
+# One cluster for the whole run (the `cluster` fixture), engines started as few times as the tests allow.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+.venv/bin/python -m pytest "$@"
+rc=$?
+echo "[run-tests] pytest exit code $rc after $(( $(date +%s) - start )) s" >&2
+if [[ $rc -eq 5 ]]; then
+  echo "[run-tests] no tests ran: that is a failure, not a pass" >&2
+fi
+exit $rc

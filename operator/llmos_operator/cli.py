@@ -1,0 +1,108 @@
+"""`llmos` — the command line: `dev` (local control plane), `operator` (run the operator), `model` (sign/verify).
+
+Sub-commands import their dependencies lazily so `llmos model verify` does not pay for kopf or the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .dev import cluster
+
+    if args.dev_command == "up":
+        pools = None
+        if args.nodes:
+            from pathlib import Path
+
+            from .dev.nodes import load_pools
+
+            pools = load_pools(Path(args.nodes))
+        kubeconfig = cluster.up(args.name, **({"pools": pools} if pools else {}))
+        print(kubeconfig)
+        return 0
+    if args.dev_command == "down":
+        stopped = cluster.down(args.name)
+        print(f"cluster {args.name!r} {'stopped and removed' if stopped else 'was not running'}")
+        return 0
+    if args.dev_command == "status":
+        print(cluster.status(args.name))
+        return 0
+    if args.dev_command == "demo":
+        from .dev import demo
+
+        return demo.run(args.name)
+    raise AssertionError(args.dev_command)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from .handlers import main as operator_main
+
+    return operator_main.run(
+        namespace=args.namespace,
+        config_path=args.config,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        standalone=args.standalone,
+        peering=args.peering,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="local control plane built from source, with fake GPU nodes")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    for name, help_text in (
+        ("up", "start the local cluster (or reuse it) and print its kubeconfig path"),
+        ("down", "stop the local cluster and remove its state"),
+        ("status", "say what runs"),
+        ("demo", "cluster, operator, example tenants, models and deployments, then a status table"),
+    ):
+        p = dev_sub.add_parser(name, help=help_text)
+        p.add_argument("--name", default="llmos", help="cluster name (default: llmos)")
+        if name == "up":
+            p.add_argument("--nodes", help="YAML file of node pools (default: 4×8 H100, 4×4 L4, 2 CPU nodes)")
+    dev.set_defaults(func=_dev)
+
+    op = sub.add_parser("operator", help="the llmos operator")
+    op_sub = op.add_subparsers(dest="operator_command", required=True)
+    run = op_sub.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
+    run.add_argument("--config", help="operator configuration YAML (GPU classes, trusted keys, images)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
+    run.add_argument("--standalone", action="store_true", help="no peering (a single operator process)")
+    run.add_argument("--peering", default="llmos", help="kopf peering object name (replicas stand by)")
+    op.set_defaults(func=_operator)
+
+    try:
+        from llmos_signing.cli import add_model_commands
+    except ImportError:  # the signing package is part of the same distribution; absent only in a broken install
+        add_model_commands = None
+    if add_model_commands is not None:
+        add_model_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line a person can act on, not a traceback
+        from .dev.cluster import ClusterError
+
+        if isinstance(exc, ClusterError):
+            print(f"llmos: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

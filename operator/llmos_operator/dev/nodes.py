@@ -1,0 +1,83 @@
+"""Fake nodes of the local cluster: pools of GPU nodes as the NVIDIA GPU operator labels real ones, managed by KWOK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class NodePool:
+    name: str
+    count: int
+    gpus: int = 0
+    product: str | None = None  # value of nvidia.com/gpu.product
+    gpu_memory_mib: int = 0
+    cpu: str = "64"
+    memory: str = "512Gi"
+
+
+DEFAULT_POOLS = (
+    NodePool("h100", 4, gpus=8, product="NVIDIA-H100-80GB-HBM3", gpu_memory_mib=81559, cpu="192", memory="2Ti"),
+    NodePool("l4", 4, gpus=4, product="NVIDIA-L4", gpu_memory_mib=23034, cpu="48", memory="192Gi"),
+    NodePool("cpu", 2),
+)
+
+
+def load_pools(path: Path | None) -> tuple[NodePool, ...]:
+    """Pools from a YAML file (a list of NodePool fields, camelCase or snake_case), or the defaults."""
+    if path is None:
+        return DEFAULT_POOLS
+    raw = yaml.safe_load(Path(path).read_text()) or []
+    pools = []
+    for item in raw:
+        item = {_snake(k): v for k, v in item.items()}
+        pools.append(NodePool(**item))
+    return tuple(pools)
+
+
+def _snake(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
+    """Node objects KWOK takes over (the kwok.x-k8s.io/node annotation) and keeps Ready."""
+    nodes = []
+    for pool in pools:
+        for i in range(pool.count):
+            name = f"kwok-{pool.name}-{i}"
+            labels = {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "llmos.dev/pool": pool.name,
+            }
+            capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
+            taints = []
+            if pool.gpus:
+                labels.update({
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.product": pool.product or "NVIDIA-Unknown",
+                    "nvidia.com/gpu.count": str(pool.gpus),
+                    "nvidia.com/gpu.memory": str(pool.gpu_memory_mib),
+                })
+                capacity[GPU_RESOURCE] = str(pool.gpus)
+                taints.append(dict(GPU_TAINT))
+            nodes.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": labels,
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                },
+                "spec": {"taints": taints},
+                "status": {"capacity": capacity, "allocatable": dict(capacity)},
+            })
+    return nodes
