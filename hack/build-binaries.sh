@@ -26,9 +26,11 @@ build_in_module() {
   log "built $(basename "$out") in $(( $(date +%s) - start )) s"
 }
 
+k8s_minor() { local m="${K8S_VERSION#v1.}"; echo "${m%%.*}"; }
+
 k8s() {
   local dir="$BIN/k8s-$K8S_VERSION" mod="$CACHE/src/k8s-$K8S_VERSION" minor
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  minor=$(k8s_minor)
   local staging="v0.${K8S_VERSION#v1.}"
   mkdir -p "$dir" "$mod"
   if [[ ! -f "$mod/go.mod" ]]; then
@@ -69,16 +71,17 @@ kwok() {
 }
 
 helm() {
-  local dir="$BIN/helm-$HELM_VERSION" mod="$CACHE/src/helm-$HELM_VERSION"
+  local dir="$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)" mod="$CACHE/src/helm-$HELM_VERSION"
   mkdir -p "$dir" "$mod"
   [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/helm-build\ngo 1.26\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$mod/go.mod"
-  build_in_module "$mod" "$dir/helm" "helm.sh/helm/v3/cmd/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  build_in_module "$mod" "$dir/helm" "helm.sh/helm/v3/cmd/helm" \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(k8s_minor) -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(k8s_minor)"
 }
 
 case "${1:-all}" in
   all) k8s; etcd; kwok; helm ;;
   paths)
     echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
-    echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION" ;;
+    echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)" ;;
   *) "$1" ;;
 esac

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
     run.add_argument("--standalone", action="store_true", help="no peering (a single operator process)")
-    run.add_argument("--peering", default="llmos", help="kopf peering object name (replicas stand by)")
+    run.add_argument("--peering", default=None,
+                     help="kopf peering name: replicas with the same name elect one active (needs the kopf.dev CRDs)")
     op.set_defaults(func=_operator)
 
     try:

@@ -175,6 +175,9 @@ def down(name: str = DEFAULT_CLUSTER) -> bool:
     """Stop the cluster and remove its state. Returns False when there was nothing to stop."""
     if not cluster_dir(name).exists():
         return False
+    from . import operator_process
+
+    operator_process.stop(name)
     bins = binaries(build=False)
     subprocess.run([str(bins.kwokctl), "delete", "cluster", "--name", name], env=_kwok_env(bins),
                    capture_output=True, text=True)

@@ -1,0 +1,151 @@
+"""Operator configuration: GPU classes, trusted cluster keys, the runtime image and its ports.
+
+GPU classes are configuration, not a CRD: the platform team owns them (the Helm chart ships them in a ConfigMap,
+key ``config.yaml``). The built-in default matches the local cluster's fake nodes::
+
+    gpuClasses:
+      h100:
+        nodeLabels: {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}
+        tolerations: [{key: nvidia.com/gpu, operator: Equal, value: present, effect: NoSchedule}]
+        resourceName: nvidia.com/gpu
+        memoryGiB: 80
+      l4: {...}
+    trustedKeys: {}            # name → PEM public key, trusted for every tenant
+    runtime:
+      image: ghcr.io/llmos/runtime:0.1.0
+      openaiPort: 8000
+      healthPort: 8081
+
+A file or ConfigMap replaces whole top-level sections it names (``gpuClasses`` replaces the default classes,
+it is not merged into them); sections it leaves out keep their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from .api.types import DNS_LABEL
+
+CONFIG_ENV = "LLMOS_OPERATOR_CONFIG"  # path of a YAML file, used when load_config() is given none
+CONFIGMAP_KEY = "config.yaml"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class GPUClass(_Config):
+    """A kind of GPU: which nodes have it, what to tolerate there, the extended resource that counts it."""
+
+    name: str = Field("", pattern=r"^$|" + DNS_LABEL, max_length=63)  # filled from the map key
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    resource_name: str = DEFAULT_GPU_RESOURCE
+    memory_gib: int = Field(0, ge=0, alias="memoryGiB")
+
+
+class RuntimeConfig(_Config):
+    """The pod that serves a model."""
+
+    image: str = "ghcr.io/llmos/runtime:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    openai_port: int = Field(8000, ge=1, le=65535)
+    health_port: int = Field(8081, ge=1, le=65535)
+    cpu_per_gpu: int = Field(2, ge=0, alias="cpuPerGPU")  # CPU cores requested per GPU
+    memory_gib_per_gpu: int = Field(16, ge=0, alias="memoryGiBPerGPU")  # host memory requested per GPU
+    shm_size_gib: int = Field(8, ge=0, alias="shmSizeGiB")  # /dev/shm for tensor-parallel NCCL traffic
+    startup_timeout_seconds: int = Field(1800, ge=60)  # a big model may take this long to fetch, verify and load
+
+
+def _default_gpu_classes() -> dict[str, GPUClass]:
+    return {
+        "h100": GPUClass(
+            name="h100",
+            node_labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            tolerations=(GPU_TOLERATION,),
+            memory_gib=80,
+        ),
+        "l4": GPUClass(
+            name="l4",
+            node_labels={"nvidia.com/gpu.product": "NVIDIA-L4"},
+            tolerations=(GPU_TOLERATION,),
+            memory_gib=24,
+        ),
+    }
+
+
+class OperatorConfig(_Config):
+    gpu_classes: dict[str, GPUClass] = Field(default_factory=_default_gpu_classes, alias="gpuClasses")
+    trusted_keys: dict[str, str] = Field(default_factory=dict)  # name → PEM, trusted for every tenant
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("gpu_classes", mode="before")
+    @classmethod
+    def _name_classes(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            out = {}
+            for name, gpu_class in value.items():
+                if isinstance(gpu_class, GPUClass):
+                    out[name] = gpu_class.model_copy(update={"name": name})
+                else:
+                    out[name] = {**(gpu_class or {}), "name": name}
+            return out
+        return value
+
+    def gpu_class(self, name: str) -> GPUClass | None:
+        return self.gpu_classes.get(name)
+
+    def to_yaml(self) -> str:
+        """The configuration as the ConfigMap's ``config.yaml`` (for the Helm chart and docs)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for gpu_class in data["gpuClasses"].values():
+            gpu_class.pop("name")
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_config(data: Mapping[str, Any] | None) -> OperatorConfig:
+    """Configuration from a parsed YAML mapping; sections it leaves out keep their defaults."""
+    try:
+        return OperatorConfig.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        details = "; ".join(
+            ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in exc.errors()
+        )
+        raise ConfigError(f"invalid operator configuration: {details}") from None
+
+
+def config_from_yaml(text: str) -> OperatorConfig:
+    data = yaml.safe_load(text) if text.strip() else {}
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError("invalid operator configuration: the YAML document must be a mapping")
+    return parse_config(data)
+
+
+def config_from_configmap(data: Mapping[str, str] | None, key: str = CONFIGMAP_KEY) -> OperatorConfig:
+    """Configuration from a ConfigMap's ``data`` (its ``config.yaml`` key; absent → defaults)."""
+    return config_from_yaml((data or {}).get(key, ""))
+
+
+def load_config(path: str | os.PathLike | None = None) -> OperatorConfig:
+    """Configuration from ``path``, else from the file named by $LLMOS_OPERATOR_CONFIG, else the defaults."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return OperatorConfig()
+    return config_from_yaml(Path(path).read_text())
+
+
+def default_config() -> OperatorConfig:
+    return OperatorConfig()

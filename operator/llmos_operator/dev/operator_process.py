@@ -1,0 +1,78 @@
+"""The operator as a background process against the local cluster (for `make demo` and the tests).
+
+One per cluster: its pid and log live in the cluster's folder, and `llmos dev down` stops it with the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from . import cluster
+
+
+def pid_file(name: str) -> Path:
+    return cluster.cluster_dir(name) / "operator.pid"
+
+
+def log_file(name: str) -> Path:
+    return cluster.cluster_dir(name) / "logs" / "llmos-operator.log"
+
+
+def running_pid(name: str) -> int | None:
+    try:
+        pid = int(pid_file(name).read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra_env: dict | None = None,
+          timeout: float = 60) -> subprocess.Popen | int:
+    """Start the operator (standalone) unless one runs; wait until its liveness endpoint answers."""
+    pid = running_pid(name)
+    if pid is not None:
+        return pid
+    log = log_file(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig_path(name)), **(extra_env or {}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
+         "--metrics-port", str(metrics_port), "--liveness", f"http://127.0.0.1:{health_port}/healthz"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    pid_file(name).write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise cluster.ClusterError(f"the operator exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    raise cluster.ClusterError(f"the operator did not answer its liveness probe within {timeout} s; see {log}")
+
+
+def stop(name: str, timeout: float = 15) -> bool:
+    pid = running_pid(name)
+    if pid is None:
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    pid_file(name).unlink(missing_ok=True)
+    return True

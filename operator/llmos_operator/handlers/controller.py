@@ -1,0 +1,497 @@
+"""The reconcilers: read what is, call the pure parts (quota, placement, render, signing), apply, write status.
+
+Level-triggered. kopf's watch events only put keys on a work queue (handlers/main.py); worker threads take them:
+
+- ``ADMISSION`` — one admission pass over every Tenant and ModelDeployment: ``quota.admit``, then each changed
+  Tenant ledger is written to ``status.reservations`` with its resourceVersion (a 409 means someone else wrote first:
+  read again and decide again). Only after the ledger is stored are decisions published to the other reconcilers, so
+  no pod ever runs on GPUs that are not recorded, whatever the operator's restarts.
+- ``("Tenant", name)`` — namespaces, ResourceQuota backstop, NetworkPolicy; then Models of its namespaces (their
+  trusted keys may have changed) and an admission pass.
+- ``("Model", ns, name)`` — verify the signature bundle against the tenant's keys; status and events.
+- ``("ModelDeployment", ns, name)`` — children (when admitted), status from the children, pods and nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client import ApiException
+
+from .. import metrics
+from ..api.types import InvalidObject, Model, ModelDeployment, Tenant, parse_as
+from ..config import OperatorConfig
+from ..placement import can_ever_fit, summarize_scheduling_failures
+from ..quota import AdmissionResult, Decision, Request, TenantInfo, admit, ledger_key, merge_ledgers, parse_ledger
+from ..quota import namespace_owners
+from ..render import (
+    RenderError,
+    desired_status,
+    model_status,
+    pod_requests,
+    render_children,
+    render_tenant_children,
+    selector_string,
+    tenant_status,
+    transitions,
+)
+from ..render.common import LABEL_MODEL_DEPLOYMENT
+from .kube import Kube, with_owner
+from .workqueue import WorkQueue
+
+log = logging.getLogger("llmos.controller")
+
+ADMISSION = ("admission",)
+TENANT_LABEL = "llmos.dev/tenant"
+RUNTIME_CONTAINER = "runtime"
+
+
+class Conflict(Exception):
+    """Another writer changed an object between our read and our write; the pass starts again."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking a Model's signature, plus what the pods need to check it again themselves."""
+
+    verified: bool
+    reason: str
+    message: str
+    digest: str | None = None
+    signer: str | None = None
+    key_hint: str | None = None
+    file_count: int | None = None
+    bundle: bytes | None = None
+    signer_pem: bytes | None = None
+
+    @property
+    def servable(self) -> bool:
+        return self.verified or self.reason == "SignatureDisabled"
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: OperatorConfig):
+        self.kube = kube
+        self.config = config
+        self.queue = WorkQueue()
+        self._admission_lock = threading.Lock()
+        self._decisions: dict[str, Decision] = {}
+        self._decision_uids: dict[str, str] = {}
+        self._result: AdmissionResult | None = None
+        self._owners: dict[str, str] = {}
+        self._specs: dict[tuple[str, str], tuple[str, int | None]] = {}  # mdep key → (uid, generation)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Routing
+
+    def handle(self, key: Hashable) -> None:
+        kind = key[0]  # type: ignore[index]
+        start = time.monotonic()
+        result = "error"
+        try:
+            if key == ADMISSION:
+                self.reconcile_admission()
+            elif kind == "Tenant":
+                self.reconcile_tenant(key[1])  # type: ignore[index]
+            elif kind == "Model":
+                self.reconcile_model(key[1], key[2])  # type: ignore[index]
+            elif kind == "ModelDeployment":
+                self.reconcile_model_deployment(key[1], key[2])  # type: ignore[index]
+            result = "ok"
+        finally:
+            metrics.RECONCILES.labels(kind, result).inc()
+            metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - start)
+
+    def on_error(self, key: Hashable, exc: BaseException, retry_in: float | None) -> None:
+        if isinstance(exc, Conflict):
+            log.info("%s: %s; retrying in %.1f s", key, exc, retry_in or 0)
+        elif isinstance(exc, ApiException):
+            log.warning("%s: API error %s %s; retrying in %.1f s", key, exc.status, exc.reason, retry_in or 0)
+        else:
+            log.exception("%s failed; retrying in %.1f s", key, retry_in or 0, exc_info=exc)
+
+    def model_deployment_event(self, event_type: str | None, body: dict) -> None:
+        """A ModelDeployment changed: its spec (or existence) matters to admission, anything to itself."""
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        spec_key = (ns, name)
+        seen = (meta.get("uid"), meta.get("generation"))
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            self._specs.pop(spec_key, None)
+            self.queue.add(ADMISSION)
+            return
+        if self._specs.get(spec_key) != seen:
+            self._specs[spec_key] = seen
+            self.queue.add(ADMISSION)
+        self.queue.add(("ModelDeployment", ns, name))
+
+    def child_event(self, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+        if owner and meta.get("namespace"):
+            self.queue.add(("ModelDeployment", meta["namespace"], owner))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Reads
+
+    def _tenants(self) -> list[Tenant]:
+        out = []
+        for raw in self.kube.list("Tenant"):
+            try:
+                out.append(parse_as(Tenant, raw))
+            except InvalidObject as exc:  # the CRD schema should make this impossible; never crash on it
+                log.warning("ignoring invalid Tenant: %s", exc)
+        return out
+
+    def _namespace_owners(self, tenants: list[Tenant]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        labelled = self.kube.list("Namespace", label_selector=TENANT_LABEL)
+        current = {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled}
+        owners, conflicts = namespace_owners(tenants, current)
+        self._owners = owners
+        return owners, conflicts
+
+    def _get_model(self, namespace: str, name: str) -> Model | None:
+        raw = self.kube.get("Model", name, namespace)
+        if raw is None:
+            return None
+        try:
+            return parse_as(Model, raw)
+        except InvalidObject as exc:
+            log.warning("invalid Model %s/%s: %s", namespace, name, exc)
+            return None
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Admission
+
+    def reconcile_admission(self) -> None:
+        with self._admission_lock:
+            for attempt in range(5):
+                try:
+                    self._admission_pass()
+                    return
+                except Conflict:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+
+    def _admission_pass(self) -> None:
+        tenants = self._tenants()
+        owners, conflicts = self._namespace_owners(tenants)
+        models: dict[tuple[str, str], Model] = {}
+        for raw in self.kube.list("Model"):
+            try:
+                m = parse_as(Model, raw)
+                models[(m.metadata.namespace, m.metadata.name)] = m
+            except InvalidObject:
+                continue
+        requests, mdeps = [], {}
+        for raw in self.kube.list("ModelDeployment"):
+            if raw["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                mdep = parse_as(ModelDeployment, raw)
+            except InvalidObject:
+                continue
+            model = models.get((mdep.metadata.namespace, mdep.spec.model))
+            # An unverified model reserves no GPU: it is not even a candidate.
+            if model is None or not _model_servable(model):
+                continue
+            mdeps[mdep.key] = mdep
+            requests.append(Request.from_model_deployment(mdep, owners.get(mdep.metadata.namespace)))
+        ledgers = []
+        for t in tenants:
+            ledgers.append(parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()}))
+        result = admit(
+            requests, merge_ledgers(ledgers), {t.metadata.name: TenantInfo.from_tenant(t) for t in tenants},
+            self.config.gpu_classes.keys(),
+        )
+        for tenant in tenants:
+            name = tenant.metadata.name
+            status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name))
+            if _status_changed(tenant.status.to_dict(), status):
+                try:
+                    self.kube.patch_status("Tenant", name, None, status, tenant.metadata.resource_version)
+                except ApiException as exc:
+                    if exc.status == 409:
+                        raise Conflict(f"Tenant {name} changed during admission") from None
+                    raise
+                self._tenant_events(tenant, status)
+            used = result.usage(name)
+            metrics.ADMITTED.labels(name).set(result.admitted_count(name))
+            metrics.QUEUED.labels(name).set(result.queued_count(name))
+            for gpu_class in {*used, *tenant.spec.quota.gpus}:
+                metrics.GPUS_USED.labels(name, gpu_class).set(used.get(gpu_class, 0))
+                metrics.GPUS_ALLOWED.labels(name, gpu_class).set(tenant.spec.quota.gpus.get(gpu_class, 0))
+        # The ledger is stored: publish the decisions and wake the deployments whose decision changed.
+        previous = self._decisions
+        self._decisions = dict(result.decisions)
+        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in result.decisions}
+        self._result = result
+        for key, decision in result.decisions.items():
+            if previous.get(key) != decision:
+                ns, name = key.split("/", 1)
+                self.queue.add(("ModelDeployment", ns, name))
+        for key in set(previous) - set(result.decisions):
+            ns, name = key.split("/", 1)
+            self.queue.add(("ModelDeployment", ns, name))
+
+    def _tenant_events(self, tenant: Tenant, status: dict) -> None:
+        raw = {"apiVersion": tenant.api_version, "kind": "Tenant",
+               "metadata": {"name": tenant.metadata.name, "uid": tenant.metadata.uid, "namespace": None}}
+        for t in transitions([c.to_dict() for c in tenant.status.conditions], status.get("conditions", [])):
+            self.kube.event(raw, "Normal" if t.status == "True" else "Warning", t.reason, t.message)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Tenant
+
+    def reconcile_tenant(self, name: str) -> None:
+        raw = self.kube.get("Tenant", name)
+        self.queue.add(ADMISSION)
+        if raw is None or raw["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            tenant = parse_as(Tenant, raw)
+        except InvalidObject as exc:
+            log.warning("invalid Tenant %s: %s", name, exc)
+            return
+        owners, _ = self._namespace_owners(self._tenants())
+        owned = [ns for ns in tenant.spec.namespaces if owners.get(ns) == name]
+        for child in render_tenant_children(tenant, self.config, namespaces=owned):
+            if child["kind"] == "Namespace":
+                self.kube.apply(child)  # namespaces are not owned: deleting a tenant must not delete workloads
+            else:
+                self.kube.apply(with_owner(child, raw))
+        for ns in owned:
+            for model in self.kube.list("Model", ns):
+                self.queue.add(("Model", ns, model["metadata"]["name"]))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Model
+
+    def _trusted_keys(self, namespace: str, tenants: list[Tenant] | None = None) -> dict[str, bytes]:
+        keys = {name: pem.encode() for name, pem in self.config.trusted_keys.items()}
+        tenants = tenants if tenants is not None else self._tenants()
+        owners, _ = self._namespace_owners(tenants)
+        owner = owners.get(namespace)
+        for tenant in tenants:
+            if tenant.metadata.name != owner:
+                continue
+            for key in tenant.spec.trusted_keys:
+                if key.public_key:
+                    keys[key.name] = key.public_key.encode()
+                elif key.secret_ref:
+                    ref = key.secret_ref
+                    value = self.kube.read_secret_key(ref.namespace, ref.name, ref.key)
+                    if value is not None:
+                        keys[key.name] = value
+                    else:
+                        log.warning("trusted key %s of tenant %s: Secret %s/%s has no key %s",
+                                    key.name, owner, ref.namespace, ref.name, ref.key)
+        return keys
+
+    def _read_bundle(self, model: Model) -> bytes | str:
+        """The bundle bytes, or a sentence saying why there are none."""
+        sig = model.spec.signature
+        if sig.bundle_ref is not None:
+            ref = sig.bundle_ref
+            cm = self.kube.get("ConfigMap", ref.name, model.metadata.namespace)
+            if cm is None:
+                return f"ConfigMap {ref.name} (spec.signature.bundleRef) does not exist"
+            if ref.key in (cm.get("binaryData") or {}):
+                import base64
+
+                return base64.b64decode(cm["binaryData"][ref.key])
+            if ref.key in (cm.get("data") or {}):
+                return cm["data"][ref.key].encode()
+            return f"ConfigMap {ref.name} has no key {ref.key!r} (spec.signature.bundleRef.key)"
+        if sig.uri and sig.uri.startswith("file://"):
+            path = Path(sig.uri[len("file://"):])
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                return f"cannot read {sig.uri} (spec.signature.uri): {exc.strerror}"
+        if sig.uri:
+            return (f"spec.signature.uri {sig.uri} is not readable by the operator: put the bundle in a ConfigMap "
+                    "and name it in spec.signature.bundleRef")
+        return "no signature given: set spec.signature.bundleRef (or policy: Disabled)"
+
+    def verify(self, model: Model, tenants: list[Tenant] | None = None) -> Verification:
+        from llmos_signing import VerificationError, verify_bundle
+
+        if model.spec.signature.policy == "Disabled":
+            return Verification(False, "SignatureDisabled",
+                                "spec.signature.policy is Disabled: the weights are served without verification")
+        bundle = self._read_bundle(model)
+        if isinstance(bundle, str):
+            return Verification(False, "BundleUnavailable", bundle)
+        keys = self._trusted_keys(model.metadata.namespace or "", tenants)
+        if not keys:
+            return Verification(False, "NoTrustedKeys", "the tenant trusts no key (spec.trustedKeys of its Tenant) "
+                                "and the operator configuration names none", bundle=bundle)
+        try:
+            signed = verify_bundle(bundle, keys)
+        except VerificationError as exc:
+            return Verification(False, exc.reason, str(exc), bundle=bundle)
+        return Verification(
+            True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
+            digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
+            file_count=signed.file_count, bundle=bundle, signer_pem=keys[signed.signer],
+        )
+
+    def reconcile_model(self, namespace: str, name: str) -> None:
+        raw = self.kube.get("Model", name, namespace)
+        if raw is None:
+            self._wake_deployments_of(namespace, name)
+            return
+        try:
+            model = parse_as(Model, raw)
+        except InvalidObject as exc:
+            log.warning("invalid Model %s/%s: %s", namespace, name, exc)
+            return
+        outcome = self.verify(model)
+        status = model_status(model, verified=outcome.verified, reason=outcome.reason, message=outcome.message,
+                              digest=outcome.digest, signer=outcome.signer)
+        status.update({"keyHint": outcome.key_hint, "fileCount": outcome.file_count})
+        old = model.status.to_dict()
+        if _status_changed(old, status):
+            self.kube.patch_status("Model", name, namespace, status)
+            for t in transitions(old.get("conditions", []), status["conditions"]):
+                warn = t.status != "True" or outcome.reason == "SignatureDisabled"
+                self.kube.event(raw, "Warning" if warn else "Normal", t.reason, t.message)
+            self.queue.add(ADMISSION)
+            self._wake_deployments_of(namespace, name)
+
+    def _wake_deployments_of(self, namespace: str, model_name: str) -> None:
+        for mdep in self.kube.list("ModelDeployment", namespace):
+            if (mdep.get("spec") or {}).get("model") == model_name:
+                self.queue.add(("ModelDeployment", namespace, mdep["metadata"]["name"]))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # ModelDeployment
+
+    def reconcile_model_deployment(self, namespace: str, name: str) -> None:
+        raw = self.kube.get("ModelDeployment", name, namespace)
+        if raw is None or raw["metadata"].get("deletionTimestamp"):
+            return  # children go with it (owner references); the admission pass frees its GPUs
+        try:
+            mdep = parse_as(ModelDeployment, raw)
+        except InvalidObject as exc:
+            log.warning("invalid ModelDeployment %s/%s: %s", namespace, name, exc)
+            return
+        key = ledger_key(namespace, name)
+        decision = self._decisions.get(key)
+        if decision is not None and self._decision_uids.get(key) != mdep.metadata.uid:
+            decision = None  # a deployment of the same name that was deleted and created again
+        model = self._get_model(namespace, mdep.spec.model)
+        gpu_class = self.config.gpu_class(mdep.spec.gpu.class_)
+        render_error: RenderError | None = None
+        deployment: dict | None = None
+        fit = scheduling = None
+        termination_messages: list[str] = []
+
+        if decision is None:
+            self.queue.add(ADMISSION)
+        elif decision.admitted and model is not None and gpu_class is not None and _model_servable(model):
+            outcome = self.verify(model)
+            if outcome.servable:
+                try:
+                    children = render_children(
+                        mdep, model, gpu_class, self.config, replicas=decision.replicas,
+                        bundle=outcome.bundle if outcome.verified else None,
+                        signer_pem=outcome.signer_pem if outcome.verified else None,
+                        auto_surge=self._auto_surge(decision, mdep),
+                    )
+                except RenderError as exc:
+                    render_error = exc
+                else:
+                    for child in children:
+                        applied = self.kube.apply(with_owner(child, raw))
+                        if child["kind"] == "Deployment":
+                            deployment = applied
+            if deployment is not None:
+                nodes = [n.to_dict() for n in self.kube.list_nodes()]
+                fit = can_ever_fit(nodes, gpu_class, mdep.spec.gpu.count,
+                                   pod_requests(mdep, gpu_class, self.config))
+                scheduling, termination_messages = self._pod_facts(namespace, name)
+        elif not decision.admitted:
+            # Not admitted (or no longer: its model lost its signature): no pods run.
+            self.kube.delete("Deployment", name, namespace)
+
+        status = desired_status(
+            mdep, self.config, decision=decision, model=model, deployment=deployment, fit=fit,
+            scheduling=scheduling, termination_messages=termination_messages, render_error=render_error,
+        )
+        old = mdep.status.to_dict()
+        if _status_changed(old, status):
+            self.kube.patch_status("ModelDeployment", name, namespace, status)
+            for t in transitions(old.get("conditions", []), status["conditions"]):
+                good = (t.status == "True") != (t.type == "Degraded")
+                self.kube.event(raw, "Normal" if good else "Warning", t.reason, t.message)
+        if deployment is not None and not _ready(status):
+            # Children report through watch events; this is a slow safety net for facts nobody watches (nodes).
+            self.queue.add(("ModelDeployment", namespace, name), delay=15)
+
+    def _auto_surge(self, decision: Decision, mdep: ModelDeployment) -> int:
+        """One surge pod during a rollout only if the tenant has that many GPUs of the class to spare."""
+        result = self._result
+        if result is None or decision.tenant is None:
+            return 0
+        quota = self._tenant_quota(decision.tenant, mdep.spec.gpu.class_)
+        used = result.usage(decision.tenant).get(mdep.spec.gpu.class_, 0)
+        return 1 if quota - used >= mdep.spec.gpu.count else 0
+
+    def _tenant_quota(self, tenant: str, gpu_class: str) -> int:
+        raw = self.kube.get("Tenant", tenant)
+        return int(((((raw or {}).get("spec") or {}).get("quota") or {}).get("gpus") or {}).get(gpu_class, 0))
+
+    def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str]]:
+        """The scheduler's reasons for Pending pods, and the runtime's termination messages."""
+        pods = self.kube.list_pods(namespace, selector_string(name))
+        unschedulable, messages = [], []
+        for pod in pods:
+            for cond in pod.status.conditions or []:
+                if cond.type == "PodScheduled" and cond.status == "False" and cond.message:
+                    unschedulable.append(cond.message)
+            for cs in pod.status.container_statuses or []:
+                if cs.name != RUNTIME_CONTAINER:
+                    continue
+                for state in (cs.state, cs.last_state):
+                    term = state.terminated if state else None
+                    if term is not None and term.exit_code not in (0, None) and term.message:
+                        messages.append(f"pod {pod.metadata.name}: {term.message.strip()}")
+        return summarize_scheduling_failures(unschedulable), messages
+
+
+def _model_servable(model: Model) -> bool:
+    """Verified for its current generation, or verification deliberately disabled."""
+    if model.status.observed_generation != model.metadata.generation:
+        return False
+    cond = next((c for c in model.status.conditions if c.type == "Verified"), None)
+    if cond is None:
+        return False
+    return cond.status == "True" or (
+        cond.reason == "SignatureDisabled" and model.spec.signature.policy == "Disabled")
+
+
+def _ready(status: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def _status_changed(old: dict, new: dict) -> bool:
+    """Would merge-patching `new` into `old` change anything?"""
+    for key, value in new.items():
+        if value is None:
+            if old.get(key) is not None:
+                return True
+        elif isinstance(value, dict) and isinstance(old.get(key), dict) and key != "conditions":
+            if _status_changed(old[key], value):
+                return True
+        elif old.get(key) != value:
+            return True
+    return False

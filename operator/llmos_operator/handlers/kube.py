@@ -1,0 +1,156 @@
+"""The operator's few ways of talking to the API server: server-side apply, status patches guarded by
+resourceVersion, reads, and Events. Synchronous (the kubernetes client); workers call them from threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from ..api.types import GROUP, VERSION
+
+log = logging.getLogger("llmos.kube")
+FIELD_MANAGER = "llmos"
+
+# kind → (API path prefix, plural, namespaced)
+_PATHS = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "Service": ("/api/v1", "services", True),
+    "ResourceQuota": ("/api/v1", "resourcequotas", True),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    "Tenant": (f"/apis/{GROUP}/{VERSION}", "tenants", False),
+    "Model": (f"/apis/{GROUP}/{VERSION}", "models", True),
+    "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", "modeldeployments", True),
+}
+
+
+def object_path(kind: str, name: str, namespace: str | None = None, subresource: str | None = None) -> str:
+    prefix, plural, namespaced = _PATHS[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}/{name}" if namespaced else f"{prefix}/{plural}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+def collection_path(kind: str, namespace: str | None = None) -> str:
+    prefix, plural, namespaced = _PATHS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}" if (namespaced and namespace) else f"{prefix}/{plural}"
+
+
+class Kube:
+    """Thin wrapper over one ApiClient."""
+
+    def __init__(self, api: client.ApiClient):
+        self.api = api
+        self.core = client.CoreV1Api(api)
+
+    def _call(self, method: str, path: str, *, body: Any = None, query: list | None = None,
+              content_type: str | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, post = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, headers, body, post, _request_timeout=30)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def apply(self, obj: dict, force: bool = True) -> dict:
+        """Server-side apply: idempotent, and puts back any field llmos owns that someone edited by hand."""
+        meta = obj["metadata"]
+        path = object_path(obj["kind"], meta["name"], meta.get("namespace"))
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
+        return self._call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        try:
+            return self._call("GET", object_path(kind, name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return self._call("GET", collection_path(kind, namespace), query=query).get("items", [])
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        try:
+            self._call("DELETE", object_path(kind, name, namespace), query=[("propagationPolicy", "Background")])
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, kind: str, name: str, namespace: str | None, status: dict,
+                     resource_version: str | None = None) -> dict:
+        """JSON merge patch of .status; with resource_version the API server refuses it (409) if the object
+        changed since it was read — the optimistic concurrency admission relies on."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self._call("PATCH", object_path(kind, name, namespace, "status"), body=body,
+                          content_type="application/merge-patch+json")
+
+    def patch(self, kind: str, name: str, namespace: str | None, patch: dict) -> dict:
+        return self._call("PATCH", object_path(kind, name, namespace), body=patch,
+                          content_type="application/merge-patch+json")
+
+    def list_pods(self, namespace: str, label_selector: str) -> list:
+        return self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
+
+    def list_nodes(self) -> list:
+        return self.core.list_node().items
+
+    def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
+        import base64
+
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value) if value is not None else None
+
+    def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `obj` (best effort: an Event that cannot be written is only logged)."""
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = datetime.now(timezone.utc)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.get("apiVersion"), kind=obj.get("kind"), name=meta["name"],
+                namespace=meta.get("namespace"), uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now,
+            count=1, source=client.V1EventSource(component="llmos-operator"), reporting_component="llmos.dev/operator",
+            reporting_instance="llmos-operator",
+        )
+        try:
+            self.core.create_namespaced_event(namespace, body)
+        except ApiException as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta["name"], exc.reason)
+
+
+def owner_reference(obj: dict, controller: bool = True) -> dict:
+    return {
+        "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"], "controller": controller, "blockOwnerDeletion": True,
+    }
+
+
+def with_owner(child: dict, owner: dict) -> dict:
+    child = dict(child)
+    child["metadata"] = dict(child["metadata"], ownerReferences=[owner_reference(owner)])
+    return child

@@ -1,0 +1,121 @@
+"""A work queue of object keys, as controllers use them: a key is never processed by two workers at once, keys added
+while queued collapse into one, and a failed key comes back after an exponential back-off (so a bad object never
+hot-loops the operator)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+
+class WorkQueue:
+    def __init__(self, base_delay: float = 0.5, max_delay: float = 60.0):
+        self._cond = threading.Condition()
+        self._ready: list[Hashable] = []          # FIFO of keys ready now
+        self._queued: set[Hashable] = set()        # keys in _ready
+        self._delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, key) heap
+        self._processing: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()         # added while processing: requeue when done
+        self._failures: dict[Hashable, int] = {}
+        self._seq = itertools.count()
+        self._closed = False
+        self.base_delay, self.max_delay = base_delay, max_delay
+
+    def add(self, key: Hashable, delay: float = 0.0) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if delay > 0:
+                heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
+            elif key in self._processing:
+                self._dirty.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._ready.append(key)
+            self._cond.notify()
+
+    def _promote_due(self) -> float | None:
+        """Move delayed keys that are due into the ready list; return seconds until the next one is due."""
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, key = heapq.heappop(self._delayed)
+            if key in self._processing:
+                self._dirty.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._ready.append(key)
+        return (self._delayed[0][0] - now) if self._delayed else None
+
+    def get(self, timeout: float | None = None) -> Hashable | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                wait = self._promote_due()
+                for i, key in enumerate(self._ready):
+                    if key not in self._processing:
+                        del self._ready[i]
+                        self._queued.discard(key)
+                        self._processing.add(key)
+                        return key
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                waits = [w for w in (wait, remaining) if w is not None]
+                self._cond.wait(min(waits) if waits else None)
+
+    def done(self, key: Hashable, error: bool = False) -> float | None:
+        """Mark a key processed. On error it is retried after a back-off, returned here (seconds)."""
+        retry_in = None
+        with self._cond:
+            self._processing.discard(key)
+            if error:
+                n = self._failures.get(key, 0)
+                self._failures[key] = n + 1
+                retry_in = min(self.base_delay * (2 ** n), self.max_delay)
+                heapq.heappush(self._delayed, (time.monotonic() + retry_in, next(self._seq), key))
+            else:
+                self._failures.pop(key, None)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                if key not in self._queued:
+                    self._queued.add(key)
+                    self._ready.append(key)
+            self._cond.notify_all()
+        return retry_in
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._ready) + len(self._delayed)
+
+
+def run_workers(queue: WorkQueue, handle: Callable[[Hashable], None], count: int,
+                on_error: Callable[[Hashable, BaseException, float | None], None]) -> list[threading.Thread]:
+    """Start `count` daemon threads that process keys from `queue` with `handle` until the queue closes."""
+
+    def loop() -> None:
+        while True:
+            key = queue.get()
+            if key is None:
+                return
+            try:
+                handle(key)
+            except BaseException as exc:  # noqa: BLE001 — one object's failure must not stop the worker
+                retry_in = queue.done(key, error=True)
+                on_error(key, exc, retry_in)
+            else:
+                queue.done(key)
+
+    threads = [threading.Thread(target=loop, name=f"llmos-worker-{i}", daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    return threads

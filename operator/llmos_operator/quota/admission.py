@@ -1,0 +1,360 @@
+"""Who may run: admission of ModelDeployments against per-tenant, per-GPU-class quotas.
+
+:func:`admit` is a pure function of (the ledger, the current deployments, the tenants, the known GPU classes). It
+returns the new ledger and one :class:`Decision` per deployment. Rules:
+
+- A deployment's demand is ``replicas × gpu.count`` GPUs of ``gpu.class``.
+- A deployment that holds a reservation keeps it. Scaling down shrinks the reservation at once; scaling up asks for
+  the difference only, and while the difference does not fit it keeps running on its old reservation
+  (``admitted=True``, ``reason=QuotaExceeded``, ``replicas`` = what the old reservation pays for).
+- Everything else waits in one queue ordered by tenant priority (higher first), then creation time, then
+  ``namespace/name``. In order, each is admitted if its tenant's unused quota of that class covers it (and the
+  cluster capacity of the class, if given).
+- Admission is strictly in order within a tenant's GPU class: a request that does not fit blocks the later ones of
+  the same tenant and class (so a big deployment is not starved by a stream of small ones). ``backfill=True`` lets
+  later, smaller requests overtake instead. A request blocked by cluster capacity blocks the later ones of its
+  class in every tenant: that is where tenant priority matters.
+- Refusal reasons: QuotaExceeded, InsufficientCapacity, UnknownGPUClass, NoTenant, TenantCordoned,
+  TooManyDeployments. Lowering a quota below current use evicts nothing; the excess frees as deployments shrink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..api.types import ModelDeployment, Tenant
+from .ledger import Ledger, entry, ledger_key, reconcile_ledger
+
+ADMITTED = "Admitted"
+QUOTA_EXCEEDED = "QuotaExceeded"
+INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+UNKNOWN_GPU_CLASS = "UnknownGPUClass"
+NO_TENANT = "NoTenant"
+TENANT_CORDONED = "TenantCordoned"
+TOO_MANY_DEPLOYMENTS = "TooManyDeployments"
+REASONS = (
+    ADMITTED, QUOTA_EXCEEDED, INSUFFICIENT_CAPACITY, UNKNOWN_GPU_CLASS, NO_TENANT, TENANT_CORDONED,
+    TOO_MANY_DEPLOYMENTS,
+)
+
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def parse_time(value: str | datetime | None) -> datetime:
+    """An RFC 3339 timestamp as Kubernetes writes it (``2026-01-02T03:04:05Z``); None sorts last."""
+    if value is None:
+        return _NEVER
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """What admission needs of a Tenant."""
+
+    name: str
+    gpus: Mapping[str, int] = field(default_factory=dict)
+    max_model_deployments: int | None = None
+    priority: int = 0
+    cordoned: bool = False
+
+    @classmethod
+    def from_tenant(cls, tenant: Tenant) -> TenantInfo:
+        return cls(
+            name=tenant.metadata.name,
+            gpus=dict(tenant.spec.quota.gpus),
+            max_model_deployments=tenant.spec.quota.max_model_deployments,
+            priority=tenant.spec.priority,
+            cordoned=tenant.spec.cordoned,
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """A ModelDeployment as admission sees it."""
+
+    namespace: str
+    name: str
+    uid: str
+    tenant: str | None  # owner of the namespace, None if no tenant owns it
+    gpu_class: str
+    replicas: int
+    gpus_per_replica: int
+    created: datetime = _NEVER
+
+    @property
+    def key(self) -> str:
+        return ledger_key(self.namespace, self.name)
+
+    @property
+    def demand(self) -> int:
+        return self.replicas * self.gpus_per_replica
+
+    @classmethod
+    def from_model_deployment(cls, mdep: ModelDeployment, tenant: str | None) -> Request:
+        meta = mdep.metadata
+        return cls(
+            namespace=meta.namespace or "",
+            name=meta.name,
+            uid=meta.uid or "",
+            tenant=tenant,
+            gpu_class=mdep.spec.gpu.class_,
+            replicas=mdep.spec.replicas,
+            gpus_per_replica=mdep.spec.gpu.count,
+            created=parse_time(meta.creation_timestamp),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Admission's answer for one deployment.
+
+    ``admitted``: it holds a reservation and may run ``replicas`` replicas (render the Deployment with that many).
+    ``reason``: ``Admitted`` when the whole spec is admitted, else why (part of) it waits; a deployment can be
+    admitted and still wait for a scale-up (``admitted`` and ``reason == QuotaExceeded``).
+    """
+
+    key: str
+    tenant: str | None
+    admitted: bool
+    reason: str
+    message: str
+    gpu_class: str
+    requested: int  # GPUs the spec asks for
+    reserved: int  # GPUs reserved after this decision
+    replicas: int  # replicas the reservation pays for
+    queue_position: int | None = None  # 1-based, among the waiting requests of the same tenant and class
+
+    @property
+    def complete(self) -> bool:
+        """The whole spec is admitted."""
+        return self.reason == ADMITTED
+
+
+@dataclass(frozen=True)
+class AdmissionResult:
+    ledger: Ledger  # the new ledger, all tenants together
+    decisions: dict[str, Decision]  # "<namespace>/<name>" → decision
+    dropped: list[str]  # ledger entries freed because their deployment is gone
+
+    def ledger_for(self, tenant: str) -> Ledger:
+        """The part of the ledger to persist in ``tenant``'s status."""
+        return {k: dict(v) for k, v in self.ledger.items() if self.decisions[k].tenant == tenant}
+
+    def usage(self, tenant: str) -> dict[str, int]:
+        """GPU class → GPUs reserved by ``tenant``."""
+        used: dict[str, int] = {}
+        for key, e in self.ledger.items():
+            if self.decisions[key].tenant == tenant:
+                used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
+        return used
+
+    def admitted_count(self, tenant: str) -> int:
+        return sum(1 for d in self.decisions.values() if d.tenant == tenant and d.admitted)
+
+    def queued_count(self, tenant: str) -> int:
+        return sum(1 for d in self.decisions.values() if d.tenant == tenant and not d.admitted)
+
+
+def admit(
+    requests: Iterable[Request],
+    ledger: Mapping[str, Mapping[str, Any]],
+    tenants: Mapping[str, TenantInfo],
+    gpu_classes: Collection[str],
+    *,
+    capacity: Mapping[str, int] | None = None,
+    backfill: bool = False,
+) -> AdmissionResult:
+    """Decide who is admitted. Pure: the same inputs always give the same result.
+
+    ``requests``: every existing ModelDeployment (not being deleted) in the namespaces the ledger covers — those
+    absent lose their reservation. ``ledger``: the persisted reservations. ``tenants``: by name. ``gpu_classes``:
+    names known to the operator configuration. ``capacity``: optional GPU class → GPUs the cluster can give all
+    tenants together (classes absent are unlimited).
+    """
+    requests = sorted(requests, key=lambda r: r.key)
+    if len({r.key for r in requests}) != len(requests):
+        raise ValueError("two requests with the same namespace/name")
+    kept, dropped = reconcile_ledger(ledger, {r.key: r.uid for r in requests})
+
+    new_ledger: Ledger = {}
+    decisions: dict[str, Decision] = {}
+    waiting: list[tuple[Request, int]] = []  # (request, GPUs it holds already)
+    for r in requests:
+        held_entry = kept.get(r.key)
+        if held_entry is not None and held_entry["class"] != r.gpu_class:
+            # The class changed (the CRD forbids it; be safe anyway): the old reservation buys nothing now.
+            dropped.append(r.key)
+            held_entry = None
+        held = held_entry["gpus"] if held_entry else 0
+        if held_entry is not None and r.demand <= held:
+            new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
+            decisions[r.key] = _admitted(r, "")
+        else:
+            if held_entry is not None:
+                new_ledger[r.key] = entry(r.gpu_class, held, r.uid)
+            waiting.append((r, held))
+
+    tenant_of = {r.key: r.tenant for r in requests}
+    used: dict[tuple[str | None, str], int] = {}
+    class_used: dict[str, int] = {}
+    deployments: dict[str | None, int] = {}
+    for key, e in new_ledger.items():
+        pool = (tenant_of[key], e["class"])
+        used[pool] = used.get(pool, 0) + e["gpus"]
+        class_used[e["class"]] = class_used.get(e["class"], 0) + e["gpus"]
+        deployments[tenant_of[key]] = deployments.get(tenant_of[key], 0) + 1
+
+    def order(item: tuple[Request, int]) -> tuple:
+        r = item[0]
+        priority = tenants[r.tenant].priority if r.tenant in tenants else 0
+        return (-priority, r.created, r.key)
+
+    blocked_pools: dict[tuple[str | None, str], str] = {}  # pool → key of the first request that did not fit
+    blocked_classes: dict[str, str] = {}
+    queue_length: dict[tuple[str | None, str], int] = {}
+    for r, held in sorted(waiting, key=order):
+        tenant = tenants.get(r.tenant) if r.tenant is not None else None
+        pool = (r.tenant, r.gpu_class)
+        holds = r.key in new_ledger  # admitted before (possibly with 0 GPUs): it keeps its reservation
+        delta = r.demand - held
+        if tenant is None:
+            decisions[r.key] = _refused(r, held, holds, NO_TENANT, f"namespace {r.namespace} belongs to no Tenant")
+            continue
+        if tenant.cordoned:
+            decisions[r.key] = _refused(
+                r, held, holds, TENANT_CORDONED, f"tenant {tenant.name} is cordoned: nothing new is admitted"
+            )
+            continue
+        if r.gpu_class not in gpu_classes:
+            known = ", ".join(sorted(gpu_classes)) or "none"
+            decisions[r.key] = _refused(
+                r, held, holds, UNKNOWN_GPU_CLASS, f"GPU class {r.gpu_class!r} is not configured (known: {known})"
+            )
+            continue
+        is_new = not holds
+        limit_deployments = tenant.max_model_deployments
+        if is_new and limit_deployments is not None and deployments.get(r.tenant, 0) >= limit_deployments:
+            decisions[r.key] = _refused(
+                r, held, holds, TOO_MANY_DEPLOYMENTS,
+                f"tenant {tenant.name} already has {deployments.get(r.tenant, 0)} admitted ModelDeployments, "
+                f"its limit (quota.maxModelDeployments) is {limit_deployments}",
+            )
+            continue
+        limit = tenant.gpus.get(r.gpu_class, 0)
+        in_use = used.get(pool, 0)
+        cap = (capacity or {}).get(r.gpu_class)
+        reason = message = None
+        if pool in blocked_pools and not backfill:
+            reason = QUOTA_EXCEEDED
+            message = _quota_message(r, held, tenant.name, in_use, limit) + f"; waits behind {blocked_pools[pool]}"
+        elif in_use + delta > limit:
+            reason = QUOTA_EXCEEDED
+            message = _quota_message(r, held, tenant.name, in_use, limit)
+            blocked_pools.setdefault(pool, r.key)
+        elif r.gpu_class in blocked_classes and not backfill:
+            reason = INSUFFICIENT_CAPACITY
+            message = (
+                f"needs {delta} {r.gpu_class} GPUs; waits behind {blocked_classes[r.gpu_class]} "
+                f"for the cluster's {r.gpu_class} capacity"
+            )
+        elif cap is not None and class_used.get(r.gpu_class, 0) + delta > cap:
+            reason = INSUFFICIENT_CAPACITY
+            message = (
+                f"needs {delta} {r.gpu_class} GPUs but all tenants together hold "
+                f"{class_used.get(r.gpu_class, 0)} of the cluster's {cap}"
+            )
+            blocked_classes.setdefault(r.gpu_class, r.key)
+        if reason is not None:
+            position = queue_length[pool] = queue_length.get(pool, 0) + 1
+            decisions[r.key] = _refused(r, held, holds, reason, f"{message} (queue position {position})", position)
+            if reason == INSUFFICIENT_CAPACITY:
+                blocked_pools.setdefault(pool, r.key)  # keep order inside the tenant too
+            continue
+        new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
+        used[pool] = in_use + delta
+        class_used[r.gpu_class] = class_used.get(r.gpu_class, 0) + delta
+        if is_new:
+            deployments[r.tenant] = deployments.get(r.tenant, 0) + 1
+        decisions[r.key] = _admitted(r, f" (tenant {tenant.name} now uses {used[pool]} of {limit})")
+    return AdmissionResult(
+        ledger=dict(sorted(new_ledger.items())),
+        decisions=dict(sorted(decisions.items())),
+        dropped=sorted(set(dropped)),
+    )
+
+
+def _admitted(r: Request, suffix: str) -> Decision:
+    return Decision(
+        key=r.key, tenant=r.tenant, admitted=True, reason=ADMITTED,
+        message=f"{r.demand} {r.gpu_class} GPUs reserved ({_shape(r)}){suffix}",
+        gpu_class=r.gpu_class, requested=r.demand, reserved=r.demand, replicas=r.replicas,
+    )
+
+
+def _refused(
+    r: Request, held: int, holds: bool, reason: str, message: str, position: int | None = None
+) -> Decision:
+    """A request that (partly) waits. If it ``holds`` a reservation (of ``held`` GPUs) it keeps running on it."""
+    replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
+    if holds:
+        message = (
+            f"scale-up to {r.replicas} replicas waits: {message}; "
+            f"meanwhile {replicas} replicas run on the {held} GPUs already reserved"
+        )
+    return Decision(
+        key=r.key, tenant=r.tenant, admitted=holds, reason=reason, message=message, gpu_class=r.gpu_class,
+        requested=r.demand, reserved=held, replicas=replicas, queue_position=position,
+    )
+
+
+def _shape(r: Request) -> str:
+    return f"{r.replicas} × {r.gpus_per_replica}"
+
+
+def _quota_message(r: Request, held: int, tenant: str, in_use: int, limit: int) -> str:
+    need = f"{r.demand - held} more" if held else str(r.demand)  # held > 0 only for a scale-up
+    return (
+        f"needs {need} {r.gpu_class} GPUs ({_shape(r)}) but tenant {tenant} uses {in_use} of its "
+        f"{limit} {r.gpu_class} GPUs"
+    )
+
+
+def gpu_summary(used: Mapping[str, int], allowed: Mapping[str, int]) -> str:
+    """``"h100 4/8, l4 0/4"``: GPUs used/allowed per class, classes of the quota first, in quota order."""
+    classes = list(allowed) + sorted(c for c in used if c not in allowed)
+    return ", ".join(f"{c} {used.get(c, 0)}/{allowed.get(c, 0)}" for c in classes)
+
+
+def namespace_owners(
+    tenants: Iterable[Tenant], current: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Which tenant owns each claimed namespace, and the claims refused.
+
+    ``current``: namespace → value of its ``llmos.dev/tenant`` label, the owner recorded so far; it keeps the
+    namespace while it still claims it. Otherwise the oldest claimant (creation time, then name) wins.
+    Returns (namespace → owner, tenant → {namespace: owner} of the namespaces it claims but does not own).
+    """
+    tenants = list(tenants)
+    claims: dict[str, list[Tenant]] = {}
+    for t in tenants:
+        for ns in t.spec.namespaces:
+            claims.setdefault(ns, []).append(t)
+    owners: dict[str, str] = {}
+    conflicts: dict[str, dict[str, str]] = {}
+    for ns, claimants in sorted(claims.items()):
+        names = {t.metadata.name for t in claimants}
+        recorded = (current or {}).get(ns)
+        if recorded in names:
+            owner = recorded
+        else:
+            owner = min(claimants, key=lambda t: (parse_time(t.metadata.creation_timestamp), t.metadata.name)).metadata.name
+        owners[ns] = owner  # type: ignore[assignment]
+        for t in claimants:
+            if t.metadata.name != owner:
+                conflicts.setdefault(t.metadata.name, {})[ns] = owner  # type: ignore[assignment]
+    return owners, conflicts

@@ -1,0 +1,100 @@
+"""The admission ledger: which ModelDeployment holds how many GPUs of which class.
+
+A ledger is a plain JSON-able dict, persisted by the operator in each Tenant's ``status.reservations``::
+
+    {"team-a/llama": {"class": "h100", "gpus": 4, "uid": "0b4c…"}}
+
+Keys are ``<namespace>/<name>`` of the ModelDeployment; ``uid`` tells a deleted-and-recreated deployment of the same
+name from the one that holds the reservation. The ledger is the only state admission needs: whatever process reads
+the latest ledger and the current deployments decides exactly what the previous process would have, so a restarted
+operator never admits twice. Write the ledger *before* creating children of a newly admitted deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Ledger = dict[str, dict[str, Any]]  # "<namespace>/<name>" → {"class": str, "gpus": int, "uid": str}
+
+
+class LedgerError(ValueError):
+    pass
+
+
+def ledger_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def entry(gpu_class: str, gpus: int, uid: str) -> dict[str, Any]:
+    return {"class": gpu_class, "gpus": int(gpus), "uid": uid}
+
+
+def parse_ledger(raw: Mapping[str, Any] | None) -> Ledger:
+    """A ledger read back from a Tenant's status. Malformed entries raise: dropping one could admit twice."""
+    out: Ledger = {}
+    for key, value in (raw or {}).items():
+        if (
+            not isinstance(key, str)
+            or key.count("/") != 1
+            or not isinstance(value, Mapping)
+            or not isinstance(value.get("class"), str)
+            or not isinstance(value.get("gpus"), int)
+            or isinstance(value.get("gpus"), bool)
+            or value["gpus"] < 0
+            or not isinstance(value.get("uid"), str)
+        ):
+            raise LedgerError(f"malformed ledger entry {key!r}: {value!r}")
+        out[key] = entry(value["class"], value["gpus"], value["uid"])
+    return out
+
+
+def usage(ledger: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """GPU class → GPUs reserved."""
+    used: dict[str, int] = {}
+    for e in ledger.values():
+        used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
+    return used
+
+
+def reconcile_ledger(
+    ledger: Mapping[str, Mapping[str, Any]], existing: Mapping[str, str]
+) -> tuple[Ledger, list[str]]:
+    """Drop entries whose deployment no longer exists (absent, or present with another uid).
+
+    ``existing`` maps ``<namespace>/<name>`` → uid of every ModelDeployment that exists and is not being deleted,
+    in the namespaces the ledger covers. It must be complete: an entry missing from it is freed.
+    Returns the kept ledger and the keys dropped.
+    """
+    kept: Ledger = {}
+    dropped: list[str] = []
+    for key, e in ledger.items():
+        if existing.get(key) == e["uid"]:
+            kept[key] = dict(e)
+        else:
+            dropped.append(key)
+    return kept, sorted(dropped)
+
+
+def merge_ledgers(ledgers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Ledger:
+    """One ledger from several (e.g. every Tenant's). Keys are namespaced and a namespace has one owner."""
+    out: Ledger = {}
+    for ledger in ledgers:
+        for key, e in ledger.items():
+            if key in out and out[key] != dict(e):
+                raise LedgerError(f"ledger entry {key!r} appears twice with different values")
+            out[key] = dict(e)
+    return out
+
+
+def split_ledger(ledger: Mapping[str, Mapping[str, Any]], owner: Mapping[str, str]) -> dict[str, Ledger]:
+    """Tenant → its part of the ledger, by the namespace of each key (``owner``: namespace → tenant).
+
+    Entries in namespaces no tenant owns are left out (their GPUs are free).
+    """
+    out: dict[str, Ledger] = {}
+    for key, e in ledger.items():
+        tenant = owner.get(key.split("/", 1)[0])
+        if tenant is not None:
+            out.setdefault(tenant, {})[key] = dict(e)
+    return out

@@ -1,0 +1,432 @@
+"""Desired children of an admitted ModelDeployment, as plain dicts ready to apply.
+
+Children (all in the ModelDeployment's namespace, without ownerReferences — the handler adds them):
+
+- ConfigMap ``<name>-trust``: ``model.sig`` (the signature bundle) and ``signer.pem`` (the signer's public key),
+  mounted at /etc/llmos/trust.
+- ConfigMap ``<name>-adapters``: ``adapters.json``, the adapter set wanted, and ``<adapter>.sig``, the signature
+  bundle of each adapter, mounted at /etc/llmos/adapters. The runtime watches it and loads/unloads adapters live, so
+  a change does not restart pods. ``adapters.json`` is
+  ``{"adapters": [{"name", "source": {"uri", "revision"?}, "signature": "<adapter>.sig" | null}]}``: the signature
+  is a path relative to the file (null when the adapter's policy, else the Model's, is Disabled); a required
+  signature whose bundle the operator did not supply is written as the API's object, which the runtime refuses
+  for that adapter alone (fail closed, reason reported).
+- apps/v1 Deployment ``<name>``: one container ``runtime`` running ``llmos-runtime serve … -- <vLLM args>``.
+- v1 Service ``<name>``: ClusterIP, port ``openai`` (8000).
+- policy/v1 PodDisruptionBudget ``<name>``: at most one pod evicted at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..api.types import Model, ModelDeployment
+from ..config import GPUClass, OperatorConfig
+from ..placement import pod_placement
+from .common import (
+    ADAPTERS_DIR,
+    ADAPTERS_FILE,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_MODEL_DIGEST,
+    CACHE_DIR,
+    PVC_ROOT,
+    SIGNATURE_FILE,
+    SIGNER_KEY_FILE,
+    TRUST_DIR,
+    adapters_configmap_name,
+    labels,
+    pvc_claim,
+    selector_labels,
+    stable_hash,
+    trust_configmap_name,
+)
+
+RUNTIME_CONTAINER = "runtime"
+RUNTIME_UID = 1000
+TERMINATION_GRACE_SECONDS = 120  # the runtime drains in-flight requests for up to ~110 s
+PRESTOP_SLEEP_SECONDS = 5  # endpoints drop the pod before it gets SIGTERM
+REVISION_HISTORY_LIMIT = 5
+STARTUP_PERIOD_SECONDS = 10
+
+
+class RenderError(ValueError):
+    """The spec cannot be rendered; ``reason`` (CamelCase) and the message go into a condition."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The runtime's command line
+
+
+def _signature_enabled(model: Model) -> bool:
+    return model.spec.signature.policy != "Disabled"
+
+
+def wanted_adapters(mdep: ModelDeployment, model: Model) -> list[dict[str, Any]]:
+    """The Model's adapters the deployment asks for, in the deployment's order, as declared (``name``, ``source``,
+    ``signature`` when set). Raises RenderError(UnknownAdapter)."""
+    declared = {a.name: a for a in model.spec.adapters}
+    missing = [name for name in mdep.spec.adapters if name not in declared]
+    if missing:
+        raise RenderError(
+            "UnknownAdapter",
+            f"adapters {', '.join(missing)} are not declared by Model {model.metadata.name} "
+            f"(declared: {', '.join(declared) or 'none'})",
+        )
+    out = []
+    for name in mdep.spec.adapters:
+        adapter = declared[name]
+        item: dict[str, Any] = {"name": name, "source": adapter.source.to_dict()}
+        if adapter.signature is not None:
+            item["signature"] = adapter.signature.to_dict()
+        out.append(item)
+    return out
+
+
+def engine_args(mdep: ModelDeployment, model: Model) -> list[str]:
+    """vLLM arguments, after the runtime's ``--``."""
+    engine = mdep.spec.engine
+    args = ["--tensor-parallel-size", str(mdep.tensor_parallel_size)]
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    if model.spec.quantization != "none":
+        args += ["--quantization", model.spec.quantization]
+    if mdep.spec.adapters:
+        # Slots for the Model's whole adapter list, so that changing which adapters are served (adapters.json,
+        # loaded live) never changes the pod template and restarts pods.
+        args += ["--enable-lora", "--max-loras", str(max(len(model.spec.adapters), len(mdep.spec.adapters)))]
+    return args + list(engine.extra_args)
+
+
+def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig) -> list[str]:
+    """The container's command: the runtime CLI, then ``--`` and the vLLM arguments."""
+    cmd = ["llmos-runtime", "serve", "--source", model.spec.source.uri]
+    if model.spec.source.revision:
+        cmd += ["--revision", model.spec.source.revision]
+    cmd += ["--served-name", model.served_name]
+    if _signature_enabled(model):
+        cmd += ["--signature", f"{TRUST_DIR}/{SIGNATURE_FILE}", "--trusted-key", f"{TRUST_DIR}/{SIGNER_KEY_FILE}"]
+    cmd += [
+        "--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}",
+        "--cache-dir", CACHE_DIR,
+        "--port", str(config.runtime.openai_port),
+        "--health-port", str(config.runtime.health_port),
+        "--",
+    ]
+    return cmd + engine_args(mdep, model)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Children
+
+
+def _meta(mdep: ModelDeployment, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": mdep.metadata.namespace, "labels": labels(mdep.metadata.name)}
+
+
+def _text_or_binary(data: dict, binary: dict, key: str, value: bytes | str | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        data[key] = value
+        return
+    try:
+        data[key] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        binary[key] = base64.b64encode(value).decode("ascii")
+
+
+def render_trust_configmap(
+    mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None
+) -> dict:
+    """ConfigMap ``<name>-trust`` with ``model.sig`` and ``signer.pem`` (empty when the signature is Disabled)."""
+    if _signature_enabled(model) and (bundle is None or signer_pem is None):
+        raise RenderError(
+            "SignatureUnavailable",
+            f"Model {model.metadata.name} requires a signature but the bundle or the signer's key is not known yet",
+        )
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    if _signature_enabled(model):
+        _text_or_binary(data, binary, SIGNATURE_FILE, bundle)
+        _text_or_binary(data, binary, SIGNER_KEY_FILE, signer_pem)
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(mdep, trust_configmap_name(mdep.metadata.name)),
+        "data": data,
+    }
+    if binary:
+        cm["binaryData"] = binary
+    return cm
+
+
+def render_adapters_configmap(
+    mdep: ModelDeployment, model: Model, adapter_bundles: Mapping[str, bytes | str] | None = None
+) -> dict:
+    """ConfigMap ``<name>-adapters``: ``adapters.json`` and a ``<adapter>.sig`` per bundle in ``adapter_bundles``
+    (adapter name → its signature bundle). See the module docstring for the format."""
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    items = []
+    declared = {a.name: a for a in model.spec.adapters}
+    for item in wanted_adapters(mdep, model):
+        spec = declared[item["name"]].signature
+        policy = spec.policy if spec is not None else model.spec.signature.policy
+        if policy == "Disabled":
+            item["signature"] = None
+        elif adapter_bundles and item["name"] in adapter_bundles:
+            key = f"{item['name']}.sig"
+            _text_or_binary(data, binary, key, adapter_bundles[item["name"]])
+            item["signature"] = key
+        else:
+            item["signature"] = spec.to_dict() if spec is not None else {"policy": "Required"}
+        items.append(item)
+    data[ADAPTERS_FILE] = json.dumps({"adapters": items}, indent=2, sort_keys=True) + "\n"
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(mdep, adapters_configmap_name(mdep.metadata.name)),
+        "data": data,
+    }
+    if binary:
+        cm["binaryData"] = binary
+    return cm
+
+
+def pod_requests(mdep: ModelDeployment, gpu_class: GPUClass, config: OperatorConfig) -> dict[str, str]:
+    """Resource requests of one pod (GPUs of the class's resource, CPU and memory per GPU)."""
+    count = mdep.spec.gpu.count
+    out = {gpu_class.resource_name: str(count)}
+    if config.runtime.cpu_per_gpu:
+        out["cpu"] = str(count * config.runtime.cpu_per_gpu)
+    if config.runtime.memory_gib_per_gpu:
+        out["memory"] = f"{count * config.runtime.memory_gib_per_gpu}Gi"
+    return out
+
+
+def _pvc_volumes(mdep: ModelDeployment, model: Model) -> tuple[list[dict], list[dict]]:
+    """Read-only PVC volumes for pvc:// sources of the model and of the adapters served: /mnt/pvc/<claim>."""
+    uris = [model.spec.source.uri] + [a["source"]["uri"] for a in wanted_adapters(mdep, model)]
+    claims = sorted({c[0] for c in (pvc_claim(u) for u in uris) if c})
+    volumes, mounts = [], []
+    for claim in claims:
+        name = f"pvc-{claim}" if len(claim) <= 59 else f"pvc-{stable_hash(claim, length=12)}"
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict:
+    return {
+        "httpGet": {"path": path, "port": "health", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+        "successThreshold": 1,
+    }
+
+
+def _surge(mdep: ModelDeployment, auto_surge: int) -> tuple[int, int]:
+    rollout = mdep.spec.rollout
+    surge = auto_surge if rollout.max_surge == "auto" else int(rollout.max_surge)
+    unavailable = rollout.max_unavailable
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # the API refuses 0/0; with no room to surge, replace one pod at a time
+    return surge, unavailable
+
+
+def render_deployment(
+    mdep: ModelDeployment,
+    model: Model,
+    gpu_class: GPUClass,
+    config: OperatorConfig,
+    *,
+    replicas: int | None = None,
+    bundle: bytes | str | None = None,
+    signer_pem: bytes | str | None = None,
+    auto_surge: int = 1,
+) -> dict:
+    """The apps/v1 Deployment running the runtime. ``replicas``: what admission granted (default: the spec's).
+    ``auto_surge``: what ``maxSurge: auto`` means now (1; pass 0 when the tenant has no GPUs to spare for a surge
+    pod, and one pod at a time is replaced instead)."""
+    if gpu_class.name and gpu_class.name != mdep.spec.gpu.class_:
+        raise ValueError(f"GPU class {gpu_class.name} given for a deployment of class {mdep.spec.gpu.class_}")
+    name = mdep.metadata.name
+    runtime = config.runtime
+    count = mdep.spec.gpu.count
+    selector = selector_labels(name)
+    requests = pod_requests(mdep, gpu_class, config)
+    pvc_volumes, pvc_mounts = _pvc_volumes(mdep, model)
+
+    volumes = [
+        {"name": "trust", "configMap": {"name": trust_configmap_name(name)}},
+        {"name": "adapters", "configMap": {"name": adapters_configmap_name(name)}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts = [
+        {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
+        {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if mdep.tensor_parallel_size > 1 and runtime.shm_size_gib:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{runtime.shm_size_gib}Gi"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    volumes += pvc_volumes
+    mounts += pvc_mounts
+
+    container = {
+        "name": RUNTIME_CONTAINER,
+        "image": mdep.spec.engine.image or runtime.image,
+        "imagePullPolicy": runtime.image_pull_policy,
+        "command": runtime_command(mdep, model, config),
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        ],
+        "ports": [
+            {"name": "openai", "containerPort": runtime.openai_port, "protocol": "TCP"},
+            {"name": "health", "containerPort": runtime.health_port, "protocol": "TCP"},
+        ],
+        "resources": {"requests": requests, "limits": {gpu_class.resource_name: str(count)}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "startupProbe": _http_probe(
+            "/healthz", STARTUP_PERIOD_SECONDS, -(-runtime.startup_timeout_seconds // STARTUP_PERIOD_SECONDS), 5
+        ),
+        "readinessProbe": _http_probe("/readyz", 5, 3, 3),
+        "livenessProbe": _http_probe("/healthz", 10, 6, 5),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "fsGroup": RUNTIME_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **pod_placement(gpu_class, selector),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    # A new model revision (digest, signature, source) or any change of the rendered pod rolls the Deployment.
+    config_hash = stable_hash(
+        model.status.digest,
+        model.spec.source.to_dict(),
+        stable_hash(bundle.encode() if isinstance(bundle, str) else bundle or b""),
+        stable_hash(signer_pem.encode() if isinstance(signer_pem, str) else signer_pem or b""),
+        pod_spec,
+    )
+    annotations = {ANNOTATION_CONFIG_HASH: config_hash}
+    if model.status.digest:
+        annotations[ANNOTATION_MODEL_DIGEST] = model.status.digest
+    surge, unavailable = _surge(mdep, auto_surge)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(mdep, name),
+        "spec": {
+            "replicas": mdep.spec.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+            "progressDeadlineSeconds": mdep.spec.rollout.progress_deadline_seconds,
+            "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
+            "template": {
+                "metadata": {"labels": labels(name), "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(mdep: ModelDeployment, config: OperatorConfig) -> dict:
+    """ClusterIP Service on the OpenAI port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(mdep, mdep.metadata.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(mdep.metadata.name),
+            "ports": [
+                {
+                    "name": "openai",
+                    "port": config.runtime.openai_port,
+                    "targetPort": "openai",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def render_pdb(mdep: ModelDeployment) -> dict:
+    """At most one pod evicted at a time; pods that are not ready never block a node drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(mdep, mdep.metadata.name),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(mdep.metadata.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def render_children(
+    mdep: ModelDeployment,
+    model: Model,
+    gpu_class: GPUClass,
+    config: OperatorConfig,
+    *,
+    replicas: int | None = None,
+    bundle: bytes | str | None = None,
+    signer_pem: bytes | str | None = None,
+    auto_surge: int = 1,
+    adapter_bundles: Mapping[str, bytes | str] | None = None,
+) -> list[dict]:
+    """Every child of an admitted ModelDeployment, in apply order: ConfigMaps, Deployment, Service, PDB.
+
+    ``adapter_bundles``: adapter name → its signature bundle, for the adapters whose signature is required.
+
+    Raises :class:`RenderError` (reason ``UnknownAdapter`` or ``SignatureUnavailable``) when the spec cannot be
+    served; put it in a condition.
+    """
+    return [
+        render_trust_configmap(mdep, model, bundle, signer_pem),
+        render_adapters_configmap(mdep, model, adapter_bundles),
+        render_deployment(
+            mdep, model, gpu_class, config,
+            replicas=replicas, bundle=bundle, signer_pem=signer_pem, auto_surge=auto_surge,
+        ),
+        render_service(mdep, config),
+        render_pdb(mdep),
+    ]
+
+
+def endpoint_url(mdep: ModelDeployment, config: OperatorConfig) -> str:
+    """The OpenAI-compatible base URL inside the cluster."""
+    return f"http://{mdep.metadata.name}.{mdep.metadata.namespace}.svc:{config.runtime.openai_port}/v1"

@@ -1,0 +1,266 @@
+"""The operator on the real control plane: admission against per-tenant, per-GPU-class quotas, children, placement,
+status and events. Each test would fail against a mock: it needs the real API server (schema, CEL, status
+subresource, optimistic concurrency), the scheduler, the garbage collector and KWOK's pods."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import deployment_exists
+from tests.support.waiting import wait_for
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def _admitted(objects, name: str) -> bool:
+    c = objects.condition("modeldeployments", name, "QuotaAdmitted")
+    return bool(c and c["status"] == "True")
+
+
+def _events(core: client.CoreV1Api, namespace: str, name: str) -> list:
+    return core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+
+
+def test_tenant_owns_its_namespaces_with_quota_backstop_and_network_policy(objects, namespace, cluster):
+    objects.tenant(gpus={"h100": 8, "l4": 4})
+    core = client.CoreV1Api(cluster.api)
+    net = client.NetworkingV1Api(cluster.api)
+
+    wait_for(lambda: core.read_namespace(namespace).metadata.labels.get("llmos.dev/tenant") == namespace,
+             message="the namespace labelled with its tenant")
+    quotas = wait_for(lambda: core.list_namespaced_resource_quota(namespace).items, message="a ResourceQuota")
+    assert quotas[0].spec.hard["requests.nvidia.com/gpu"] == "12"  # 8 H100 + 4 L4, both nvidia.com/gpu
+    policy = wait_for(lambda: net.list_namespaced_network_policy(namespace).items, message="a NetworkPolicy")[0]
+    peers = json.dumps(client.ApiClient().sanitize_for_serialization(policy.spec.ingress))
+    assert "llmos.dev/gateway" in peers and "llmos.dev/tenant" in peers
+    objects.wait_condition("tenants", namespace, "Ready", "True")
+
+
+def test_a_namespace_claimed_by_a_second_tenant_is_refused_on_the_second(objects, namespace):
+    objects.tenant()
+    objects.wait_condition("tenants", namespace, "Ready", "True")
+    objects.tenant(f"{namespace}-intruder", namespaces=[namespace])
+    cond = objects.wait_condition("tenants", f"{namespace}-intruder", "Ready", "False", "NamespaceConflict")
+    assert namespace in cond["message"]
+    assert objects.condition("tenants", namespace, "Ready")["status"] == "True"
+
+
+def test_admitted_deployment_gets_children_and_pods_only_on_h100_nodes(objects, namespace, cluster):
+    objects.tenant(gpus={"h100": 8})
+    objects.model()
+    objects.deployment("chat", replicas=2, count=2)
+    objects.wait_condition("modeldeployments", "chat", "Ready", "True", timeout=60)
+
+    core, apps = client.CoreV1Api(cluster.api), client.AppsV1Api(cluster.api)
+    deployment = apps.read_namespaced_deployment("chat", namespace)
+    assert deployment.metadata.owner_references[0].kind == "ModelDeployment"
+    container = deployment.spec.template.spec.containers[0]
+    assert container.command[:2] == ["llmos-runtime", "serve"]
+    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    core.read_namespaced_service("chat", namespace)
+    client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("chat", namespace)
+    pods = core.list_namespaced_pod(namespace, label_selector="llmos.dev/model-deployment=chat").items
+    assert len(pods) == 2
+    for pod in pods:
+        assert core.read_node(pod.spec.node_name).metadata.labels["nvidia.com/gpu.product"] == H100
+
+    status = objects.get("modeldeployments", "chat")["status"]
+    assert status["readyReplicas"] == 2 and status["observedGeneration"] == 1
+    assert status["endpoint"].startswith(f"http://chat.{namespace}.svc:8000")
+    reasons = {e.reason for e in _events(core, namespace, "chat")}
+    assert "Admitted" in reasons
+
+
+def test_deleting_a_model_deployment_removes_its_children(objects, namespace, cluster):
+    objects.tenant()
+    objects.model()
+    objects.deployment("gone")
+    apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    wait_for(lambda: deployment_exists(apps, namespace, "gone"), message="the child Deployment")
+    objects.delete("modeldeployments", "gone")
+
+    def all_gone():
+        left = []
+        if deployment_exists(apps, namespace, "gone"):
+            left.append("Deployment")
+        if any(s.metadata.name == "gone" for s in core.list_namespaced_service(namespace).items):
+            left.append("Service")
+        pdbs = client.PolicyV1Api(cluster.api).list_namespaced_pod_disruption_budget(namespace).items
+        if any(p.metadata.name == "gone" for p in pdbs):
+            left.append("PodDisruptionBudget")
+        return not left
+
+    wait_for(all_gone, timeout=60, message="Deployment, Service and PDB garbage-collected")
+
+
+def test_queued_deployment_is_admitted_within_seconds_of_anothers_deletion(objects, namespace, cluster):
+    objects.tenant(gpus={"h100": 4})
+    objects.model()
+    objects.deployment("first", count=4)
+    objects.wait_condition("modeldeployments", "first", "QuotaAdmitted", "True")
+    objects.deployment("second", count=4)
+    waiting = objects.wait_condition("modeldeployments", "second", "QuotaAdmitted", "False", "QuotaExceeded")
+    assert "h100" in waiting["message"] and "4" in waiting["message"]
+    assert objects.get("modeldeployments", "second")["status"]["queuePosition"] == 1
+    apps = client.AppsV1Api(cluster.api)
+    assert not deployment_exists(apps, namespace, "second")  # not admitted → no pods
+
+    objects.delete("modeldeployments", "first")
+    started = time.monotonic()
+    objects.wait_condition("modeldeployments", "second", "QuotaAdmitted", "True", timeout=10)
+    assert time.monotonic() - started < 10
+    wait_for(lambda: deployment_exists(apps, namespace, "second"), message="the admitted one's Deployment")
+    assert "queuePosition" not in objects.get("modeldeployments", "second")["status"]
+
+
+def test_scale_up_is_admitted_for_the_difference_only(objects, namespace):
+    objects.tenant(gpus={"h100": 6})
+    objects.model()
+    objects.deployment("grow", replicas=2, count=2)
+    objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "True")
+    objects.patch("modeldeployments", "grow", {"spec": {"replicas": 4}})  # 8 GPUs > 6: the difference does not fit
+    cond = objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "False", "QuotaExceeded")
+    assert "h100" in cond["message"]
+    tenant = objects.get("tenants", namespace)
+    assert tenant["status"]["usage"]["gpus"]["h100"] == 4  # keeps its old reservation, serving 2 replicas
+    objects.patch("modeldeployments", "grow", {"spec": {"replicas": 3}})  # 6 GPUs: the difference fits
+    objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "True")
+    wait_for(lambda: objects.get("tenants", namespace)["status"]["usage"]["gpus"]["h100"] == 6,
+             message="usage 6 after the scale-up")
+
+
+@pytest.mark.parametrize("case", ["unknown-class", "no-tenant", "cordoned", "missing-model"])
+def test_each_refusal_has_its_own_reason(objects, namespace, case):
+    if case == "no-tenant":
+        objects.model()
+        objects.deployment("d")
+        objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "NoTenant")
+        return
+    objects.tenant(cordoned=(case == "cordoned"))
+    if case == "missing-model":
+        objects.deployment("d", model="does-not-exist")
+        cond = objects.wait_condition("modeldeployments", "d", "Ready", "False", "ModelNotFound")
+        assert "does-not-exist" in cond["message"]
+        return
+    objects.model()
+    if case == "unknown-class":
+        objects.deployment("d", gpu_class="tpu")
+        cond = objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "UnknownGPUClass")
+        assert "tpu" in cond["message"]
+    else:
+        objects.deployment("d")
+        objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "TenantCordoned")
+
+
+def test_no_node_of_the_class_could_ever_fit_the_pod(objects, namespace):
+    objects.tenant(gpus={"l4": 16})
+    objects.model()
+    objects.deployment("huge", gpu_class="l4", count=8)  # L4 nodes have 4 GPUs each
+    cond = objects.wait_condition("modeldeployments", "huge", "Ready", "False", "Unschedulable", timeout=60)
+    assert "8" in cond["message"] and "4" in cond["message"]
+
+
+def test_a_hand_edited_child_is_put_back(objects, namespace, cluster):
+    objects.tenant()
+    objects.model()
+    objects.deployment("drift")
+    apps = client.AppsV1Api(cluster.api)
+    wait_for(lambda: deployment_exists(apps, namespace, "drift"), message="the child Deployment")
+    rendered = apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image
+    apps.patch_namespaced_deployment("drift", namespace, {"spec": {"template": {"spec": {"containers": [
+        {"name": "runtime", "image": "attacker.example/evil:1"}]}}}})
+    wait_for(lambda: apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image
+             == rendered, timeout=30, message="the image put back")
+
+
+def test_invalid_specs_are_rejected_by_the_api_server_with_the_field_path(objects, namespace):
+    cases = [
+        ({"model": "m", "gpu": {"class": "h100", "count": 0}}, "spec.gpu.count"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 4}, "engine": {"tensorParallelSize": 3}},
+         "spec.engine.tensorParallelSize"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "rollout": {"maxSurge": "lots"}},
+         "spec.rollout.maxSurge"),
+    ]
+    for spec, field in cases:
+        body = {"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "bad"},
+                "spec": spec}
+        with pytest.raises(client.ApiException) as rejected:
+            objects.custom.create_namespaced_custom_object("llmos.dev", "v1alpha1", namespace, "modeldeployments",
+                                                           body)
+        assert rejected.value.status == 422, rejected.value.body
+        causes = json.loads(rejected.value.body)["details"]["causes"]
+        assert any(c.get("field", "").startswith(field) for c in causes), (field, causes)
+
+
+def test_metrics_report_reconciles_and_gpus_per_tenant(objects, namespace, operator):
+    objects.tenant(gpus={"h100": 8})
+    objects.model()
+    objects.deployment("m1", count=2)
+    objects.wait_condition("modeldeployments", "m1", "QuotaAdmitted", "True")
+
+    def reported():
+        text = operator.metrics()
+        return (f'llmos_tenant_gpus_used{{gpu_class="h100",tenant="{namespace}"}} 2.0' in text
+                and f'llmos_tenant_gpus_allowed{{gpu_class="h100",tenant="{namespace}"}} 8.0' in text
+                and 'llmos_reconcile_total{kind="ModelDeployment",result="ok"}' in text)
+
+    wait_for(reported, timeout=20, message="GPU gauges and reconcile counters on /metrics")
+
+
+def test_concurrent_creations_never_exceed_the_quota_across_an_operator_restart(objects, namespace, operator,
+                                                                                cluster):
+    """30 deployments of 1–2 GPUs against 8 H100s, created at once from 6 threads; the operator is SIGKILLed and
+    restarted in the middle. Exactly the ones that fit in creation order are admitted, never more than 8 GPUs."""
+    objects.tenant(gpus={"h100": 8})
+    objects.model()
+    sizes = {f"d{i:02d}": 1 + (i % 2) for i in range(30)}
+    names = sorted(sizes)
+
+    def create(chunk):
+        for name in chunk:
+            objects.deployment(name, count=sizes[name])
+
+    threads = [threading.Thread(target=create, args=(names[i::6],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    operator.kill()
+    for t in threads:
+        t.join()
+    operator.start()
+
+    def settled():
+        decided = {}
+        for name in names:
+            c = objects.condition("modeldeployments", name, "QuotaAdmitted")
+            if not c or c["status"] == "Unknown":
+                return None
+            decided[name] = c["status"] == "True"
+        return decided
+
+    decided = wait_for(settled, timeout=90, message="an admission decision for all 30")
+    admitted = [n for n, ok in decided.items() if ok]
+    used = sum(sizes[n] for n in admitted)
+    assert used <= 8, (used, admitted)
+    tenant = objects.get("tenants", namespace)
+    assert tenant["status"]["usage"]["gpus"]["h100"] == used
+    assert len(tenant["status"]["reservations"]) == len(admitted)
+    head = [n for n in names if not decided[n]
+            and objects.get("modeldeployments", n)["status"].get("queuePosition") == 1]
+    assert head and used + sizes[head[0]] > 8, "the head of the queue would have fit: admission stopped early"
+    # Pods exist only for admitted deployments, and never ask for more GPUs than the quota.
+    core = client.CoreV1Api(cluster.api)
+    pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/managed-by=llmos").items
+    owners = {p.metadata.labels["llmos.dev/model-deployment"] for p in pods}
+    assert owners <= set(admitted)
+    assert sum(int(p.spec.containers[0].resources.requests["nvidia.com/gpu"]) for p in pods) <= 8
+    # Free everything: the queue drains into the freed quota.
+    for name in admitted:
+        objects.delete("modeldeployments", name)
+    wait_for(lambda: sum(1 for n in names if n not in admitted and _admitted(objects, n)) > 0, timeout=20,
+             message="queued deployments admitted after the others were deleted")

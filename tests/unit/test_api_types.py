@@ -1,0 +1,156 @@
+"""The API types: parsing raw objects, field paths in errors, the Python side of the CEL rules."""
+
+import pytest
+
+from llmos_operator.api import InvalidObject, Model, ModelDeployment, Tenant, parse_as, parse_object
+from llmos_operator.api.types import ModelDeploymentSpec, RolloutSpec
+
+pytestmark = pytest.mark.unit
+
+
+def mdep(spec: dict, name: str = "chat") -> dict:
+    return {
+        "apiVersion": "llmos.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "team-a", "uid": "u1", "generation": 3},
+        "spec": spec,
+    }
+
+
+def errors_of(raw: dict) -> list[str]:
+    with pytest.raises(InvalidObject) as info:
+        parse_object(raw)
+    return [e.path for e in info.value.errors]
+
+
+def test_parses_camel_case_with_defaults():
+    obj = parse_object(mdep({"model": "llama", "gpu": {"class": "h100", "count": 4}}))
+    assert isinstance(obj, ModelDeployment)
+    assert obj.spec.gpu.class_ == "h100"
+    assert obj.spec.replicas == 1
+    assert obj.spec.rollout.max_surge == "auto" and obj.spec.rollout.max_unavailable == 0
+    assert obj.tensor_parallel_size == 4  # defaults to gpu.count
+    assert obj.gpus_demanded == 4
+    assert obj.key == "team-a/chat"
+    assert obj.metadata.generation == 3
+
+
+def test_round_trips_to_camel_case_json():
+    raw = mdep({"model": "llama", "replicas": 2, "gpu": {"class": "l4", "count": 2},
+                "engine": {"tensorParallelSize": 2, "maxModelLen": 4096, "gpuMemoryUtilization": 0.85},
+                "rollout": {"maxSurge": 2}})
+    out = parse_object(raw).to_dict()
+    assert out["spec"]["gpu"] == {"class": "l4", "count": 2}
+    assert out["spec"]["engine"]["tensorParallelSize"] == 2
+    assert out["spec"]["engine"]["gpuMemoryUtilization"] == 0.85
+    assert out["spec"]["rollout"]["maxSurge"] == 2
+    assert "queuePosition" not in out["status"]
+
+
+def test_snake_case_names_are_accepted_in_python():
+    spec = ModelDeploymentSpec(model="m", gpu={"class": "h100", "count": 2}, engine={"tensor_parallel_size": 2})
+    assert spec.engine.tensor_parallel_size == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"model": "m", "gpu": {"class": "h100", "count": 0}}, "spec.gpu.count"),
+        ({"model": "m", "gpu": {"class": "h100"}}, "spec.gpu.count"),
+        ({"model": "m", "gpu": {"class": "H100!", "count": 1}}, "spec.gpu.class"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 4}, "engine": {"tensorParallelSize": 3}},
+         "spec.engine.tensorParallelSize"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "engine": {"gpuMemoryUtilization": 0}},
+         "spec.engine.gpuMemoryUtilization"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "rollout": {"maxSurge": "fast"}},
+         "spec.rollout.maxSurge"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "rollout": {"maxSurge": 0}},
+         "spec.rollout.maxUnavailable"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "replicas": -1}, "spec.replicas"),
+        ({"gpu": {"class": "h100", "count": 1}}, "spec.model"),
+    ],
+)
+def test_errors_name_the_field_path(spec, path):
+    assert path in errors_of(mdep(spec))
+
+
+def test_error_message_reads_like_the_api_server():
+    with pytest.raises(InvalidObject) as info:
+        parse_object(mdep({"model": "m", "gpu": {"class": "h100", "count": 4}, "engine": {"tensorParallelSize": 3}}))
+    assert str(info.value).startswith("ModelDeployment 'chat' is invalid: spec.engine.tensorParallelSize: ")
+    assert "must divide gpu.count" in str(info.value)
+
+
+def test_name_must_be_a_dns_1035_label():
+    assert errors_of(mdep({"model": "m", "gpu": {"class": "h100", "count": 1}}, name="1chat")) == ["metadata.name"]
+    assert errors_of(mdep({"model": "m", "gpu": {"class": "h100", "count": 1}}, name="a" * 64)) == ["metadata.name"]
+
+
+def test_rollout_rules():
+    assert RolloutSpec(max_surge=0, max_unavailable=1).max_surge == 0
+    assert RolloutSpec(max_surge="auto").max_surge == "auto"
+    with pytest.raises(ValueError):
+        RolloutSpec(max_surge=-1)
+    with pytest.raises(ValueError):
+        RolloutSpec(max_surge="25%")  # only 'auto' or an integer
+
+
+def model(spec: dict) -> dict:
+    return {"apiVersion": "llmos.dev/v1alpha1", "kind": "Model", "metadata": {"name": "llama", "namespace": "a"},
+            "spec": spec}
+
+
+def test_model_defaults_and_served_name():
+    m = parse_object(model({"source": {"uri": "hf://meta/llama"}}))
+    assert isinstance(m, Model)
+    assert m.spec.signature.policy == "Required"
+    assert m.spec.quantization == "none"
+    assert m.served_name == "llama"
+    m2 = parse_object(model({"source": {"uri": "hf://meta/llama"}, "servedName": "chat"}))
+    assert m2.served_name == "chat"
+
+
+@pytest.mark.parametrize("uri", ["file:///models/x", "pvc://models/llama/7b", "pvc://models", "s3://b/k", "gs://b/k",
+                                 "hf://org/name", "hf://gpt2", "oci://ghcr.io/x/y:1"])
+def test_source_uri_schemes_accepted(uri):
+    parse_object(model({"source": {"uri": uri}}))
+
+
+@pytest.mark.parametrize("uri", ["http://x/y", "models/x", "pvc://Bad_Claim/x", "hf://a/b/c", "s3://"])
+def test_source_uri_refused_with_path(uri):
+    assert errors_of(model({"source": {"uri": uri}})) == ["spec.source.uri"]
+
+
+def test_signature_bundle_ref_and_uri_are_exclusive():
+    paths = errors_of(model({"source": {"uri": "hf://a/b"},
+                             "signature": {"uri": "s3://b/sig", "bundleRef": {"name": "sigs"}}}))
+    assert paths == ["spec.signature"]
+
+
+def test_adapter_errors_carry_the_list_index():
+    paths = errors_of(model({"source": {"uri": "hf://a/b"},
+                             "adapters": [{"name": "ok", "source": {"uri": "hf://a/c"}},
+                                          {"name": "bad", "source": {"uri": "ftp://x"}}]}))
+    assert paths == ["spec.adapters[1].source.uri"]
+
+
+def test_tenant_parses_and_checks_trusted_keys():
+    raw = {"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team-a"},
+           "spec": {"namespaces": ["a1"], "quota": {"gpus": {"h100": 8}, "maxModelDeployments": 3}, "priority": 5,
+                    "trustedKeys": [{"name": "k", "publicKey": "PEM"}]},
+           "status": {"reservations": {"a1/x": {"class": "h100", "gpus": 2, "uid": "u"}}}}
+    t = parse_as(Tenant, raw)
+    assert t.spec.quota.gpus == {"h100": 8} and t.spec.priority == 5
+    assert t.status.reservations["a1/x"].class_ == "h100"
+    bad = {**raw, "spec": {"trustedKeys": [{"name": "k"}]}}
+    assert errors_of(bad) == ["spec.trustedKeys[0]"]
+    neg = {**raw, "spec": {"quota": {"gpus": {"h100": -1}}}}
+    assert errors_of(neg) == ["spec.quota.gpus.h100"]
+
+
+def test_unknown_fields_are_ignored_and_unknown_kind_refused():
+    raw = mdep({"model": "m", "gpu": {"class": "h100", "count": 1}, "future": True})
+    raw["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    assert parse_object(raw).spec.model == "m"
+    with pytest.raises(InvalidObject):
+        parse_object({"kind": "Pod", "metadata": {"name": "x"}})

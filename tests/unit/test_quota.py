@@ -1,0 +1,329 @@
+"""Quota admission: decisions, order, scale-up/down, the ledger, restarts, and random sequences."""
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from llmos_operator.api import parse_as
+from llmos_operator.api.types import ModelDeployment, Tenant
+from llmos_operator.quota import (
+    ADMITTED,
+    INSUFFICIENT_CAPACITY,
+    NO_TENANT,
+    QUOTA_EXCEEDED,
+    TENANT_CORDONED,
+    TOO_MANY_DEPLOYMENTS,
+    UNKNOWN_GPU_CLASS,
+    LedgerError,
+    Request,
+    TenantInfo,
+    admit,
+    gpu_summary,
+    merge_ledgers,
+    namespace_owners,
+    parse_ledger,
+    reconcile_ledger,
+    split_ledger,
+    usage,
+)
+
+pytestmark = pytest.mark.unit
+
+CLASSES = {"h100", "l4"}
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def req(name, gpus=1, replicas=1, cls="h100", tenant="a", ns=None, t=0, uid=None):
+    return Request(namespace=ns or f"{tenant}-ns", name=name, uid=uid or f"uid-{name}", tenant=tenant,
+                   gpu_class=cls, replicas=replicas, gpus_per_replica=gpus, created=T0 + timedelta(seconds=t))
+
+
+def tenants(**quotas):
+    return {name: TenantInfo(name=name, gpus=q) for name, q in quotas.items()}
+
+
+def run(requests, ledger=None, tns=None, **kw):
+    return admit(requests, ledger or {}, tns if tns is not None else tenants(a={"h100": 8, "l4": 4}), CLASSES, **kw)
+
+
+def test_admits_what_fits_and_queues_the_rest_in_creation_order():
+    r = run([req("x", gpus=4, t=0), req("y", gpus=4, t=1), req("z", gpus=2, t=2)])
+    d = r.decisions
+    assert d["a-ns/x"].reason == ADMITTED and d["a-ns/y"].reason == ADMITTED
+    assert not d["a-ns/z"].admitted and d["a-ns/z"].reason == QUOTA_EXCEEDED
+    assert d["a-ns/z"].queue_position == 1
+    assert d["a-ns/z"].replicas == 0 and d["a-ns/z"].reserved == 0
+    msg = d["a-ns/z"].message
+    assert "h100" in msg and "needs 2" in msg and "uses 8 of its 8" in msg  # class, requested, used, limit
+    assert r.ledger == {"a-ns/x": {"class": "h100", "gpus": 4, "uid": "uid-x"},
+                        "a-ns/y": {"class": "h100", "gpus": 4, "uid": "uid-y"}}
+    assert r.usage("a") == {"h100": 8}
+    assert r.admitted_count("a") == 2 and r.queued_count("a") == 1
+
+
+def test_demand_is_replicas_times_gpus():
+    r = run([req("x", gpus=2, replicas=3)])
+    assert r.decisions["a-ns/x"].reserved == 6 and r.decisions["a-ns/x"].replicas == 3
+    r = run([req("x", gpus=3, replicas=3)])
+    assert r.decisions["a-ns/x"].reason == QUOTA_EXCEEDED
+
+
+def test_ties_on_creation_time_break_by_name():
+    r = run([req("b", gpus=8), req("a", gpus=8)])
+    assert r.decisions["a-ns/a"].admitted and not r.decisions["a-ns/b"].admitted
+
+
+def test_strict_order_within_a_pool_and_backfill_option():
+    reqs = [req("big", gpus=8, t=1), req("small", gpus=2, t=2)]
+    ledger = {"a-ns/old": {"class": "h100", "gpus": 4, "uid": "uid-old"}}
+    reqs.append(req("old", gpus=4, t=0))
+    strict = run(reqs, ledger)
+    assert strict.decisions["a-ns/big"].queue_position == 1
+    small = strict.decisions["a-ns/small"]
+    assert small.reason == QUOTA_EXCEEDED and small.queue_position == 2 and "waits behind a-ns/big" in small.message
+    loose = run(reqs, ledger, backfill=True)
+    assert loose.decisions["a-ns/small"].admitted
+
+
+def test_other_classes_and_tenants_are_not_blocked():
+    tns = tenants(a={"h100": 4, "l4": 4}, b={"h100": 4})
+    r = run([req("big", gpus=8, t=0), req("l4", gpus=4, cls="l4", t=1), req("b1", gpus=4, tenant="b", t=2)], tns=tns)
+    assert not r.decisions["a-ns/big"].admitted
+    assert r.decisions["a-ns/l4"].admitted and r.decisions["b-ns/b1"].admitted
+
+
+def test_queued_is_admitted_when_quota_frees():
+    first = run([req("x", gpus=8, t=0), req("y", gpus=8, t=1)])
+    assert not first.decisions["a-ns/y"].admitted
+    # x is deleted: it is no longer among the requests.
+    second = run([req("y", gpus=8, t=1)], first.ledger)
+    assert second.decisions["a-ns/y"].admitted and second.dropped == ["a-ns/x"]
+
+
+def test_quota_raise_admits_the_queue():
+    first = run([req("x", gpus=8, t=0), req("y", gpus=4, t=1)])
+    second = run([req("x", gpus=8, t=0), req("y", gpus=4, t=1)], first.ledger, tns=tenants(a={"h100": 12}))
+    assert second.decisions["a-ns/y"].admitted
+
+
+def test_scale_up_is_admitted_for_the_difference_only():
+    first = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=2, replicas=1, t=1)])
+    assert first.usage("a") == {"h100": 6}
+    up = run([req("x", gpus=2, replicas=3, t=0), req("y", gpus=2, replicas=1, t=1)], first.ledger)
+    assert up.decisions["a-ns/x"].reason == ADMITTED and up.ledger["a-ns/x"]["gpus"] == 6
+    assert up.usage("a") == {"h100": 8}
+
+
+def test_scale_up_that_does_not_fit_keeps_the_old_reservation():
+    first = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=4, t=1)])
+    up = run([req("x", gpus=2, replicas=4, t=0), req("y", gpus=4, t=1)], first.ledger)
+    d = up.decisions["a-ns/x"]
+    assert d.admitted and d.reason == QUOTA_EXCEEDED
+    assert d.reserved == 4 and d.replicas == 2 and d.requested == 8
+    assert "scale-up to 4 replicas waits" in d.message and "needs 4 more h100 GPUs" in d.message
+    assert up.ledger["a-ns/x"]["gpus"] == 4
+    assert up.admitted_count("a") == 2 and up.queued_count("a") == 0
+
+
+def test_scale_down_frees_at_once_and_lets_the_queue_in():
+    first = run([req("x", gpus=2, replicas=4, t=0), req("y", gpus=4, t=1)])
+    assert not first.decisions["a-ns/y"].admitted
+    down = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=4, t=1)], first.ledger)
+    assert down.ledger["a-ns/x"]["gpus"] == 4 and down.decisions["a-ns/y"].admitted
+
+
+def test_reasons():
+    tns = {"a": TenantInfo("a", {"h100": 8}, max_model_deployments=1), "c": TenantInfo("c", {"h100": 8}, cordoned=True)}
+    r = run([req("x", t=0), req("y", t=1), req("u", cls="a100", t=2, ns="a-ns"),
+             req("n", tenant=None, ns="stray"), req("z", tenant="c")], tns=tns)
+    d = r.decisions
+    assert d["a-ns/x"].reason == ADMITTED
+    assert d["a-ns/y"].reason == TOO_MANY_DEPLOYMENTS and "limit (quota.maxModelDeployments) is 1" in d["a-ns/y"].message
+    assert d["a-ns/u"].reason == UNKNOWN_GPU_CLASS and "'a100'" in d["a-ns/u"].message
+    assert d["stray/n"].reason == NO_TENANT and "stray" in d["stray/n"].message
+    assert d["c-ns/z"].reason == TENANT_CORDONED
+    assert all(not d[k].admitted for k in ("a-ns/y", "a-ns/u", "stray/n", "c-ns/z"))
+    assert d["a-ns/y"].queue_position is None
+
+
+def test_class_without_quota_means_zero():
+    r = run([req("x", cls="l4")], tns=tenants(a={"h100": 8}))
+    assert r.decisions["a-ns/x"].reason == QUOTA_EXCEEDED and "uses 0 of its 0 l4" in r.decisions["a-ns/x"].message
+
+
+def test_cordoned_tenant_keeps_running_deployments_but_refuses_scale_up():
+    first = run([req("x", gpus=2)])
+    cordoned = {"a": TenantInfo("a", {"h100": 8}, cordoned=True)}
+    same = run([req("x", gpus=2)], first.ledger, tns=cordoned)
+    assert same.decisions["a-ns/x"].reason == ADMITTED
+    up = run([req("x", gpus=2, replicas=2)], first.ledger, tns=cordoned)
+    assert up.decisions["a-ns/x"].admitted and up.decisions["a-ns/x"].reason == TENANT_CORDONED
+    assert up.decisions["a-ns/x"].replicas == 1
+
+
+def test_lowering_quota_evicts_nothing():
+    first = run([req("x", gpus=8)])
+    low = run([req("x", gpus=8), req("y", gpus=1, t=1)], first.ledger, tns=tenants(a={"h100": 4}))
+    assert low.decisions["a-ns/x"].admitted and not low.decisions["a-ns/y"].admitted
+    assert "uses 8 of its 4" in low.decisions["a-ns/y"].message
+
+
+def test_recreated_deployment_with_the_same_name_starts_over():
+    first = run([req("x", gpus=8, uid="one"), req("y", gpus=8, t=1)])
+    again = run([req("x", gpus=8, uid="two", t=5), req("y", gpus=8, t=1)], first.ledger)
+    assert again.dropped == ["a-ns/x"]
+    assert again.decisions["a-ns/y"].admitted and not again.decisions["a-ns/x"].admitted
+
+
+def test_class_change_drops_the_old_reservation():
+    first = run([req("x", gpus=4, cls="h100")])
+    moved = run([req("x", gpus=4, cls="l4")], first.ledger)
+    assert moved.ledger["a-ns/x"]["class"] == "l4" and moved.usage("a") == {"l4": 4}
+
+
+def test_priority_matters_when_cluster_capacity_is_short():
+    tns = {"lo": TenantInfo("lo", {"h100": 8}, priority=0), "hi": TenantInfo("hi", {"h100": 8}, priority=10)}
+    reqs = [req("old", gpus=6, tenant="lo", t=0), req("new", gpus=6, tenant="hi", t=5)]
+    r = run(reqs, tns=tns, capacity={"h100": 8})
+    assert r.decisions["hi-ns/new"].admitted
+    lo = r.decisions["lo-ns/old"]
+    assert lo.reason == INSUFFICIENT_CAPACITY and "6 of the cluster's 8" in lo.message and lo.queue_position == 1
+    assert run(reqs, tns=tns).decisions["lo-ns/old"].admitted  # without a capacity both fit
+
+
+def test_admission_is_deterministic_and_idempotent():
+    reqs = [req(f"d{i}", gpus=1 + i % 3, t=i % 4) for i in range(12)]
+    one = run(reqs)
+    assert run(list(reversed(reqs))) == one
+    again = run(reqs, one.ledger)  # a restarted operator reading the persisted ledger
+    assert again.ledger == one.ledger
+    assert {k: d.admitted for k, d in again.decisions.items()} == {k: d.admitted for k, d in one.decisions.items()}
+
+
+def test_thirty_concurrent_creations_against_eight_gpus():
+    reqs = [req(f"m{i:02d}", gpus=1 + i % 2, t=0) for i in range(30)]
+    r = run(reqs, tns=tenants(a={"h100": 8}))
+    assert r.usage("a")["h100"] <= 8
+    admitted = sorted(k for k, d in r.decisions.items() if d.admitted)
+    # Same creation second: name order. m00(1) m01(2) m02(1) m03(2) = 6, m04(1) = 7, m05(2) does not fit → blocks.
+    assert admitted == ["a-ns/m00", "a-ns/m01", "a-ns/m02", "a-ns/m03", "a-ns/m04"]
+    # An operator restarted mid-way, with only part of the ledger written, still never exceeds the quota.
+    partial = dict(list(r.ledger.items())[:2])
+    r2 = run(reqs, partial, tns=tenants(a={"h100": 8}))
+    assert r2.usage("a")["h100"] <= 8
+
+
+def test_duplicate_requests_are_refused():
+    with pytest.raises(ValueError):
+        run([req("x"), req("x")])
+
+
+def test_random_sequences_never_exceed_quota():
+    rng = random.Random(4)
+    quotas = {"a": {"h100": 8, "l4": 4}, "b": {"h100": 4}}
+    for _ in range(60):
+        live: dict[str, Request] = {}
+        ledger: dict = {}
+        tns = tenants(**quotas)
+        for step in range(40):
+            op = rng.random()
+            if op < 0.45 or not live:
+                tenant = rng.choice(["a", "b"])
+                name = f"d{step}"
+                r = req(name, gpus=rng.choice([1, 2, 4]), replicas=rng.randint(0, 3), cls=rng.choice(["h100", "l4"]),
+                        tenant=tenant, t=step)
+                live[r.key] = r
+            elif op < 0.7:
+                live.pop(rng.choice(sorted(live)))
+            else:
+                key = rng.choice(sorted(live))
+                old = live[key]
+                live[key] = Request(old.namespace, old.name, old.uid, old.tenant, old.gpu_class,
+                                    rng.randint(0, 4), old.gpus_per_replica, old.created)
+            before = {k: v["gpus"] for k, v in ledger.items()}
+            result = admit(live.values(), ledger, tns, CLASSES)
+            for t, q in quotas.items():
+                for cls, used in result.usage(t).items():
+                    assert used <= q.get(cls, 0), (t, cls, used)
+            for key, d in result.decisions.items():
+                r = live[key]
+                assert (key in result.ledger) == d.admitted
+                if d.admitted:
+                    assert result.ledger[key]["gpus"] == d.reserved
+                    assert d.replicas * r.gpus_per_replica <= d.reserved and d.replicas <= r.replicas
+                    if d.reason == ADMITTED:
+                        assert d.reserved == r.demand
+                    else:  # a waiting scale-up keeps exactly what it had
+                        assert d.reserved == before[key]
+            # Pure: a second pass over its own output changes nothing.
+            assert admit(live.values(), result.ledger, tns, CLASSES).ledger == result.ledger
+            ledger = result.ledger
+
+
+# --- the ledger ----------------------------------------------------------------------------------------------------
+
+
+def test_ledger_helpers():
+    ledger = parse_ledger({"a/x": {"class": "h100", "gpus": 4, "uid": "1"}, "b/y": {"class": "l4", "gpus": 2, "uid": "2"},
+                           "a/z": {"class": "h100", "gpus": 1, "uid": "3"}})
+    assert usage(ledger) == {"h100": 5, "l4": 2}
+    kept, dropped = reconcile_ledger(ledger, {"a/x": "1", "b/y": "other"})
+    assert list(kept) == ["a/x"] and dropped == ["a/z", "b/y"]
+    parts = split_ledger(ledger, {"a": "team-a", "b": "team-b"})
+    assert set(parts["team-a"]) == {"a/x", "a/z"} and set(parts["team-b"]) == {"b/y"}
+    assert merge_ledgers(parts.values()) == ledger
+    with pytest.raises(LedgerError):
+        merge_ledgers([{"a/x": {"class": "h100", "gpus": 1, "uid": "1"}}, {"a/x": {"class": "h100", "gpus": 2, "uid": "1"}}])
+    assert parse_ledger(None) == {}
+
+
+@pytest.mark.parametrize("bad", [{"x": {"class": "h100", "gpus": 1, "uid": "u"}},
+                                 {"a/x": {"class": "h100", "gpus": "1", "uid": "u"}},
+                                 {"a/x": {"class": "h100", "gpus": -1, "uid": "u"}},
+                                 {"a/x": {"gpus": 1, "uid": "u"}}])
+def test_malformed_ledger_raises_rather_than_forgetting(bad):
+    with pytest.raises(LedgerError):
+        parse_ledger(bad)
+
+
+def test_ledger_is_what_the_tenant_status_schema_holds():
+    result = run([req("x", gpus=2)])
+    tenant = parse_as(Tenant, {"kind": "Tenant", "metadata": {"name": "a"},
+                               "status": {"reservations": result.ledger_for("a")}})
+    assert {k: v.to_dict() for k, v in tenant.status.reservations.items()} == result.ledger
+
+
+def test_request_from_model_deployment():
+    m = parse_as(ModelDeployment, {
+        "kind": "ModelDeployment",
+        "metadata": {"name": "chat", "namespace": "a1", "uid": "u", "creationTimestamp": "2026-01-02T03:04:05Z"},
+        "spec": {"model": "m", "replicas": 3, "gpu": {"class": "l4", "count": 2}}})
+    r = Request.from_model_deployment(m, "a")
+    assert (r.key, r.demand, r.gpu_class, r.tenant) == ("a1/chat", 6, "l4", "a")
+    assert r.created == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert TenantInfo.from_tenant(parse_as(Tenant, {"kind": "Tenant", "metadata": {"name": "a"},
+                                                    "spec": {"quota": {"gpus": {"l4": 2}}, "priority": 3}})) == \
+        TenantInfo("a", {"l4": 2}, None, 3, False)
+
+
+def test_gpu_summary():
+    assert gpu_summary({"h100": 4}, {"h100": 8, "l4": 4}) == "h100 4/8, l4 0/4"
+    assert gpu_summary({"a100": 1}, {}) == "a100 1/0"
+
+
+def tenant(name, namespaces, created):
+    return parse_as(Tenant, {"kind": "Tenant", "metadata": {"name": name, "creationTimestamp": created},
+                             "spec": {"namespaces": namespaces}})
+
+
+def test_namespace_owners_first_claim_wins_and_the_label_keeps_it():
+    a = tenant("a", ["shared", "a1"], "2026-01-01T00:00:00Z")
+    b = tenant("b", ["shared", "b1"], "2026-01-02T00:00:00Z")
+    owners, conflicts = namespace_owners([b, a])
+    assert owners == {"a1": "a", "b1": "b", "shared": "a"}
+    assert conflicts == {"b": {"shared": "a"}}
+    owners, conflicts = namespace_owners([a, b], current={"shared": "b"})
+    assert owners["shared"] == "b" and conflicts == {"a": {"shared": "b"}}
+    owners, _ = namespace_owners([a, b], current={"shared": "gone"})
+    assert owners["shared"] == "a"

@@ -1,0 +1,254 @@
+"""Rendering the children of a ModelDeployment."""
+
+import json
+
+import pytest
+
+from llmos_operator.api import parse_object
+from llmos_operator.config import config_from_yaml, default_config
+from llmos_operator.render import RenderError, endpoint_url, pod_requests, render_children, selector_string
+
+pytestmark = pytest.mark.unit
+
+CFG = default_config()
+H100 = CFG.gpu_class("h100")
+BUNDLE = b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}'
+PEM = b"-----BEGIN PUBLIC KEY-----\nMFk=\n-----END PUBLIC KEY-----\n"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def model(**spec):
+    spec.setdefault("source", {"uri": "hf://meta/llama-3-8b", "revision": "main"})
+    return parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "Model",
+                         "metadata": {"name": "llama", "namespace": "team-a", "generation": 1},
+                         "spec": spec, "status": {"digest": DIGEST}})
+
+
+def mdep(**spec):
+    spec.setdefault("model", "llama")
+    spec.setdefault("gpu", {"class": "h100", "count": 2})
+    return parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment",
+                         "metadata": {"name": "chat", "namespace": "team-a", "generation": 1, "uid": "u"},
+                         "spec": spec})
+
+
+def children(m=None, d=None, **kw):
+    kw.setdefault("bundle", BUNDLE)
+    kw.setdefault("signer_pem", PEM)
+    objs = render_children(d or mdep(), m or model(), H100, CFG, **kw)
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def deployment(**kw):
+    return children(**kw)[("Deployment", "chat")]
+
+
+def container(**kw):
+    (c,) = deployment(**kw)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_children_kinds_names_and_labels():
+    objs = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
+    assert [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("v1", "ConfigMap", "chat-trust"), ("v1", "ConfigMap", "chat-adapters"), ("apps/v1", "Deployment", "chat"),
+        ("v1", "Service", "chat"), ("policy/v1", "PodDisruptionBudget", "chat")]
+    for o in objs:
+        assert o["metadata"]["namespace"] == "team-a"
+        assert o["metadata"]["labels"] == {
+            "app.kubernetes.io/name": "llmos-runtime", "app.kubernetes.io/instance": "chat",
+            "app.kubernetes.io/managed-by": "llmos", "llmos.dev/model-deployment": "chat"}
+        assert "ownerReferences" not in o["metadata"]
+
+
+def test_command_is_exactly_the_runtime_cli():
+    d = mdep(engine={"maxModelLen": 8192, "gpuMemoryUtilization": 0.9, "extraArgs": ["--enforce-eager"]},
+             gpu={"class": "h100", "count": 2})
+    assert container(d=d, m=model(quantization="awq"))["command"] == [
+        "llmos-runtime", "serve", "--source", "hf://meta/llama-3-8b", "--revision", "main", "--served-name", "llama",
+        "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
+        "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
+        "--port", "8000", "--health-port", "8081", "--",
+        "--tensor-parallel-size", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
+        "--quantization", "awq", "--enforce-eager"]
+
+
+def test_command_variants():
+    m = model(source={"uri": "pvc://weights/llama"}, servedName="chat-model", signature={"policy": "Disabled"},
+              adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}, {"name": "fr", "source": {"uri": "hf://a/fr"}}])
+    d = mdep(gpu={"class": "h100", "count": 4}, engine={"tensorParallelSize": 2}, adapters=["sql"])
+    cmd = container(m=m, d=d, bundle=None, signer_pem=None)["command"]
+    assert "--revision" not in cmd and "--signature" not in cmd and "--trusted-key" not in cmd
+    assert cmd[cmd.index("--served-name") + 1] == "chat-model"
+    engine = cmd[cmd.index("--") + 1:]
+    assert engine == ["--tensor-parallel-size", "2", "--enable-lora", "--max-loras", "2"]
+
+
+def test_deployment_spec():
+    d = deployment(replicas=3)
+    spec = d["spec"]
+    assert spec["replicas"] == 3  # what quota admitted, not the spec's 1
+    assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "llmos-runtime",
+                                                "llmos.dev/model-deployment": "chat"}}
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["progressDeadlineSeconds"] == 2400
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"]
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert mdep().spec.replicas == 1 and deployment()["spec"]["replicas"] == 1
+
+
+def test_container():
+    c = container()
+    assert c["name"] == "runtime" and c["image"] == "ghcr.io/llmos/runtime:0.1.0"
+    assert c["env"] == [{"name": "HF_HUB_OFFLINE", "value": "1"},
+                        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("openai", 8000), ("health", 8081)]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert c["resources"]["requests"]["cpu"] == "4" and c["resources"]["requests"]["memory"] == "32Gi"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container(d=mdep(engine={"image": "registry.local/rt:dev"}))["image"] == "registry.local/rt:dev"
+
+
+def test_volumes_and_mounts():
+    c = container()
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["trust"] == {"name": "trust", "mountPath": "/etc/llmos/trust", "readOnly": True}
+    assert mounts["adapters"]["mountPath"] == "/etc/llmos/adapters"
+    assert mounts["cache"]["mountPath"] == "/var/cache/llmos"
+    assert "dshm" in mounts  # tensor parallel 2 needs shared memory
+    volumes = {v["name"]: v for v in deployment()["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["trust"]["configMap"]["name"] == "chat-trust"
+    assert volumes["adapters"]["configMap"]["name"] == "chat-adapters"
+    assert volumes["cache"] == {"name": "cache", "emptyDir": {}}
+    single = container(d=mdep(gpu={"class": "h100", "count": 1}))
+    assert "dshm" not in {m["name"] for m in single["volumeMounts"]}
+
+
+def test_pvc_source_is_mounted_read_only_where_the_runtime_looks():
+    m = model(source={"uri": "pvc://weights/llama/8b"}, adapters=[{"name": "sql", "source": {"uri": "pvc://loras/sql"}}])
+    dep = deployment(m=m, d=mdep(adapters=["sql"]))
+    pod = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["pvc-weights"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    assert volumes["pvc-loras"]["persistentVolumeClaim"]["claimName"] == "loras"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["pvc-weights"] == {"name": "pvc-weights", "mountPath": "/mnt/pvc/weights", "readOnly": True}
+    assert "pvc-weights" not in {v["name"] for v in deployment()["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_max_surge():
+    def strategy(**rollout):
+        return deployment(d=mdep(rollout=rollout))["spec"]["strategy"]["rollingUpdate"]
+    assert strategy(maxSurge=3, maxUnavailable=1) == {"maxSurge": 3, "maxUnavailable": 1}
+    auto0 = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM, auto_surge=0)[2]
+    assert auto0["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_template_hash_rolls_on_a_new_model_revision_only():
+    def annotations(**kw):
+        return deployment(**kw)["spec"]["template"]["metadata"]["annotations"]
+    base = annotations()
+    assert base["llmos.dev/model-digest"] == DIGEST
+    assert annotations() == base  # stable
+    newer = model()
+    newer.status.digest = "sha256:" + "cd" * 32
+    assert annotations(m=newer)["llmos.dev/config-hash"] != base["llmos.dev/config-hash"]
+    assert annotations(bundle=BUNDLE + b" ")["llmos.dev/config-hash"] != base["llmos.dev/config-hash"]
+    # Adapter selection is loaded live from adapters.json: it must not roll pods.
+    m = model(adapters=[{"name": "a", "source": {"uri": "hf://x/a"}}, {"name": "b", "source": {"uri": "hf://x/b"}}])
+    assert annotations(m=m, d=mdep(adapters=["a"])) == annotations(m=m, d=mdep(adapters=["b"]))
+
+
+def test_trust_configmap():
+    cm = children()[("ConfigMap", "chat-trust")]
+    assert cm["data"] == {"model.sig": BUNDLE.decode(), "signer.pem": PEM.decode()}
+    binary = children(bundle=b"\xff\x00")[("ConfigMap", "chat-trust")]
+    assert binary["binaryData"] == {"model.sig": "/wA="}
+    disabled = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)
+    assert disabled[("ConfigMap", "chat-trust")]["data"] == {}
+    with pytest.raises(RenderError) as info:
+        children(bundle=None)
+    assert info.value.reason == "SignatureUnavailable"
+
+
+def test_adapters_configmap():
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql", "revision": "v2"},
+                         "signature": {"uri": "s3://b/sql.sig"}},
+                        {"name": "fr", "source": {"uri": "hf://a/fr"}},
+                        {"name": "open", "source": {"uri": "hf://a/open"}, "signature": {"policy": "Disabled"}}])
+    cm = children(m=m, d=mdep(adapters=["sql", "fr", "open"]),
+                  adapter_bundles={"sql": b'{"sig": 1}'})[("ConfigMap", "chat-adapters")]
+    # The runtime's format: signature is the path of a bundle beside adapters.json, or null.
+    assert json.loads(cm["data"]["adapters.json"]) == {"adapters": [
+        {"name": "sql", "source": {"uri": "hf://a/sql", "revision": "v2"}, "signature": "sql.sig"},
+        {"name": "fr", "source": {"uri": "hf://a/fr"}, "signature": {"policy": "Required"}},  # no bundle: refused
+        {"name": "open", "source": {"uri": "hf://a/open"}, "signature": None}]}
+    assert cm["data"]["sql.sig"] == '{"sig": 1}'
+    unsigned = model(signature={"policy": "Disabled"}, adapters=[{"name": "fr", "source": {"uri": "hf://a/fr"}}])
+    cm = children(m=unsigned, d=mdep(adapters=["fr"]), bundle=None, signer_pem=None)[("ConfigMap", "chat-adapters")]
+    assert json.loads(cm["data"]["adapters.json"])["adapters"][0]["signature"] is None
+    empty = children()[("ConfigMap", "chat-adapters")]
+    assert json.loads(empty["data"]["adapters.json"]) == {"adapters": []}
+    with pytest.raises(RenderError) as info:
+        children(m=m, d=mdep(adapters=["de"]))
+    assert info.value.reason == "UnknownAdapter" and "de" in str(info.value)
+
+
+def test_service_and_pdb():
+    objs = children()
+    svc = objs[("Service", "chat")]
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "openai", "port": 8000, "targetPort": "openai", "protocol": "TCP",
+                                     "appProtocol": "http"}]
+    assert svc["spec"]["selector"] == objs[("Deployment", "chat")]["spec"]["selector"]["matchLabels"]
+    pdb = objs[("PodDisruptionBudget", "chat")]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == objs[("Deployment", "chat")]["spec"]["selector"]
+
+
+def test_config_changes_flow_through():
+    cfg = config_from_yaml("runtime: {image: 'r/rt:2', openaiPort: 9000, healthPort: 9001, cpuPerGPU: 0}\n")
+    objs = render_children(mdep(), model(), cfg.gpu_class("h100"), cfg, bundle=BUNDLE, signer_pem=PEM)
+    c = objs[2]["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "r/rt:2" and c["command"][c["command"].index("--port") + 1] == "9000"
+    assert [p["containerPort"] for p in c["ports"]] == [9000, 9001]
+    assert "cpu" not in c["resources"]["requests"]
+    assert objs[3]["spec"]["ports"][0]["port"] == 9000
+
+
+def test_helpers():
+    assert pod_requests(mdep(), H100, CFG) == {"nvidia.com/gpu": "2", "cpu": "4", "memory": "32Gi"}
+    assert endpoint_url(mdep(), CFG) == "http://chat.team-a.svc:8000/v1"
+    assert selector_string("chat") == "app.kubernetes.io/name=llmos-runtime,llmos.dev/model-deployment=chat"
+    with pytest.raises(ValueError):
+        render_children(mdep(), model(), CFG.gpu_class("l4"), CFG, bundle=BUNDLE, signer_pem=PEM)
+
+
+def test_adapters_json_is_what_the_runtime_reads(tmp_path):
+    adapters = pytest.importorskip("llmos_runtime.adapters")
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql", "revision": "v2"}},
+                        {"name": "fr", "source": {"uri": "hf://a/fr"}},
+                        {"name": "open", "source": {"uri": "hf://a/open"}, "signature": {"policy": "Disabled"}}])
+    cm = children(m=m, d=mdep(adapters=["sql", "fr", "open"]),
+                  adapter_bundles={"sql": b"{}"})[("ConfigMap", "chat-adapters")]
+    specs, invalid = adapters.parse_adapters(cm["data"]["adapters.json"].encode(), tmp_path)
+    by_name = {s.name: s for s in specs}
+    assert by_name["sql"].source == "hf://a/sql" and by_name["sql"].revision == "v2"
+    assert by_name["sql"].signature == tmp_path / "sql.sig"
+    assert by_name["open"].signature is None
+    assert list(invalid) == ["fr"]  # required, but no bundle was supplied: that adapter alone fails closed

@@ -1,0 +1,83 @@
+"""The runtime's command line (the contract with the operator's pod spec) and the engine command it derives."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmos_runtime.cli import parse_args
+from llmos_runtime.config import engine_command, engine_env
+
+pytestmark = pytest.mark.unit
+
+RENDERED = [
+    "serve", "--source", "pvc://models/llama", "--revision", "r2", "--served-name", "support-bot",
+    "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
+    "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
+    "--port", "8000", "--health-port", "8081", "--drain-timeout", "100",
+    "--termination-log", "/dev/termination-log", "--pvc-root", "/mnt/pvc",
+    "--", "--tensor-parallel-size", "1", "--max-model-len", "256", "--enable-lora", "--max-loras", "4",
+]
+
+
+def test_the_operator_contract_parses():
+    cfg = parse_args(RENDERED)
+    assert cfg.source == "pvc://models/llama" and cfg.revision == "r2" and cfg.served_name == "support-bot"
+    assert cfg.signature == Path("/etc/llmos/trust/model.sig")
+    assert cfg.trusted_keys == [Path("/etc/llmos/trust/signer.pem")]
+    assert cfg.adapters_file == Path("/etc/llmos/adapters/adapters.json")
+    assert (cfg.port, cfg.health_port, cfg.drain_timeout) == (8000, 8081, 100.0)
+    assert cfg.pvc_root == Path("/mnt/pvc") and cfg.termination_log == Path("/dev/termination-log")
+    assert cfg.engine_args == ["--tensor-parallel-size", "1", "--max-model-len", "256", "--enable-lora",
+                               "--max-loras", "4"]
+    assert cfg.lora_enabled
+
+
+def test_defaults():
+    cfg = parse_args(["serve", "--source", "hf://org/m", "--served-name", "m"])
+    assert (cfg.port, cfg.health_port, cfg.host) == (8000, 8081, "0.0.0.0")
+    assert cfg.cache_dir == Path("/var/cache/llmos") and cfg.pvc_root == Path("/mnt/pvc")
+    assert cfg.signature is None and cfg.trusted_keys == [] and cfg.adapters_file is None
+    assert cfg.engine_args == [] and not cfg.lora_enabled
+    assert cfg.drain_timeout == 100.0  # fits terminationGracePeriodSeconds 120 minus the 5 s preStop
+
+
+def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
+    cfg = parse_args(["serve", "--source", "file:///m", "--served-name", "m", "--", "--port-offset", "1",
+                      "--source", "x"])
+    assert cfg.engine_args == ["--port-offset", "1", "--source", "x"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--served-name", "m"],  # no source
+        ["serve", "--source", "file:///m"],  # no name
+        ["serve", "--source", "file:///m", "--served-name", "m", "--signature", "/s"],  # no trusted key
+        ["serve", "--source", "file:///m", "--served-name", "m", "--", "--model", "/other"],  # reserved
+        ["serve", "--source", "file:///m", "--served-name", "m", "--", "--port=9"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--", "--served-model-name", "x"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--drain-timeout", "-1"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "stray"],
+    ],
+)
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+
+
+def test_engine_command_and_env():
+    cfg = parse_args(RENDERED)
+    cmd = engine_command(cfg, Path("/var/cache/llmos/models/x"), 41000)
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[3:9] == ["--tensor-parallel-size", "1", "--max-model-len", "256", "--enable-lora", "--max-loras"]
+    assert cmd[-8:] == ["--model", "/var/cache/llmos/models/x", "--served-model-name", "support-bot",
+                        "--host", "127.0.0.1", "--port", "41000"]
+    env = engine_env(cfg, {"PATH": "/bin", "HF_HUB_OFFLINE": "0"})
+    assert env["HF_HUB_OFFLINE"] == "1"  # the engine never fetches anything: the weights are local and verified
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PATH"] == "/bin"
+    no_adapters = parse_args(["serve", "--source", "file:///m", "--served-name", "m"])
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_env(no_adapters, {})

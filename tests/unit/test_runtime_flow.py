@@ -1,0 +1,256 @@
+"""The runtime's whole flow (verify → engine → ready → adapters → SIGTERM drain) against a fake engine.
+
+The real engine is covered by tests/engine; these run in seconds and pin the control flow: readiness, refusal while
+draining, in-flight streams finishing, exit codes, the termination message, the adapter watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from llmos_runtime import server as server_mod
+from llmos_runtime.config import RuntimeConfig
+from llmos_runtime.engine import free_port
+from llmos_runtime.server import Runtime
+from tests.support.runtime_proc import write_configmap
+from tests.support.tiny_model import make_signing_key
+
+pytestmark = pytest.mark.unit
+
+FAKE_ENGINE = str(Path(__file__).resolve().parents[1] / "support" / "fake_engine.py")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return make_signing_key(tmp_path_factory.mktemp("keys"))
+
+
+def signed_dir(path: Path, files: dict[str, bytes], private_key: Path) -> Path:
+    from llmos_signing import sign_model
+
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    sign_model(path, private_key.read_bytes())
+    return path
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """Replace vLLM by tests/support/fake_engine.py; records the commands the runtime would have run."""
+    calls = []
+
+    def command(cfg, model_dir, port, python=None):
+        calls.append((model_dir, port))
+        return [sys.executable, FAKE_ENGINE, *cfg.engine_args, "--served-model-name", cfg.served_name,
+                "--port", str(port)]
+
+    monkeypatch.setattr(server_mod, "engine_command", command)
+    return calls
+
+
+def make_cfg(tmp_path: Path, model: Path, public_key: Path | None, **kw) -> RuntimeConfig:
+    return RuntimeConfig(
+        source=f"file://{model}",
+        served_name="tiny",
+        signature=model / "model.sig" if public_key else None,
+        trusted_keys=[public_key] if public_key else [],
+        cache_dir=tmp_path / "cache",
+        host="127.0.0.1",
+        port=free_port(),
+        health_port=free_port(),
+        termination_log=tmp_path / "termination-log",
+        pvc_root=tmp_path / "pvc",
+        adapters_poll_interval=0.1,
+        **kw,
+    )
+
+
+async def wait_for(cond, timeout=20.0, poll=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(poll)
+    raise AssertionError("timed out")
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> int | None:
+    try:
+        async with session.get(url) as r:
+            return r.status
+    except aiohttp.ClientError:
+        return None
+
+
+def test_serve_adapters_and_drain(tmp_path, keys, fake_engine):
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 4096}, priv)
+    good = signed_dir(tmp_path / "lora-good", {"adapter_config.json": b"{}", "a.safetensors": b"a" * 64}, priv)
+    bad = signed_dir(tmp_path / "lora-bad", {"adapter_config.json": b"{}", "a.safetensors": b"b" * 64}, priv)
+    (bad / "a.safetensors").write_bytes(b"c" * 64)  # tampered after signing
+    reject = signed_dir(tmp_path / "lora-reject", {"adapter_config.json": b"{}"}, priv)
+    adapters_dir = tmp_path / "adapters"
+    (adapters_dir).mkdir()
+    (adapters_dir / "adapters.json").write_text(json.dumps({"adapters": [
+        {"name": "good", "source": f"file://{good}", "signature": str(good / "model.sig")},
+        {"name": "bad", "source": f"file://{bad}", "signature": str(bad / "model.sig")},
+        {"name": "reject", "source": f"file://{reject}", "signature": None},
+    ]}))
+    cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters_dir / "adapters.json",
+                   engine_args=["--enable-lora", "--chunk-delay", "0.05"], drain_timeout=30)
+    rt = Runtime(cfg)
+    api, health = f"http://127.0.0.1:{cfg.port}", f"http://127.0.0.1:{cfg.health_port}"
+
+    async def scenario():
+        main = asyncio.create_task(rt.main())
+        async with aiohttp.ClientSession() as s:
+            await wait_for(lambda: _is(s, health + "/healthz", 200))
+            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            assert fake_engine and fake_engine[0][0] == model
+
+            async with s.get(health + "/adapters") as r:
+                rep = await r.json()
+            assert [a["name"] for a in rep["loaded"]] == ["good"]
+            assert rep["loaded"][0]["verified"] is True
+            failed = {a["name"]: a["reason"] for a in rep["failed"]}
+            assert failed["bad"] == "verification failed: hash mismatch: a.safetensors"
+            assert "engine refused the adapter (HTTP 404)" in failed["reject"]
+
+            async with s.post(api + "/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 3}) as r:
+                assert r.status == 200 and (await r.json())["choices"][0]["text"] == "xxx"
+            async with s.get(health + "/metrics") as r:
+                text = await r.text()
+            assert "vllm:fake 1.0" in text and "llmos_runtime_ready 1.0" in text
+            assert "llmos_runtime_adapters_loaded 1.0" in text
+
+            # a stream of 40 chunks (2 s) is in flight when SIGTERM arrives
+            stream = await s.post(api + "/v1/completions",
+                                  json={"model": "tiny", "prompt": "x", "max_tokens": 40, "stream": True})
+            assert stream.status == 200
+            first = await stream.content.readline()
+            assert first.startswith(b"data: ")
+            os.kill(os.getpid(), signal.SIGTERM)
+            await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=2)
+            t = time.monotonic()
+            async with s.post(api + "/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
+                assert r.status == 503
+                assert r.headers["X-LLMOS-Draining"] == "1" and r.headers["Retry-After"] == "1"
+            assert time.monotonic() - t < 1.0
+            assert await status(s, health + "/healthz") == 200  # still alive while draining
+            rest = await stream.read()
+            assert rest.rstrip().endswith(b"data: [DONE]") and rest.count(b"data: ") == 40  # 39 chunks + [DONE]
+            code = await asyncio.wait_for(main, 30)
+        return code
+
+    assert asyncio.run(scenario()) == 0
+    assert rt.engine is not None and rt.engine.returncode is not None
+    assert not (tmp_path / "termination-log").exists()
+
+
+async def _is(s, url, code):
+    return await status(s, url) == code
+
+
+def test_tampered_model_exits_4_without_starting_the_engine(tmp_path, keys, fake_engine, capsys):
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 4096}, priv)
+    data = bytearray((model / "model.safetensors").read_bytes())
+    data[100] ^= 1
+    (model / "model.safetensors").write_bytes(bytes(data))
+    code = asyncio.run(Runtime(make_cfg(tmp_path, model, pub)).main())
+    assert code == 4
+    assert fake_engine == []  # the engine was never started
+    line = "model verification failed: hash mismatch: model.safetensors"
+    assert (tmp_path / "termination-log").read_text() == line + "\n"
+    assert f"llmos-runtime: {line}" in capsys.readouterr().err
+
+
+def test_unsigned_extra_file_is_refused(tmp_path, keys, fake_engine):
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}"}, priv)
+    (model / "extra.py").write_text("print('not signed')")
+    assert asyncio.run(Runtime(make_cfg(tmp_path, model, pub)).main()) == 4
+    assert "extra.py" in (tmp_path / "termination-log").read_text()
+
+
+def test_missing_source_exits_3(tmp_path, fake_engine):
+    cfg = make_cfg(tmp_path, tmp_path / "nope", None)
+    assert asyncio.run(Runtime(cfg).main()) == 3
+    assert "model directory not found" in (tmp_path / "termination-log").read_text()
+    assert fake_engine == []
+
+
+def test_engine_failing_at_startup_exits_5(tmp_path, keys, fake_engine):
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}"}, priv)
+    cfg = make_cfg(tmp_path, model, pub, engine_args=["--exit-code", "3"])
+    assert asyncio.run(Runtime(cfg).main()) == 5
+    assert (tmp_path / "termination-log").read_text().startswith("engine exited with code 3 before it was ready")
+
+
+def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fake_engine):
+    """The proxy refuses (503) until the engine is healthy; a ConfigMap-style swap of the adapters file is seen."""
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}"}, priv)
+    lora = signed_dir(tmp_path / "lora", {"adapter_config.json": b"{}"}, priv)
+    shutil.copy(lora / "model.sig", tmp_path / "lora.sig")
+    mount = tmp_path / "etc-llmos-adapters"
+    write_configmap(mount, {"adapters.json": json.dumps({"adapters": []})})
+    cfg = make_cfg(tmp_path, model, None, adapters_file=mount / "adapters.json",
+                   engine_args=["--enable-lora", "--startup-delay", "1.5"], drain_timeout=5)
+    cfg.trusted_keys = [pub]  # model signature policy Disabled (no --signature); adapters are still verified
+    rt = Runtime(cfg)
+    api, health = f"http://127.0.0.1:{cfg.port}", f"http://127.0.0.1:{cfg.health_port}"
+
+    async def scenario():
+        main = asyncio.create_task(rt.main())
+        async with aiohttp.ClientSession() as s:
+            await wait_for(lambda: _is(s, health + "/healthz", 200))
+            async with s.post(api + "/v1/completions", json={"model": "tiny"}) as r:
+                assert r.status == 503 and "X-LLMOS-Draining" not in r.headers
+            await wait_for(lambda: _is(s, health + "/readyz", 200))
+
+            async def answers(name):
+                async with s.post(api + "/v1/completions", json={"model": name, "max_tokens": 1}) as r:
+                    return r.status == 200
+
+            # the relative signature path is resolved against the adapters file's directory
+            write_configmap(mount, {
+                "adapters.json": json.dumps({"adapters": [
+                    {"name": "lora", "source": f"file://{lora}", "signature": "lora.sig"}]}),
+                "lora.sig": (tmp_path / "lora.sig").read_bytes(),
+            })
+            t = time.monotonic()
+            await wait_for(lambda: answers("lora"), timeout=5)
+            assert time.monotonic() - t < 2
+            write_configmap(mount, {"adapters.json": "not json"})  # a broken update changes nothing
+            await asyncio.sleep(0.5)
+            assert await answers("lora")
+            async with s.get(health + "/adapters") as r:
+                rep = await r.json()
+            assert rep["fileError"].startswith("adapters file is not valid JSON")
+            assert [a["name"] for a in rep["loaded"]] == ["lora"]
+            write_configmap(mount, {"adapters.json": json.dumps({"adapters": []})})
+            await wait_for(lambda: _not(answers("lora")), timeout=5)
+            async with s.get(health + "/adapters") as r:
+                rep = await r.json()
+            assert rep["loaded"] == [] and rep["failed"] == [] and rep["fileError"] is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            return await asyncio.wait_for(main, 30)
+
+    assert asyncio.run(scenario()) == 0
+
+
+async def _not(aw):
+    return not await aw
