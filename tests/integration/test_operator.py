@@ -264,3 +264,22 @@ def test_concurrent_creations_never_exceed_the_quota_across_an_operator_restart(
         objects.delete("modeldeployments", name)
     wait_for(lambda: sum(1 for n in names if n not in admitted and _admitted(objects, n)) > 0, timeout=20,
              message="queued deployments admitted after the others were deleted")
+
+
+def test_a_runtime_that_refuses_its_weights_turns_degraded_naming_the_file(objects, namespace, cluster):
+    """KWOK runs no containers, so this test writes the pod status a kubelet writes when the runtime container exits
+    with its one-line termination message (the runtime's own behaviour is tested on a real engine in tests/engine)."""
+    objects.tenant()
+    objects.model()
+    objects.deployment("d")
+    objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+    core = client.CoreV1Api(cluster.api)
+    pod = core.list_namespaced_pod(namespace, label_selector="llmos.dev/model-deployment=d").items[0]
+    message = "verification failed: hash mismatch: model-00001-of-00002.safetensors"
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"containerStatuses": [{
+        "name": "runtime", "image": pod.spec.containers[0].image, "imageID": "", "ready": False, "restartCount": 1,
+        "started": False, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "message": message}},
+    }]}})
+    cond = objects.wait_condition("modeldeployments", "d", "Degraded", "True", "RuntimeFailed", timeout=30)
+    assert "model-00001-of-00002.safetensors" in cond["message"]

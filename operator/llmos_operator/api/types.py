@@ -322,6 +322,10 @@ class ModelStatus(ApiModel):
     digest: str | None = Field(None, max_length=256, description="Digest of the verified weights (sha256:…).")
     short_digest: str | None = Field(None, max_length=32, description="The digest's first 12 hex characters.")
     signer: str | None = Field(None, max_length=256, description="Name of the key that signed the weights.")
+    key_hint: str | None = Field(
+        None, max_length=128, description="sha256 of the signer's public key PEM (the OMS key hint)."
+    )
+    file_count: int | None = Field(None, ge=0, description="Files the signed manifest covers.")
     conditions: list[Condition] = _conditions_field("Current state; Verified says whether the weights may be served.")
 
 

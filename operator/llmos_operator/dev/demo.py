@@ -74,7 +74,7 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
                                          for c in d.get("status", {}).get("conditions", []))]
         admitted = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] == "True"
                                             for c in d.get("status", {}).get("conditions", []))]
-        if len(decided) == len(items) == 5 and len(ready) == len(admitted):
+        if items and len(decided) == len(items) and len(ready) == len(admitted):
             break
         time.sleep(1)
 

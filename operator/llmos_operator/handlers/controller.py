@@ -25,7 +25,7 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from .. import metrics
-from ..api.types import InvalidObject, Model, ModelDeployment, Tenant, parse_as
+from ..api.types import InvalidObject, Model, ModelDeployment, SignatureSpec, Tenant, parse_as
 from ..config import OperatorConfig
 from ..placement import can_ever_fit, summarize_scheduling_failures
 from ..quota import AdmissionResult, Decision, Request, TenantInfo, admit, ledger_key, merge_ledgers, parse_ledger
@@ -190,7 +190,7 @@ class Controller:
                 models[(m.metadata.namespace, m.metadata.name)] = m
             except InvalidObject:
                 continue
-        requests, mdeps = [], {}
+        requests, mdeps, unservable = [], {}, {}
         for raw in self.kube.list("ModelDeployment"):
             if raw["metadata"].get("deletionTimestamp"):
                 continue
@@ -198,11 +198,12 @@ class Controller:
                 mdep = parse_as(ModelDeployment, raw)
             except InvalidObject:
                 continue
-            model = models.get((mdep.metadata.namespace, mdep.spec.model))
-            # An unverified model reserves no GPU: it is not even a candidate.
-            if model is None or not _model_servable(model):
-                continue
             mdeps[mdep.key] = mdep
+            model = models.get((mdep.metadata.namespace, mdep.spec.model))
+            if model is None or not _model_servable(model):
+                # An unverified model reserves no GPU: its deployments are not even candidates.
+                unservable[mdep.key] = _not_servable(mdep, model, owners.get(mdep.metadata.namespace))
+                continue
             requests.append(Request.from_model_deployment(mdep, owners.get(mdep.metadata.namespace)))
         ledgers = []
         for t in tenants:
@@ -230,14 +231,14 @@ class Controller:
                 metrics.GPUS_ALLOWED.labels(name, gpu_class).set(tenant.spec.quota.gpus.get(gpu_class, 0))
         # The ledger is stored: publish the decisions and wake the deployments whose decision changed.
         previous = self._decisions
-        self._decisions = dict(result.decisions)
-        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in result.decisions}
+        self._decisions = {**result.decisions, **unservable}
+        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in self._decisions}
         self._result = result
-        for key, decision in result.decisions.items():
+        for key, decision in self._decisions.items():
             if previous.get(key) != decision:
                 ns, name = key.split("/", 1)
                 self.queue.add(("ModelDeployment", ns, name))
-        for key in set(previous) - set(result.decisions):
+        for key in set(previous) - set(self._decisions):
             ns, name = key.split("/", 1)
             self.queue.add(("ModelDeployment", ns, name))
 
@@ -295,12 +296,11 @@ class Controller:
                                     key.name, owner, ref.namespace, ref.name, ref.key)
         return keys
 
-    def _read_bundle(self, model: Model) -> bytes | str:
+    def _read_bundle(self, namespace: str, sig: SignatureSpec) -> bytes | str:
         """The bundle bytes, or a sentence saying why there are none."""
-        sig = model.spec.signature
         if sig.bundle_ref is not None:
             ref = sig.bundle_ref
-            cm = self.kube.get("ConfigMap", ref.name, model.metadata.namespace)
+            cm = self.kube.get("ConfigMap", ref.name, namespace)
             if cm is None:
                 return f"ConfigMap {ref.name} (spec.signature.bundleRef) does not exist"
             if ref.key in (cm.get("binaryData") or {}):
@@ -327,7 +327,7 @@ class Controller:
         if model.spec.signature.policy == "Disabled":
             return Verification(False, "SignatureDisabled",
                                 "spec.signature.policy is Disabled: the weights are served without verification")
-        bundle = self._read_bundle(model)
+        bundle = self._read_bundle(model.metadata.namespace or "", model.spec.signature)
         if isinstance(bundle, str):
             return Verification(False, "BundleUnavailable", bundle)
         keys = self._trusted_keys(model.metadata.namespace or "", tenants)
@@ -406,6 +406,7 @@ class Controller:
                         bundle=outcome.bundle if outcome.verified else None,
                         signer_pem=outcome.signer_pem if outcome.verified else None,
                         auto_surge=self._auto_surge(decision, mdep),
+                        adapter_bundles=self._adapter_bundles(mdep, model),
                     )
                 except RenderError as exc:
                     render_error = exc
@@ -437,6 +438,20 @@ class Controller:
             # Children report through watch events; this is a slow safety net for facts nobody watches (nodes).
             self.queue.add(("ModelDeployment", namespace, name), delay=15)
 
+    def _adapter_bundles(self, mdep: ModelDeployment, model: Model) -> dict[str, bytes]:
+        """Signature bundles of the adapters this deployment serves (the runtime verifies each before loading)."""
+        out = {}
+        declared = {a.name: a for a in model.spec.adapters}
+        for name in mdep.spec.adapters:
+            adapter = declared.get(name)
+            sig = adapter.signature if adapter is not None else None
+            if sig is None or sig.policy == "Disabled":
+                continue
+            bundle = self._read_bundle(mdep.metadata.namespace or "", sig)
+            if isinstance(bundle, bytes):
+                out[name] = bundle
+        return out
+
     def _auto_surge(self, decision: Decision, mdep: ModelDeployment) -> int:
         """One surge pod during a rollout only if the tenant has that many GPUs of the class to spare."""
         result = self._result
@@ -466,6 +481,20 @@ class Controller:
                     if term is not None and term.exit_code not in (0, None) and term.message:
                         messages.append(f"pod {pod.metadata.name}: {term.message.strip()}")
         return summarize_scheduling_failures(unschedulable), messages
+
+
+def _not_servable(mdep: ModelDeployment, model: Model | None, tenant: str | None) -> Decision:
+    """The decision for a deployment whose Model may not be served (missing, unverified, not yet checked)."""
+    if model is None:
+        message = f"Model {mdep.spec.model} does not exist in this namespace; no GPUs are reserved"
+    else:
+        cond = next((c for c in model.status.conditions if c.type == "Verified"), None)
+        why = f"{cond.reason}: {cond.message}" if cond else "not verified yet"
+        message = f"Model {mdep.spec.model} is not verified ({why}); no GPUs are reserved"
+    return Decision(
+        key=mdep.key, tenant=tenant, admitted=False, reason="ModelNotVerified", message=message,
+        gpu_class=mdep.spec.gpu.class_, requested=mdep.gpus_demanded, reserved=0, replicas=0,
+    )
 
 
 def _model_servable(model: Model) -> bool:
