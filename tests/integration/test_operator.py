@@ -283,3 +283,33 @@ def test_a_runtime_that_refuses_its_weights_turns_degraded_naming_the_file(objec
     }]}})
     cond = objects.wait_condition("modeldeployments", "d", "Degraded", "True", "RuntimeFailed", timeout=30)
     assert "model-00001-of-00002.safetensors" in cond["message"]
+
+
+def test_adapter_reports_of_the_runtimes_are_summed_up_in_status(objects, namespace, cluster):
+    """Each runtime annotates its own pod with the adapters it loaded (tests/engine runs a real runtime doing it);
+    here the annotations are written as two runtimes would, on KWOK's pods."""
+    objects.tenant()
+    objects.model(adapters=[{"name": "sql", "source": {"uri": "hf://org/sql-lora"}},
+                            {"name": "legal", "source": {"uri": "hf://org/legal-lora"}}])
+    objects.deployment("d", replicas=2, adapters=["sql", "legal"])
+    objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+    core = client.CoreV1Api(cluster.api)
+    pods = core.list_namespaced_pod(namespace, label_selector="llmos.dev/model-deployment=d").items
+    reports = [{"loaded": ["sql", "legal"], "failed": {}},
+               {"loaded": ["sql"], "failed": {"legal": "verification failed: hash mismatch: adapter_model.safetensors"}}]
+    for pod, report in zip(pods, reports):
+        core.patch_namespaced_pod(pod.metadata.name, namespace,
+                                  {"metadata": {"annotations": {"llmos.dev/adapters": json.dumps(report)}}})
+
+    def summed():
+        adapters = {a["name"]: a for a in objects.get("modeldeployments", "d")["status"].get("adapters", [])}
+        if adapters.get("legal", {}).get("failedReplicas") == 1:
+            return adapters
+        return None
+
+    adapters = wait_for(summed, timeout=30, message="adapter counts in status")
+    assert adapters["sql"]["loadedReplicas"] == 2 and adapters["sql"]["failedReplicas"] == 0
+    assert adapters["legal"]["loadedReplicas"] == 1
+    assert "adapter_model.safetensors" in adapters["legal"]["message"]
+    sa = core.read_namespaced_service_account("llmos-runtime", namespace)
+    assert sa.metadata.name == "llmos-runtime"

@@ -29,6 +29,9 @@ def test_per_namespace_children():
     assert [q["metadata"]["namespace"] for q in objs["ResourceQuota"]] == ["a1", "a2"]
     assert objs["ResourceQuota"][0]["spec"] == {"hard": {"requests.nvidia.com/gpu": "12"}}
     assert [p["metadata"]["namespace"] for p in objs["NetworkPolicy"]] == ["a1", "a2"]
+    (role, _), (binding, _) = objs["Role"], objs["RoleBinding"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert binding["subjects"][0]["name"] == "llmos-runtime" and len(objs["ServiceAccount"]) == 2
     for o in render_tenant_children(tenant({}), default_config()):
         assert "ownerReferences" not in o["metadata"]
 

@@ -432,6 +432,15 @@ class ModelDeploymentSpec(ApiModel):
     )
 
 
+class AdapterStatus(ApiModel):
+    """How many replicas serve one LoRA adapter, as their runtimes report it."""
+
+    name: str = Field(max_length=63, description="Adapter name.")
+    loaded_replicas: int = Field(0, ge=0, description="Pods whose engine has the adapter loaded.")
+    failed_replicas: int = Field(0, ge=0, description="Pods that refused or failed to load it.")
+    message: str | None = Field(None, max_length=1024, description="Why it failed, from one of those pods.")
+
+
 class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
     replicas: int | None = Field(None, ge=0, description="Pods of the deployment.")
@@ -443,6 +452,12 @@ class ModelDeploymentStatus(ApiModel):
     selector: str | None = Field(None, max_length=1024, description="Label selector of the pods (scale subresource).")
     gpu_summary: str | None = Field(None, max_length=128, description='GPU class × GPUs per replica, e.g. "h100×2".')
     ready_summary: str | None = Field(None, max_length=64, description='Ready/desired replicas, e.g. "1/2".')
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list,
+        max_length=64,
+        description="LoRA adapters of spec.adapters and the replicas that serve them.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     conditions: list[Condition] = _conditions_field(
         "Ready, QuotaAdmitted, ModelVerified, Progressing and Degraded."
     )

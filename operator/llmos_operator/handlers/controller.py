@@ -14,6 +14,7 @@ Level-triggered. kopf's watch events only put keys on a work queue (handlers/mai
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -41,7 +42,7 @@ from ..render import (
     tenant_status,
     transitions,
 )
-from ..render.common import LABEL_MODEL_DEPLOYMENT
+from ..render.common import ANNOTATION_ADAPTERS, LABEL_MODEL_DEPLOYMENT
 from .kube import Kube, with_owner
 from .workqueue import WorkQueue
 
@@ -394,6 +395,7 @@ class Controller:
         deployment: dict | None = None
         fit = scheduling = None
         termination_messages: list[str] = []
+        adapter_reports: list[dict] = []
 
         if decision is None:
             self.queue.add(ADMISSION)
@@ -419,7 +421,7 @@ class Controller:
                 nodes = [n.to_dict() for n in self.kube.list_nodes()]
                 fit = can_ever_fit(nodes, gpu_class, mdep.spec.gpu.count,
                                    pod_requests(mdep, gpu_class, self.config))
-                scheduling, termination_messages = self._pod_facts(namespace, name)
+                scheduling, termination_messages, adapter_reports = self._pod_facts(namespace, name)
         elif not decision.admitted:
             # Not admitted (or no longer: its model lost its signature): no pods run.
             self.kube.delete("Deployment", name, namespace)
@@ -428,6 +430,7 @@ class Controller:
             mdep, self.config, decision=decision, model=model, deployment=deployment, fit=fit,
             scheduling=scheduling, termination_messages=termination_messages, render_error=render_error,
         )
+        status["adapters"] = adapter_status(mdep.spec.adapters, adapter_reports) if deployment is not None else []
         old = mdep.status.to_dict()
         if _status_changed(old, status):
             self.kube.patch_status("ModelDeployment", name, namespace, status)
@@ -465,11 +468,21 @@ class Controller:
         raw = self.kube.get("Tenant", tenant)
         return int(((((raw or {}).get("spec") or {}).get("quota") or {}).get("gpus") or {}).get(gpu_class, 0))
 
-    def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str]]:
-        """The scheduler's reasons for Pending pods, and the runtime's termination messages."""
+    def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str], list[dict]]:
+        """The scheduler's reasons for Pending pods, the runtime's termination messages, and the adapter reports
+        the runtimes wrote on their pods."""
         pods = self.kube.list_pods(namespace, selector_string(name))
-        unschedulable, messages = [], []
+        unschedulable, messages, reports = [], [], []
         for pod in pods:
+            report = (pod.metadata.annotations or {}).get(ANNOTATION_ADAPTERS)
+            if report and pod.metadata.deletion_timestamp is None:
+                try:
+                    parsed = json.loads(report)
+                    if isinstance(parsed, dict):
+                        reports.append(parsed)
+                except ValueError:
+                    log.warning("pod %s/%s: unreadable %s annotation", namespace, pod.metadata.name,
+                                ANNOTATION_ADAPTERS)
             for cond in pod.status.conditions or []:
                 if cond.type == "PodScheduled" and cond.status == "False" and cond.message:
                     unschedulable.append(cond.message)
@@ -480,7 +493,21 @@ class Controller:
                     term = state.terminated if state else None
                     if term is not None and term.exit_code not in (0, None) and term.message:
                         messages.append(f"pod {pod.metadata.name}: {term.message.strip()}")
-        return summarize_scheduling_failures(unschedulable), messages
+        return summarize_scheduling_failures(unschedulable), messages, reports
+
+
+def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
+    """Per wanted adapter: on how many pods it is loaded, on how many it failed and why (from the runtimes'
+    reports, one per pod: {"loaded": [names], "failed": {name: reason}})."""
+    out = []
+    for name in wanted:
+        loaded = sum(1 for r in reports if name in (r.get("loaded") or []))
+        reasons = [str((r.get("failed") or {})[name]) for r in reports if name in (r.get("failed") or {})]
+        entry = {"name": name, "loadedReplicas": loaded, "failedReplicas": len(reasons)}
+        if reasons:
+            entry["message"] = reasons[0][:1024]
+        out.append(entry)
+    return out
 
 
 def _not_servable(mdep: ModelDeployment, model: Model | None, tenant: str | None) -> Decision:

@@ -18,6 +18,10 @@ LABEL_GATEWAY = "llmos.dev/gateway"
 
 ANNOTATION_CONFIG_HASH = "llmos.dev/config-hash"
 ANNOTATION_MODEL_DIGEST = "llmos.dev/model-digest"
+# Written by the runtime on its own pod: {"loaded": [names], "failed": {name: reason}}; the operator sums it up.
+ANNOTATION_ADAPTERS = "llmos.dev/adapters"
+# The runtime's identity in a tenant namespace: allowed to read and annotate pods there, nothing else.
+RUNTIME_SERVICE_ACCOUNT = "llmos-runtime"
 
 TRUST_DIR = "/etc/llmos/trust"
 ADAPTERS_DIR = "/etc/llmos/adapters"

@@ -27,6 +27,7 @@ from ..api.types import Model, ModelDeployment
 from ..config import GPUClass, OperatorConfig
 from ..placement import pod_placement
 from .common import (
+    RUNTIME_SERVICE_ACCOUNT,
     ADAPTERS_DIR,
     ADAPTERS_FILE,
     ANNOTATION_CONFIG_HASH,
@@ -291,6 +292,9 @@ def render_deployment(
         "env": [
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+            # The runtime reports its loaded adapters in an annotation of its own pod.
+            {"name": "LLMOS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "LLMOS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
         "ports": [
             {"name": "openai", "containerPort": runtime.openai_port, "protocol": "TCP"},
@@ -315,7 +319,8 @@ def render_deployment(
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        "serviceAccountName": RUNTIME_SERVICE_ACCOUNT,
+        "automountServiceAccountToken": True,  # only to annotate its own pod (see render.tenant.render_runtime_access)
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {

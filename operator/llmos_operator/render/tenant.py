@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from ..api.types import Tenant
 from ..config import OperatorConfig
-from .common import LABEL_GATEWAY, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY
+from .common import LABEL_GATEWAY, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, RUNTIME_SERVICE_ACCOUNT
 
 RESOURCE_QUOTA_NAME = "llmos-gpus"
 NETWORK_POLICY_NAME = "llmos-tenant-isolation"
@@ -72,12 +72,28 @@ def render_network_policy(tenant: Tenant, namespace: str) -> dict:
     }
 
 
+def render_runtime_access(tenant: Tenant, namespace: str) -> list[dict]:
+    """The runtime pods' ServiceAccount, and a Role that lets them read and annotate pods of this namespace only
+    (each reports the adapters it loaded on its own pod; the operator aggregates them)."""
+    meta = {"name": RUNTIME_SERVICE_ACCOUNT, "namespace": namespace, "labels": _labels(tenant)}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNTIME_SERVICE_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": RUNTIME_SERVICE_ACCOUNT, "namespace": namespace}]},
+    ]
+
+
 def render_tenant_children(
     tenant: Tenant, config: OperatorConfig, namespaces: Iterable[str] | None = None
 ) -> list[dict]:
     """For each namespace the tenant owns (default: all it claims; pass the owned ones after
-    ``quota.namespace_owners`` refused conflicting claims): Namespace, ResourceQuota, NetworkPolicy."""
+    ``quota.namespace_owners`` refused conflicting claims): Namespace, ResourceQuota, NetworkPolicy, and the runtime's
+    ServiceAccount, Role and RoleBinding."""
     out: list[dict] = []
     for ns in namespaces if namespaces is not None else tenant.spec.namespaces:
         out += [render_namespace(tenant, ns), render_resource_quota(tenant, ns, config), render_network_policy(tenant, ns)]
+        out += render_runtime_access(tenant, ns)
     return out
