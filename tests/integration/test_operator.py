@@ -185,6 +185,8 @@ def test_invalid_specs_are_rejected_by_the_api_server_with_the_field_path(object
          "spec.engine.tensorParallelSize"),
         ({"model": "m", "gpu": {"class": "h100", "count": 1}, "rollout": {"maxSurge": "lots"}},
          "spec.rollout.maxSurge"),
+        ({"model": "m", "gpu": {"class": "h100", "count": 1}, "rollout": {"autoRollback": True}},
+         "spec.rollout.autoRollback"),
     ]
     for spec, field in cases:
         body = {"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "bad"},

@@ -389,6 +389,13 @@ class RolloutSpec(ApiModel):
             field_path=".maxUnavailable",
             check=lambda r: not (isinstance(r.max_surge, int) and r.max_surge == 0 and r.max_unavailable == 0),
         ),
+        Rule(
+            rule="!has(self.autoRollback) || !self.autoRollback",
+            message="autoRollback is not implemented yet: a stalled rollout keeps the previous revision serving "
+            "(maxUnavailable 0) and is reported as Degraded; revert the spec to roll back",
+            field_path=".autoRollback",
+            check=lambda r: not r.auto_rollback,
+        ),
     )
 
     max_surge: int | str = Field(
@@ -400,7 +407,9 @@ class RolloutSpec(ApiModel):
     progress_deadline_seconds: int = Field(
         2400, ge=60, description="A rollout making no progress for this long is reported as failed."
     )
-    auto_rollback: bool = Field(False, description="Roll back to the previous revision when a rollout fails.")
+    auto_rollback: bool = Field(
+        False, description="Reserved: roll back automatically when a rollout fails. Not implemented yet; must be false."
+    )
 
 
 class ModelDeploymentSpec(ApiModel):
