@@ -111,12 +111,13 @@ def test_model_defaults_and_served_name():
 
 
 @pytest.mark.parametrize("uri", ["file:///models/x", "pvc://models/llama/7b", "pvc://models", "s3://b/k", "gs://b/k",
-                                 "hf://org/name", "hf://gpt2", "oci://ghcr.io/x/y:1"])
+                                 "hf://org/name", "hf://gpt2"])
 def test_source_uri_schemes_accepted(uri):
     parse_object(model({"source": {"uri": uri}}))
 
 
-@pytest.mark.parametrize("uri", ["http://x/y", "models/x", "pvc://Bad_Claim/x", "hf://a/b/c", "s3://"])
+@pytest.mark.parametrize("uri", ["http://x/y", "models/x", "pvc://Bad_Claim/x", "hf://a/b/c", "s3://",
+                                 "oci://ghcr.io/x/y:1"])  # oci: the runtime cannot fetch it yet
 def test_source_uri_refused_with_path(uri):
     assert errors_of(model({"source": {"uri": uri}})) == ["spec.source.uri"]
 

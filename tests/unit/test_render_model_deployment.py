@@ -106,9 +106,9 @@ def test_deployment_spec():
 def test_container():
     c = container()
     assert c["name"] == "runtime" and c["image"] == "ghcr.io/llmos/runtime:0.1.0"
-    assert c["env"][:2] == [{"name": "HF_HUB_OFFLINE", "value": "1"},
-                            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
-    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][2:]}
+    # No HF_HUB_OFFLINE here: the runtime downloads hf:// sources itself, then starts vLLM offline.
+    assert c["env"][:1] == [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][1:]}
     assert downward == {"LLMOS_POD_NAME": "metadata.name", "LLMOS_POD_NAMESPACE": "metadata.namespace"}
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("openai", 8000), ("health", 8081)]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}

@@ -117,6 +117,7 @@ def test_reconcile_loads_unloads_updates_and_reports(tmp_path, monkeypatch):
         failed = {x["name"]: x["reason"] for x in rep["failed"]}
         assert failed == {"t": "verification failed: hash mismatch: adapter_model.safetensors",
                           "base": "adapter name equals the served model name"}
+        assert mgr.failures() == failed and mgr.loaded() == ["a"]  # what the pod annotation carries
 
         # unchanged file: nothing happens (apart from retrying the failed one, RETRY_SECONDS is 0 here)
         eng.calls.clear()

@@ -199,8 +199,25 @@ def test_engine_failing_at_startup_exits_5(tmp_path, keys, fake_engine):
     assert (tmp_path / "termination-log").read_text().startswith("engine exited with code 3 before it was ready")
 
 
-def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fake_engine):
-    """The proxy refuses (503) until the engine is healthy; a ConfigMap-style swap of the adapters file is seen."""
+class FakeReporter:
+    """Stands in for report.PodReporter (the pod annotation): records what would be written."""
+
+    reports: list = []
+
+    @classmethod
+    def from_env(cls):
+        return cls()
+
+    def report(self, loaded, failed):
+        FakeReporter.reports.append((list(loaded), dict(failed)))
+        return True
+
+
+def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fake_engine, monkeypatch):
+    """The proxy refuses (503) until the engine is healthy; a ConfigMap-style swap of the adapters file is seen and
+    reported on the pod."""
+    monkeypatch.setattr(server_mod, "PodReporter", FakeReporter)
+    FakeReporter.reports = []
     priv, pub = keys
     model = signed_dir(tmp_path / "model", {"config.json": b"{}"}, priv)
     lora = signed_dir(tmp_path / "lora", {"adapter_config.json": b"{}"}, priv)
@@ -234,6 +251,7 @@ def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fak
             t = time.monotonic()
             await wait_for(lambda: answers("lora"), timeout=5)
             assert time.monotonic() - t < 2
+            await wait_for(_true(lambda: FakeReporter.reports[-1] == (["lora"], {})), timeout=2)
             write_configmap(mount, {"adapters.json": "not json"})  # a broken update changes nothing
             await asyncio.sleep(0.5)
             assert await answers("lora")
@@ -246,6 +264,8 @@ def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fak
             async with s.get(health + "/adapters") as r:
                 rep = await r.json()
             assert rep["loaded"] == [] and rep["failed"] == [] and rep["fileError"] is None
+            await wait_for(_true(lambda: FakeReporter.reports[-1] == ([], {})), timeout=2)
+            assert FakeReporter.reports[0] == ([], {})  # the initial (empty) set was reported too
             os.kill(os.getpid(), signal.SIGTERM)
             return await asyncio.wait_for(main, 30)
 
@@ -254,3 +274,10 @@ def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fak
 
 async def _not(aw):
     return not await aw
+
+
+def _true(fn):
+    async def cond():
+        return fn()
+
+    return cond

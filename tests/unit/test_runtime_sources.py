@@ -159,7 +159,15 @@ def test_half_download_is_never_served(tmp_path):
     assert (got / "model.safetensors").read_bytes() == b"x" * 1000
 
 
-def test_hf_snapshot_with_revision(tmp_path):
+def test_hf_refuses_to_run_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fetchers = {"hf": lambda: HFFetcher(snapshot_download=lambda **kw: None)}
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set"):
+        resolve_source("hf://org/name", cache_dir=tmp_path, pvc_root=tmp_path, fetchers=fetchers)
+
+
+def test_hf_snapshot_with_revision(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = []
 
     def fake_snapshot_download(repo_id, revision, local_dir):

@@ -239,10 +239,19 @@ class TenantStatus(ApiModel):
 # Model
 
 
+_OCI_NOT_YET = Rule(
+    rule="!self.uri.startsWith('oci://')",
+    message="oci:// sources are not supported by the runtime yet: use file://, pvc://, s3://, gs:// or hf://",
+    field_path=".uri",
+    check=lambda s: not s.uri.startswith("oci://"),
+)
+
+
 class ModelSource(ApiModel):
     """Where the weights come from."""
 
     __rules__ = (
+        _OCI_NOT_YET,
         Rule(
             rule=f"!self.uri.startsWith('pvc://') || self.uri.matches('{PVC_URI}')",
             message="a pvc uri is pvc://<claim>/<path>, with claim a PersistentVolumeClaim name",
@@ -285,6 +294,8 @@ class SignatureSpec(ApiModel):
 
 class AdapterSource(ApiModel):
     """Where the adapter weights come from."""
+
+    __rules__ = (_OCI_NOT_YET,)
 
     uri: str = Field(max_length=2048, pattern=SOURCE_URI, description="URI of the adapter weights.")
     revision: str | None = Field(None, max_length=256, description="Revision.")

@@ -290,7 +290,6 @@ def render_deployment(
         "imagePullPolicy": runtime.image_pull_policy,
         "command": runtime_command(mdep, model, config),
         "env": [
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             # The runtime reports its loaded adapters in an annotation of its own pod.
             {"name": "LLMOS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

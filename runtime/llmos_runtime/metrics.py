@@ -1,0 +1,38 @@
+"""The runtime's own Prometheus metrics (prefix ``llmos_runtime_``), in a registry of their own so that they can be
+appended to the engine's exposition without clashing with its ``process_*``/``python_*`` series."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class RuntimeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.ready = Gauge("llmos_runtime_ready", "1 when /readyz answers 200", registry=r)
+        self.draining = Gauge("llmos_runtime_draining", "1 after SIGTERM", registry=r)
+        self.verified = Gauge("llmos_runtime_model_verified", "1 when the model's signature was verified", registry=r)
+        self.inflight = Gauge("llmos_runtime_inflight_requests", "requests being proxied to the engine", registry=r)
+        self.requests = Counter(
+            "llmos_runtime_requests", "requests proxied to the engine, by status code", ["code"], registry=r
+        )
+        self.rejected = Counter(
+            "llmos_runtime_rejected_requests", "requests refused with 503, by reason", ["reason"], registry=r
+        )
+        self.phase_seconds = Gauge(
+            "llmos_runtime_startup_phase_seconds", "duration of each startup phase", ["phase"], registry=r
+        )
+        self.adapters_loaded = Gauge("llmos_runtime_adapters_loaded", "adapters currently loaded", registry=r)
+        self.adapters_failed = Gauge("llmos_runtime_adapters_failed", "adapters wanted but not loaded", registry=r)
+        self.adapter_loads = Counter(
+            "llmos_runtime_adapter_loads", "adapter load attempts, by result", ["result"], registry=r
+        )
+        self.adapter_load_seconds = Histogram(
+            "llmos_runtime_adapter_load_seconds",
+            "fetch + verify + engine load of one adapter",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,331 @@
+"""``llmos-runtime serve``: fetch → verify → start vLLM → serve (proxy + health port + adapter watcher) → drain.
+
+Exit codes: 0 clean stop (SIGTERM), 2 usage, 3 model source failed, 4 verification failed (vLLM never started),
+5 engine failed (exited, or could not start), 1 anything else. Every non-zero exit writes one line to
+``--termination-log`` (when writable) and stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+from aiohttp import web
+
+from .adapters import AdapterManager, AdapterSpec
+from .config import RuntimeConfig, engine_command, engine_env
+from .engine import Engine, EngineExited, free_port
+from .health import HealthServer
+from .proxy import Proxy
+from .report import PodReporter
+from .sources import SourceError, resolve_source
+from .state import RuntimeState
+from .verify import TrustError, load_trusted_keys, verify_dir
+
+log = logging.getLogger("llmos_runtime")
+
+EXIT_FAILURE = 1
+EXIT_SOURCE = 3
+EXIT_VERIFY = 4
+EXIT_ENGINE = 5
+TERMINATION_LOG_LIMIT = 4096  # what the kubelet reads of /dev/termination-log
+
+T = TypeVar("T")
+
+
+def write_termination_log(path: Path | None, line: str) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(line.encode("utf-8")[: TERMINATION_LOG_LIMIT - 1].decode("utf-8", "ignore") + "\n")
+    except OSError as e:
+        log.debug("termination log %s not writable: %s", path, e)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in a daemon thread (a download or a hash of many GB must not keep a stopping process alive,
+    which an executor thread would)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        try:
+            r = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, r, None)
+
+    threading.Thread(target=target, daemon=True, name=f"llmos-{getattr(fn, '__name__', 'work')}").start()
+    return await fut
+
+
+class Stopped(Exception):
+    """SIGTERM arrived before the model was serving."""
+
+
+class Runtime:
+    def __init__(self, cfg: RuntimeConfig):
+        self.cfg = cfg
+        self.state = RuntimeState()
+        self.proxy = Proxy(self.state)
+        self.engine: Engine | None = None
+        self.adapters: AdapterManager | None = None
+        self.health = HealthServer(
+            self.state,
+            engine_url=lambda: self.engine.url if self.engine is not None else None,
+            adapters=lambda: self.adapters,
+        )
+        self.trusted_keys: dict[str, bytes] = {}
+        self._runners: list[web.AppRunner] = []
+        self._drain: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._watch_stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._report_dirty: asyncio.Event | None = None
+
+    # ---- failure / signals -------------------------------------------------------------------------------------
+    def fail(self, message: str, code: int) -> int:
+        line = (message.strip().splitlines() or ["failed"])[0]
+        self.state.failure = line
+        self.state.set_phase("failed")
+        write_termination_log(self.cfg.termination_log, line)
+        print(f"llmos-runtime: {line}", file=sys.stderr, flush=True)
+        return code
+
+    def _on_signal(self, signum: int) -> None:
+        assert self._drain is not None and self._force is not None
+        if self.state.draining:
+            if signum == signal.SIGINT:
+                log.warning("second interrupt: stopping without waiting for in-flight requests")
+                self._force.set()
+            return
+        log.info("%s: draining (not ready; new requests refused; %d in flight)",
+                 signal.Signals(signum).name, self.state.inflight)
+        self.state.draining = True
+        self.state.publish()
+        self._drain.set()
+
+    async def _until_drain(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` unless SIGTERM comes first (then raise Stopped)."""
+        assert self._drain is not None
+        task = asyncio.ensure_future(aw)
+        drain = asyncio.ensure_future(self._drain.wait())
+        try:
+            await asyncio.wait({task, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+        if not task.done():
+            task.cancel()
+            raise Stopped()
+        return task.result()
+
+    # ---- servers -----------------------------------------------------------------------------------------------
+    async def _listen(self, app: web.Application, port: int) -> None:
+        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None, keepalive_timeout=75)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, self.cfg.host, port).start()
+
+    async def _close_servers(self) -> None:
+        for runner in reversed(self._runners):
+            try:
+                await runner.cleanup()
+            except Exception:  # noqa: BLE001
+                log.exception("closing a server failed")
+        self._runners.clear()
+        await self.proxy.close()
+
+    # ---- adapters ----------------------------------------------------------------------------------------------
+    async def _prepare_adapter(self, spec: AdapterSpec) -> tuple[Path, dict[str, Any] | None]:
+        from llmos_signing import VerificationError
+
+        cfg = self.cfg
+        try:
+            path = await in_thread(lambda: resolve_source(spec.source, revision=spec.revision,
+                                                          cache_dir=cfg.cache_dir, pvc_root=cfg.pvc_root))
+        except SourceError as e:
+            raise RuntimeError(f"source: {e}") from e
+        if spec.signature is None:
+            return path, None
+        try:
+            summary = await in_thread(
+                lambda: verify_dir(path, spec.signature, self.trusted_keys, what=f"adapter {spec.name}")
+            )
+        except (VerificationError, TrustError) as e:
+            raise RuntimeError(f"verification failed: {e}") from e
+        return path, summary
+
+    async def _report_loop(self, reporter: PodReporter) -> None:
+        """Keep the pod's adapters annotation current: after every change, and every 30 s (a failed patch is
+        retried; an unchanged report is not sent again)."""
+        assert self._report_dirty is not None and self.adapters is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._report_dirty.wait(), 30)
+            except asyncio.TimeoutError:
+                pass
+            self._report_dirty.clear()
+            await in_thread(reporter.report, self.adapters.loaded(), self.adapters.failures())
+
+    # ---- main --------------------------------------------------------------------------------------------------
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._drain, self._force, self._watch_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            try:
+                await self._listen(self.health.app(), self.cfg.health_port)
+                await self._listen(self.proxy.app(), self.cfg.port)
+            except OSError as e:
+                return self.fail(f"cannot listen on {self.cfg.host}: {e}", EXIT_FAILURE)
+            try:
+                return await self._serve()
+            except Stopped:
+                log.info("stopped before serving")
+                return 0
+        finally:
+            self._watch_stop.set()
+            for t in self._tasks:
+                t.cancel()
+            if self.engine is not None:
+                await self.engine.stop(self.cfg.engine_stop_timeout)
+            if self.adapters is not None:
+                await self.adapters.close()
+            await self._close_servers()
+            self.state.set_phase("stopped" if self.state.failure is None else "failed")
+
+    async def _serve(self) -> int:
+        from llmos_signing import VerificationError
+
+        cfg, state, m = self.cfg, self.state, self.state.metrics
+
+        # 1. fetch
+        state.set_phase("fetching")
+        t = time.monotonic()
+        try:
+            self.trusted_keys = load_trusted_keys(cfg.trusted_keys)
+            model_dir = await self._until_drain(in_thread(
+                lambda: resolve_source(cfg.source, revision=cfg.revision, cache_dir=cfg.cache_dir,
+                                       pvc_root=cfg.pvc_root)
+            ))
+        except SourceError as e:
+            return self.fail(f"model source failed: {e}", EXIT_SOURCE)
+        except TrustError as e:
+            return self.fail(f"model verification failed: {e}", EXIT_VERIFY)
+        m.phase_seconds.labels(phase="fetch").set(time.monotonic() - t)
+
+        # 2. verify — nothing starts on a mismatch
+        state.set_phase("verifying")
+        t = time.monotonic()
+        if cfg.signature is None:
+            log.warning("no --signature: the model is served unverified (signature policy Disabled)")
+            state.verification = {"policy": "Disabled"}
+        else:
+            try:
+                state.verification = await self._until_drain(
+                    in_thread(lambda: verify_dir(model_dir, cfg.signature, self.trusted_keys))
+                )
+            except VerificationError as e:
+                return self.fail(f"model verification failed: {e}", EXIT_VERIFY)
+            except TrustError as e:
+                return self.fail(f"model verification failed: {e}", EXIT_VERIFY)
+        state.verified = True
+        m.phase_seconds.labels(phase="verify").set(time.monotonic() - t)
+
+        # 3. engine
+        state.set_phase("engine-starting")
+        port = cfg.engine_port or free_port()
+        self.engine = Engine(engine_command(cfg, model_dir, port), engine_env(cfg), port)
+        await self.engine.start()
+        await self.proxy.open(self.engine.url)
+        try:
+            waited = await self._until_drain(self.engine.wait_healthy())
+        except EngineExited as e:
+            state.engine_exited = e.code
+            return self.fail(f"engine exited with code {e.code} before it was ready (see the log above)", EXIT_ENGINE)
+        m.phase_seconds.labels(phase="engine_start").set(waited)
+        log.info("engine healthy after %.1fs", waited)
+
+        # 4. adapters (the initial set is loaded before the replica turns ready)
+        if cfg.adapters_file is not None:
+            state.set_phase("loading-adapters")
+            t = time.monotonic()
+            self.adapters = AdapterManager(
+                cfg.adapters_file,
+                engine_url=self.engine.url,
+                prepare=self._prepare_adapter,
+                metrics=m,
+                served_name=cfg.served_name,
+                lora_enabled=cfg.lora_enabled,
+                poll_interval=cfg.adapters_poll_interval,
+            )
+            if not cfg.lora_enabled:
+                log.warning("--adapters-file given but no --enable-lora in the engine arguments: adapters will fail")
+            # the loaded set is also reported on the pod itself (annotation llmos.dev/adapters), when in a pod
+            reporter = await in_thread(PodReporter.from_env)
+            if reporter is not None:
+                self._report_dirty = asyncio.Event()
+                self.adapters.on_change = self._report_dirty.set
+                self._tasks.append(asyncio.create_task(self._report_loop(reporter)))
+            await self._until_drain(self.adapters.reconcile(force=True))
+            m.phase_seconds.labels(phase="adapters").set(time.monotonic() - t)
+            self._tasks.append(asyncio.create_task(self.adapters.run(self._watch_stop)))
+
+        # 5. serve until SIGTERM or the engine dies
+        state.engine_ready = True
+        state.set_phase("serving")
+        log.info("ready: serving %s on port %d (health port %d)", cfg.served_name, cfg.port, cfg.health_port)
+        assert self._drain is not None
+        drain = asyncio.create_task(self._drain.wait())
+        exited = asyncio.create_task(self.engine.wait_exit())
+        self._tasks += [drain, exited]
+        await asyncio.wait({drain, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done() and not drain.done():
+            state.engine_exited = exited.result()
+            state.publish()
+            return self.fail(f"engine exited unexpectedly with code {state.engine_exited}", EXIT_ENGINE)
+        return await self._drain_and_stop()
+
+    async def _drain_and_stop(self) -> int:
+        cfg, state = self.cfg, self.state
+        assert self._force is not None and self._watch_stop is not None and self.engine is not None
+        state.set_phase("draining")
+        self._watch_stop.set()
+        t = time.monotonic()
+        idle = asyncio.create_task(state.idle_event().wait())
+        force = asyncio.create_task(self._force.wait())
+        done, _ = await asyncio.wait({idle, force}, timeout=cfg.drain_timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        force.cancel()
+        if state.inflight:
+            log.warning("%d request(s) still in flight after %.1fs; stopping the engine anyway",
+                        state.inflight, time.monotonic() - t)
+        else:
+            log.info("drained in %.2fs", time.monotonic() - t)
+        state.metrics.phase_seconds.labels(phase="drain").set(time.monotonic() - t)
+        await self.engine.stop(cfg.engine_stop_timeout)
+        return 0
+
+
+def run(cfg: RuntimeConfig) -> int:
+    try:
+        return asyncio.run(Runtime(cfg).main())
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,241 @@
+"""Model sources: resolve a source URI to a local directory.
+
+``file:///abs/path`` and ``pvc://claim/sub/path`` are already mounted in the pod: they resolve in place, nothing is
+copied. ``s3://bucket/prefix``, ``gs://bucket/prefix`` and ``hf://org/name`` are downloaded by a ``Fetcher`` into a
+fresh temporary directory inside the cache directory and then renamed into place, so a directory under
+``<cache>/models/`` is always complete: a crash or error mid-download never leaves something that could be served.
+A completed download is reused on the next start (and verified again like any other source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3", "gs", "hf")
+LOCAL_SCHEMES = ("file", "pvc")
+STALE_TMP_SECONDS = 6 * 3600
+
+
+class SourceError(Exception):
+    """The source URI is malformed, missing or could not be fetched. ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class Source:
+    scheme: str
+    location: str  # bucket / claim / hf repo owner; for file:// the empty string
+    path: str  # path inside it (no leading slash); for file:// the absolute path
+    revision: str | None = None
+
+    @property
+    def uri(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        return f"{self.scheme}://{self.location}/{self.path}".rstrip("/")
+
+
+def _clean_relpath(p: str, uri: str) -> str:
+    parts = [x for x in PurePosixPath(p).parts if x not in ("", "/")]
+    if any(x == ".." for x in parts):
+        raise SourceError(f"source path may not contain '..': {uri}")
+    return "/".join(parts)
+
+
+def parse_source(uri: str, revision: str | None = None) -> Source:
+    """Parse and validate a source URI (no I/O)."""
+    if "://" not in uri:
+        raise SourceError(f"source must be a URI (file://, pvc://, s3://, gs://, hf://): {uri!r}")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"file:// source must be an absolute path (file:///abs/path): {uri}")
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise SourceError(f"file:// source must be an absolute path: {uri}")
+        return Source("file", "", "/" + _clean_relpath(path, uri), revision)
+    if scheme not in LOCAL_SCHEMES + REMOTE_SCHEMES:
+        raise SourceError(f"unsupported source scheme {scheme!r}: {uri}")
+    if not parts.netloc:
+        raise SourceError(f"{scheme}:// source needs a {'claim' if scheme == 'pvc' else 'bucket/repo'}: {uri}")
+    rel = _clean_relpath(unquote(parts.path), uri)
+    if scheme == "hf" and len([x for x in rel.split("/") if x]) > 1:
+        raise SourceError(f"hf:// source must be hf://org/name: {uri}")
+    return Source(scheme, parts.netloc, rel, revision)
+
+
+class Fetcher(Protocol):
+    """Downloads every file of a remote source into ``dest`` (an empty directory that the caller renames into place
+    when ``fetch`` returns normally). Must raise on any error; must not write outside ``dest``."""
+
+    def fetch(self, source: Source, dest: Path) -> None: ...
+
+
+def _safe_target(dest: Path, rel: str) -> Path:
+    rel = _clean_relpath(rel, rel)
+    if not rel:
+        raise SourceError("empty object name")
+    target = dest / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+class S3Fetcher:
+    """``s3://bucket/prefix`` with boto3 (credentials and ``AWS_ENDPOINT_URL`` from the usual environment)."""
+
+    def __init__(self, client: Any = None):
+        self._client = client
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def fetch(self, source: Source, dest: Path) -> None:
+        client = self.client()
+        prefix = source.path.rstrip("/") + "/" if source.path else ""
+        count = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source.location, Prefix=prefix):
+            for obj in page.get("Contents", []) or []:
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue  # "directory" marker
+                client.download_file(source.location, key, str(_safe_target(dest, key[len(prefix) :])))
+                count += 1
+        if count == 0:
+            raise SourceError(f"no objects under {source.uri}")
+
+
+class GCSFetcher:
+    """``gs://bucket/prefix`` with google-cloud-storage (application default credentials)."""
+
+    def __init__(self, client: Any = None):
+        self._client = client
+
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client
+
+    def fetch(self, source: Source, dest: Path) -> None:
+        client = self.client()
+        prefix = source.path.rstrip("/") + "/" if source.path else ""
+        count = 0
+        for blob in client.list_blobs(source.location, prefix=prefix):
+            if blob.name.endswith("/"):
+                continue
+            blob.download_to_filename(str(_safe_target(dest, blob.name[len(prefix) :])))
+            count += 1
+        if count == 0:
+            raise SourceError(f"no objects under {source.uri}")
+
+
+class HFFetcher:
+    """``hf://org/name`` (at ``--revision``) with huggingface_hub (``HF_TOKEN``/``HF_ENDPOINT`` from the environment)."""
+
+    def __init__(self, snapshot_download: Callable[..., Any] | None = None):
+        self._snapshot_download = snapshot_download
+
+    def fetch(self, source: Source, dest: Path) -> None:
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise SourceError(
+                f"cannot download {source.uri}: HF_HUB_OFFLINE is set in the runtime's environment (the runtime "
+                "already runs vLLM offline; do not set it on the pod)"
+            )
+        download = self._snapshot_download
+        if download is None:
+            from huggingface_hub import snapshot_download as download
+        repo_id = f"{source.location}/{source.path}" if source.path else source.location
+        download(repo_id=repo_id, revision=source.revision, local_dir=str(dest))
+        # huggingface_hub keeps download metadata in <local_dir>/.cache; it is not part of the model.
+        shutil.rmtree(dest / ".cache", ignore_errors=True)
+
+
+DEFAULT_FETCHERS: Mapping[str, Callable[[], Fetcher]] = {"s3": S3Fetcher, "gs": GCSFetcher, "hf": HFFetcher}
+
+
+def cache_key(source: Source) -> str:
+    digest = hashlib.sha256(f"{source.uri}@{source.revision or ''}".encode()).hexdigest()[:16]
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", (source.path.rsplit("/", 1)[-1] or source.location))[:40]
+    return f"{source.scheme}-{tail}-{digest}"
+
+
+def _clean_stale_tmp(models_dir: Path) -> None:
+    now = time.time()
+    for p in models_dir.glob(".tmp-*"):
+        try:
+            if now - p.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def resolve_source(
+    uri: str,
+    *,
+    revision: str | None = None,
+    cache_dir: Path,
+    pvc_root: Path,
+    fetchers: Mapping[str, Callable[[], Fetcher]] | None = None,
+) -> Path:
+    """Return the local directory holding the model at ``uri`` (downloading it into ``cache_dir`` if remote)."""
+    source = parse_source(uri, revision)
+    if source.scheme in LOCAL_SCHEMES:
+        if source.revision:
+            log.info("--revision %s ignored for %s:// sources (the path names the files)", revision, source.scheme)
+        local = Path(source.path) if source.scheme == "file" else pvc_root / source.location / source.path
+        if not local.is_dir():
+            raise SourceError(f"model directory not found: {local} (from {uri})")
+        return local
+    if source.revision and source.scheme != "hf":
+        log.info("--revision %s is part of the cache key only for %s:// (object stores have no revisions)",
+                 revision, source.scheme)
+
+    models_dir = cache_dir / "models"
+    final = models_dir / cache_key(source)
+    if final.is_dir():
+        log.info("using cached download %s for %s", final, source.uri)
+        return final
+    models_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(models_dir)
+    factory = (fetchers or DEFAULT_FETCHERS).get(source.scheme)
+    if factory is None:
+        raise SourceError(f"no fetcher for {source.scheme}://")
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
+    try:
+        started = time.monotonic()
+        log.info("downloading %s into %s", source.uri, tmp)
+        try:
+            factory().fetch(source, tmp)
+        except SourceError:
+            raise
+        except Exception as e:  # any client library error becomes one line
+            raise SourceError(f"download of {source.uri} failed: {type(e).__name__}: {e}".splitlines()[0]) from e
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if final.is_dir():  # another process finished the same download first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                raise
+        log.info("downloaded %s in %.1fs", source.uri, time.monotonic() - started)
+        return final
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

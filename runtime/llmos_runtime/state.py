@@ -1,0 +1,73 @@
+"""Shared runtime state: what /healthz and /readyz report and what the proxy consults on every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import RuntimeMetrics
+
+
+@dataclass
+class RuntimeState:
+    metrics: RuntimeMetrics = field(default_factory=RuntimeMetrics)
+    phase: str = "starting"  # starting, fetching, verifying, engine-starting, loading-adapters, serving, draining, ...
+    verified: bool = False  # the model passed signature verification (or verification is disabled by policy)
+    verification: dict[str, Any] | None = None  # what verify_model returned, for /readyz
+    engine_ready: bool = False
+    engine_exited: int | None = None  # the engine's exit code once it has exited
+    draining: bool = False
+    failure: str | None = None
+    inflight: int = 0
+    started_at: float = field(default_factory=time.time)
+    _idle: asyncio.Event | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.verified and self.engine_ready and self.engine_exited is None and not self.draining
+
+    @property
+    def alive(self) -> bool:
+        return self.engine_exited is None and self.failure is None
+
+    def not_ready_reason(self) -> str:
+        if self.failure:
+            return self.failure
+        if self.draining:
+            return "draining"
+        if self.engine_exited is not None:
+            return f"engine exited with code {self.engine_exited}"
+        if not self.verified:
+            return f"model not verified yet ({self.phase})"
+        return f"engine not ready ({self.phase})"
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.publish()
+
+    def publish(self) -> None:
+        m = self.metrics
+        m.ready.set(1 if self.ready else 0)
+        m.draining.set(1 if self.draining else 0)
+        m.verified.set(1 if self.verified else 0)
+
+    # in-flight accounting for the drain
+    def idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if self.inflight == 0:
+                self._idle.set()
+        return self._idle
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        self.idle_event().clear()
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.set(self.inflight)
+        if self.inflight == 0:
+            self.idle_event().set()

@@ -1,0 +1,281 @@
+"""One runtime started from the pod spec the operator renders, shared by the tests that only send requests:
+
+- serve: the rendered Deployment's container, turned into a local process, answers /v1/completions and
+  /v1/chat/completions;
+- adapter hot load: editing the adapter set (the mounted ConfigMap) makes the new adapter answer within 5 s while the
+  base model keeps answering; removing it unloads it; a failed adapter is reported and leaves the others serving;
+- drain (last, it stops the runtime): a streaming request in flight at SIGTERM completes; a request sent after
+  SIGTERM is refused quickly with 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.engine.conftest import Launcher, record
+from tests.support.podspec import LocalPod, pod_to_local
+from tests.support.runtime_proc import RuntimeProcess, write_configmap
+from tests.support.tiny_model import TestModels
+
+pytestmark = pytest.mark.engine
+
+MAX_MODEL_LEN = 1024
+HOT_LOAD_CYCLES = 5
+
+
+def _render(models: TestModels):
+    """Render a ModelDeployment of the tiny model with the operator's own functions: (Deployment, ConfigMaps)."""
+    from llmos_operator.api.types import Model, ModelDeployment
+    from llmos_operator.config import default_config
+    from llmos_operator.render.model_deployment import render_children
+
+    model = Model.model_validate({
+        "metadata": {"name": "tiny-llama", "namespace": "team-a"},
+        "spec": {
+            "source": {"uri": "pvc://models/tiny-llama-v1"},
+            "servedName": "tiny",
+            "signature": {"policy": "Required"},
+            "adapters": [{"name": n, "source": {"uri": f"pvc://models/{n}"}} for n in ("lora-a", "lora-b")],
+        },
+    })
+    mdep = ModelDeployment.model_validate({
+        "metadata": {"name": "tiny", "namespace": "team-a"},
+        "spec": {"model": "tiny-llama", "gpu": {"class": "l4", "count": 1},
+                 "engine": {"maxModelLen": MAX_MODEL_LEN}, "adapters": ["lora-a"]},
+    })
+    config = default_config()
+    children = render_children(
+        mdep, model, config.gpu_class("l4"), config,
+        bundle=(models.model_v1 / "model.sig").read_bytes(),
+        signer_pem=models.public_key.read_bytes(),
+        adapter_bundles={"lora-a": (models.adapter / "model.sig").read_bytes()},
+    )
+    (deployment,) = [c for c in children if c["kind"] == "Deployment"]
+    configmaps = {c["metadata"]["name"]: c for c in children if c["kind"] == "ConfigMap"}
+    return deployment, configmaps
+
+
+@pytest.fixture(scope="module")
+def pvc_models(test_models: TestModels, tmp_path_factory) -> Path:
+    """Content of the PVC ``models``: both revisions and the adapters, plus a tampered copy of lora-a."""
+    root = tmp_path_factory.mktemp("pvc-models")
+    for src, name in ((test_models.model_v1, "tiny-llama-v1"), (test_models.adapter, "lora-a"),
+                      (test_models.adapter2, "lora-b"), (test_models.adapter, "lora-tampered")):
+        shutil.copytree(src, root / name)
+    st = root / "lora-tampered" / "adapter_model.safetensors"
+    data = bytearray(st.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    st.write_bytes(bytes(data))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pod(test_models: TestModels, pvc_models: Path, launcher: Launcher, tmp_path_factory) -> tuple[LocalPod, RuntimeProcess]:
+    deployment, configmaps = _render(test_models)
+    local = pod_to_local(deployment, configmaps, fsroot=tmp_path_factory.mktemp("pod-fs"),
+                         pvcs={"models": pvc_models}, base_env=os.environ)
+    rp = launcher.adopt(RuntimeProcess(argv=local.argv, env=local.env, log_path=local.fsroot / "runtime.log",
+                                       port=local.port, health_port=local.health_port, name="rendered-pod"))
+    rp.start()
+    started = rp.wait_ready(timeout=900)
+    record("serve: rendered pod ready after (s)", round(started, 1))
+    return local, rp
+
+
+def test_rendered_pod_serves_completions_and_chat(pod):
+    local, rp = pod
+    # the command line really is the rendered one (paths and ports mapped, CPU mode after `--`)
+    assert local.container["command"][:2] == ["llmos-runtime", "serve"]
+    assert "--signature" in rp.argv and "--adapters-file" in rp.argv
+    with httpx.Client(base_url=rp.api, timeout=60) as c:
+        r = c.post("/v1/completions", json={"model": "tiny", "prompt": "hello world", "max_tokens": 8})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny" and body["usage"]["completion_tokens"] == 8
+        assert isinstance(body["choices"][0]["text"], str)
+
+        r = c.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
+        assert r.status_code == 200, r.text
+        msg = r.json()["choices"][0]["message"]
+        assert msg["role"] == "assistant" and isinstance(msg["content"], str)
+
+        models = c.get("/v1/models").json()["data"]
+        assert {m["id"] for m in models} == {"tiny", "lora-a"}  # the rendered adapter set is loaded
+
+    h = httpx.get(rp.health + "/healthz", timeout=10)
+    assert h.status_code == 200 and h.json()["alive"] is True
+    ready = httpx.get(rp.health + "/readyz", timeout=10).json()
+    assert ready["ready"] is True and ready["verification"]["signer"] == "signer.pem"
+    metrics = httpx.get(rp.health + "/metrics", timeout=10).text
+    assert "vllm:num_requests_running" in metrics  # the engine's
+    assert "llmos_runtime_ready 1.0" in metrics and "llmos_runtime_model_verified 1.0" in metrics  # ours
+    adapters = httpx.get(rp.health + "/adapters", timeout=10).json()
+    assert [a["name"] for a in adapters["loaded"]] == ["lora-a"] and adapters["failed"] == []
+    assert adapters["loaded"][0]["verified"] is True  # its bundle travels in the adapters ConfigMap
+
+
+class BaseTraffic:
+    """Requests to the base model, back to back, in a thread; every one must succeed."""
+
+    def __init__(self, url: str):
+        self.url, self.sent, self.failures = url, 0, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + 900
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                self.sent += 1
+                try:
+                    r = c.post("/v1/completions", json={"model": "tiny", "prompt": "base", "max_tokens": 4})
+                    if r.status_code != 200:
+                        self.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as e:
+                    self.failures.append(repr(e))
+                time.sleep(0.05)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=70)
+
+
+def _answers(c: httpx.Client, model: str) -> int:
+    return c.post("/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}).status_code
+
+
+def _poll(fn, timeout: float, poll: float = 0.02):
+    """Call fn until it returns a truthy value; returns (value, seconds) or raises after timeout."""
+    t = time.monotonic()
+    while True:
+        v = fn()
+        if v:
+            return v, time.monotonic() - t
+        if time.monotonic() - t > timeout:
+            raise AssertionError(f"not within {timeout}s")
+        time.sleep(poll)
+
+
+def test_adapter_hot_load(pod, test_models: TestModels):
+    local, rp = pod
+    mount = local.local("/etc/llmos/adapters")
+    # what the operator writes into the adapters ConfigMap: adapters.json and each adapter's bundle beside it
+    lora_a = {"name": "lora-a", "source": {"uri": "pvc://models/lora-a"}, "signature": "lora-a.sig"}
+    lora_b = {"name": "lora-b", "source": {"uri": "pvc://models/lora-b"}, "signature": "lora-b.sig"}
+    sig_b = (test_models.adapter2 / "model.sig").read_bytes()
+    sig_a = (test_models.adapter / "model.sig").read_bytes()
+
+    def set_adapters(items, files=None):
+        write_configmap(mount, {"adapters.json": json.dumps({"adapters": items}), "lora-a.sig": sig_a,
+                                **(files or {})})
+
+    def loaded_names():
+        return [a["name"] for a in httpx.get(rp.health + "/adapters", timeout=10).json()["loaded"]]
+
+    load_times, unload_times = [], []
+    with BaseTraffic(rp.api) as base, httpx.Client(base_url=rp.api, timeout=60) as c:
+        assert _answers(c, "lora-a") == 200 and _answers(c, "lora-b") == 404
+        for _ in range(HOT_LOAD_CYCLES):
+            # add lora-b (signed; its bundle travels in the ConfigMap, path relative to adapters.json)
+            set_adapters([lora_a, lora_b], {"lora-b.sig": sig_b})
+            _, dt = _poll(lambda: _answers(c, "lora-b") == 200, timeout=5)
+            load_times.append(dt)
+            # remove it: unloaded
+            set_adapters([lora_a])
+            _, dt = _poll(lambda: _answers(c, "lora-b") == 404, timeout=5)
+            unload_times.append(dt)
+            assert "lora-b" not in loaded_names()
+            assert _answers(c, "lora-a") == 200
+
+        # a failed adapter (tampered weights) is reported and leaves the others serving
+        tampered = {"name": "lora-bad", "source": {"uri": "pvc://models/lora-tampered"},
+                    "signature": "lora-bad.sig"}
+        set_adapters([lora_a, tampered, lora_b], {"lora-b.sig": sig_b, "lora-bad.sig": sig_a})
+        _poll(lambda: _answers(c, "lora-b") == 200, timeout=5)
+        report = httpx.get(rp.health + "/adapters", timeout=10).json()
+        assert [a["name"] for a in report["loaded"]] == ["lora-a", "lora-b"]
+        assert all(a["verified"] for a in report["loaded"])
+        failed = {a["name"]: a["reason"] for a in report["failed"]}
+        assert failed == {"lora-bad": "verification failed: hash mismatch: adapter_model.safetensors"}
+        assert _answers(c, "lora-bad") == 404 and _answers(c, "lora-a") == 200
+        set_adapters([lora_a])
+        _poll(lambda: _answers(c, "lora-b") == 404, timeout=5)
+        assert httpx.get(rp.health + "/adapters", timeout=10).json()["failed"] == []
+
+    record("adapters: change -> first answer by the new adapter (s), each",
+           [round(x, 2) for x in load_times])
+    record("adapters: change -> first answer by the new adapter (s), median", round(statistics.median(load_times), 2))
+    record("adapters: change -> removed adapter refused (s), median", round(statistics.median(unload_times), 2))
+    record("adapters: base-model requests during the changes (sent/failed)", f"{base.sent}/{len(base.failures)}")
+    assert base.failures == [], base.failures[:5]
+    assert base.sent > 10
+    assert max(load_times) < 5
+
+
+def test_drain_on_sigterm(pod):
+    """Runs last in this module: it stops the shared runtime."""
+    local, rp = pod
+    max_tokens = MAX_MODEL_LEN - 32
+    chunks_before = chunks_after = 0
+    done = finish = usage = terminated_at = None
+    with httpx.Client(base_url=rp.api, timeout=120) as c, c.stream("POST", "/v1/completions", json={
+        "model": "tiny", "prompt": "a long answer", "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True},
+    }) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: "):]
+            if data == "[DONE]":
+                done = True
+                break
+            ev = json.loads(data)
+            usage = ev.get("usage") or usage
+            for choice in ev.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+            if terminated_at is not None:
+                chunks_after += 1
+                continue
+            chunks_before += 1
+            rp.terminate()  # SIGTERM while the stream is in flight
+            terminated_at = time.monotonic()
+            # turns not-ready at once
+            _, not_ready_after = _poll(lambda: rp.readyz() == 503, timeout=2, poll=0.01)
+            # a new request is refused quickly (so a load balancer retries elsewhere)
+            t = time.monotonic()
+            r = httpx.post(rp.api + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+                           timeout=10)
+            refused_in = time.monotonic() - t
+            assert r.status_code == 503, r.text
+            assert r.headers.get("retry-after") and r.headers.get("x-llmos-draining") == "1"
+            assert rp.alive()  # still draining: the stream is being served
+        stream_end = time.monotonic()
+
+    assert done, "the in-flight stream did not complete"
+    assert finish == "length" and usage["completion_tokens"] == max_tokens  # the whole answer, not cut short
+    assert chunks_after > 0  # the stream really was in flight during the drain
+    code = rp.wait(timeout=180)
+    exited = time.monotonic()
+    assert code == 0, rp.log_tail()
+    assert rp.group_alive() == [], "vLLM or its workers outlived the runtime"
+    assert "drained in" in rp.log_path.read_text()
+    record("drain: not ready after SIGTERM (s)", round(not_ready_after, 3))
+    record("drain: new request refused in (s)", round(refused_in, 3))
+    record("drain: stream chunks received after SIGTERM", chunks_after)
+    record("drain: stream end -> process exit (s)", round(exited - stream_end, 2))
+    assert refused_in < 1.0

