@@ -16,6 +16,7 @@ import shutil
 import statistics
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from tests.engine.conftest import Launcher, record
 from tests.support.podspec import LocalPod, pod_to_local
 from tests.support.runtime_proc import RuntimeProcess, write_configmap
 from tests.support.tiny_model import TestModels
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -79,10 +81,46 @@ def pvc_models(test_models: TestModels, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pod(test_models: TestModels, pvc_models: Path, launcher: Launcher, tmp_path_factory) -> tuple[LocalPod, RuntimeProcess]:
+def pod_object(cluster):
+    """The Pod object this local process stands for, on the real API server: the runtime annotates it with its
+    adapters (through the kubeconfig instead of in-cluster credentials — the one difference from a pod)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    ns = f"engine-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    wait_for(lambda: _has_default_service_account(core, ns), message="the namespace's default ServiceAccount")
+    pod = core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="tiny-0"),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="runtime", image="llmos-runtime:local")])))
+    yield core, ns, pod.metadata.name
+    core.delete_namespace(ns)
+
+
+def _has_default_service_account(core, ns: str) -> bool:
+    from kubernetes import client
+
+    try:
+        core.read_namespaced_service_account("default", ns)
+        return True
+    except client.ApiException:
+        return False
+
+
+def _pod_report(pod_object) -> dict | None:
+    core, ns, name = pod_object
+    value = (core.read_namespaced_pod(name, ns).metadata.annotations or {}).get("llmos.dev/adapters")
+    return json.loads(value) if value else None
+
+
+@pytest.fixture(scope="module")
+def pod(test_models: TestModels, pvc_models: Path, launcher: Launcher, tmp_path_factory, cluster,
+        pod_object) -> tuple[LocalPod, RuntimeProcess]:
     deployment, configmaps = _render(test_models)
     local = pod_to_local(deployment, configmaps, fsroot=tmp_path_factory.mktemp("pod-fs"),
                          pvcs={"models": pvc_models}, base_env=os.environ)
+    _, ns, name = pod_object
+    local.env.update(KUBECONFIG=str(cluster.kubeconfig), LLMOS_POD_NAMESPACE=ns, LLMOS_POD_NAME=name)
     rp = launcher.adopt(RuntimeProcess(argv=local.argv, env=local.env, log_path=local.fsroot / "runtime.log",
                                        port=local.port, health_port=local.health_port, name="rendered-pod"))
     rp.start()
@@ -170,7 +208,7 @@ def _poll(fn, timeout: float, poll: float = 0.02):
         time.sleep(poll)
 
 
-def test_adapter_hot_load(pod, test_models: TestModels):
+def test_adapter_hot_load(pod, test_models: TestModels, pod_object):
     local, rp = pod
     mount = local.local("/etc/llmos/adapters")
     # what the operator writes into the adapters ConfigMap: adapters.json and each adapter's bundle beside it
@@ -211,6 +249,10 @@ def test_adapter_hot_load(pod, test_models: TestModels):
         assert all(a["verified"] for a in report["loaded"])
         failed = {a["name"]: a["reason"] for a in report["failed"]}
         assert failed == {"lora-bad": "verification failed: hash mismatch: adapter_model.safetensors"}
+        # the same report lands on the pod, where the operator sums it into the ModelDeployment's status
+        on_pod = wait_for(lambda: (r := _pod_report(pod_object)) and "lora-bad" in r["failed"] and r, timeout=10,
+                          message="the adapter report annotated on the pod")
+        assert on_pod["loaded"] == ["lora-a", "lora-b"] and "hash mismatch" in on_pod["failed"]["lora-bad"]
         assert _answers(c, "lora-bad") == 404 and _answers(c, "lora-a") == 200
         set_adapters([lora_a])
         _poll(lambda: _answers(c, "lora-b") == 404, timeout=5)
