@@ -141,21 +141,31 @@ def test_signature_elsewhere_inside_the_directory_is_left_out(model, key):
     ls.verify_model(model, sig, {"k": pub(key)})
 
 
-def test_large_files_go_through_the_mapped_reader(tmp_path, key):
+def test_large_files_and_every_reader(tmp_path, key):
+    import blake3
+
+    from llmos_signing import hashing
+
     d = tmp_path / "m"
     d.mkdir()
-    (d / "a.bin").write_bytes(os.urandom(3 << 20) + b"tail")  # over the single-read size
-    (d / "b.bin").write_bytes(b"\0" * ((2 << 20) + 17))
-    for hash_type in ("sha256", "blake3"):
+    (d / "a.bin").write_bytes(os.urandom(3 << 20) + b"tail")  # over the single-read size: the buffered reader
+    (d / "big.bin").write_bytes(os.urandom(hashing.BLAKE3_PARALLEL_MIN + 12345))  # blake3 on all cores (mmap)
+    (d / "c.bin").write_bytes(b"\0" * ((2 << 20) + 17))
+    for hash_type, fn in (("sha256", hashlib.sha256), ("blake3", blake3.blake3), ("blake2b", hashlib.blake2b)):
         bundle = signed(d, key, hash_type=hash_type)
         ls.verify_model(d, bundle, {"k": pub(key)})
         digest = {r.name: r.digest for r in ls.verify_bundle(bundle, {"k": pub(key)}).resources}
-        if hash_type == "sha256":
-            assert digest["a.bin"] == hashlib.sha256((d / "a.bin").read_bytes()).hexdigest()
-        else:
-            import blake3
-
-            assert digest["a.bin"] == blake3.blake3((d / "a.bin").read_bytes()).hexdigest()
+        for name in ("a.bin", "big.bin", "c.bin"):
+            assert digest[name] == fn((d / name).read_bytes()).hexdigest(), (hash_type, name)
+    # ranges (shards) through every path, blake3 on all cores included (mapped windows)
+    data = (d / "big.bin").read_bytes()
+    bounds = [(0, 100), (100, (2 << 20) + 100), ((2 << 20) + 100, len(data))]
+    tasks = [hashing.HashTask(f"big.bin:{s}:{e}", str(d / "big.bin"), "big.bin", s, e, len(data)) for s, e in bounds]
+    for hash_type, fn, threads in (("sha256", hashlib.sha256, 2), ("blake3", blake3.blake3, 2),
+                                   ("blake3", blake3.blake3, 1)):
+        got = hashing.hash_tasks(tasks, hash_type, threads=threads)
+        for (s, e), t in zip(bounds, tasks):
+            assert got[t.key] == fn(data[s:e]).digest(), (hash_type, threads, s, e)
 
 
 def test_all_curves(model):
@@ -538,3 +548,41 @@ def test_import_is_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_file_that_changes_size_after_listing_is_a_mismatch(tmp_path):
+    from llmos_signing import hashing
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"a" * 5000)
+    listed = [hashing.HashTask("f.bin", str(p), "f.bin", 0, 4000, 4000)]  # listed at 4000 bytes, 5000 by now
+    err = expect("HashMismatch", hashing.hash_tasks, listed, "sha256", path="f.bin")
+    assert "changed while hashing" in str(err)
+    empty = [hashing.HashTask("f.bin", str(p), "f.bin", 0, 0, 0)]
+    expect("HashMismatch", hashing.hash_tasks, empty, "sha256", path="f.bin")
+
+
+def test_cores_share_the_largest_digests(tmp_path, monkeypatch):
+    """Three equal files on two workers: all three are in progress before any finishes (largest remaining first),
+    so the cores finish together instead of one core hashing two whole files."""
+    from llmos_signing import hashing
+
+    monkeypatch.setattr(hashing, "SLICE", 1 << 20)
+    tasks = []
+    for name in ("x", "y", "z"):
+        p = tmp_path / name
+        p.write_bytes(os.urandom(8 << 20))
+        tasks.append(hashing.HashTask(name, str(p), name, 0, 8 << 20, 8 << 20))
+    events = []
+    real = hashing._read_into_hash
+
+    def spy(fd, task, h, off, stop, counter):
+        events.append((task.key, off, stop))
+        return real(fd, task, h, off, stop, counter)
+
+    monkeypatch.setattr(hashing, "_read_into_hash", spy)
+    got = hashing.hash_tasks(tasks, "sha256", threads=2)
+    for t in tasks:
+        assert got[t.key] == hashlib.sha256(Path(t.path).read_bytes()).digest()
+    first_end = min(i for i, (_, _, stop) in enumerate(events) if stop == 8 << 20)
+    assert {k for k, _, _ in events[:first_end]} == {"x", "y", "z"}
