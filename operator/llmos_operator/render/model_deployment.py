@@ -145,6 +145,13 @@ def _text_or_binary(data: dict, binary: dict, key: str, value: bytes | str | Non
         binary[key] = base64.b64encode(value).decode("ascii")
 
 
+def _configmap(mdep: ModelDeployment, name: str, data: dict[str, str], binary: dict[str, str]) -> dict:
+    cm: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(mdep, name), "data": data}
+    if binary:
+        cm["binaryData"] = binary
+    return cm
+
+
 def render_trust_configmap(
     mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None
 ) -> dict:
@@ -159,15 +166,7 @@ def render_trust_configmap(
     if _signature_enabled(model):
         _text_or_binary(data, binary, SIGNATURE_FILE, bundle)
         _text_or_binary(data, binary, SIGNER_KEY_FILE, signer_pem)
-    cm: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(mdep, trust_configmap_name(mdep.metadata.name)),
-        "data": data,
-    }
-    if binary:
-        cm["binaryData"] = binary
-    return cm
+    return _configmap(mdep, trust_configmap_name(mdep.metadata.name), data, binary)
 
 
 def render_adapters_configmap(
@@ -192,15 +191,7 @@ def render_adapters_configmap(
             item["signature"] = spec.to_dict() if spec is not None else {"policy": "Required"}
         items.append(item)
     data[ADAPTERS_FILE] = json.dumps({"adapters": items}, indent=2, sort_keys=True) + "\n"
-    cm: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(mdep, adapters_configmap_name(mdep.metadata.name)),
-        "data": data,
-    }
-    if binary:
-        cm["binaryData"] = binary
-    return cm
+    return _configmap(mdep, adapters_configmap_name(mdep.metadata.name), data, binary)
 
 
 def pod_requests(mdep: ModelDeployment, gpu_class: GPUClass, config: OperatorConfig) -> dict[str, str]:
