@@ -315,3 +315,14 @@ def test_adapter_reports_of_the_runtimes_are_summed_up_in_status(objects, namesp
     assert "adapter_model.safetensors" in adapters["legal"]["message"]
     sa = core.read_namespaced_service_account("llmos-runtime", namespace)
     assert sa.metadata.name == "llmos-runtime"
+
+
+def test_pending_pods_report_the_schedulers_reason(objects, namespace):
+    """5 replicas × 8 H100 against a cluster of 4 nodes × 8 H100: at most 4 pods fit, the rest stay Pending, and the
+    scheduler's own words reach the condition."""
+    objects.tenant(gpus={"h100": 40})
+    objects.model()
+    objects.deployment("wide", replicas=5, count=8)
+    cond = objects.wait_condition("modeldeployments", "wide", "Ready", "False", "PodsPending", timeout=60)
+    assert "nvidia.com/gpu" in cond["message"], cond
+    objects.delete("modeldeployments", "wide")  # give the H100 nodes back at once for whatever runs next

@@ -78,6 +78,7 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
             break
         time.sleep(1)
 
+    print(cluster.kubectl(name, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count").stdout)
     print(cluster.kubectl(name, "get", "llmos", "-A").stdout)
     print(gpu_table(name))
     print(f"(set up in {time.monotonic() - start:.0f} s)\n")
