@@ -279,14 +279,7 @@ def _pick_keys(material: dict, keys: list[_Trusted]) -> tuple[list[_Trusted], st
         raise _malformed("verificationMaterial.publicKey.hint is not a string")
     if hint:
         hint = hint.strip().lower()
-        matching = [k for k in keys if k.hint == hint]
-        if not matching:
-            trusted = ", ".join(repr(k.name) for k in keys)
-            raise VerificationError(
-                "UntrustedKey",
-                f"untrusted key: signed by key {hint[:16]}… which is none of the trusted keys ({trusted})",
-            )
-        return matching, hint
+        return _keys_with_hint(keys, hint), hint
     raw = pk.get("rawBytes")  # the 1.0.x format: the public key itself (PEM or DER, base64)
     if isinstance(raw, str) and raw:
         try:
@@ -295,15 +288,19 @@ def _pick_keys(material: dict, keys: list[_Trusted]) -> tuple[list[_Trusted], st
             embedded = None
         if embedded is not None:
             h = key_hint(embedded)
-            matching = [k for k in keys if k.hint == h]
-            if not matching:
-                trusted = ", ".join(repr(k.name) for k in keys)
-                raise VerificationError(
-                    "UntrustedKey",
-                    f"untrusted key: signed by key {h[:16]}… which is none of the trusted keys ({trusted})",
-                )
-            return matching, h
+            return _keys_with_hint(keys, h), h
     return keys, ""  # no hint at all: the signature decides
+
+
+def _keys_with_hint(keys, hint: str):
+    """The trusted keys whose hint is `hint`; none is an UntrustedKey failure."""
+    matching = [k for k in keys if k.hint == hint]
+    if not matching:
+        trusted = ", ".join(repr(k.name) for k in keys)
+        raise VerificationError(
+            "UntrustedKey", f"untrusted key: signed by key {hint[:16]}… which is none of the trusted keys ({trusted})"
+        )
+    return matching
 
 
 def verify_bundle(bundle: bytes | str, trusted_keys: TrustedKeys) -> SignedManifest:

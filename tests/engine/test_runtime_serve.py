@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.engine.conftest import Launcher, record
+from tests.support.load import sse_data
 from tests.support.podspec import LocalPod, pod_to_local
 from tests.support.runtime_proc import RuntimeProcess, write_configmap
 from tests.support.tiny_model import TestModels
@@ -279,11 +280,8 @@ def test_drain_on_sigterm(pod):
         "stream_options": {"include_usage": True},
     }) as stream:
         assert stream.status_code == 200
-        for line in stream.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[len("data: "):]
-            if data == "[DONE]":
+        for data in sse_data(stream):
+            if data is None:
                 done = True
                 break
             ev = json.loads(data)

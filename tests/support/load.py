@@ -34,16 +34,25 @@ def check_completion(r: httpx.Response) -> str | None:
     return None
 
 
-def read_stream(r: httpx.Response) -> tuple[str | None, int]:
-    """Consume an SSE stream; returns (error or None, number of data chunks)."""
-    if r.status_code != 200:
-        return f"HTTP {r.status_code}: {r.read()[:200]!r}", 0
-    chunks, done, finish = 0, False, None
+def sse_data(r: httpx.Response):
+    """The `data:` payloads of an OpenAI server-sent event stream, then None for its `[DONE]`."""
     for line in r.iter_lines():
         if not line.startswith("data: "):
             continue
         data = line[len("data: "):]
         if data == "[DONE]":
+            yield None
+            return
+        yield data
+
+
+def read_stream(r: httpx.Response) -> tuple[str | None, int]:
+    """Consume an SSE stream; returns (error or None, number of data chunks)."""
+    if r.status_code != 200:
+        return f"HTTP {r.status_code}: {r.read()[:200]!r}", 0
+    chunks, done, finish = 0, False, None
+    for data in sse_data(r):
+        if data is None:
             done = True
             break
         chunks += 1

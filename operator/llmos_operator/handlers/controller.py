@@ -29,7 +29,7 @@ from .. import metrics
 from ..api.types import InvalidObject, Model, ModelDeployment, SignatureSpec, Tenant, parse_as
 from ..config import OperatorConfig
 from ..placement import can_ever_fit, summarize_scheduling_failures
-from ..quota import AdmissionResult, Decision, Request, TenantInfo, admit, ledger_key, merge_ledgers, parse_ledger
+from ..quota import Decision, Request, TenantInfo, admit, ledger_key, merge_ledgers, parse_ledger
 from ..quota import namespace_owners
 from ..render import (
     RenderError,
@@ -84,8 +84,9 @@ class Controller:
         self._admission_lock = threading.Lock()
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
-        self._result: AdmissionResult | None = None
-        self._owners: dict[str, str] = {}
+        self._spare: dict[tuple[str, str], int] = {}  # (tenant, GPU class) → quota not reserved, after the last pass
+        # (namespace, model) → (uid, generation, outcome) of the last verification; reconcile_model renews it
+        self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._specs: dict[tuple[str, str], tuple[str, int | None]] = {}  # mdep key → (uid, generation)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -153,9 +154,7 @@ class Controller:
     def _namespace_owners(self, tenants: list[Tenant]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         labelled = self.kube.list("Namespace", label_selector=TENANT_LABEL)
         current = {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled}
-        owners, conflicts = namespace_owners(tenants, current)
-        self._owners = owners
-        return owners, conflicts
+        return namespace_owners(tenants, current)
 
     def _get_model(self, namespace: str, name: str) -> Model | None:
         raw = self.kube.get("Model", name, namespace)
@@ -234,7 +233,8 @@ class Controller:
         previous = self._decisions
         self._decisions = {**result.decisions, **unservable}
         self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in self._decisions}
-        self._result = result
+        self._spare = {(t.metadata.name, c): n - result.usage(t.metadata.name).get(c, 0)
+                       for t in tenants for c, n in t.spec.quota.gpus.items()}
         for key, decision in self._decisions.items():
             if previous.get(key) != decision:
                 ns, name = key.split("/", 1)
@@ -356,6 +356,7 @@ class Controller:
             log.warning("invalid Model %s/%s: %s", namespace, name, exc)
             return
         outcome = self.verify(model)
+        self._verified[(namespace, name)] = (model.metadata.uid, model.metadata.generation, outcome)
         status = model_status(model, verified=outcome.verified, reason=outcome.reason, message=outcome.message,
                               digest=outcome.digest, signer=outcome.signer)
         status.update({"keyHint": outcome.key_hint, "fileCount": outcome.file_count})
@@ -400,7 +401,7 @@ class Controller:
         if decision is None:
             self.queue.add(ADMISSION)
         elif decision.admitted and model is not None and gpu_class is not None and _model_servable(model):
-            outcome = self.verify(model)
+            outcome = self._verification(model)
             if outcome.servable:
                 try:
                     children = render_children(
@@ -455,18 +456,22 @@ class Controller:
                 out[name] = bundle
         return out
 
+    def _verification(self, model: Model) -> Verification:
+        """The Model's last verification if it is of this generation (reconcile_model renews it whenever keys or
+        bundle change), else a fresh one: deployments do not re-read bundles and keys on every event."""
+        uid, generation, outcome = self._verified.get((model.metadata.namespace or "", model.metadata.name),
+                                                      (None, None, None))
+        if outcome is None or uid != model.metadata.uid or generation != model.metadata.generation:
+            outcome = self.verify(model)
+            self._verified[(model.metadata.namespace or "", model.metadata.name)] = (
+                model.metadata.uid, model.metadata.generation, outcome)
+        return outcome
+
     def _auto_surge(self, decision: Decision, mdep: ModelDeployment) -> int:
         """One surge pod during a rollout only if the tenant has that many GPUs of the class to spare."""
-        result = self._result
-        if result is None or decision.tenant is None:
+        if decision.tenant is None:
             return 0
-        quota = self._tenant_quota(decision.tenant, mdep.spec.gpu.class_)
-        used = result.usage(decision.tenant).get(mdep.spec.gpu.class_, 0)
-        return 1 if quota - used >= mdep.spec.gpu.count else 0
-
-    def _tenant_quota(self, tenant: str, gpu_class: str) -> int:
-        raw = self.kube.get("Tenant", tenant)
-        return int(((((raw or {}).get("spec") or {}).get("quota") or {}).get("gpus") or {}).get(gpu_class, 0))
+        return 1 if self._spare.get((decision.tenant, mdep.spec.gpu.class_), 0) >= mdep.spec.gpu.count else 0
 
     def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str], list[dict]]:
         """The scheduler's reasons for Pending pods, the runtime's termination messages, and the adapter reports
