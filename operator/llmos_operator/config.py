@@ -64,6 +64,24 @@ class RuntimeConfig(_Config):
     memory_gib_per_gpu: int = Field(16, ge=0, alias="memoryGiBPerGPU")  # host memory requested per GPU
     shm_size_gib: int = Field(8, ge=0, alias="shmSizeGiB")  # /dev/shm for tensor-parallel NCCL traffic
     startup_timeout_seconds: int = Field(1800, ge=60)  # a big model may take this long to fetch, verify and load
+    # ClusterRole the runtime pods' ServiceAccount is bound to in each tenant namespace (the chart ships it: get and
+    # patch pods, narrowed by an admission policy to the pod's own adapter report).
+    role_name: str = Field("llmos-runtime", max_length=253)
+
+
+class EngineConfig(_Config):
+    """Engine flags tenants may use in spec.engine.extraArgs beyond llmos_runtime.engine_args' allow-list."""
+
+    extra_allowed_flags: tuple[str, ...] = ()
+
+
+class NetworkConfig(_Config):
+    """Address ranges tenant pods may not reach (egress): the cluster's pod and service ranges, the nodes.
+    Link-local (169.254.0.0/16, cloud metadata) is always denied."""
+
+    cluster_cidrs: tuple[str, ...] = Field(("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"), alias="clusterCIDRs")
+    # Namespaces labelled so receive traffic from every tenant (an ingress gateway).
+    gateway_label: str = "llmos.dev/gateway"
 
 
 def _default_gpu_classes() -> dict[str, GPUClass]:
@@ -87,6 +105,16 @@ class OperatorConfig(_Config):
     gpu_classes: dict[str, GPUClass] = Field(default_factory=_default_gpu_classes, alias="gpuClasses")
     trusted_keys: dict[str, str] = Field(default_factory=dict)  # name → PEM, trusted for every tenant
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    # The operator's own namespace (trusted-key Secrets live only there; no tenant may claim it). The chart sets it
+    # through $LLMOS_OPERATOR_NAMESPACE.
+    operator_namespace: str = Field(default_factory=lambda: os.environ.get("LLMOS_OPERATOR_NAMESPACE", "llmos-system"))
+
+    def allowed_engine_flags(self) -> frozenset[str]:
+        from llmos_runtime.engine_args import DEFAULT_ALLOWED_FLAGS, normalise_flag
+
+        return DEFAULT_ALLOWED_FLAGS | {normalise_flag(f) for f in self.engine.extra_allowed_flags}
 
     @field_validator("gpu_classes", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 CONDITION_TYPE = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 
 SignaturePolicy = Literal["Required", "Disabled"]
+SourceVerify = Literal["inPlace", "copy"]
 Quantization = Literal["none", "awq", "gptq", "fp8"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -140,7 +141,10 @@ class SecretKeyRef(ApiModel):
     """A key of a Secret."""
 
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
-    namespace: str = Field(max_length=63, pattern=DNS_LABEL, description="Secret namespace.")
+    namespace: str | None = Field(
+        None, max_length=63, pattern=DNS_LABEL,
+        description="Secret namespace: the operator's own namespace (the default); any other is refused.",
+    )
     key: str = Field("publicKey", max_length=253, description="Key inside the Secret.")
 
 
@@ -186,13 +190,42 @@ class TenantQuota(ApiModel):
     )
 
 
+class TenantPolicy(ApiModel):
+    """What the platform allows this tenant (a tenant cannot edit its Tenant)."""
+
+    allow_unsigned_models: bool = Field(
+        False, description="Serve Models with signature.policy Disabled (default false: every model must verify)."
+    )
+    allowed_images: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Image prefixes a ModelDeployment's engine.image may start with (empty: only the operator's "
+        "configured runtime image).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    allow_remote_code: bool = Field(
+        False, description="Allow --trust-remote-code in engine.extraArgs (runs Python shipped with the weights)."
+    )
+
+
 class TenantSpec(ApiModel):
     """A tenant: namespaces it owns and its GPU budget per GPU class."""
+
+    __rules__ = (
+        Rule(
+            rule="self.namespaces.all(n, !n.startsWith('kube-') && n != 'default')",
+            message="a tenant may not claim default or a kube-* namespace",
+            field_path=".namespaces",
+            check=lambda s: all(not n.startswith("kube-") and n != "default" for n in s.namespaces),
+        ),
+    )
 
     namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]] = Field(
         default_factory=list,
         max_length=256,
-        description="Namespaces the tenant owns; llmos creates them and labels them llmos.dev/tenant=<name>.",
+        description="Namespaces the tenant owns; llmos creates them and labels them llmos.dev/tenant=<name>. An "
+        "existing namespace is taken only if the platform annotated it llmos.dev/adopt=<tenant>; default, kube-* "
+        "and the operator's namespace never.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     quota: TenantQuota = Field(default_factory=TenantQuota, description="GPU budget.")
@@ -203,6 +236,10 @@ class TenantSpec(ApiModel):
         max_length=32,
         description="Public keys trusted to sign this tenant's models.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    policy: TenantPolicy = Field(
+        default_factory=TenantPolicy, description="What the platform allows this tenant.",
+        json_schema_extra={"default": {}},
     )
 
 
@@ -272,6 +309,12 @@ class ModelSource(ApiModel):
         description="file://, pvc://claim/path, s3://, gs://, hf://org/name or oci:// URI.",
     )
     revision: str | None = Field(None, max_length=256, description="Revision (git commit, tag, object version).")
+    verify: SourceVerify = Field(
+        "inPlace",
+        description="inPlace: hash the files where they are (file://, pvc://) and serve them after checking nothing "
+        "changed; copy: hash while copying into pod-private storage and serve the copy (for volumes other writers "
+        "can change). Remote sources always land in pod-private storage.",
+    )
 
 
 class SignatureSpec(ApiModel):
@@ -282,6 +325,14 @@ class SignatureSpec(ApiModel):
             rule="!(has(self.bundleRef) && has(self.uri))",
             message="set at most one of bundleRef and uri",
             check=lambda s: not (s.bundle_ref is not None and s.uri is not None),
+        ),
+        # The operator must never read a path of its own machine because a tenant named it.
+        Rule(
+            rule="!has(self.uri) || !self.uri.startsWith('file://')",
+            message="file:// is not allowed for a signature: put the bundle in a ConfigMap of this namespace and "
+            "name it in bundleRef",
+            field_path=".uri",
+            check=lambda s: s.uri is None or not s.uri.startswith("file://"),
         ),
     )
 
@@ -471,6 +522,10 @@ class ModelDeploymentStatus(ApiModel):
     queue_position: int | None = Field(None, ge=1, description="Place in the admission queue while waiting.")
     selector: str | None = Field(None, max_length=1024, description="Label selector of the pods (scale subresource).")
     gpu_summary: str | None = Field(None, max_length=128, description='GPU class × GPUs per replica, e.g. "h100×2".')
+    remote_code: bool | None = Field(
+        None, description="True when the engine runs code shipped with the weights (--trust-remote-code, allowed by "
+        "the tenant's policy)."
+    )
     ready_summary: str | None = Field(None, max_length=64, description='Ready/desired replicas, e.g. "1/2".')
     adapters: list[AdapterStatus] = Field(
         default_factory=list,

@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client import ApiException
 
 from .. import metrics
+from .. import policy
 from ..api.types import InvalidObject, Model, ModelDeployment, SignatureSpec, Tenant, parse_as
 from ..config import OperatorConfig
 from ..placement import can_ever_fit, summarize_scheduling_failures
@@ -37,19 +37,24 @@ from ..render import (
     model_status,
     pod_requests,
     render_children,
+    render_released_namespace,
+    render_resource_quota,
     render_tenant_children,
     selector_string,
     tenant_status,
     transitions,
 )
-from ..render.common import ANNOTATION_ADAPTERS, LABEL_MODEL_DEPLOYMENT
+from ..render.status import OVER_QUOTA
+from ..render.common import ANNOTATION_ADAPTERS, LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
+from ..render.model_deployment import surge_replicas
+from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .kube import Kube, with_owner
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmos.controller")
 
 ADMISSION = ("admission",)
-TENANT_LABEL = "llmos.dev/tenant"
+TENANT_LABEL = policy.LABEL_TENANT
 RUNTIME_CONTAINER = "runtime"
 
 
@@ -70,6 +75,7 @@ class Verification:
     file_count: int | None = None
     bundle: bytes | None = None
     signer_pem: bytes | None = None
+    keys: dict[str, bytes] | None = None  # every key trusted for the Model's namespace (adapters may use any)
 
     @property
     def servable(self) -> bool:
@@ -80,7 +86,7 @@ class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig):
         self.kube = kube
         self.config = config
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(group_of=_fairness_group)
         self._admission_lock = threading.Lock()
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
@@ -88,6 +94,12 @@ class Controller:
         # (namespace, model) → (uid, generation, outcome) of the last verification; reconcile_model renews it
         self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._specs: dict[tuple[str, str], tuple[str, int | None]] = {}  # mdep key → (uid, generation)
+        self._seen: dict[tuple, tuple] = {}  # Model/Tenant key → (uid, generation, deleting) of the last event acted on
+        # tenant → {namespace: why it may not be taken}, from the tenant's last reconcile (shown in its status)
+        self._refused_namespaces: dict[str, dict[str, str]] = {}
+        self._refused_keys: dict[str, list[str]] = {}  # tenant → trusted keys refused, with why
+        # namespace → {GPU resource: GPUs} its ResourceQuota backstop allows, as last written
+        self._backstops: dict[str, dict[str, int]] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Routing
@@ -119,19 +131,61 @@ class Controller:
             log.exception("%s failed; retrying in %.1f s", key, retry_in or 0, exc_info=exc)
 
     def model_deployment_event(self, event_type: str | None, body: dict) -> None:
-        """A ModelDeployment changed: its spec (or existence) matters to admission, anything to itself."""
+        """A ModelDeployment changed. Only a new spec (generation), a new object or its deletion matter: status writes
+        (ours) and metadata edits (a tenant's `kubectl annotate` loop) cause no work at all."""
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace"), meta.get("name")
         spec_key = (ns, name)
-        seen = (meta.get("uid"), meta.get("generation"))
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
             self._specs.pop(spec_key, None)
             self.queue.add(ADMISSION)
             return
+        seen = (meta.get("uid"), meta.get("generation"))
         if self._specs.get(spec_key) != seen:
             self._specs[spec_key] = seen
             self.queue.add(ADMISSION)
-        self.queue.add(("ModelDeployment", ns, name))
+            self.queue.add(("ModelDeployment", ns, name))
+
+    def model_event(self, event_type: str | None, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        key = ("Model", meta.get("namespace"), meta.get("name"))
+        if self._changed(key, event_type, meta):
+            self.queue.add(key)
+
+    def tenant_event(self, event_type: str | None, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        key = ("Tenant", meta.get("name"))
+        if self._changed(key, event_type, meta):
+            self.queue.add(key)
+
+    def _changed(self, key: tuple, event_type: str | None, meta: dict) -> bool:
+        """Is this event more than a status write or a metadata edit of an object llmos already acted on?"""
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        if self._seen.get(key) == seen:
+            return False
+        self._seen[key] = seen
+        return True
+
+    def start_resync(self, interval: float) -> threading.Thread:
+        """A safety net for what no watch reports (trusted keys in Secrets, bundle ConfigMaps): every Tenant (and
+        with it its Models) and an admission pass, every ``interval`` seconds."""
+
+        def loop() -> None:
+            while not self.queue.closed:
+                time.sleep(interval)
+                try:
+                    for raw in self.kube.list("Tenant"):
+                        self.queue.add(("Tenant", raw["metadata"]["name"]))
+                    self.queue.add(ADMISSION)
+                except Exception:  # noqa: BLE001 — the next round tries again
+                    log.warning("resync could not list Tenants", exc_info=True)
+
+        thread = threading.Thread(target=loop, name="llmos-resync", daemon=True)
+        thread.start()
+        return thread
 
     def child_event(self, body: dict) -> None:
         meta = body.get("metadata") or {}
@@ -152,9 +206,15 @@ class Controller:
         return out
 
     def _namespace_owners(self, tenants: list[Tenant]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """(namespace → owning tenant, tenant → {namespace: other owner} of its refused claims). A namespace belongs
+        to a tenant only once llmos labelled it for that tenant, i.e. after the namespace checks passed."""
+        current = self._labelled_namespaces()
+        owners, conflicts = namespace_owners(tenants, current)
+        return {ns: t for ns, t in owners.items() if current.get(ns) == t}, conflicts
+
+    def _labelled_namespaces(self) -> dict[str, str]:
         labelled = self.kube.list("Namespace", label_selector=TENANT_LABEL)
-        current = {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled}
-        return namespace_owners(tenants, current)
+        return {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled}
 
     def _get_model(self, namespace: str, name: str) -> Model | None:
         raw = self.kube.get("Model", name, namespace)
@@ -182,7 +242,12 @@ class Controller:
 
     def _admission_pass(self) -> None:
         tenants = self._tenants()
-        owners, conflicts = self._namespace_owners(tenants)
+        by_name = {t.metadata.name: t for t in tenants}
+        labelled = self._labelled_namespaces()
+        owners, conflicts = namespace_owners(tenants, labelled)
+        owners = {ns: t for ns, t in owners.items() if labelled.get(ns) == t}
+        for tenant_name in set(labelled.values()) - set(by_name):
+            self.queue.add(("Tenant", tenant_name))  # its namespaces are still labelled: release them
         models: dict[tuple[str, str], Model] = {}
         for raw in self.kube.list("Model"):
             try:
@@ -190,7 +255,7 @@ class Controller:
                 models[(m.metadata.namespace, m.metadata.name)] = m
             except InvalidObject:
                 continue
-        requests, mdeps, unservable = [], {}, {}
+        requests, mdeps, refused = [], {}, {}
         for raw in self.kube.list("ModelDeployment"):
             if raw["metadata"].get("deletionTimestamp"):
                 continue
@@ -199,12 +264,19 @@ class Controller:
             except InvalidObject:
                 continue
             mdeps[mdep.key] = mdep
-            model = models.get((mdep.metadata.namespace, mdep.spec.model))
-            if model is None or not _model_servable(model):
-                # An unverified model reserves no GPU: its deployments are not even candidates.
-                unservable[mdep.key] = _not_servable(mdep, model, owners.get(mdep.metadata.namespace))
+            owner = owners.get(mdep.metadata.namespace or "")
+            tenant = by_name.get(owner) if owner else None
+            refusal = policy.deployment_refusal(mdep, tenant, self.config) if tenant else None
+            if refusal is not None:
+                # What the platform does not allow reserves no GPU: not even a candidate.
+                refused[mdep.key] = _refused(mdep, owner, *refusal)
                 continue
-            requests.append(Request.from_model_deployment(mdep, owners.get(mdep.metadata.namespace)))
+            model = models.get((mdep.metadata.namespace, mdep.spec.model))
+            if tenant is not None and (model is None or not _model_servable(model)):
+                # An unverified model reserves no GPU: its deployments are not even candidates.
+                refused[mdep.key] = _not_servable(mdep, model, owner)
+                continue
+            requests.append(Request.from_model_deployment(mdep, owner))
         ledgers = []
         for t in tenants:
             ledgers.append(parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()}))
@@ -214,7 +286,9 @@ class Controller:
         )
         for tenant in tenants:
             name = tenant.metadata.name
-            status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name))
+            status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name),
+                                   refused_namespaces=self._refused_namespaces.get(name),
+                                   refused_keys=self._refused_keys.get(name))
             if _status_changed(tenant.status.to_dict(), status):
                 try:
                     self.kube.patch_status("Tenant", name, None, status, tenant.metadata.resource_version)
@@ -229,12 +303,14 @@ class Controller:
             for gpu_class in {*used, *tenant.spec.quota.gpus}:
                 metrics.GPUS_USED.labels(name, gpu_class).set(used.get(gpu_class, 0))
                 metrics.GPUS_ALLOWED.labels(name, gpu_class).set(tenant.spec.quota.gpus.get(gpu_class, 0))
-        # The ledger is stored: publish the decisions and wake the deployments whose decision changed.
-        previous = self._decisions
-        self._decisions = {**result.decisions, **unservable}
-        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in self._decisions}
         self._spare = {(t.metadata.name, c): n - result.usage(t.metadata.name).get(c, 0)
                        for t in tenants for c, n in t.spec.quota.gpus.items()}
+        # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
+        self._write_backstops(tenants, owners, result, mdeps)
+        # Publish the decisions and wake the deployments whose decision changed.
+        previous = self._decisions
+        self._decisions = {**result.decisions, **refused}
+        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in self._decisions}
         for key, decision in self._decisions.items():
             if previous.get(key) != decision:
                 ns, name = key.split("/", 1)
@@ -243,95 +319,183 @@ class Controller:
             ns, name = key.split("/", 1)
             self.queue.add(("ModelDeployment", ns, name))
 
+    def _write_backstops(self, tenants: list[Tenant], owners: dict[str, str], result: Any,
+                         mdeps: dict[str, ModelDeployment]) -> None:
+        """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there, plus room for the
+        surge pods llmos renders during a rollout: never the tenant's total copied into every namespace."""
+        wanted: dict[str, dict[str, int]] = {ns: {} for ns in owners}
+        for key, entry in result.ledger.items():
+            ns = key.split("/", 1)[0]
+            gpu_class = self.config.gpu_class(entry["class"])
+            decision, mdep = result.decisions.get(key), mdeps.get(key)
+            if ns not in wanted or gpu_class is None or decision is None:
+                continue
+            gpus = entry["gpus"]
+            if mdep is not None and decision.admitted:
+                gpus += surge_replicas(mdep, self._auto_surge(decision, mdep)) * mdep.spec.gpu.count
+            wanted[ns][gpu_class.resource_name] = wanted[ns].get(gpu_class.resource_name, 0) + gpus
+        by_name = {t.metadata.name: t for t in tenants}
+        for ns, reserved in sorted(wanted.items()):
+            if self._backstops.get(ns) == reserved:
+                continue
+            tenant = by_name[owners[ns]]
+            quota = render_resource_quota(tenant, ns, self.config, reserved)
+            self.kube.apply(with_owner(quota, _tenant_ref(tenant)))
+            self._backstops[ns] = reserved
+
     def _tenant_events(self, tenant: Tenant, status: dict) -> None:
         raw = {"apiVersion": tenant.api_version, "kind": "Tenant",
                "metadata": {"name": tenant.metadata.name, "uid": tenant.metadata.uid, "namespace": None}}
         for t in transitions([c.to_dict() for c in tenant.status.conditions], status.get("conditions", [])):
-            self.kube.event(raw, "Normal" if t.status == "True" else "Warning", t.reason, t.message)
+            good = (t.status == "True") != (t.type == OVER_QUOTA)
+            self.kube.event(raw, "Normal" if good else "Warning", t.reason, t.message)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Tenant
 
     def reconcile_tenant(self, name: str) -> None:
         raw = self.kube.get("Tenant", name)
-        self.queue.add(ADMISSION)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
+            for ns, owner in self._labelled_namespaces().items():
+                if owner == name:
+                    self._release_namespace(ns, name, "was deleted")
+            self._refused_namespaces.pop(name, None)
+            self._refused_keys.pop(name, None)
+            self.queue.add(ADMISSION)
             return
         try:
             tenant = parse_as(Tenant, raw)
         except InvalidObject as exc:
             log.warning("invalid Tenant %s: %s", name, exc)
             return
-        owners, _ = self._namespace_owners(self._tenants())
-        owned = [ns for ns in tenant.spec.namespaces if owners.get(ns) == name]
+        labelled = self._labelled_namespaces()
+        owners, _ = namespace_owners(self._tenants(), labelled)
+        owned, refused, reclaimed = [], {}, []
+        for ns in tenant.spec.namespaces:
+            if owners.get(ns) != name:
+                continue  # another tenant holds it: NamespaceConflict in the status
+            if labelled.get(ns) == name and not policy.protected_namespace(ns, self.config):
+                owned.append(ns)
+                continue
+            existing = self.kube.get("Namespace", ns)
+            why = policy.namespace_refusal(ns, name, existing, self.config)
+            if why is not None:
+                refused[ns] = why  # nothing is written to it
+                continue
+            owned.append(ns)
+            if existing is not None and ((existing["metadata"].get("labels") or {}).get(policy.LABEL_RELEASED)):
+                reclaimed.append(ns)
+        self._refused_namespaces[name] = refused
         for child in render_tenant_children(tenant, self.config, namespaces=owned):
             if child["kind"] == "Namespace":
                 self.kube.apply(child)  # namespaces are not owned: deleting a tenant must not delete workloads
-            else:
+            elif child["kind"] != "ResourceQuota":  # the admission pass writes it, from the ledger
                 self.kube.apply(with_owner(child, raw))
+        for ns in reclaimed:
+            for kind, child_name in RELEASED_CHILDREN:
+                self.kube.delete(kind, child_name, ns)
+        for ns, owner in labelled.items():
+            if owner != name:
+                continue
+            if policy.protected_namespace(ns, self.config):
+                self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})  # drop labels
+            elif ns not in owned:
+                self._release_namespace(ns, name, "no longer lists it")
         for ns in owned:
             for model in self.kube.list("Model", ns):
                 self.queue.add(("Model", ns, model["metadata"]["name"]))
+        self.queue.add(ADMISSION)
+
+    def _release_namespace(self, namespace: str, tenant: str, why: str) -> None:
+        """The tenant is gone from this namespace: no GPUs, no ingress, no llmos pods; its users and data stay."""
+        for child in render_released_namespace(namespace, tenant, self.config):
+            self.kube.apply(child)  # first: the zero quota holds before anything else changes
+        for dep in self.kube.list("Deployment", namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
+            self.kube.delete("Deployment", dep["metadata"]["name"], namespace)
+        for kind, child_name in TENANT_CHILDREN:
+            self.kube.delete(kind, child_name, namespace)
+        self._backstops.pop(namespace, None)
+        self.kube.event({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace,
+                                                                              "namespace": namespace}},
+                        "Warning", "TenantReleased",
+                        f"tenant {tenant} {why}: llmos Deployments removed, GPUs limited to 0 and ingress denied "
+                        f"in namespace {namespace} (the platform may give it to another tenant with the "
+                        f"{policy.ANNOTATION_ADOPT} annotation)")
+        log.info("released namespace %s of tenant %s (%s)", namespace, tenant, why)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Model
 
-    def _trusted_keys(self, namespace: str, tenants: list[Tenant] | None = None) -> dict[str, bytes]:
-        keys = {name: pem.encode() for name, pem in self.config.trusted_keys.items()}
+    def _tenant_of(self, namespace: str, tenants: list[Tenant] | None = None) -> Tenant | None:
         tenants = tenants if tenants is not None else self._tenants()
         owners, _ = self._namespace_owners(tenants)
         owner = owners.get(namespace)
-        for tenant in tenants:
-            if tenant.metadata.name != owner:
-                continue
-            for key in tenant.spec.trusted_keys:
-                if key.public_key:
-                    keys[key.name] = key.public_key.encode()
-                elif key.secret_ref:
-                    ref = key.secret_ref
-                    value = self.kube.read_secret_key(ref.namespace, ref.name, ref.key)
-                    if value is not None:
-                        keys[key.name] = value
-                    else:
-                        log.warning("trusted key %s of tenant %s: Secret %s/%s has no key %s",
-                                    key.name, owner, ref.namespace, ref.name, ref.key)
+        return next((t for t in tenants if t.metadata.name == owner), None)
+
+    def _trusted_keys(self, tenant: Tenant | None) -> dict[str, bytes]:
+        """The cluster's keys and the tenant's. Keys in Secrets are read only from the operator's own namespace: a
+        tenant must not make the operator read another namespace's Secret."""
+        keys = {name: pem.encode() for name, pem in self.config.trusted_keys.items()}
+        if tenant is None:
+            return keys
+        refused = []
+        for key in tenant.spec.trusted_keys:
+            if key.public_key:
+                keys[key.name] = key.public_key.encode()
+            elif key.secret_ref:
+                ref = key.secret_ref
+                namespace = ref.namespace or self.config.operator_namespace
+                if namespace != self.config.operator_namespace:
+                    refused.append(f"trusted key {key.name}: spec.trustedKeys[].secretRef.namespace {namespace} is "
+                                   f"refused (Secrets are read only in the operator's namespace "
+                                   f"{self.config.operator_namespace})")
+                    continue
+                value = self.kube.read_secret_key(namespace, ref.name, ref.key)
+                if value is not None:
+                    keys[key.name] = value
+                else:
+                    log.warning("trusted key %s of tenant %s: Secret %s/%s has no key %s",
+                                key.name, tenant.metadata.name, namespace, ref.name, ref.key)
+        if self._refused_keys.get(tenant.metadata.name, []) != refused:
+            self._refused_keys[tenant.metadata.name] = refused
+            self.queue.add(ADMISSION)  # its status shows them
         return keys
 
-    def _read_bundle(self, namespace: str, sig: SignatureSpec) -> bytes | str:
-        """The bundle bytes, or a sentence saying why there are none."""
+    def _read_bundle(self, namespace: str, sig: SignatureSpec, field: str = "spec.signature") -> bytes | str:
+        """The bundle bytes from a ConfigMap of the object's own namespace, or a sentence saying why there are none.
+        The operator never reads a path or URL a tenant named."""
         if sig.bundle_ref is not None:
             ref = sig.bundle_ref
             cm = self.kube.get("ConfigMap", ref.name, namespace)
             if cm is None:
-                return f"ConfigMap {ref.name} (spec.signature.bundleRef) does not exist"
+                return f"ConfigMap {ref.name} ({field}.bundleRef) does not exist"
             if ref.key in (cm.get("binaryData") or {}):
                 import base64
 
                 return base64.b64decode(cm["binaryData"][ref.key])
             if ref.key in (cm.get("data") or {}):
                 return cm["data"][ref.key].encode()
-            return f"ConfigMap {ref.name} has no key {ref.key!r} (spec.signature.bundleRef.key)"
-        if sig.uri and sig.uri.startswith("file://"):
-            path = Path(sig.uri[len("file://"):])
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                return f"cannot read {sig.uri} (spec.signature.uri): {exc.strerror}"
+            return f"ConfigMap {ref.name} has no key {ref.key!r} ({field}.bundleRef.key)"
         if sig.uri:
-            return (f"spec.signature.uri {sig.uri} is not readable by the operator: put the bundle in a ConfigMap "
-                    "and name it in spec.signature.bundleRef")
-        return "no signature given: set spec.signature.bundleRef (or policy: Disabled)"
+            return (f"{field}.uri {sig.uri} is not read by the operator: put the bundle in a ConfigMap of this "
+                    f"namespace and name it in {field}.bundleRef")
+        return f"no signature given: set {field}.bundleRef (or policy: Disabled)"
 
     def verify(self, model: Model, tenants: list[Tenant] | None = None) -> Verification:
         from llmos_signing import VerificationError, verify_bundle
 
+        tenant = self._tenant_of(model.metadata.namespace or "", tenants)
+        refusal = policy.model_refusal(model, tenant)
+        if refusal is not None:
+            return Verification(False, *refusal)
+        keys = self._trusted_keys(tenant)
         if model.spec.signature.policy == "Disabled":
             return Verification(False, "SignatureDisabled",
-                                "spec.signature.policy is Disabled: the weights are served without verification")
+                                "spec.signature.policy is Disabled: the weights are served without verification "
+                                "(the tenant's policy allows unsigned models)", keys=keys)
         bundle = self._read_bundle(model.metadata.namespace or "", model.spec.signature)
         if isinstance(bundle, str):
             return Verification(False, "BundleUnavailable", bundle)
-        keys = self._trusted_keys(model.metadata.namespace or "", tenants)
         if not keys:
             return Verification(False, "NoTrustedKeys", "the tenant trusts no key (spec.trustedKeys of its Tenant) "
                                 "and the operator configuration names none", bundle=bundle)
@@ -342,7 +506,7 @@ class Controller:
         return Verification(
             True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
             digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
-            file_count=signed.file_count, bundle=bundle, signer_pem=keys[signed.signer],
+            file_count=signed.file_count, bundle=bundle, signer_pem=keys[signed.signer], keys=keys,
         )
 
     def reconcile_model(self, namespace: str, name: str) -> None:
@@ -410,6 +574,7 @@ class Controller:
                         signer_pem=outcome.signer_pem if outcome.verified else None,
                         auto_surge=self._auto_surge(decision, mdep),
                         adapter_bundles=self._adapter_bundles(mdep, model),
+                        tenant_keys=outcome.keys,
                     )
                 except RenderError as exc:
                     render_error = exc
@@ -432,6 +597,7 @@ class Controller:
             scheduling=scheduling, termination_messages=termination_messages, render_error=render_error,
         )
         status["adapters"] = adapter_status(mdep.spec.adapters, adapter_reports) if deployment is not None else []
+        status["remoteCode"] = True if deployment is not None and policy.remote_code(mdep) else None
         old = mdep.status.to_dict()
         if _status_changed(old, status):
             self.kube.patch_status("ModelDeployment", name, namespace, status)
@@ -445,13 +611,13 @@ class Controller:
     def _adapter_bundles(self, mdep: ModelDeployment, model: Model) -> dict[str, bytes]:
         """Signature bundles of the adapters this deployment serves (the runtime verifies each before loading)."""
         out = {}
-        declared = {a.name: a for a in model.spec.adapters}
+        declared = {a.name: (i, a) for i, a in enumerate(model.spec.adapters)}
         for name in mdep.spec.adapters:
-            adapter = declared.get(name)
+            index, adapter = declared.get(name, (0, None))
             sig = adapter.signature if adapter is not None else None
             if sig is None or sig.policy == "Disabled":
                 continue
-            bundle = self._read_bundle(mdep.metadata.namespace or "", sig)
+            bundle = self._read_bundle(mdep.metadata.namespace or "", sig, f"spec.adapters[{index}].signature")
             if isinstance(bundle, bytes):
                 out[name] = bundle
         return out
@@ -513,6 +679,27 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
             entry["message"] = reasons[0][:1024]
         out.append(entry)
     return out
+
+
+def _fairness_group(key: Hashable) -> Hashable:
+    """Work is served round-robin across namespaces, so one tenant's burst of events cannot delay another's."""
+    if isinstance(key, tuple) and len(key) == 3:
+        return key[1]
+    return ""
+
+
+def _refused(mdep: ModelDeployment, tenant: str | None, reason: str, message: str) -> Decision:
+    """The decision for a deployment the platform's policy does not allow (image, engine flags)."""
+    return Decision(
+        key=mdep.key, tenant=tenant, admitted=False, reason=reason, message=message,
+        gpu_class=mdep.spec.gpu.class_, requested=mdep.gpus_demanded, reserved=0, replicas=0,
+    )
+
+
+def _tenant_ref(tenant: Tenant) -> dict:
+    """Enough of a Tenant to be an owner of its children."""
+    return {"apiVersion": tenant.api_version, "kind": "Tenant",
+            "metadata": {"name": tenant.metadata.name, "uid": tenant.metadata.uid}}
 
 
 def _not_servable(mdep: ModelDeployment, model: Model | None, tenant: str | None) -> Decision:

@@ -9,13 +9,15 @@ import threading
 import kopf
 
 from ..api.types import GROUP, VERSION
-from .controller import ADMISSION, Controller
+from .controller import Controller
 from .workqueue import run_workers
 
 log = logging.getLogger("llmos.operator")
 MANAGED = {"app.kubernetes.io/managed-by": "llmos"}
 WORKERS = int(os.environ.get("LLMOS_WORKERS", "4"))
-RESYNC_SECONDS = float(os.environ.get("LLMOS_RESYNC_SECONDS", "10"))
+# A safety net for what no watch reports (trusted keys in Secrets, bundle ConfigMaps): every Tenant and an admission
+# pass are queued this often. Events drive everything else.
+RESYNC_SECONDS = float(os.environ.get("LLMOS_RESYNC_SECONDS", "60"))
 
 _controller: Controller | None = None
 _threads: list[threading.Thread] = []
@@ -29,10 +31,10 @@ def _c() -> Controller:
 @kopf.on.startup()
 def _startup(settings: kopf.OperatorSettings, **_):
     settings.posting.level = logging.WARNING  # kopf's own log lines become Events only when they matter
-    settings.persistence.finalizer = "llmos.dev/operator"  # on Tenants only (their resync timer needs it)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     _threads.extend(run_workers(_c().queue, _c().handle, WORKERS, _c().on_error))
+    _threads.append(_c().start_resync(RESYNC_SECONDS))
 
 
 @kopf.on.cleanup()
@@ -47,19 +49,12 @@ def _model_deployment(type, body, **_):  # noqa: A002 — kopf's argument name
 
 @kopf.on.event(GROUP, VERSION, "models")
 def _model(type, body, **_):  # noqa: A002
-    _c().queue.add(("Model", body["metadata"]["namespace"], body["metadata"]["name"]))
+    _c().model_event(type, body)
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")
 def _tenant(type, body, **_):  # noqa: A002
-    _c().queue.add(("Tenant", body["metadata"]["name"]))
-
-
-@kopf.timer(GROUP, VERSION, "tenants", interval=RESYNC_SECONDS)
-def _resync(body, **_):
-    # A slow safety net for what no watch reports (Secrets holding trusted keys, nodes). Pauses with kopf peering.
-    _c().queue.add(("Tenant", body["metadata"]["name"]))
-    _c().queue.add(ADMISSION)
+    _c().tenant_event(type, body)
 
 
 for _group, _version, _plural in (

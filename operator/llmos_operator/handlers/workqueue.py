@@ -1,6 +1,7 @@
 """A work queue of object keys, as controllers use them: a key is never processed by two workers at once, keys added
 while queued collapse into one, and a failed key comes back after an exponential back-off (so a bad object never
-hot-loops the operator)."""
+hot-loops the operator). Ready keys are served round-robin across groups (``group_of``: the namespace), so a burst of
+one tenant's keys waits behind nobody's but its own."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 
 
+def _one_group(key: Hashable) -> Hashable:
+    return None
+
+
 class WorkQueue:
-    def __init__(self, base_delay: float = 0.5, max_delay: float = 60.0):
+    def __init__(self, base_delay: float = 0.5, max_delay: float = 60.0,
+                 group_of: Callable[[Hashable], Hashable] = _one_group):
         self._cond = threading.Condition()
-        self._ready: list[Hashable] = []          # FIFO of keys ready now
+        self._group_of = group_of
+        self._ready: dict[Hashable, deque[Hashable]] = {}  # group → FIFO of its keys ready now
+        self._turns: deque[Hashable] = deque()     # groups with ready keys, in round-robin order
         self._queued: set[Hashable] = set()        # keys in _ready
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, key) heap
         self._processing: set[Hashable] = set()
@@ -33,9 +42,36 @@ class WorkQueue:
             elif key in self._processing:
                 self._dirty.add(key)
             elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+                self._push(key)
             self._cond.notify()
+
+    def _push(self, key: Hashable) -> None:
+        group = self._group_of(key)
+        if group not in self._ready:
+            self._ready[group] = deque()
+            self._turns.append(group)
+        self._ready[group].append(key)
+        self._queued.add(key)
+
+    def _pop(self) -> Hashable | None:
+        """The next key no worker holds, taking groups in turn."""
+        for _ in range(len(self._turns)):
+            group = self._turns[0]
+            self._turns.rotate(-1)
+            keys = self._ready[group]
+            for i, key in enumerate(keys):
+                if key not in self._processing:
+                    del keys[i]
+                    if not keys:
+                        del self._ready[group]
+                        self._turns.remove(group)
+                    self._queued.discard(key)
+                    return key
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _promote_due(self) -> float | None:
         """Move delayed keys that are due into the ready list; return seconds until the next one is due."""
@@ -45,8 +81,7 @@ class WorkQueue:
             if key in self._processing:
                 self._dirty.add(key)
             elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+                self._push(key)
         return (self._delayed[0][0] - now) if self._delayed else None
 
     def get(self, timeout: float | None = None) -> Hashable | None:
@@ -56,12 +91,10 @@ class WorkQueue:
                 if self._closed:
                     return None
                 wait = self._promote_due()
-                for i, key in enumerate(self._ready):
-                    if key not in self._processing:
-                        del self._ready[i]
-                        self._queued.discard(key)
-                        self._processing.add(key)
-                        return key
+                key = self._pop()
+                if key is not None:
+                    self._processing.add(key)
+                    return key
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -83,8 +116,7 @@ class WorkQueue:
             if key in self._dirty:
                 self._dirty.discard(key)
                 if key not in self._queued:
-                    self._queued.add(key)
-                    self._ready.append(key)
+                    self._push(key)
             self._cond.notify_all()
         return retry_in
 
@@ -95,7 +127,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._ready) + len(self._delayed)
+            return sum(len(keys) for keys in self._ready.values()) + len(self._delayed)
 
 
 def run_workers(queue: WorkQueue, handle: Callable[[Hashable], None], count: int,

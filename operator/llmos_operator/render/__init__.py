@@ -12,7 +12,10 @@ Children of an admitted ModelDeployment (``render.model_deployment``)::
 
 Children of a Tenant (``render.tenant``)::
 
-    render_tenant_children(tenant, config, namespaces=owned)  # Namespace (labels only), ResourceQuota, NetworkPolicy
+    render_tenant_children(tenant, config, namespaces=owned, reserved={ns: {resource: gpus}})
+    # → Namespace (labels only), ResourceQuota (the ledger's GPUs there), ingress and egress NetworkPolicies,
+    #   runtime ServiceAccount and RoleBinding
+    render_released_namespace(ns, former_tenant, config)  # zero GPU quota, deny-all ingress, not owned
 
 Status (``render.status``), applied as a JSON merge patch (None deletes a field)::
 
@@ -59,13 +62,20 @@ from .status import (
     tenant_status,
     transitions,
 )
-from .tenant import render_network_policy, render_namespace, render_resource_quota, render_tenant_children
+from .tenant import (
+    render_egress_policy,
+    render_namespace,
+    render_network_policy,
+    render_released_namespace,
+    render_resource_quota,
+    render_tenant_children,
+)
 
 __all__ = [
     "DEGRADED", "MODEL_VERIFIED", "PROGRESSING", "QUOTA_ADMITTED", "READY", "VERIFIED", "ModelCheck", "RenderError",
     "Transition", "check_model", "desired_status", "endpoint_url", "engine_args", "labels", "map_patch",
     "merge_conditions", "model_status", "now_rfc3339", "pod_requests", "render_adapters_configmap",
-    "render_children", "render_deployment", "render_namespace", "render_network_policy", "render_pdb",
-    "render_resource_quota", "render_service", "render_tenant_children", "render_trust_configmap",
+    "render_children", "render_deployment", "render_egress_policy", "render_namespace", "render_network_policy", "render_pdb",
+    "render_released_namespace", "render_resource_quota", "render_service", "render_tenant_children", "render_trust_configmap",
     "runtime_command", "selector_labels", "selector_string", "tenant_status", "transitions",
 ]

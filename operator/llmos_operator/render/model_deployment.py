@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from llmos_runtime.engine_args import REMOTE_CODE_FLAG, has_flag
 
 from ..api.types import Model, ModelDeployment
 from ..config import GPUClass, OperatorConfig
@@ -107,14 +109,30 @@ def engine_args(mdep: ModelDeployment, model: Model) -> list[str]:
     return args + list(engine.extra_args)
 
 
-def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig) -> list[str]:
-    """The container's command: the runtime CLI, then ``--`` and the vLLM arguments."""
+def tenant_key_file(key_name: str) -> str:
+    return f"key-{key_name}.pem"
+
+
+def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
+                    tenant_keys: Iterable[str] = ()) -> list[str]:
+    """The container's command: the runtime CLI, then ``--`` and the vLLM arguments. ``tenant_keys``: names of the
+    tenant's trusted keys (files of the trust ConfigMap): adapters may be signed by any of them."""
     cmd = ["llmos-runtime", "serve", "--source", model.spec.source.uri]
     if model.spec.source.revision:
         cmd += ["--revision", model.spec.source.revision]
+    if model.spec.source.verify == "copy":
+        cmd += ["--verify-mode", "copy"]
     cmd += ["--served-name", model.served_name]
     if _signature_enabled(model):
         cmd += ["--signature", f"{TRUST_DIR}/{SIGNATURE_FILE}", "--trusted-key", f"{TRUST_DIR}/{SIGNER_KEY_FILE}"]
+    if mdep.spec.adapters:
+        for key_name in sorted(tenant_keys):
+            cmd += ["--trusted-key", f"{TRUST_DIR}/{tenant_key_file(key_name)}"]
+    # The runtime refuses non-allow-listed engine flags itself; it must know what the platform added or allowed.
+    for flag in config.engine.extra_allowed_flags:
+        cmd += ["--allow-engine-flag", flag]
+    if has_flag(mdep.spec.engine.extra_args, REMOTE_CODE_FLAG):
+        cmd += ["--allow-remote-code"]  # admission let it through: the tenant's policy allows remote code
     cmd += [
         "--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}",
         "--cache-dir", CACHE_DIR,
@@ -153,9 +171,11 @@ def _configmap(mdep: ModelDeployment, name: str, data: dict[str, str], binary: d
 
 
 def render_trust_configmap(
-    mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None
+    mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None,
+    tenant_keys: Mapping[str, bytes | str] | None = None,
 ) -> dict:
-    """ConfigMap ``<name>-trust`` with ``model.sig`` and ``signer.pem`` (empty when the signature is Disabled)."""
+    """ConfigMap ``<name>-trust`` with ``model.sig`` and ``signer.pem`` (absent when the signature is Disabled), and
+    ``key-<name>.pem`` for each key the tenant trusts when adapters are served (any of them may sign an adapter)."""
     if _signature_enabled(model) and (bundle is None or signer_pem is None):
         raise RenderError(
             "SignatureUnavailable",
@@ -166,6 +186,9 @@ def render_trust_configmap(
     if _signature_enabled(model):
         _text_or_binary(data, binary, SIGNATURE_FILE, bundle)
         _text_or_binary(data, binary, SIGNER_KEY_FILE, signer_pem)
+    if mdep.spec.adapters:
+        for key_name, pem in sorted((tenant_keys or {}).items()):
+            _text_or_binary(data, binary, tenant_key_file(key_name), pem)
     return _configmap(mdep, trust_configmap_name(mdep.metadata.name), data, binary)
 
 
@@ -227,6 +250,11 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict:
     }
 
 
+def surge_replicas(mdep: ModelDeployment, auto_surge: int) -> int:
+    """Replicas a rollout may add above the admitted ones (the namespace's GPU backstop leaves room for them)."""
+    return _surge(mdep, auto_surge)[0]
+
+
 def _surge(mdep: ModelDeployment, auto_surge: int) -> tuple[int, int]:
     rollout = mdep.spec.rollout
     surge = auto_surge if rollout.max_surge == "auto" else int(rollout.max_surge)
@@ -246,6 +274,7 @@ def render_deployment(
     bundle: bytes | str | None = None,
     signer_pem: bytes | str | None = None,
     auto_surge: int = 1,
+    tenant_keys: Iterable[str] = (),
 ) -> dict:
     """The apps/v1 Deployment running the runtime. ``replicas``: what admission granted (default: the spec's).
     ``auto_surge``: what ``maxSurge: auto`` means now (1; pass 0 when the tenant has no GPUs to spare for a surge
@@ -279,7 +308,7 @@ def render_deployment(
         "name": RUNTIME_CONTAINER,
         "image": mdep.spec.engine.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
-        "command": runtime_command(mdep, model, config),
+        "command": runtime_command(mdep, model, config, tenant_keys),
         "env": [
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             # The runtime reports its loaded adapters in an annotation of its own pod.
@@ -310,7 +339,9 @@ def render_deployment(
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": RUNTIME_SERVICE_ACCOUNT,
-        "automountServiceAccountToken": True,  # only to annotate its own pod (see render.tenant.render_runtime_access)
+        # A token only where the runtime reports adapters on its own pod (an admission policy of the chart limits
+        # it to that annotation); a pod without adapters needs no API access at all.
+        "automountServiceAccountToken": bool(mdep.spec.adapters),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {
@@ -402,20 +433,23 @@ def render_children(
     signer_pem: bytes | str | None = None,
     auto_surge: int = 1,
     adapter_bundles: Mapping[str, bytes | str] | None = None,
+    tenant_keys: Mapping[str, bytes | str] | None = None,
 ) -> list[dict]:
     """Every child of an admitted ModelDeployment, in apply order: ConfigMaps, Deployment, Service, PDB.
 
     ``adapter_bundles``: adapter name → its signature bundle, for the adapters whose signature is required.
+    ``tenant_keys``: key name → PEM of every key the tenant trusts (adapters may be signed by any of them).
 
     Raises :class:`RenderError` (reason ``UnknownAdapter`` or ``SignatureUnavailable``) when the spec cannot be
     served; put it in a condition.
     """
     return [
-        render_trust_configmap(mdep, model, bundle, signer_pem),
+        render_trust_configmap(mdep, model, bundle, signer_pem, tenant_keys),
         render_adapters_configmap(mdep, model, adapter_bundles),
         render_deployment(
             mdep, model, gpu_class, config,
             replicas=replicas, bundle=bundle, signer_pem=signer_pem, auto_surge=auto_surge,
+            tenant_keys=list(tenant_keys or {}),
         ),
         render_service(mdep, config),
         render_pdb(mdep),

@@ -26,6 +26,8 @@ MODEL_VERIFIED = "ModelVerified"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 VERIFIED = "Verified"  # the Model's condition
+NAMESPACES_READY = "NamespacesReady"  # the Tenant's: every namespace it lists is its own
+OVER_QUOTA = "OverQuota"  # the Tenant's: reservations above a quota that was lowered
 
 MAX_MESSAGE = 1024
 
@@ -334,15 +336,20 @@ def tenant_status(
     *,
     result: AdmissionResult | None = None,
     conflicts: Mapping[str, str] | None = None,
+    refused_namespaces: Mapping[str, str] | None = None,
+    refused_keys: Sequence[str] | None = None,
     now: str | None = None,
 ) -> dict:
     """Status of a Tenant. ``result``: the latest admission pass (None: leave usage and the ledger as they are).
-    ``conflicts``: namespace → the other tenant that owns it (from ``quota.namespace_owners``)."""
+    ``conflicts``: namespace → the other tenant that owns it (from ``quota.namespace_owners``).
+    ``refused_namespaces``: namespace → why the tenant may not take it (``policy.namespace_refusal``).
+    ``refused_keys``: trusted keys the operator refused to read, with why."""
     now = now or now_rfc3339()
     gen = tenant.metadata.generation
     name = tenant.metadata.name
     quota = tenant.spec.quota.gpus
     out: dict[str, Any] = {"observedGeneration": gen}
+    over: list[str] = []
     if result is not None:
         used = result.usage(name)
         out["usage"] = {"gpus": map_patch(tenant.status.usage.gpus, {c: used.get(c, 0) for c in {*quota, *used}})}
@@ -352,17 +359,38 @@ def tenant_status(
         out["reservations"] = map_patch(
             {k: v.to_dict() for k, v in tenant.status.reservations.items()}, result.ledger_for(name)
         )
+        over = [f"{c} {used[c]}/{quota.get(c, 0)}" for c in sorted(used) if used[c] > quota.get(c, 0)]
     unknown = sorted(c for c in quota if config.gpu_class(c) is None)
+    problems: list[tuple[str, str]] = []
     if conflicts:
         taken = ", ".join(f"{ns} (owned by tenant {owner})" for ns, owner in sorted(conflicts.items()))
-        ready = condition(READY, False, "NamespaceConflict", f"namespaces claimed by another tenant: {taken}", gen)
+        problems.append(("NamespaceConflict", f"namespaces claimed by another tenant: {taken}"))
+    if refused_namespaces:
+        problems.append(("NamespaceRefused", "; ".join(why for _, why in sorted(refused_namespaces.items()))))
+    if problems:
+        namespaces = condition(NAMESPACES_READY, False, problems[0][0], "; ".join(m for _, m in problems), gen)
+    else:
+        namespaces = condition(NAMESPACES_READY, True, "NamespacesReady",
+                               f"{len(tenant.spec.namespaces)} namespaces ready", gen)
+    if over:
+        over_quota = condition(OVER_QUOTA, True, "OverQuota",
+                               f"reserved above quota: {', '.join(over)}; nothing new is admitted until usage falls "
+                               "below the quota (running deployments keep their GPUs until they shrink)", gen)
+    else:
+        over_quota = condition(OVER_QUOTA, False, "WithinQuota", "reservations are within the quota", gen)
+    if problems:
+        ready = condition(READY, False, problems[0][0], namespaces["message"], gen)
     elif unknown:
         known = ", ".join(sorted(config.gpu_classes)) or "none"
         ready = condition(
             READY, False, "UnknownGPUClass",
             f"quota names GPU classes that are not configured: {', '.join(unknown)} (known: {known})", gen,
         )
+    elif refused_keys:
+        ready = condition(READY, False, "TrustedKeyRefused", "; ".join(refused_keys), gen)
+    elif over:
+        ready = condition(READY, False, "OverQuota", over_quota["message"], gen)
     else:
         ready = condition(READY, True, "Reconciled", f"{len(tenant.spec.namespaces)} namespaces ready", gen)
-    out["conditions"] = merge_conditions(tenant.status.conditions, [ready], now)
+    out["conditions"] = merge_conditions(tenant.status.conditions, [ready, namespaces, over_quota], now)
     return out

@@ -1,58 +1,72 @@
-"""Desired children of a Tenant: its namespaces, and in each a GPU ResourceQuota and an isolating NetworkPolicy.
+"""Desired children of a Tenant in each namespace it owns, and what stays in a namespace it gave up.
 
-The Namespace dicts carry only the labels llmos needs: apply them as a merge patch onto an existing namespace (never
-own a namespace by the Tenant: deleting a Tenant must not delete its tenants' data). ResourceQuota and NetworkPolicy
-are llmos's own and may be owned by the Tenant.
+Owned namespace: labels (tenant, Pod Security ``restricted``, remote code allowed or not), a GPU ResourceQuota backstop
+equal to what the admission ledger reserves there, ingress and egress NetworkPolicies, the runtime's ServiceAccount
+and RoleBinding. The Namespace dicts carry only the labels llmos needs: server-side apply them onto an existing
+namespace, never own a namespace by the Tenant (deleting a Tenant must not delete its tenants' data). The rest is
+llmos's own and owned by the Tenant.
+
+Released namespace (its Tenant was deleted or no longer lists it): a zero GPU ResourceQuota and a deny-all ingress
+policy that are NOT owned by the Tenant, so garbage collection leaves them; the tenant label gives way to
+``llmos.dev/released``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..api.types import Tenant
 from ..config import OperatorConfig
-from .common import LABEL_GATEWAY, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, RUNTIME_SERVICE_ACCOUNT
+from ..policy import LABEL_RELEASED
+from .common import LABEL_GATEWAY, LABEL_TENANT, RUNTIME_SERVICE_ACCOUNT
 
 RESOURCE_QUOTA_NAME = "llmos-gpus"
 NETWORK_POLICY_NAME = "llmos-tenant-isolation"
+EGRESS_POLICY_NAME = "llmos-tenant-egress"
+RUNTIME_BINDING_NAME = "llmos-runtime-pods"
+RELEASED_QUOTA_NAME = "llmos-released-gpus"
+RELEASED_POLICY_NAME = "llmos-released-deny-ingress"
+LABEL_ALLOW_REMOTE_CODE = "llmos.dev/allow-remote-code"  # read by the chart's engine-flag admission policy
+POD_SECURITY = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+LINK_LOCAL = "169.254.0.0/16"  # cloud metadata endpoints live here
 
 
 def _labels(tenant: Tenant) -> dict[str, str]:
-    return {LABEL_TENANT: tenant.metadata.name, LABEL_MANAGED_BY: MANAGED_BY}
+    return {LABEL_TENANT: tenant.metadata.name}
 
 
-def gpu_resource_totals(tenant: Tenant, config: OperatorConfig) -> dict[str, int]:
-    """Extended resource name → the tenant's GPUs of all classes counted by it (classes not configured are
-    skipped: nothing can be admitted for them)."""
-    totals: dict[str, int] = {}
-    for class_name, gpus in tenant.spec.quota.gpus.items():
-        gpu_class = config.gpu_class(class_name)
-        if gpu_class is not None:
-            totals[gpu_class.resource_name] = totals.get(gpu_class.resource_name, 0) + gpus
-    return dict(sorted(totals.items()))
+def gpu_resources(config: OperatorConfig) -> list[str]:
+    """Every extended resource some GPU class is counted by."""
+    return sorted({c.resource_name for c in config.gpu_classes.values()})
 
 
 def render_namespace(tenant: Tenant, namespace: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": _labels(tenant)}}
+    labels = {**_labels(tenant), **POD_SECURITY}
+    if tenant.spec.policy.allow_remote_code:
+        labels[LABEL_ALLOW_REMOTE_CODE] = "true"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
 
 
-def render_resource_quota(tenant: Tenant, namespace: str, config: OperatorConfig) -> dict:
-    """A backstop, not the admission mechanism: no namespace of the tenant may request more GPUs (of each extended
-    resource) than the tenant has in total. Resources the tenant has no quota of are pinned to 0."""
-    totals = gpu_resource_totals(tenant, config)
-    for gpu_class in config.gpu_classes.values():
-        totals.setdefault(gpu_class.resource_name, 0)
+def render_resource_quota(tenant: Tenant, namespace: str, config: OperatorConfig,
+                          reserved: Mapping[str, int] | None = None) -> dict:
+    """A backstop, not the admission mechanism: pods of this namespace may request no more of each GPU resource than
+    the admission ledger reserves here (``reserved``: resource → GPUs, surge room included). Resources with nothing
+    reserved are pinned to 0, so the tenant's total is never copied into every namespace."""
+    hard = {f"requests.{r}": str((reserved or {}).get(r, 0)) for r in gpu_resources(config)}
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": {"name": RESOURCE_QUOTA_NAME, "namespace": namespace, "labels": _labels(tenant)},
-        "spec": {"hard": {f"requests.{name}": str(n) for name, n in sorted(totals.items())}},
+        "spec": {"hard": hard},
     }
 
 
-def render_network_policy(tenant: Tenant, namespace: str) -> dict:
-    """Ingress to every pod only from the tenant's own namespaces and from namespaces labelled
-    ``llmos.dev/gateway=true`` (egress is left open: runtimes fetch weights)."""
+def render_network_policy(tenant: Tenant, namespace: str, config: OperatorConfig | None = None) -> dict:
+    """Ingress to every pod only from the tenant's own namespaces and from gateway namespaces."""
+    gateway = config.network.gateway_label if config else LABEL_GATEWAY
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -64,7 +78,7 @@ def render_network_policy(tenant: Tenant, namespace: str) -> dict:
                 {
                     "from": [
                         {"namespaceSelector": {"matchLabels": {LABEL_TENANT: tenant.metadata.name}}},
-                        {"namespaceSelector": {"matchLabels": {LABEL_GATEWAY: "true"}}},
+                        {"namespaceSelector": {"matchLabels": {gateway: "true"}}},
                     ]
                 }
             ],
@@ -72,28 +86,86 @@ def render_network_policy(tenant: Tenant, namespace: str) -> dict:
     }
 
 
-def render_runtime_access(tenant: Tenant, namespace: str) -> list[dict]:
-    """The runtime pods' ServiceAccount, and a Role that lets them read and annotate pods of this namespace only
-    (each reports the adapters it loaded on its own pod; the operator aggregates them)."""
+def render_egress_policy(tenant: Tenant, namespace: str, config: OperatorConfig) -> dict:
+    """Egress: DNS (kube-system's DNS pods), the tenant's own namespaces, and the world outside the cluster — not
+    link-local (cloud metadata), not the cluster's ranges (API server, nodes, other tenants' pods and services)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": EGRESS_POLICY_NAME, "namespace": namespace, "labels": _labels(tenant)},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+                {"to": [{"namespaceSelector": {"matchLabels": {LABEL_TENANT: tenant.metadata.name}}}]},
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0",
+                                     "except": [LINK_LOCAL, *config.network.cluster_cidrs]}}]},
+            ],
+        },
+    }
+
+
+def render_runtime_access(tenant: Tenant, namespace: str, config: OperatorConfig) -> list[dict]:
+    """The runtime pods' ServiceAccount, bound to the chart's runtime ClusterRole in this namespace only (get and
+    patch pods; the chart's admission policy narrows patch to the pod's own adapter report)."""
     meta = {"name": RUNTIME_SERVICE_ACCOUNT, "namespace": namespace, "labels": _labels(tenant)}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
-         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNTIME_SERVICE_ACCOUNT},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta),
+         "automountServiceAccountToken": False},  # pods that report adapters mount it explicitly
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": dict(meta, name=RUNTIME_BINDING_NAME),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.runtime.role_name},
          "subjects": [{"kind": "ServiceAccount", "name": RUNTIME_SERVICE_ACCOUNT, "namespace": namespace}]},
     ]
 
 
 def render_tenant_children(
-    tenant: Tenant, config: OperatorConfig, namespaces: Iterable[str] | None = None
+    tenant: Tenant, config: OperatorConfig, namespaces: Iterable[str] | None = None,
+    reserved: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[dict]:
-    """For each namespace the tenant owns (default: all it claims; pass the owned ones after
-    ``quota.namespace_owners`` refused conflicting claims): Namespace, ResourceQuota, NetworkPolicy, and the runtime's
-    ServiceAccount, Role and RoleBinding."""
+    """For each namespace the tenant owns (default: all it claims; pass the owned ones after the refused and
+    conflicting claims are taken out): Namespace, ResourceQuota (``reserved``: namespace → resource → GPUs),
+    NetworkPolicies, and the runtime's ServiceAccount and RoleBinding."""
     out: list[dict] = []
     for ns in namespaces if namespaces is not None else tenant.spec.namespaces:
-        out += [render_namespace(tenant, ns), render_resource_quota(tenant, ns, config), render_network_policy(tenant, ns)]
-        out += render_runtime_access(tenant, ns)
+        out += [
+            render_namespace(tenant, ns),
+            render_resource_quota(tenant, ns, config, (reserved or {}).get(ns)),
+            render_network_policy(tenant, ns, config),
+            render_egress_policy(tenant, ns, config),
+        ]
+        out += render_runtime_access(tenant, ns, config)
     return out
+
+
+def render_released_namespace(namespace: str, former_tenant: str, config: OperatorConfig) -> list[dict]:
+    """What a namespace keeps once its tenant is gone: no GPUs, no ingress; not owned by anyone, so garbage
+    collection of the Tenant does not remove them. Apply the Namespace with the same field manager so the tenant
+    label llmos wrote is removed."""
+    labels = {LABEL_RELEASED: former_tenant, **POD_SECURITY}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
+        {"apiVersion": "v1", "kind": "ResourceQuota",
+         "metadata": {"name": RELEASED_QUOTA_NAME, "namespace": namespace, "labels": {LABEL_RELEASED: former_tenant}},
+         "spec": {"hard": {f"requests.{r}": "0" for r in gpu_resources(config)}}},  # extended resources: requests only
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": RELEASED_POLICY_NAME, "namespace": namespace,
+                      "labels": {LABEL_RELEASED: former_tenant}},
+         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}},
+    ]
+
+
+# What the tenant's children in a namespace are, by kind and name: removed when the namespace is released.
+TENANT_CHILDREN = (
+    ("ResourceQuota", RESOURCE_QUOTA_NAME),
+    ("NetworkPolicy", NETWORK_POLICY_NAME),
+    ("NetworkPolicy", EGRESS_POLICY_NAME),
+    ("RoleBinding", RUNTIME_BINDING_NAME),
+    ("ServiceAccount", RUNTIME_SERVICE_ACCOUNT),
+)
+RELEASED_CHILDREN = (("ResourceQuota", RELEASED_QUOTA_NAME), ("NetworkPolicy", RELEASED_POLICY_NAME))

@@ -1,0 +1,81 @@
+"""What the platform allows a tenant: one pure module, consulted by admission (controller), rendering and the Model
+reconciler alike, and mirrored by the admission policies the Helm chart installs (engine flags, GPUs, namespaces).
+
+Nothing here talks to the API server: callers pass what they read. Each check returns None when allowed, else a
+(reason, message) pair whose message names the field and says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from llmos_runtime.engine_args import refused_args
+
+from .api.types import Model, ModelDeployment, Tenant
+from .config import OperatorConfig
+
+LABEL_TENANT = "llmos.dev/tenant"
+LABEL_RELEASED = "llmos.dev/released"  # on a namespace a Tenant gave up (or whose Tenant was deleted)
+ANNOTATION_ADOPT = "llmos.dev/adopt"  # set by the platform: this existing namespace may be taken by that tenant
+
+Refusal = tuple[str, str]
+
+
+def protected_namespace(namespace: str, config: OperatorConfig) -> bool:
+    """Namespaces no tenant may ever claim: the cluster's own and the operator's."""
+    return namespace == "default" or namespace.startswith("kube-") or namespace == config.operator_namespace
+
+
+def namespace_refusal(namespace: str, tenant: str, existing: Mapping | None, config: OperatorConfig) -> str | None:
+    """Why ``tenant`` may not take ``namespace`` (None: it may). ``existing``: the Namespace object as read now, or
+    None if there is none (llmos will create it for the tenant)."""
+    if protected_namespace(namespace, config):
+        return f"namespace {namespace} is reserved for the cluster or the operator and cannot belong to a tenant"
+    if existing is None:
+        return None
+    meta = existing.get("metadata") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    if tenant in (labels.get(LABEL_TENANT), labels.get(LABEL_RELEASED), annotations.get(ANNOTATION_ADOPT)):
+        return None
+    return (f"namespace {namespace} already exists and llmos did not create it for tenant {tenant}: the platform "
+            f"must annotate it {ANNOTATION_ADOPT}={tenant} before the tenant can take it")
+
+
+def model_refusal(model: Model, tenant: Tenant | None) -> Refusal | None:
+    """A Model the platform does not let this tenant serve, whatever its signature."""
+    if model.spec.signature.policy == "Disabled" and not (tenant and tenant.spec.policy.allow_unsigned_models):
+        owner = tenant.metadata.name if tenant else "(none)"
+        return ("SignatureRequired",
+                f"spec.signature.policy is Disabled but tenant {owner} may serve only signed models "
+                "(the platform sets Tenant spec.policy.allowUnsignedModels): sign the weights and set "
+                "spec.signature.bundleRef")
+    return None
+
+
+def image_allowed(image: str | None, tenant: Tenant | None, config: OperatorConfig) -> bool:
+    if image is None or image == config.runtime.image:
+        return True
+    prefixes = tenant.spec.policy.allowed_images if tenant else []
+    return any(image.startswith(p) for p in prefixes if p)
+
+
+def deployment_refusal(mdep: ModelDeployment, tenant: Tenant | None, config: OperatorConfig) -> Refusal | None:
+    """A ModelDeployment the platform does not allow: it reserves no GPU and gets no pods."""
+    image = mdep.spec.engine.image
+    if not image_allowed(image, tenant, config):
+        allowed = [config.runtime.image, *(tenant.spec.policy.allowed_images if tenant else [])]
+        return ("ImageNotAllowed",
+                f"spec.engine.image {image} is not allowed for this tenant (allowed: {', '.join(allowed)}; the "
+                "platform sets Tenant spec.policy.allowedImages); no GPUs are reserved")
+    refused = refused_args(mdep.spec.engine.extra_args, allowed=config.allowed_engine_flags(),
+                           allow_remote_code=bool(tenant and tenant.spec.policy.allow_remote_code))
+    if refused:
+        return ("EngineArgsNotAllowed", "; ".join(str(r) for r in refused) + "; no GPUs are reserved")
+    return None
+
+
+def remote_code(mdep: ModelDeployment) -> bool:
+    """Does this deployment run code shipped with the weights (shown in status)?"""
+    from llmos_runtime.engine_args import REMOTE_CODE_FLAG, has_flag
+
+    return has_flag(mdep.spec.engine.extra_args, REMOTE_CODE_FLAG)
