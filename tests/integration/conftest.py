@@ -109,11 +109,22 @@ class Objects:
         self.tenants: list[str] = []
 
     def tenant(self, name: str | None = None, *, gpus: dict | None = None, namespaces: list[str] | None = None,
-               **spec) -> dict:
+               policy: dict | None = None, adopt: bool = True, **spec) -> dict:
+        """A Tenant, as the platform team makes one. The test's namespaces already exist, so (``adopt``) the
+        platform first annotates them for adoption. ``policy`` defaults to allowing unsigned models, since most
+        tests serve fake weights; tests of signature policy pass their own."""
         name = name or self.namespace
+        namespaces = namespaces if namespaces is not None else [self.namespace]
+        if adopt:
+            for ns in namespaces:
+                try:
+                    self.core.patch_namespace(ns, {"metadata": {"annotations": {"llmos.dev/adopt": name}}})
+                except client.ApiException as exc:
+                    if exc.status != 404:  # a namespace llmos will create
+                        raise
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": name},
-                "spec": {"namespaces": namespaces if namespaces is not None else [self.namespace],
-                         "quota": {"gpus": gpus or {"h100": 8}}, **spec}}
+                "spec": {"namespaces": namespaces, "quota": {"gpus": gpus or {"h100": 8}},
+                         "policy": policy if policy is not None else {"allowUnsignedModels": True}, **spec}}
         self.tenants.append(name)
         return self.custom.create_cluster_custom_object(GROUP, VERSION, "tenants", body)
 

@@ -131,13 +131,32 @@ def test_key_rotation_verifies_and_unverifies(objects, namespace, cluster, signe
 
 
 def test_a_trusted_key_can_come_from_a_secret(objects, namespace, cluster, signed_model):
+    # Secrets are read only in the operator's own namespace (llmos-system for the operator under test).
+    core = client.CoreV1Api(cluster.api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    core.create_namespaced_secret("llmos-system", client.V1Secret(
+        metadata=client.V1ObjectMeta(name=f"keys-{namespace}"), string_data={"publicKey": signed_model["release"]}))
+    objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": f"keys-{namespace}"}}])
+    _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
+    _signed(objects)
+    objects.wait_condition("models", "m", "Verified", "True")
+    core.delete_namespaced_secret(f"keys-{namespace}", "llmos-system")
+
+
+def test_a_secret_in_another_namespace_is_never_read(objects, namespace, cluster, signed_model):
     core = client.CoreV1Api(cluster.api)
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name="keys"), string_data={"publicKey": signed_model["release"]}))
     objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": "keys", "namespace": namespace}}])
+    cond = objects.wait_condition("tenants", namespace, "Ready", "False", "TrustedKeyRefused")
+    assert f"secretRef.namespace {namespace} is refused" in cond["message"]
     _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
     _signed(objects)
-    objects.wait_condition("models", "m", "Verified", "True")
+    objects.wait_condition("models", "m", "Verified", "False", "NoTrustedKeys")
 
 
 def test_disabled_verification_is_served_with_a_warning(objects, namespace, cluster):

@@ -33,12 +33,27 @@ def test_tenant_owns_its_namespaces_with_quota_backstop_and_network_policy(objec
 
     wait_for(lambda: core.read_namespace(namespace).metadata.labels.get("llmos.dev/tenant") == namespace,
              message="the namespace labelled with its tenant")
+    labels = core.read_namespace(namespace).metadata.labels
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert "app.kubernetes.io/managed-by" not in labels
     quotas = wait_for(lambda: core.list_namespaced_resource_quota(namespace).items, message="a ResourceQuota")
-    assert quotas[0].spec.hard["requests.nvidia.com/gpu"] == "12"  # 8 H100 + 4 L4, both nvidia.com/gpu
-    policy = wait_for(lambda: net.list_namespaced_network_policy(namespace).items, message="a NetworkPolicy")[0]
-    peers = json.dumps(client.ApiClient().sanitize_for_serialization(policy.spec.ingress))
+    # The backstop is what the ledger reserves here (nothing yet), never the tenant's total.
+    assert quotas[0].spec.hard["requests.nvidia.com/gpu"] == "0"
+    policies = wait_for(lambda: {p.metadata.name: p for p in net.list_namespaced_network_policy(namespace).items}
+                        if len(net.list_namespaced_network_policy(namespace).items) == 2 else None,
+                        message="ingress and egress NetworkPolicies")
+    peers = json.dumps(client.ApiClient().sanitize_for_serialization(policies["llmos-tenant-isolation"].spec.ingress))
     assert "llmos.dev/gateway" in peers and "llmos.dev/tenant" in peers
+    egress = json.dumps(client.ApiClient().sanitize_for_serialization(policies["llmos-tenant-egress"].spec.egress))
+    assert "169.254.0.0/16" in egress
     objects.wait_condition("tenants", namespace, "Ready", "True")
+
+    objects.model()
+    objects.deployment("chat", replicas=2, count=2)
+    objects.wait_condition("modeldeployments", "chat", "QuotaAdmitted", "True")
+    # 4 reserved, plus one surge pod's 2 GPUs of room for rollouts (the tenant has spare H100s).
+    wait_for(lambda: core.read_namespaced_resource_quota("llmos-gpus", namespace).spec.hard[
+        "requests.nvidia.com/gpu"] == "6", message="the backstop following the ledger")
 
 
 def test_a_namespace_claimed_by_a_second_tenant_is_refused_on_the_second(objects, namespace):

@@ -155,3 +155,33 @@ def test_unknown_fields_are_ignored_and_unknown_kind_refused():
     assert parse_object(raw).spec.model == "m"
     with pytest.raises(InvalidObject):
         parse_object({"kind": "Pod", "metadata": {"name": "x"}})
+
+
+@pytest.mark.parametrize("where", ["model", "adapter"])
+def test_file_signature_uri_is_refused_with_its_field(where):
+    """The operator never reads a local path a tenant named (it once handed out its own token that way)."""
+    sig = {"uri": "file:///var/run/secrets/kubernetes.io/serviceaccount/token"}
+    if where == "model":
+        raw, path = model({"source": {"uri": "hf://org/m"}, "signature": sig}), "spec.signature.uri"
+    else:
+        raw = model({"source": {"uri": "hf://org/m"},
+                     "adapters": [{"name": "a", "source": {"uri": "hf://org/a"}, "signature": sig}]})
+        path = "spec.adapters[0].signature.uri"
+    assert errors_of(raw) == [path]
+
+
+def test_tenant_may_not_claim_cluster_namespaces():
+    def tenant(namespaces):
+        return {"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
+                "spec": {"namespaces": namespaces}}
+
+    assert errors_of(tenant(["team-a", "kube-system"])) == ["spec.namespaces"]
+    assert errors_of(tenant(["default"])) == ["spec.namespaces"]
+    parsed = parse_as(Tenant, tenant(["team-a"]))
+    assert parsed.spec.policy.allow_unsigned_models is False and parsed.spec.policy.allowed_images == []
+
+
+def test_source_verify_mode():
+    assert parse_as(Model, model({"source": {"uri": "pvc://w/m"}})).spec.source.verify == "inPlace"
+    assert parse_as(Model, model({"source": {"uri": "pvc://w/m", "verify": "copy"}})).spec.source.verify == "copy"
+    assert errors_of(model({"source": {"uri": "pvc://w/m", "verify": "later"}})) == ["spec.source.verify"]

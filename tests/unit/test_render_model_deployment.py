@@ -254,3 +254,30 @@ def test_adapters_json_is_what_the_runtime_reads(tmp_path):
     assert by_name["sql"].signature == tmp_path / "sql.sig"
     assert by_name["open"].signature is None
     assert list(invalid) == ["fr"]  # required, but no bundle was supplied: that adapter alone fails closed
+
+
+def test_pods_without_adapters_get_no_token_and_adapters_trust_every_tenant_key():
+    plain = deployment()["spec"]["template"]["spec"]
+    assert plain["automountServiceAccountToken"] is False
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
+    d = mdep(adapters=["sql"])
+    objs = children(m=m, d=d, tenant_keys={"release": PEM, "team": b"TEAM-PEM"})
+    pod = objs[("Deployment", "chat")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True  # only to report its adapters on its own pod
+    cmd = pod["containers"][0]["command"]
+    keys = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--trusted-key"]
+    assert keys == ["/etc/llmos/trust/signer.pem", "/etc/llmos/trust/key-release.pem", "/etc/llmos/trust/key-team.pem"]
+    assert objs[("ConfigMap", "chat-trust")]["data"]["key-team.pem"] == "TEAM-PEM"
+
+
+def test_runtime_is_told_the_platforms_engine_policy_and_verify_mode():
+    cfg = config_from_yaml("engine: {extraAllowedFlags: [--my-flag]}")
+    d = mdep(engine={"extraArgs": ["--trust-remote-code", "--my-flag", "1"]})
+    m = model(source={"uri": "pvc://weights/llama", "verify": "copy"})
+    objs = render_children(d, m, H100, cfg, bundle=BUNDLE, signer_pem=PEM)
+    cmd = next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"]
+    runtime = cmd[:cmd.index("--")]
+    assert runtime[runtime.index("--verify-mode") + 1] == "copy"
+    assert runtime[runtime.index("--allow-engine-flag") + 1] == "--my-flag"
+    assert "--allow-remote-code" in runtime
+    assert "--verify-mode" not in container() and "--allow-remote-code" not in container()["command"]
