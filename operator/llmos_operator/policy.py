@@ -41,6 +41,18 @@ def namespace_refusal(namespace: str, tenant: str, existing: Mapping | None, con
             f"must annotate it {ANNOTATION_ADOPT}={tenant} before the tenant can take it")
 
 
+def refused_keys(tenant: Tenant, config: OperatorConfig) -> dict[str, str]:
+    """Trusted keys whose Secret the operator will not read (key name → why): Secrets are read only in the operator's
+    own namespace, so a Tenant cannot make the operator read another namespace's Secrets."""
+    out = {}
+    for key in tenant.spec.trusted_keys:
+        ref = key.secret_ref
+        if ref is not None and (ref.namespace or config.operator_namespace) != config.operator_namespace:
+            out[key.name] = (f"trusted key {key.name}: spec.trustedKeys[].secretRef.namespace {ref.namespace} is "
+                             f"refused (Secrets are read only in the operator's namespace {config.operator_namespace})")
+    return out
+
+
 def model_refusal(model: Model, tenant: Tenant | None) -> Refusal | None:
     """A Model the platform does not let this tenant serve, whatever its signature."""
     if model.spec.signature.policy == "Disabled" and not (tenant and tenant.spec.policy.allow_unsigned_models):

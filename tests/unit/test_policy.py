@@ -86,3 +86,13 @@ def test_allowed_engine_flags_both_spellings_and_platform_extensions():
     cfg = config_from_yaml("engine: {extraAllowedFlags: [--my-flag]}")
     assert policy.deployment_refusal(mdep(extra_args=["--my_flag=1"]), tenant(), cfg) is None
     assert policy.remote_code(mdep(extra_args=["--trust_remote_code"]))
+
+
+def test_secrets_are_read_only_in_the_operators_namespace():
+    t = parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team-a"},
+                      "spec": {"trustedKeys": [
+                          {"name": "ok", "secretRef": {"name": "k"}},
+                          {"name": "also-ok", "secretRef": {"name": "k", "namespace": "llmos-system"}},
+                          {"name": "theirs", "secretRef": {"name": "k", "namespace": "kube-system"}}]}})
+    refused = policy.refused_keys(t, CFG)
+    assert list(refused) == ["theirs"] and "kube-system is refused" in refused["theirs"]

@@ -386,6 +386,7 @@ class Controller:
             if existing is not None and ((existing["metadata"].get("labels") or {}).get(policy.LABEL_RELEASED)):
                 reclaimed.append(ns)
         self._refused_namespaces[name] = refused
+        self._refused_keys[name] = list(policy.refused_keys(tenant, self.config).values())
         for child in render_tenant_children(tenant, self.config, namespaces=owned):
             if child["kind"] == "Namespace":
                 self.kube.apply(child)  # namespaces are not owned: deleting a tenant must not delete workloads
@@ -438,27 +439,19 @@ class Controller:
         keys = {name: pem.encode() for name, pem in self.config.trusted_keys.items()}
         if tenant is None:
             return keys
-        refused = []
+        refused = policy.refused_keys(tenant, self.config)
         for key in tenant.spec.trusted_keys:
             if key.public_key:
                 keys[key.name] = key.public_key.encode()
-            elif key.secret_ref:
+            elif key.secret_ref and key.name not in refused:
                 ref = key.secret_ref
-                namespace = ref.namespace or self.config.operator_namespace
-                if namespace != self.config.operator_namespace:
-                    refused.append(f"trusted key {key.name}: spec.trustedKeys[].secretRef.namespace {namespace} is "
-                                   f"refused (Secrets are read only in the operator's namespace "
-                                   f"{self.config.operator_namespace})")
-                    continue
+                namespace = self.config.operator_namespace
                 value = self.kube.read_secret_key(namespace, ref.name, ref.key)
                 if value is not None:
                     keys[key.name] = value
                 else:
                     log.warning("trusted key %s of tenant %s: Secret %s/%s has no key %s",
                                 key.name, tenant.metadata.name, namespace, ref.name, ref.key)
-        if self._refused_keys.get(tenant.metadata.name, []) != refused:
-            self._refused_keys[tenant.metadata.name] = refused
-            self.queue.add(ADMISSION)  # its status shows them
         return keys
 
     def _read_bundle(self, namespace: str, sig: SignatureSpec, field: str = "spec.signature") -> bytes | str:
