@@ -52,3 +52,15 @@ def test_a_burst_of_one_namespace_does_not_delay_another():
     assert order.index(("ModelDeployment", "quiet", "x")) < 3
     assert order.index(("admission",)) < 3
     assert len(order) == 52
+
+
+def test_one_delayed_requeue_per_key_earliest_wins():
+    q = WorkQueue()
+    for _ in range(8):  # eight events on a not-ready deployment asking for a look in 15 s
+        q.add("d", delay=15)
+    q.add("d", delay=0.05)  # an earlier request wins
+    q.add("d", delay=30)  # a later one changes nothing
+    assert len(q) == 1
+    assert q.get(timeout=1) == "d"
+    q.done("d")
+    assert len(q) == 0 and q.get(timeout=0.2) is None

@@ -40,7 +40,6 @@ from ..render import (
     render_released_namespace,
     render_resource_quota,
     render_tenant_children,
-    selector_string,
     tenant_status,
     transitions,
 )
@@ -49,6 +48,7 @@ from ..render.common import ANNOTATION_ADAPTERS, LABEL_MANAGED_BY, LABEL_MODEL_D
 from ..render.model_deployment import surge_replicas
 from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .kube import Kube, with_owner
+from .store import Informer, Store, node_summary, without_managed_fields
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmos.controller")
@@ -60,6 +60,10 @@ RUNTIME_CONTAINER = "runtime"
 
 class Conflict(Exception):
     """Another writer changed an object between our read and our write; the pass starts again."""
+
+
+class ChildWriteFailed(Exception):
+    """The API server refused a child; the status says so and the key backs off."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,13 @@ class Verification:
 
 
 class Controller:
-    def __init__(self, kube: Kube, config: OperatorConfig):
+    def __init__(self, kube: Kube, config: OperatorConfig, store: Store | None = None):
         self.kube = kube
         self.config = config
         self.queue = WorkQueue(group_of=_fairness_group)
+        self.store = store if store is not None else self._make_store()
+        self._parsed: dict[tuple, tuple[str | None, Any]] = {}  # (kind, ns, name) → (resourceVersion, parsed)
+        self._fit_memo: dict[tuple, Any] = {}
         self._admission_lock = threading.Lock()
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
@@ -123,7 +130,7 @@ class Controller:
             metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - start)
 
     def on_error(self, key: Hashable, exc: BaseException, retry_in: float | None) -> None:
-        if isinstance(exc, Conflict):
+        if isinstance(exc, (Conflict, ChildWriteFailed)):
             log.info("%s: %s; retrying in %.1f s", key, exc, retry_in or 0)
         elif isinstance(exc, ApiException):
             log.warning("%s: API error %s %s; retrying in %.1f s", key, exc.status, exc.reason, retry_in or 0)
@@ -194,13 +201,73 @@ class Controller:
             self.queue.add(("ModelDeployment", meta["namespace"], owner))
 
     # ---------------------------------------------------------------------------------------------------------------
-    # Reads
+    # Reads: everything from the watch-fed store (handlers/store.py); live GETs only where a stale answer could hand a
+    # tenant something (a namespace it may not take)
+
+    def _make_store(self) -> Store:
+        kube = self.kube
+        child_selector = LABEL_MODEL_DEPLOYMENT  # llmos's children only, selected by the API server
+
+        def child(_type: str, obj: dict) -> None:
+            self.child_event(obj)
+
+        return Store({
+            "Tenant": Informer(kube, "Tenant", on_event=self.tenant_event, transform=without_managed_fields),
+            "Model": Informer(kube, "Model", on_event=self.model_event, transform=without_managed_fields),
+            "ModelDeployment": Informer(kube, "ModelDeployment", on_event=self.model_deployment_event,
+                                        transform=without_managed_fields),
+            "Namespace": Informer(kube, "Namespace", label_selector=TENANT_LABEL, on_event=self.namespace_event,
+                                  transform=without_managed_fields),
+            "Node": Informer(kube, "Node", transform=node_summary),
+            "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=child,
+                            transform=without_managed_fields),
+            "Deployment": Informer(kube, "Deployment", label_selector=child_selector, on_event=child,
+                                   transform=without_managed_fields),
+            "Service": Informer(kube, "Service", label_selector=child_selector, on_event=child,
+                                transform=without_managed_fields),
+            "ConfigMap": Informer(kube, "ConfigMap", label_selector=child_selector, on_event=child,
+                                  transform=without_managed_fields),
+            "PodDisruptionBudget": Informer(kube, "PodDisruptionBudget", label_selector=child_selector,
+                                            on_event=child, transform=without_managed_fields),
+        })
+
+    def namespace_event(self, event_type: str, body: dict) -> None:
+        """A namespace gained, lost or changed its tenant label: ownership (and so admission) may differ."""
+        owner = ((body.get("metadata") or {}).get("labels") or {}).get(TENANT_LABEL)
+        if event_type != "MODIFIED" and owner:
+            self.queue.add(("Tenant", owner))
+        self.queue.add(ADMISSION)
+
+    def _parse(self, cls: type, raw: dict | None) -> Any:
+        """The typed form of a stored object, parsed once per resourceVersion."""
+        if raw is None:
+            return None
+        meta = raw["metadata"]
+        key = (cls.__name__, meta.get("namespace"), meta["name"])
+        version = meta.get("resourceVersion")
+        cached = self._parsed.get(key)
+        if cached is not None and cached[0] == version and version is not None:
+            return cached[1]
+        parsed = parse_as(cls, raw)
+        self._parsed[key] = (version, parsed)
+        return parsed
+
+    def _stored(self, cls: type, kind: str, name: str, namespace: str | None = None) -> Any:
+        raw = self.store[kind].get(name, namespace)
+        if raw is None:
+            self._parsed.pop((cls.__name__, namespace, name), None)
+            return None
+        try:
+            return self._parse(cls, raw)
+        except InvalidObject as exc:
+            log.warning("invalid %s %s/%s: %s", kind, namespace, name, exc)
+            return None
 
     def _tenants(self) -> list[Tenant]:
         out = []
-        for raw in self.kube.list("Tenant"):
+        for raw in self.store["Tenant"].list():
             try:
-                out.append(parse_as(Tenant, raw))
+                out.append(self._parse(Tenant, raw))
             except InvalidObject as exc:  # the CRD schema should make this impossible; never crash on it
                 log.warning("ignoring invalid Tenant: %s", exc)
         return out
@@ -213,18 +280,12 @@ class Controller:
         return {ns: t for ns, t in owners.items() if current.get(ns) == t}, conflicts
 
     def _labelled_namespaces(self) -> dict[str, str]:
-        labelled = self.kube.list("Namespace", label_selector=TENANT_LABEL)
-        return {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled}
+        labelled = self.store["Namespace"].list()
+        return {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled
+                if TENANT_LABEL in (n["metadata"].get("labels") or {})}
 
     def _get_model(self, namespace: str, name: str) -> Model | None:
-        raw = self.kube.get("Model", name, namespace)
-        if raw is None:
-            return None
-        try:
-            return parse_as(Model, raw)
-        except InvalidObject as exc:
-            log.warning("invalid Model %s/%s: %s", namespace, name, exc)
-            return None
+        return self._stored(Model, "Model", name, namespace)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Admission
@@ -249,18 +310,18 @@ class Controller:
         for tenant_name in set(labelled.values()) - set(by_name):
             self.queue.add(("Tenant", tenant_name))  # its namespaces are still labelled: release them
         models: dict[tuple[str, str], Model] = {}
-        for raw in self.kube.list("Model"):
+        for raw in self.store["Model"].list():
             try:
-                m = parse_as(Model, raw)
+                m = self._parse(Model, raw)
                 models[(m.metadata.namespace, m.metadata.name)] = m
             except InvalidObject:
                 continue
         requests, mdeps, refused = [], {}, {}
-        for raw in self.kube.list("ModelDeployment"):
+        for raw in self.store["ModelDeployment"].list():
             if raw["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                mdep = parse_as(ModelDeployment, raw)
+                mdep = self._parse(ModelDeployment, raw)
             except InvalidObject:
                 continue
             mdeps[mdep.key] = mdep
@@ -354,7 +415,7 @@ class Controller:
     # Tenant
 
     def reconcile_tenant(self, name: str) -> None:
-        raw = self.kube.get("Tenant", name)
+        raw = self.store["Tenant"].get(name)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             for ns, owner in self._labelled_namespaces().items():
                 if owner == name:
@@ -364,7 +425,7 @@ class Controller:
             self.queue.add(ADMISSION)
             return
         try:
-            tenant = parse_as(Tenant, raw)
+            tenant = self._parse(Tenant, raw)
         except InvalidObject as exc:
             log.warning("invalid Tenant %s: %s", name, exc)
             return
@@ -403,15 +464,19 @@ class Controller:
             elif ns not in owned:
                 self._release_namespace(ns, name, "no longer lists it")
         for ns in owned:
-            for model in self.kube.list("Model", ns):
+            for model in self.store["Model"].list(ns):
                 self.queue.add(("Model", ns, model["metadata"]["name"]))
         self.queue.add(ADMISSION)
 
     def _release_namespace(self, namespace: str, tenant: str, why: str) -> None:
         """The tenant is gone from this namespace: no GPUs, no ingress, no llmos pods; its users and data stay."""
+        stored = self.store["Namespace"].get(namespace)
+        if stored is not None and (stored.get("status") or {}).get("phase") == "Terminating":
+            return  # being deleted: nothing to keep safe, and nothing may be created in it
         for child in render_released_namespace(namespace, tenant, self.config):
             self.kube.apply(child)  # first: the zero quota holds before anything else changes
         for dep in self.kube.list("Deployment", namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
+            # A live read: the store holds only deployments labelled with their ModelDeployment.
             self.kube.delete("Deployment", dep["metadata"]["name"], namespace)
         for kind, child_name in TENANT_CHILDREN:
             self.kube.delete(kind, child_name, namespace)
@@ -503,12 +568,12 @@ class Controller:
         )
 
     def reconcile_model(self, namespace: str, name: str) -> None:
-        raw = self.kube.get("Model", name, namespace)
+        raw = self.store["Model"].get(name, namespace)
         if raw is None:
             self._wake_deployments_of(namespace, name)
             return
         try:
-            model = parse_as(Model, raw)
+            model = self._parse(Model, raw)
         except InvalidObject as exc:
             log.warning("invalid Model %s/%s: %s", namespace, name, exc)
             return
@@ -527,7 +592,7 @@ class Controller:
             self._wake_deployments_of(namespace, name)
 
     def _wake_deployments_of(self, namespace: str, model_name: str) -> None:
-        for mdep in self.kube.list("ModelDeployment", namespace):
+        for mdep in self.store["ModelDeployment"].list(namespace):
             if (mdep.get("spec") or {}).get("model") == model_name:
                 self.queue.add(("ModelDeployment", namespace, mdep["metadata"]["name"]))
 
@@ -535,11 +600,11 @@ class Controller:
     # ModelDeployment
 
     def reconcile_model_deployment(self, namespace: str, name: str) -> None:
-        raw = self.kube.get("ModelDeployment", name, namespace)
+        raw = self.store["ModelDeployment"].get(name, namespace)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             return  # children go with it (owner references); the admission pass frees its GPUs
         try:
-            mdep = parse_as(ModelDeployment, raw)
+            mdep = self._parse(ModelDeployment, raw)
         except InvalidObject as exc:
             log.warning("invalid ModelDeployment %s/%s: %s", namespace, name, exc)
             return
@@ -550,6 +615,7 @@ class Controller:
         model = self._get_model(namespace, mdep.spec.model)
         gpu_class = self.config.gpu_class(mdep.spec.gpu.class_)
         render_error: RenderError | None = None
+        write_failure: RenderError | None = None
         deployment: dict | None = None
         fit = scheduling = None
         termination_messages: list[str] = []
@@ -573,13 +639,20 @@ class Controller:
                     render_error = exc
                 else:
                     for child in children:
-                        applied = self.kube.apply(with_owner(child, raw))
+                        try:
+                            applied = self.kube.apply(with_owner(child, raw))
+                        except ApiException as exc:
+                            if exc.status == 409:
+                                raise
+                            # The API server refused a child (quota, admission policy, "range is full"): say so in
+                            # status, with its words and when llmos tries again, then back off.
+                            write_failure = self._child_write_failure(child, exc, ("ModelDeployment", namespace, name))
+                            render_error = write_failure
+                            break
                         if child["kind"] == "Deployment":
                             deployment = applied
             if deployment is not None:
-                nodes = [n.to_dict() for n in self.kube.list_nodes()]
-                fit = can_ever_fit(nodes, gpu_class, mdep.spec.gpu.count,
-                                   pod_requests(mdep, gpu_class, self.config))
+                fit = self._can_ever_fit(mdep, gpu_class)
                 scheduling, termination_messages, adapter_reports = self._pod_facts(namespace, name)
         elif not decision.admitted:
             # Not admitted (or no longer: its model lost its signature): no pods run.
@@ -597,9 +670,22 @@ class Controller:
             for t in transitions(old.get("conditions", []), status["conditions"]):
                 good = (t.status == "True") != (t.type == "Degraded")
                 self.kube.event(raw, "Normal" if good else "Warning", t.reason, t.message)
+        if write_failure is not None:
+            raise ChildWriteFailed(str(write_failure))  # the queue backs off, as the status says
         if deployment is not None and not _ready(status):
             # Children report through watch events; this is a slow safety net for facts nobody watches (nodes).
             self.queue.add(("ModelDeployment", namespace, name), delay=15)
+
+    def _child_write_failure(self, child: dict, exc: ApiException, key: Hashable) -> RenderError:
+        try:
+            detail = json.loads(exc.body or "{}").get("message") or exc.reason
+        except ValueError:
+            detail = exc.reason
+        retry_in = self.queue.next_backoff(key)
+        return RenderError("ChildWriteFailed",
+                           f"the API server refused {child['kind']} {child['metadata']['name']} (HTTP {exc.status}): "
+                           f"{detail}; llmos tries again in {retry_in:.0f} s (failures so far: "
+                           f"{self.queue.failures(key)})")
 
     def _adapter_bundles(self, mdep: ModelDeployment, model: Model) -> dict[str, bytes]:
         """Signature bundles of the adapters this deployment serves (the runtime verifies each before loading)."""
@@ -632,31 +718,44 @@ class Controller:
             return 0
         return 1 if self._spare.get((decision.tenant, mdep.spec.gpu.class_), 0) >= mdep.spec.gpu.count else 0
 
+    def _can_ever_fit(self, mdep: ModelDeployment, gpu_class: Any) -> Any:
+        """Placement's verdict over the stored node summaries, computed once per node-set version and pod shape."""
+        requests = pod_requests(mdep, gpu_class, self.config)
+        nodes = self.store["Node"]
+        key = (nodes.version, gpu_class.name, mdep.spec.gpu.count, tuple(sorted(requests.items())))
+        fit = self._fit_memo.get(key)
+        if fit is None:
+            if len(self._fit_memo) > 256:
+                self._fit_memo.clear()
+            fit = self._fit_memo[key] = can_ever_fit(nodes.list(), gpu_class, mdep.spec.gpu.count, requests)
+        return fit
+
     def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str], list[dict]]:
         """The scheduler's reasons for Pending pods, the runtime's termination messages, and the adapter reports
         the runtimes wrote on their pods."""
-        pods = self.kube.list_pods(namespace, selector_string(name))
+        pods = self.store["Pod"].list(
+            namespace, lambda p: (p["metadata"].get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT) == name)
         unschedulable, messages, reports = [], [], []
         for pod in pods:
-            report = (pod.metadata.annotations or {}).get(ANNOTATION_ADAPTERS)
-            if report and pod.metadata.deletion_timestamp is None:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            report = (meta.get("annotations") or {}).get(ANNOTATION_ADAPTERS)
+            if report and not meta.get("deletionTimestamp"):
                 try:
                     parsed = json.loads(report)
                     if isinstance(parsed, dict):
                         reports.append(parsed)
                 except ValueError:
-                    log.warning("pod %s/%s: unreadable %s annotation", namespace, pod.metadata.name,
-                                ANNOTATION_ADAPTERS)
-            for cond in pod.status.conditions or []:
-                if cond.type == "PodScheduled" and cond.status == "False" and cond.message:
-                    unschedulable.append(cond.message)
-            for cs in pod.status.container_statuses or []:
-                if cs.name != RUNTIME_CONTAINER:
+                    log.warning("pod %s/%s: unreadable %s annotation", namespace, meta["name"], ANNOTATION_ADAPTERS)
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("message"):
+                    unschedulable.append(cond["message"])
+            for cs in status.get("containerStatuses") or []:
+                if cs.get("name") != RUNTIME_CONTAINER:
                     continue
-                for state in (cs.state, cs.last_state):
-                    term = state.terminated if state else None
-                    if term is not None and term.exit_code not in (0, None) and term.message:
-                        messages.append(f"pod {pod.metadata.name}: {term.message.strip()}")
+                for state in (cs.get("state"), cs.get("lastState")):
+                    term = (state or {}).get("terminated")
+                    if term and term.get("exitCode") not in (0, None) and term.get("message"):
+                        messages.append(f"pod {meta['name']}: {term['message'].strip()}")
         return summarize_scheduling_failures(unschedulable), messages, reports
 
 

@@ -19,6 +19,8 @@ FIELD_MANAGER = "llmos"
 # kind → (API path prefix, plural, namespaced)
 _PATHS = {
     "Namespace": ("/api/v1", "namespaces", False),
+    "Node": ("/api/v1", "nodes", False),
+    "Pod": ("/api/v1", "pods", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
     "Service": ("/api/v1", "services", True),
     "ResourceQuota": ("/api/v1", "resourcequotas", True),
@@ -105,12 +107,6 @@ class Kube:
     def patch(self, kind: str, name: str, namespace: str | None, patch: dict) -> dict:
         return self._call("PATCH", object_path(kind, name, namespace), body=patch,
                           content_type="application/merge-patch+json")
-
-    def list_pods(self, namespace: str, label_selector: str) -> list:
-        return self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
-
-    def list_nodes(self) -> list:
-        return self.core.list_node().items
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
         import base64

@@ -1,4 +1,5 @@
-"""kopf wiring: every handler only puts a key on the controller's work queue. Decisions live in controller.py."""
+"""kopf runs the operator's lifecycle (startup, cleanup, liveness endpoint); the watches are the store's informers
+(handlers/store.py), whose events only put keys on the controller's work queue. Decisions live in controller.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import threading
 
 import kopf
 
-from ..api.types import GROUP, VERSION
 from .controller import Controller
 from .workqueue import run_workers
 
 log = logging.getLogger("llmos.operator")
-MANAGED = {"app.kubernetes.io/managed-by": "llmos"}
+STORE_SYNC_TIMEOUT = float(os.environ.get("LLMOS_STORE_SYNC_TIMEOUT", "300"))
 WORKERS = int(os.environ.get("LLMOS_WORKERS", "4"))
 # A safety net for what no watch reports (trusted keys in Secrets, bundle ConfigMaps): every Tenant and an admission
 # pass are queued this often. Events drive everything else.
@@ -31,42 +31,20 @@ def _c() -> Controller:
 @kopf.on.startup()
 def _startup(settings: kopf.OperatorSettings, **_):
     settings.posting.level = logging.WARNING  # kopf's own log lines become Events only when they matter
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    _threads.extend(run_workers(_c().queue, _c().handle, WORKERS, _c().on_error))
-    _threads.append(_c().start_resync(RESYNC_SECONDS))
+    controller = _c()
+    _threads.extend(controller.store.start())
+    # Nothing is decided on a half-listed world: workers start once every kind has been listed.
+    if not controller.store.wait_synced(timeout=STORE_SYNC_TIMEOUT):
+        raise kopf.PermanentError(f"the watch-fed store did not sync within {STORE_SYNC_TIMEOUT} s")
+    log.info("store synced: %s", controller.store.stats())
+    _threads.extend(run_workers(controller.queue, controller.handle, WORKERS, controller.on_error))
+    _threads.append(controller.start_resync(RESYNC_SECONDS))
 
 
 @kopf.on.cleanup()
 def _cleanup(**_):
     _c().queue.close()
-
-
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-def _model_deployment(type, body, **_):  # noqa: A002 — kopf's argument name
-    _c().model_deployment_event(type, body)
-
-
-@kopf.on.event(GROUP, VERSION, "models")
-def _model(type, body, **_):  # noqa: A002
-    _c().model_event(type, body)
-
-
-@kopf.on.event(GROUP, VERSION, "tenants")
-def _tenant(type, body, **_):  # noqa: A002
-    _c().tenant_event(type, body)
-
-
-for _group, _version, _plural in (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("", "v1", "pods"),
-):
-    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child-{_plural}")(
-        lambda body, **_: _c().child_event(body)
-    )
+    _c().store.stop()
 
 
 def run(*, namespace: list[str] | None, config_path: str | None, liveness: str | None, metrics_port: int,
@@ -89,7 +67,12 @@ def run(*, namespace: list[str] | None, config_path: str | None, liveness: str |
         k8s_config.load_kube_config()
     from kubernetes import client
 
-    _controller = Controller(Kube(client.ApiClient()), config)
+    api_config = client.Configuration.get_default_copy()
+    # One long-lived watch per informer plus the workers' requests share this client's connection pool.
+    api_config.connection_pool_maxsize = 32
+    api = client.ApiClient(api_config)
+    api.user_agent = "llmos-operator"  # so the API server's request metrics can tell the operator apart
+    _controller = Controller(Kube(api), config)
     if metrics_port:
         start_http_server(metrics_port)
     kopf.run(

@@ -25,7 +25,8 @@ class WorkQueue:
         self._ready: dict[Hashable, deque[Hashable]] = {}  # group → FIFO of its keys ready now
         self._turns: deque[Hashable] = deque()     # groups with ready keys, in round-robin order
         self._queued: set[Hashable] = set()        # keys in _ready
-        self._delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, key) heap
+        self._delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, key) heap; stale entries skipped
+        self._due: dict[Hashable, float] = {}      # key → when its one delayed re-queue is due (earliest wins)
         self._processing: set[Hashable] = set()
         self._dirty: set[Hashable] = set()         # added while processing: requeue when done
         self._failures: dict[Hashable, int] = {}
@@ -38,12 +39,19 @@ class WorkQueue:
             if self._closed:
                 return
             if delay > 0:
-                heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
+                self._delay(key, time.monotonic() + delay)
             elif key in self._processing:
                 self._dirty.add(key)
             elif key not in self._queued:
                 self._push(key)
             self._cond.notify()
+
+    def _delay(self, key: Hashable, due: float) -> None:
+        """One delayed re-queue per key: a later request for a key already due sooner changes nothing."""
+        if key in self._due and self._due[key] <= due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._delayed, (due, next(self._seq), key))
 
     def _push(self, key: Hashable) -> None:
         group = self._group_of(key)
@@ -69,6 +77,14 @@ class WorkQueue:
                     return key
         return None
 
+    def failures(self, key: Hashable) -> int:
+        with self._cond:
+            return self._failures.get(key, 0)
+
+    def next_backoff(self, key: Hashable) -> float:
+        """The delay a failure of ``key`` now would get."""
+        return min(self.base_delay * (2 ** self.failures(key)), self.max_delay)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -77,11 +93,16 @@ class WorkQueue:
         """Move delayed keys that are due into the ready list; return seconds until the next one is due."""
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, key = heapq.heappop(self._delayed)
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) != due:
+                continue  # superseded by an earlier due time, already promoted
+            del self._due[key]
             if key in self._processing:
                 self._dirty.add(key)
             elif key not in self._queued:
                 self._push(key)
+        while self._delayed and self._due.get(self._delayed[0][2]) != self._delayed[0][0]:
+            heapq.heappop(self._delayed)  # stale
         return (self._delayed[0][0] - now) if self._delayed else None
 
     def get(self, timeout: float | None = None) -> Hashable | None:
@@ -110,7 +131,7 @@ class WorkQueue:
                 n = self._failures.get(key, 0)
                 self._failures[key] = n + 1
                 retry_in = min(self.base_delay * (2 ** n), self.max_delay)
-                heapq.heappush(self._delayed, (time.monotonic() + retry_in, next(self._seq), key))
+                self._delay(key, time.monotonic() + retry_in)
             else:
                 self._failures.pop(key, None)
             if key in self._dirty:
@@ -127,7 +148,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return sum(len(keys) for keys in self._ready.values()) + len(self._delayed)
+            return sum(len(keys) for keys in self._ready.values()) + len(self._due)
 
 
 def run_workers(queue: WorkQueue, handle: Callable[[Hashable], None], count: int,

@@ -1,0 +1,221 @@
+"""A watch-fed store: what the reconcilers read, kept current by one watch per kind instead of a LIST per event.
+
+Each :class:`Informer` lists one kind (with a label selector where llmos only cares about its own objects, applied
+by the API server), then watches from the list's resourceVersion; a watch that expires (410 Gone) or breaks lists
+again and reports the difference as events. ``synced`` is set once the first listing is in, so nothing decides on a
+half-known world. Objects are kept as the API server's JSON (dicts), optionally slimmed by a ``transform`` (nodes keep
+only what placement reads).
+
+Why not kopf's own watches: kopf shares one unfiltered watch per resource among its handlers (label filters run in
+the operator, after every Pod and ConfigMap of the cluster has been sent), and its listing has no "complete" signal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kubernetes.client import ApiException
+
+from .kube import Kube, collection_path
+
+log = logging.getLogger("llmos.store")
+
+EventHandler = Callable[[str, dict], None]  # (ADDED | MODIFIED | DELETED, object)
+
+
+class WatchExpired(Exception):
+    """The resourceVersion we watch from is too old (410 Gone): list again."""
+
+
+class Informer:
+    def __init__(self, kube: Kube, kind: str, *, label_selector: str | None = None,
+                 on_event: EventHandler | None = None, transform: Callable[[dict], dict] | None = None,
+                 watch_timeout: int = 300):
+        self.kube, self.kind, self.label_selector = kube, kind, label_selector
+        self.on_event, self.transform = on_event, transform
+        self.watch_timeout = watch_timeout
+        self.synced = threading.Event()
+        self.version = 0  # bumped on every change: lets readers memoize what they compute from the whole kind
+        self._objects: dict[tuple[str | None, str], dict] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.relists = 0
+
+    # Reads -----------------------------------------------------------------------------------------------------------
+
+    def get(self, name: str, namespace: str | None = None) -> dict | None:
+        with self._lock:
+            return self._objects.get((namespace, name))
+
+    def list(self, namespace: str | None = None, where: Callable[[dict], bool] | None = None) -> list[dict]:
+        with self._lock:
+            objs = list(self._objects.values())
+        return [o for o in objs if (namespace is None or o["metadata"].get("namespace") == namespace)
+                and (where is None or where(o))]
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    # Writes from the watch --------------------------------------------------------------------------------------------
+
+    def _key(self, obj: dict) -> tuple[str | None, str]:
+        meta = obj["metadata"]
+        return meta.get("namespace"), meta["name"]
+
+    def _apply(self, event_type: str, obj: dict) -> None:
+        if self.transform is not None and event_type != "DELETED":
+            obj = self.transform(obj)
+        key = self._key(obj)
+        with self._lock:
+            if event_type == "DELETED":
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = obj
+            self.version += 1
+        if self.on_event is not None:
+            try:
+                self.on_event(event_type, obj)
+            except Exception:  # noqa: BLE001 — a handler's bug must not stop the watch
+                log.exception("%s event handler failed", self.kind)
+
+    def _replace(self, items: list[dict]) -> None:
+        """A fresh listing: report what appeared, changed or vanished since the last one."""
+        fresh = {}
+        for obj in items:
+            fresh[self._key(obj)] = obj
+        with self._lock:
+            gone = [o for k, o in self._objects.items() if k not in fresh]
+            old_versions = {k: o["metadata"].get("resourceVersion") for k, o in self._objects.items()}
+        for obj in gone:
+            self._apply("DELETED", obj)
+        for key, obj in fresh.items():
+            before = old_versions.get(key)
+            if before != obj["metadata"].get("resourceVersion"):
+                self._apply("ADDED" if before is None else "MODIFIED", obj)
+
+    # The loop -------------------------------------------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name=f"llmos-informer-{self.kind}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _selector(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                data = self.kube._call("GET", collection_path(self.kind), query=self._selector())
+                kind = self.kind
+                items = [dict(item, kind=kind) for item in data.get("items", [])]
+                self._replace(items)
+                self.synced.set()
+                version = data["metadata"]["resourceVersion"]
+                backoff = 0.5
+                while not self._stop.is_set():
+                    version = self._watch(version)
+            except WatchExpired:
+                self.relists += 1
+                log.info("%s watch expired; listing again", self.kind)
+            except Exception as exc:  # noqa: BLE001 — API server restarts, network: list again after a pause
+                self.relists += 1
+                log.warning("%s watch failed (%s); listing again in %.1f s", self.kind, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _watch(self, version: str) -> str:
+        """Watch from ``version`` until the server ends the request; return the last version seen."""
+        for event in self._stream(version):
+            event_type, obj = event.get("type"), event.get("object") or {}
+            if event_type == "ERROR":
+                if obj.get("code") == 410:
+                    raise WatchExpired()
+                raise RuntimeError(f"watch error: {obj.get('message')}")
+            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            if event_type == "BOOKMARK":
+                continue
+            obj.setdefault("kind", self.kind)
+            self._apply(event_type, obj)
+        return version
+
+    def _stream(self, version: str) -> Iterator[dict]:
+        query = [("watch", "1"), ("resourceVersion", version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(self.watch_timeout)), *self._selector()]
+        api = self.kube.api
+        method, url, headers, body, post = api.param_serialize(
+            "GET", collection_path(self.kind), query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(method, url, headers, body, post, _request_timeout=(10, self.watch_timeout + 30))
+        if response.status == 410:
+            raise WatchExpired()
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        raw = response.response
+        try:
+            buffer = b""
+            for chunk in raw.stream(65536, decode_content=True):
+                if self._stop.is_set():
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
+
+
+def node_summary(node: dict) -> dict:
+    """What placement reads of a node; the rest (images, conditions, managed fields) is dropped."""
+    return {
+        "kind": "Node",
+        "metadata": {"name": node["metadata"]["name"], "labels": node["metadata"].get("labels") or {},
+                     "resourceVersion": node["metadata"].get("resourceVersion")},
+        "spec": {"taints": (node.get("spec") or {}).get("taints") or [],
+                 "unschedulable": (node.get("spec") or {}).get("unschedulable", False)},
+        "status": {"allocatable": (node.get("status") or {}).get("allocatable") or {}},
+    }
+
+
+def without_managed_fields(obj: dict) -> dict:
+    obj.get("metadata", {}).pop("managedFields", None)
+    return obj
+
+
+class Store:
+    """The informers the controller reads from, by kind."""
+
+    def __init__(self, informers: dict[str, Informer]):
+        self.informers = informers
+
+    def __getitem__(self, kind: str) -> Informer:
+        return self.informers[kind]
+
+    def start(self) -> list[threading.Thread]:
+        return [i.start() for i in self.informers.values()]
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for informer in self.informers.values():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not informer.synced.wait(remaining):
+                return False
+        return True
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {kind: len(i) for kind, i in self.informers.items()}
