@@ -252,12 +252,17 @@ def test_concurrent_creations_never_exceed_the_quota_across_an_operator_restart(
     operator.start()
 
     def settled():
+        """Every deployment has a decision and the statuses agree with the ledger (statuses are written after the
+        ledger, one deployment at a time, so a look in between sees the two disagree)."""
         decided = {}
         for name in names:
             c = objects.condition("modeldeployments", name, "QuotaAdmitted")
             if not c or c["status"] == "Unknown":
                 return None
             decided[name] = c["status"] == "True"
+        reservations = objects.get("tenants", namespace).get("status", {}).get("reservations") or {}
+        if {k.split("/", 1)[1] for k in reservations} != {n for n, ok in decided.items() if ok}:
+            return None
         return decided
 
     decided = wait_for(settled, timeout=90, message="an admission decision for all 30")
