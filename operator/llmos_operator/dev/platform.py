@@ -65,6 +65,11 @@ def _apply(name: str, objects: list[dict]) -> None:
 
 def install(name: str = cluster.DEFAULT_CLUSTER, *, values: dict | None = None) -> None:
     """CRDs, the release namespace, then RBAC, tenant roles and admission policies. Idempotent (server-side apply)."""
+    if not cluster.controllers_use_service_accounts(name):
+        raise cluster.ClusterError(
+            f"cluster {name!r} runs kube-controller-manager with the admin's identity (started by an older "
+            "`llmos dev up`); the chart's GPU admission policy admits only the controllers' ServiceAccounts. "
+            f"Recreate it: llmos dev down --name {name} && llmos dev up --name {name}")
     result = cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
                              "-f", str(CHART / "crds"), check=False)
     if result.returncode != 0:
