@@ -314,12 +314,14 @@ def test_remote_code_only_where_the_platform_allows_it_and_updates_are_judged(te
 # --- d. the runtime's token ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def runtime_pods(cluster, platform, tenant_namespaces):
-    """Two pods running as llmos-runtime, with the RoleBinding the operator makes to the chart's runtime role."""
+def runtime_pods(cluster, platform, tenant_namespaces, operator_identity):
+    """Two pods running as llmos-runtime. The ServiceAccount and its RoleBinding to the chart's runtime ClusterRole
+    are written with the operator's identity, as the operator writes them: its `bind` right on exactly that role
+    is what lets it grant pod get/patch it does not hold."""
     ns = tenant_namespaces[1]
     core = client.CoreV1Api(cluster.api)
-    core.create_namespaced_service_account(ns, {"metadata": {"name": "llmos-runtime"}})
-    client.RbacAuthorizationV1Api(cluster.api).create_namespaced_role_binding(ns, {
+    client.CoreV1Api(operator_identity.api).create_namespaced_service_account(ns, {"metadata": {"name": "llmos-runtime"}})
+    client.RbacAuthorizationV1Api(operator_identity.api).create_namespaced_role_binding(ns, {
         "metadata": {"name": "llmos-runtime"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                     "name": f"{platform.fullname()}-runtime"},
@@ -392,7 +394,7 @@ def _can_i(cluster, user: str, *args: str) -> bool:
     return out.stdout.strip() == "yes"
 
 
-def test_operator_rights_are_what_it_uses(cluster, platform, tenant_namespaces):
+def test_operator_rights_are_what_it_uses(cluster, platform, tenant_namespaces, operator_identity):
     op = platform.operator_username()
     ns = tenant_namespaces[0]
     assert _can_i(cluster, op, "get", "secrets", "-n", platform.SYSTEM_NAMESPACE)
@@ -405,6 +407,12 @@ def test_operator_rights_are_what_it_uses(cluster, platform, tenant_namespaces):
     assert _can_i(cluster, op, "bind", f"clusterroles/{platform.fullname()}-runtime")
     assert not _can_i(cluster, op, "bind", "clusterroles/admin")
     assert not _can_i(cluster, op, "bind", "clusterroles/cluster-admin")
+    with pytest.raises(client.ApiException) as exc:  # and for real: no RoleBinding to `admin`
+        client.RbacAuthorizationV1Api(operator_identity.api).create_namespaced_role_binding(ns, {
+            "metadata": {"name": "grab"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                      "name": "admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]})
+    assert exc.value.status == 403
     assert not _can_i(cluster, op, "delete", "namespaces")
     assert not _can_i(cluster, op, "create", "pods", "-n", ns)
     for verb, resource in (("create", "deployments.apps"), ("delete", "deployments.apps"),
