@@ -300,6 +300,19 @@ def test_allowed_engine_flags_pass(tenant_admin, tenant_namespaces, args):
     assert rc == 0, err
 
 
+def test_many_refused_flags_give_one_bounded_message(tenant_admin, tenant_namespaces):
+    args = ["--max-num-seqs", "8"] + [f"--bad-{i}" for i in range(62)]
+    rc, err = _create(tenant_admin, tenant_namespaces[0], _mdep("many", args))
+    assert rc != 0
+    _assert_refused_by(err, "llmos-operator-engine-flags", "spec.engine.extraArgs[2]", "--bad-0",
+                       "and 61 more refused arguments")
+
+
+def test_tenant_cannot_label_its_namespace_to_allow_remote_code(tenant_admin, tenant_namespaces):
+    out = tenant_admin.kubectl("label", "namespace", tenant_namespaces[0], "llmos.dev/allow-remote-code=true")
+    assert out.returncode != 0 and "forbidden" in out.stderr.lower(), out.stderr
+
+
 def test_remote_code_only_where_the_platform_allows_it_and_updates_are_judged(tenant_admin, tenant_namespaces):
     rc, err = _create(tenant_admin, tenant_namespaces[2], _mdep("remote", ["--trust-remote-code"]))
     assert rc == 0, err
