@@ -260,6 +260,24 @@ def test_tenant_cannot_pull_a_gpu_pod_out_of_its_replicaset(cluster, tenant_admi
     assert out.returncode == 0, out.stderr
 
 
+def test_tenant_cannot_orphan_gpu_pods(cluster, tenant_admin, tenant_namespaces, llmos_deployment):
+    """Deleting with --cascade=orphan would keep the GPU pods running while the ledger frees their reservation."""
+    ns, name = llmos_deployment
+    rs = client.AppsV1Api(cluster.api).list_namespaced_replica_set(
+        ns, label_selector=f"llmos.dev/model-deployment={name}").items[0].metadata.name
+    for target in (f"deployment/{name}", f"replicaset/{rs}"):
+        out = tenant_admin.kubectl("delete", "-n", ns, target, "--cascade=orphan")
+        assert out.returncode != 0
+        _assert_refused_by(out.stderr, "llmos-operator-no-orphaned-gpus", "without --cascade=orphan")
+    rc, err = _create(tenant_admin, ns, _mdep("orphan-me", []))
+    assert rc == 0, err
+    out = tenant_admin.kubectl("delete", "-n", ns, "modeldeployment/orphan-me", "--cascade=orphan")
+    assert out.returncode != 0
+    _assert_refused_by(out.stderr, "llmos-operator-no-orphaned-gpus")
+    out = tenant_admin.kubectl("delete", "-n", ns, "modeldeployment/orphan-me")
+    assert out.returncode == 0, out.stderr
+
+
 def test_the_operator_may_change_its_deployment(operator_identity, llmos_deployment):
     """The operator writes replicas through the Deployment itself (server-side apply), never `deployments/scale`
     (its RBAC has no such right)."""
@@ -474,7 +492,7 @@ def test_policies_compile_without_errors(cluster):
     """The API server compiled every expression (a type or cost error would show in status.typeChecking)."""
     out = json.loads(cluster.kubectl("get", "validatingadmissionpolicies", "-o", "json").stdout)
     ours = [p for p in out["items"] if p["metadata"]["name"].startswith("llmos-operator-")]
-    assert len(ours) == 5
+    assert len(ours) == 6
     for policy in ours:
         warnings = (policy.get("status", {}).get("typeChecking") or {}).get("expressionWarnings") or []
         assert not [w for w in warnings if "cost" in w.get("warning", "").lower()], warnings
