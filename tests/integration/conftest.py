@@ -1,5 +1,7 @@
-"""Fixtures for the operator's integration tests: the CRDs installed, the operator running as its own process
-(`llmos operator run`, exactly as a user starts it) against the session's cluster, and helpers to make objects."""
+"""Fixtures for the operator's integration tests: what the Helm chart installs for the platform (CRDs, RBAC, tenant
+roles, admission policies; llmos_operator.dev.platform), the operator running as its own process (`llmos operator
+run`, exactly as a user starts it) with a token of the chart's operator ServiceAccount — never the admin's
+kubeconfig, so the chart's RBAC is what the tests prove enough — and helpers to make objects."""
 
 from __future__ import annotations
 
@@ -78,21 +80,30 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def crds(cluster):
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tenants.llmos.dev",
-                    "crd/models.llmos.dev", "crd/modeldeployments.llmos.dev")
+    """The chart's CRDs, RBAC, tenant roles and admission policies (release `llmos` in `llmos-system`)."""
+    from llmos_operator.dev import platform
+
+    platform.install(cluster.name)
     return True
 
 
 @pytest.fixture(scope="session")
-def operator(cluster, crds):
+def operator_kubeconfig(cluster, crds) -> Path:
+    """A kubeconfig with a token of the chart's operator ServiceAccount (server + CA + token, as in a pod)."""
+    from llmos_operator.dev import platform
+
+    return platform.operator_kubeconfig(cluster.name)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, operator_kubeconfig):
     from llmos_operator.dev import cluster as dev_cluster
     from llmos_operator.dev import operator_process
 
     # A demo operator on the same cluster would compete with the one under test.
     if operator_process.stop(cluster.name):
         print("stopped the demo operator of this cluster for the test run", file=sys.stderr)
-    op = OperatorProcess(cluster.kubeconfig, dev_cluster.logs_dir(cluster.name))
+    op = OperatorProcess(operator_kubeconfig, dev_cluster.logs_dir(cluster.name))
     op.start()
     yield op
     op.stop()

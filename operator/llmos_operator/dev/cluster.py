@@ -19,6 +19,7 @@ from .nodes import DEFAULT_POOLS, NodePool, node_manifests
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 DEFAULT_CLUSTER = "llmos"
+CONTROLLER_CREDENTIALS_FLAG = "use-service-account-credentials"
 
 
 class ClusterError(RuntimeError):
@@ -103,6 +104,12 @@ def is_running(name: str = DEFAULT_CLUSTER, bins: Binaries | None = None) -> boo
     return probe.returncode == 0 and probe.stdout.strip() == "ok"
 
 
+def controllers_use_service_accounts(name: str = DEFAULT_CLUSTER) -> bool:
+    """Was the cluster started with kube-controller-manager --use-service-account-credentials (by this version)?"""
+    config = cluster_dir(name) / "kwok.yaml"
+    return config.exists() and CONTROLLER_CREDENTIALS_FLAG in config.read_text()
+
+
 def _log_tails(name: str, lines: int = 20) -> str:
     parts = []
     for log in sorted(logs_dir(name).glob("*.log")):
@@ -130,6 +137,10 @@ def up(name: str = DEFAULT_CLUSTER, pools: tuple[NodePool, ...] = DEFAULT_POOLS,
             "--kube-scheduler-binary", str(bins.k8s / "kube-scheduler"),
             "--kwok-controller-binary", str(bins.kwok / "kwok"),
             "--kube-authorization", "--kube-admission",
+            # Each controller acts as its own ServiceAccount (system:serviceaccount:kube-system:<controller>), as in
+            # kubeadm clusters: the chart's GPU admission policy lets exactly the Deployment and ReplicaSet
+            # controllers make llmos's GPU pods (isolation.controllerUsernames), not the admin's identity.
+            "--extra-args", f"kube-controller-manager={CONTROLLER_CREDENTIALS_FLAG}=true",
             "--kubeconfig", os.devnull,  # leave ~/.kube/config alone; the cluster's own kubeconfig.yaml is used
             "--wait", f"{int(timeout)}s",
         ]

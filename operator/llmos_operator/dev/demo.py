@@ -1,5 +1,6 @@
-"""`make demo`: the local cluster, the CRDs, the operator, the example tenants, models and deployments (one of them
-queued for quota), then a status table."""
+"""`make demo`: the local cluster, what the Helm chart installs for the platform (CRDs, RBAC, tenant roles, admission
+policies), the operator running with its ServiceAccount's token, the example tenants, models and deployments (one of
+them queued for quota), then a status table."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import json
 import time
 from pathlib import Path
 
-from . import cluster, operator_process
+from . import cluster, operator_process, platform
 
 EXAMPLES = cluster.REPO_ROOT / "examples"
-CRDS = cluster.REPO_ROOT / "crds"
-SYSTEM_NAMESPACE = "llmos-system"
+SYSTEM_NAMESPACE = platform.SYSTEM_NAMESPACE
 
 
 def _sign_example_model(state: Path) -> tuple[bytes, bytes]:
@@ -47,9 +47,8 @@ def _apply(name: str, docs: list[dict]) -> None:
 def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     start = time.monotonic()
     kubeconfig = cluster.up(name)
-    cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    cluster.kubectl(name, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-    operator_process.start(name)
+    platform.install(name)
+    operator_process.start(name)  # as the chart's operator ServiceAccount, not the admin
 
     bundle, public_pem = _sign_example_model(cluster.cluster_dir(name))
     namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}

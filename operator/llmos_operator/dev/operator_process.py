@@ -1,4 +1,5 @@
-"""The operator as a background process against the local cluster (for `make demo` and the tests).
+"""The operator as a background process against the local cluster (for `make demo` and the tests), with a token of
+the chart's operator ServiceAccount (dev.platform.operator_kubeconfig): the chart's RBAC, not the admin's rights.
 
 One per cluster: its pid and log live in the cluster's folder, and `llmos dev down` stops it with the cluster.
 """
@@ -13,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import cluster
+from . import cluster, platform
 
 
 def pid_file(name: str) -> Path:
@@ -41,7 +42,8 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
         return pid
     log = log_file(name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig_path(name)), **(extra_env or {}))
+    platform.install(name)  # idempotent: the ServiceAccount and its RBAC must exist before its token
+    env = dict(os.environ, KUBECONFIG=str(platform.operator_kubeconfig(name)), **(extra_env or {}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
          "--metrics-port", str(metrics_port), "--liveness", f"http://127.0.0.1:{health_port}/healthz"],
