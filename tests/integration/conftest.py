@@ -112,8 +112,12 @@ def operator(cluster, operator_kubeconfig):
 class Objects:
     """Create llmos objects in a test's namespace; tenants made here are deleted after the test."""
 
-    def __init__(self, api: client.ApiClient, namespace: str):
-        self.custom = client.CustomObjectsApi(api)
+    def __init__(self, api: client.ApiClient, namespace: str, tenant_api: client.ApiClient | None = None):
+        """``api``: the platform's (cluster admin) client, for Tenants and namespace annotations. ``tenant_api``:
+        whose credentials make the namespaced objects (Models, ModelDeployments); default the same admin client."""
+        self.platform = client.CustomObjectsApi(api)
+        self.custom = client.CustomObjectsApi(tenant_api or api)
+        self.tenant_core = client.CoreV1Api(tenant_api or api)
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.namespace = namespace
@@ -137,7 +141,7 @@ class Objects:
                 "spec": {"namespaces": namespaces, "quota": {"gpus": gpus or {"h100": 8}},
                          "policy": policy if policy is not None else {"allowUnsignedModels": True}, **spec}}
         self.tenants.append(name)
-        return self.custom.create_cluster_custom_object(GROUP, VERSION, "tenants", body)
+        return self.platform.create_cluster_custom_object(GROUP, VERSION, "tenants", body)
 
     def model(self, name: str = "m", *, policy: str = "Disabled", uri: str = "hf://org/tiny", **spec) -> dict:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Model", "metadata": {"name": name},
@@ -153,18 +157,18 @@ class Objects:
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict:
         if plural == "tenants":
-            return self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+            return self.platform.get_cluster_custom_object(GROUP, VERSION, plural, name)
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace or self.namespace, plural, name)
 
     def patch(self, plural: str, name: str, body: dict, namespace: str | None = None) -> dict:
         if plural == "tenants":
-            return self.custom.patch_cluster_custom_object(GROUP, VERSION, plural, name, body)
+            return self.platform.patch_cluster_custom_object(GROUP, VERSION, plural, name, body)
         return self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace or self.namespace, plural,
                                                           name, body)
 
     def delete(self, plural: str, name: str, namespace: str | None = None) -> None:
         if plural == "tenants":
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, plural, name)
+            self.platform.delete_cluster_custom_object(GROUP, VERSION, plural, name)
         else:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace or self.namespace, plural, name)
 

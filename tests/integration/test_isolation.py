@@ -11,7 +11,9 @@ import uuid
 import pytest
 from kubernetes import client
 
-from tests.integration.conftest import deployment_exists
+from tests.integration.conftest import Objects, deployment_exists
+from tests.integration.test_model_verification import signed_model  # noqa: F401 — a fixture
+from tests.support.tenant import make_user
 from tests.support.waiting import wait_for
 
 # Meets Pod Security `restricted` (enforced in tenant namespaces), so only the GPU quota can refuse it.
@@ -21,6 +23,19 @@ GPU_POD = {
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
 }
+
+
+@pytest.fixture
+def as_tenant(cluster, namespace, objects, tmp_path):
+    """Objects made with the tenant's own token (a ServiceAccount bound to `admin` in the test namespace only);
+    Tenants and namespace annotations stay the platform's (cluster admin)."""
+    user = make_user(cluster.api, cluster.name, f"{namespace[:50]}-u", "tenant-admin", admin_of=[namespace],
+                     workdir=tmp_path)
+    tenant_objects = Objects(cluster.api, namespace, tenant_api=user.api)
+    yield tenant_objects
+    tenant_objects.cleanup()
+    user.close()
+    client.CoreV1Api(cluster.api).delete_namespace(f"{namespace[:50]}-u")
 
 
 def _labels(core, ns: str) -> dict:
@@ -36,37 +51,49 @@ def _extra_namespace(namespace: str, suffix: str) -> str:
     return f"{namespace[:50]}-{suffix}"
 
 
-def test_unsigned_models_are_served_only_where_the_platform_allows(objects, namespace, cluster):
-    apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
-    objects.tenant(policy={})  # the default: every model must verify
-    objects.model(policy="Disabled")
-    cond = objects.wait_condition("models", "m", "Verified", "False", "SignatureRequired")
-    assert "allowUnsignedModels" in cond["message"]
-    objects.deployment("d")
-    objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "ModelNotVerified")
-    assert not deployment_exists(apps, namespace, "d")
-    assert not objects.get("tenants", namespace)["status"].get("reservations")
+def test_control_a_tenant_serves_a_signed_model_with_its_own_credentials(as_tenant, namespace, cluster,
+                                                                          signed_model):
+    from tests.integration.test_model_verification import _bundle_configmap, _signed
 
-    objects.patch("tenants", namespace, {"spec": {"policy": {"allowUnsignedModels": True}}})
-    objects.wait_condition("models", "m", "Verified", "False", "SignatureDisabled")
-    objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+    as_tenant.tenant(policy={}, trustedKeys=[{"name": "release", "publicKey": signed_model["release"]}])
+    _bundle_configmap(as_tenant.tenant_core, namespace, "m-sig", signed_model["bundle"])
+    _signed(as_tenant)
+    as_tenant.deployment("d", replicas=2)
+    as_tenant.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+    assert as_tenant.get("models", "m")["status"]["signer"] == "release"
+
+
+def test_unsigned_models_are_served_only_where_the_platform_allows(as_tenant, namespace, cluster):
+    apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    as_tenant.tenant(policy={})  # the default: every model must verify
+    as_tenant.model(policy="Disabled")
+    cond = as_tenant.wait_condition("models", "m", "Verified", "False", "SignatureRequired")
+    assert "allowUnsignedModels" in cond["message"]
+    as_tenant.deployment("d")
+    as_tenant.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "ModelNotVerified")
+    assert not deployment_exists(apps, namespace, "d")
+    assert not as_tenant.get("tenants", namespace)["status"].get("reservations")
+
+    as_tenant.patch("tenants", namespace, {"spec": {"policy": {"allowUnsignedModels": True}}})
+    as_tenant.wait_condition("models", "m", "Verified", "False", "SignatureDisabled")
+    as_tenant.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=m").items
     assert any(e.type == "Warning" and e.reason == "SignatureDisabled" for e in events)
 
 
-def test_an_image_outside_the_allowed_prefixes_gets_no_gpus(objects, namespace, cluster):
+def test_an_image_outside_the_allowed_prefixes_gets_no_gpus(as_tenant, namespace, cluster):
     apps = client.AppsV1Api(cluster.api)
-    objects.tenant()
-    objects.model()
-    objects.deployment("d", engine={"image": "evil.example/miner:1"})
-    cond = objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "ImageNotAllowed")
+    as_tenant.tenant()
+    as_tenant.model()
+    as_tenant.deployment("d", engine={"image": "evil.example/miner:1"})
+    cond = as_tenant.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "ImageNotAllowed")
     assert "spec.engine.image evil.example/miner:1" in cond["message"]
     assert not deployment_exists(apps, namespace, "d")
-    assert not objects.get("tenants", namespace)["status"].get("reservations")
+    assert not as_tenant.get("tenants", namespace)["status"].get("reservations")
 
-    objects.patch("tenants", namespace, {"spec": {"policy": {"allowUnsignedModels": True,
+    as_tenant.patch("tenants", namespace, {"spec": {"policy": {"allowUnsignedModels": True,
                                                              "allowedImages": ["evil.example/"]}}})
-    objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "True")
+    as_tenant.wait_condition("modeldeployments", "d", "QuotaAdmitted", "True")
     wait_for(lambda: deployment_exists(apps, namespace, "d"), message="the allowed image deployed")
 
 
@@ -92,14 +119,14 @@ def test_a_tenant_cannot_claim_cluster_operator_or_foreign_namespaces(objects, n
     assert _labels(core, namespace)["llmos.dev/tenant"] == namespace
 
 
-def test_deleting_a_tenant_leaves_its_namespaces_without_gpus_or_ingress(objects, namespace, cluster):
+def test_deleting_a_tenant_leaves_its_namespaces_without_gpus_or_ingress(as_tenant, namespace, cluster):
     core, apps, net = client.CoreV1Api(cluster.api), client.AppsV1Api(cluster.api), client.NetworkingV1Api(cluster.api)
-    objects.tenant()
-    objects.model()
-    objects.deployment("d", replicas=2)
-    objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+    as_tenant.tenant()
+    as_tenant.model()
+    as_tenant.deployment("d", replicas=2)
+    as_tenant.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
 
-    objects.delete("tenants", namespace)
+    as_tenant.delete("tenants", namespace)
     wait_for(lambda: _labels(core, namespace).get("llmos.dev/released") == namespace,
              message="the namespace marked released")
     assert "llmos.dev/tenant" not in _labels(core, namespace)
@@ -115,7 +142,7 @@ def test_deleting_a_tenant_leaves_its_namespaces_without_gpus_or_ingress(objects
     with pytest.raises(client.ApiException) as refused:
         core.create_namespaced_pod(namespace, {"metadata": {"name": "gpu"}, "spec": GPU_POD})
     assert refused.value.status == 403 and "exceeded quota" in refused.value.body
-    objects.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "NoTenant")
+    as_tenant.wait_condition("modeldeployments", "d", "QuotaAdmitted", "False", "NoTenant")
 
 
 def test_a_namespace_given_up_is_released_and_the_rest_kept(objects, namespace, cluster):
@@ -136,19 +163,19 @@ def test_a_namespace_given_up_is_released_and_the_rest_kept(objects, namespace, 
         core.delete_namespace(extra)
 
 
-def test_a_quota_lowered_below_use_admits_nothing_new_and_keeps_pods_replaceable(objects, namespace, cluster):
+def test_a_quota_lowered_below_use_admits_nothing_new_and_keeps_pods_replaceable(as_tenant, namespace, cluster):
     core = client.CoreV1Api(cluster.api)
-    objects.tenant(gpus={"h100": 8})
-    objects.model()
-    objects.deployment("big", replicas=2, count=2)
-    objects.wait_condition("modeldeployments", "big", "Ready", "True", timeout=60)
+    as_tenant.tenant(gpus={"h100": 8})
+    as_tenant.model()
+    as_tenant.deployment("big", replicas=2, count=2)
+    as_tenant.wait_condition("modeldeployments", "big", "Ready", "True", timeout=60)
 
-    objects.patch("tenants", namespace, {"spec": {"quota": {"gpus": {"h100": 2}}}})
-    cond = objects.wait_condition("tenants", namespace, "OverQuota", "True")
+    as_tenant.patch("tenants", namespace, {"spec": {"quota": {"gpus": {"h100": 2}}}})
+    cond = as_tenant.wait_condition("tenants", namespace, "OverQuota", "True")
     assert "h100 4/2" in cond["message"]
-    assert objects.condition("tenants", namespace, "Ready")["reason"] == "OverQuota"
-    objects.deployment("small", count=1)
-    objects.wait_condition("modeldeployments", "small", "QuotaAdmitted", "False", "QuotaExceeded")
+    assert as_tenant.condition("tenants", namespace, "Ready")["reason"] == "OverQuota"
+    as_tenant.deployment("small", count=1)
+    as_tenant.wait_condition("modeldeployments", "small", "QuotaAdmitted", "False", "QuotaExceeded")
 
     # A running pod of the over-quota deployment can still be replaced: the backstop follows the ledger.
     selector = "llmos.dev/model-deployment=big"
@@ -162,4 +189,4 @@ def test_a_quota_lowered_below_use_admits_nothing_new_and_keeps_pods_replaceable
         return len(pods) == 2
 
     wait_for(replaced, timeout=60, message="the deleted pod replaced")
-    objects.wait_condition("modeldeployments", "big", "Ready", "True", timeout=60)
+    as_tenant.wait_condition("modeldeployments", "big", "Ready", "True", timeout=60)

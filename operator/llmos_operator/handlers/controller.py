@@ -473,8 +473,14 @@ class Controller:
         stored = self.store["Namespace"].get(namespace)
         if stored is not None and (stored.get("status") or {}).get("phase") == "Terminating":
             return  # being deleted: nothing to keep safe, and nothing may be created in it
-        for child in render_released_namespace(namespace, tenant, self.config):
-            self.kube.apply(child)  # first: the zero quota holds before anything else changes
+        try:
+            for child in render_released_namespace(namespace, tenant, self.config):
+                self.kube.apply(child)  # first: the zero quota holds before anything else changes
+        except ApiException as exc:
+            live = self.kube.get("Namespace", namespace)
+            if live is None or (live.get("status") or {}).get("phase") == "Terminating":
+                return  # deleted meanwhile (the store had not heard yet)
+            raise
         for dep in self.kube.list("Deployment", namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
             # A live read: the store holds only deployments labelled with their ModelDeployment.
             self.kube.delete("Deployment", dep["metadata"]["name"], namespace)
