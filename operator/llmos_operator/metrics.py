@@ -13,3 +13,35 @@ ADMITTED = Gauge("llmos_tenant_admitted_deployments", "Admitted ModelDeployments
 QUEUED = Gauge("llmos_tenant_queued_deployments", "ModelDeployments waiting for quota", ["tenant"])
 GPUS_USED = Gauge("llmos_tenant_gpus_used", "GPUs reserved by admitted deployments", ["tenant", "gpu_class"])
 GPUS_ALLOWED = Gauge("llmos_tenant_gpus_allowed", "GPU quota", ["tenant", "gpu_class"])
+
+
+class TenantSeries:
+    """Which tenant and (tenant, GPU class) series are set, so that those of a Tenant or class that is gone are
+    removed rather than left reporting their last value forever."""
+
+    def __init__(self) -> None:
+        self._tenants: set[str] = set()
+        self._classes: set[tuple[str, str]] = set()
+
+    def publish(self, admitted: dict[str, int], queued: dict[str, int],
+                used: dict[tuple[str, str], int], allowed: dict[tuple[str, str], int]) -> None:
+        tenants, classes = set(admitted), set(used) | set(allowed)
+        for tenant in tenants:
+            ADMITTED.labels(tenant).set(admitted[tenant])
+            QUEUED.labels(tenant).set(queued.get(tenant, 0))
+        for key in classes:
+            GPUS_USED.labels(*key).set(used.get(key, 0))
+            GPUS_ALLOWED.labels(*key).set(allowed.get(key, 0))
+        for tenant in self._tenants - tenants:
+            for gauge in (ADMITTED, QUEUED):
+                try:
+                    gauge.remove(tenant)
+                except KeyError:
+                    pass
+        for key in self._classes - classes:
+            for gauge in (GPUS_USED, GPUS_ALLOWED):
+                try:
+                    gauge.remove(*key)
+                except KeyError:
+                    pass
+        self._tenants, self._classes = tenants, classes

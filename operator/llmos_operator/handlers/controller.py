@@ -94,6 +94,7 @@ class Controller:
         self.store = store if store is not None else self._make_store()
         self._parsed: dict[tuple, tuple[str | None, Any]] = {}  # (kind, ns, name) → (resourceVersion, parsed)
         self._fit_memo: dict[tuple, Any] = {}
+        self._series = metrics.TenantSeries()
         self._admission_lock = threading.Lock()
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
@@ -345,6 +346,10 @@ class Controller:
             requests, merge_ledgers(ledgers), {t.metadata.name: TenantInfo.from_tenant(t) for t in tenants},
             self.config.gpu_classes.keys(),
         )
+        admitted_counts: dict[str, int] = {}
+        queued_counts: dict[str, int] = {}
+        used_gpus: dict[tuple[str, str], int] = {}
+        allowed_gpus: dict[tuple[str, str], int] = {}
         for tenant in tenants:
             name = tenant.metadata.name
             status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name),
@@ -359,11 +364,12 @@ class Controller:
                     raise
                 self._tenant_events(tenant, status)
             used = result.usage(name)
-            metrics.ADMITTED.labels(name).set(result.admitted_count(name))
-            metrics.QUEUED.labels(name).set(result.queued_count(name))
+            admitted_counts[name] = result.admitted_count(name)
+            queued_counts[name] = result.queued_count(name)
             for gpu_class in {*used, *tenant.spec.quota.gpus}:
-                metrics.GPUS_USED.labels(name, gpu_class).set(used.get(gpu_class, 0))
-                metrics.GPUS_ALLOWED.labels(name, gpu_class).set(tenant.spec.quota.gpus.get(gpu_class, 0))
+                used_gpus[(name, gpu_class)] = used.get(gpu_class, 0)
+                allowed_gpus[(name, gpu_class)] = tenant.spec.quota.gpus.get(gpu_class, 0)
+        self._series.publish(admitted_counts, queued_counts, used_gpus, allowed_gpus)
         self._spare = {(t.metadata.name, c): n - result.usage(t.metadata.name).get(c, 0)
                        for t in tenants for c, n in t.spec.quota.gpus.items()}
         # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +21,7 @@ FIELD_MANAGER = "llmos"
 # kind → (API path prefix, plural, namespaced)
 _PATHS = {
     "Namespace": ("/api/v1", "namespaces", False),
+    "Event": ("/api/v1", "events", True),
     "Node": ("/api/v1", "nodes", False),
     "Pod": ("/api/v1", "pods", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
@@ -53,6 +56,10 @@ class Kube:
     def __init__(self, api: client.ApiClient):
         self.api = api
         self.core = client.CoreV1Api(api)
+        # (namespace, uid, type, reason, message) → (event name, count): a repeat of the same event bumps its count
+        # and lastTimestamp, as client-go's event correlator does, instead of making another Event object.
+        self._events: OrderedDict[tuple, tuple[str, int]] = OrderedDict()
+        self._events_lock = threading.Lock()
 
     def _call(self, method: str, path: str, *, body: Any = None, query: list | None = None,
               content_type: str | None = None) -> Any:
@@ -121,10 +128,26 @@ class Kube:
         return base64.b64decode(value) if value is not None else None
 
     def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on `obj` (best effort: an Event that cannot be written is only logged)."""
+        """A core/v1 Event on `obj` (best effort: an Event that cannot be written is only logged). The same event
+        again (same object, type, reason and message) updates the first one's count instead."""
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         now = datetime.now(timezone.utc)
+        series = (namespace, meta.get("uid") or meta["name"], type_, reason, message[:1024])
+        with self._events_lock:
+            seen = self._events.get(series)
+            if seen is not None:
+                self._events.move_to_end(series)
+        if seen is not None:
+            name, count = seen
+            try:
+                self._call("PATCH", object_path("Event", name, namespace), content_type="application/merge-patch+json",
+                           body={"count": count + 1, "lastTimestamp": now.isoformat().replace("+00:00", "Z")})
+                with self._events_lock:
+                    self._events[series] = (name, count + 1)
+                return
+            except ApiException:
+                pass  # expired or deleted: post a new one
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
             involved_object=client.V1ObjectReference(
@@ -137,7 +160,11 @@ class Kube:
             reporting_instance="llmos-operator",
         )
         try:
-            self.core.create_namespaced_event(namespace, body)
+            created = self.core.create_namespaced_event(namespace, body)
+            with self._events_lock:
+                self._events[series] = (created.metadata.name, 1)
+                while len(self._events) > 4096:
+                    self._events.popitem(last=False)
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta["name"], exc.reason)
 
