@@ -50,7 +50,10 @@ def main() -> int:
     cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     cluster.kubectl(name, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     operator_process.stop(name)
-    op = OperatorProcess(kubeconfig, cluster.logs_dir(name))
+    from llmos_operator.dev import platform
+
+    platform.install(name)  # the chart's CRDs, RBAC and admission policies; the operator runs as its ServiceAccount
+    op = OperatorProcess(platform.operator_kubeconfig(name), cluster.logs_dir(name), name)
     op.start()
     api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)

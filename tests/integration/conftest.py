@@ -31,8 +31,8 @@ def _free_port() -> int:
 class OperatorProcess:
     """The operator under test. `kill()` and `start()` let a test restart it mid-flight."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path):
-        self.kubeconfig, self.log_dir = kubeconfig, log_dir
+    def __init__(self, kubeconfig: Path, log_dir: Path, cluster_name: str):
+        self.kubeconfig, self.log_dir, self.cluster_name = kubeconfig, log_dir, cluster_name
         self.proc: subprocess.Popen | None = None
         self.metrics_port = _free_port()
         self.health_port = _free_port()
@@ -41,7 +41,11 @@ class OperatorProcess:
     def start(self) -> None:
         self.starts += 1
         log = (self.log_dir / f"llmos-operator-test-{self.starts}.log").open("wb")
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), LLMOS_RESYNC_SECONDS="5")
+        from llmos_operator.dev import platform
+
+        # The chart's configuration and namespace, as its Deployment gives them.
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), LLMOS_RESYNC_SECONDS="5",
+                   **platform.operator_environment(self.cluster_name))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
              "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
@@ -103,7 +107,7 @@ def operator(cluster, operator_kubeconfig):
     # A demo operator on the same cluster would compete with the one under test.
     if operator_process.stop(cluster.name):
         print("stopped the demo operator of this cluster for the test run", file=sys.stderr)
-    op = OperatorProcess(operator_kubeconfig, dev_cluster.logs_dir(cluster.name))
+    op = OperatorProcess(operator_kubeconfig, dev_cluster.logs_dir(cluster.name), cluster.name)
     op.start()
     yield op
     op.stop()

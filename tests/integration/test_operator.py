@@ -186,11 +186,18 @@ def test_a_hand_edited_child_is_put_back(objects, namespace, cluster):
     objects.deployment("drift")
     apps = client.AppsV1Api(cluster.api)
     wait_for(lambda: deployment_exists(apps, namespace, "drift"), message="the child Deployment")
-    rendered = apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image
-    apps.patch_namespaced_deployment("drift", namespace, {"spec": {"template": {"spec": {"containers": [
-        {"name": "runtime", "image": "attacker.example/evil:1"}]}}}})
-    wait_for(lambda: apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image
-             == rendered, timeout=30, message="the image put back")
+    # The pod template is guarded at the door: the chart's admission policy lets only the operator change it.
+    with pytest.raises(client.ApiException) as refused:
+        apps.patch_namespaced_deployment("drift", namespace, {"spec": {"template": {"spec": {"containers": [
+            {"name": "runtime", "image": "attacker.example/evil:1"}]}}}})
+    assert refused.value.status == 403 and "use a ModelDeployment" in refused.value.body
+    # What no policy guards is put back on the next event: the Service's selector, edited to steal traffic.
+    core = client.CoreV1Api(cluster.api)
+    wait_for(lambda: core.list_namespaced_service(namespace).items, message="the child Service")
+    rendered = core.read_namespaced_service("drift", namespace).spec.selector
+    core.patch_namespaced_service("drift", namespace, {"spec": {"selector": {"app": "elsewhere"}}})
+    wait_for(lambda: core.read_namespaced_service("drift", namespace).spec.selector == rendered, timeout=30,
+             message="the selector put back")
 
 
 def test_invalid_specs_are_rejected_by_the_api_server_with_the_field_path(objects, namespace):

@@ -80,6 +80,16 @@ def install(name: str = cluster.DEFAULT_CLUSTER, *, values: dict | None = None) 
     _apply(name, render(values=values))
 
 
+def operator_environment(name: str = cluster.DEFAULT_CLUSTER, *, values: dict | None = None) -> dict[str, str]:
+    """What the chart gives the operator's container besides its token: the configuration it mounts (the chart's
+    ConfigMap, rendered with the same values) and the namespace it runs in."""
+    (configmap,) = render(("templates/configmap.yaml",), values=values)
+    path = cluster.cluster_dir(name) / "operator-config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(configmap["data"]["config.yaml"])
+    return {"LLMOS_OPERATOR_CONFIG": str(path), "LLMOS_OPERATOR_NAMESPACE": SYSTEM_NAMESPACE}
+
+
 def token(name: str, service_account: str, namespace: str, *, duration: str = TOKEN_DURATION,
           bound_pod: str | None = None) -> str:
     """`kubectl create token`: a ServiceAccount token, optionally bound to a pod (its user info then names the pod)."""
