@@ -6,10 +6,23 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
+
+from .engine_args import DEFAULT_ALLOWED_FLAGS, has_flag, is_flag, normalise_flag, refused_args
 
 # Set by the runtime itself; an engine argument naming one of these is refused.
 RESERVED_ENGINE_FLAGS = frozenset({"--model", "--served-model-name", "--host", "--port", "--uds"})
+# Rendered by the operator from typed API fields (not from extraArgs): allowed on the runtime's command line too.
+OPERATOR_RENDERED_FLAGS = frozenset({"--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization"})
+VERIFY_MODES = ("in-place", "copy")
+
+# Startup phase budgets (seconds) and the engine health poll after ready; CLI options, see docs/runtime.md.
+DEFAULT_FETCH_BUDGET = 3600.0
+DEFAULT_VERIFY_BUDGET = 1800.0
+DEFAULT_LOAD_BUDGET = 1800.0
+DEFAULT_ENGINE_HEALTH_INTERVAL = 3.0
+DEFAULT_ENGINE_UNREADY_AFTER = 3  # failed polls in a row: not ready (~9 s)
+DEFAULT_ENGINE_DEAD_AFTER = 15  # failed polls in a row: not live (~45 s)
 
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -36,10 +49,60 @@ class RuntimeConfig:
     engine_stop_timeout: float = 15.0
     # Seconds between two reads of the adapters file.
     adapters_poll_interval: float = 1.0
+    allowed_engine_flags: list[str] = field(default_factory=list)  # --allow-engine-flag, beyond the default list
+    allow_remote_code: bool = False
+    verify_mode: str = "in-place"
+    fetch_budget: float = DEFAULT_FETCH_BUDGET
+    verify_budget: float = DEFAULT_VERIFY_BUDGET
+    load_budget: float = DEFAULT_LOAD_BUDGET
+    engine_health_interval: float = DEFAULT_ENGINE_HEALTH_INTERVAL
+    engine_unready_after: int = DEFAULT_ENGINE_UNREADY_AFTER
+    engine_dead_after: int = DEFAULT_ENGINE_DEAD_AFTER
 
     @property
     def lora_enabled(self) -> bool:
-        return "--enable-lora" in self.engine_args or any(a.startswith("--enable-lora=") for a in self.engine_args)
+        return has_flag(self.engine_args, "--enable-lora")
+
+    @property
+    def api_key(self) -> str | None:
+        """The key vLLM requires on /v1 (``--api-key`` or ``VLLM_API_KEY``): the runtime's own calls send it too."""
+        return flag_value(self.engine_args, "--api-key") or os.environ.get("VLLM_API_KEY") or None
+
+
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` (any spelling; ``--f v`` or ``--f=v``), the last one winning like argparse."""
+    want, value = normalise_flag(flag), None
+    for i, a in enumerate(args):
+        if is_flag(a) and normalise_flag(a) == want:
+            if "=" in a:
+                value = a.split("=", 1)[1]
+            elif i + 1 < len(args) and not is_flag(args[i + 1]):
+                value = args[i + 1]
+    return value
+
+
+def engine_args_problem(args: Sequence[str], *, allowed_extra: Sequence[str] = (),
+                        allow_remote_code: bool = False) -> str | None:
+    """One line saying why the engine arguments are refused, or None. The same allow-list as the operator's
+    (engine_args.py), plus the flags the operator renders from typed fields; TLS flags are refused always."""
+    for a in args:
+        if not is_flag(a):
+            continue
+        flag = normalise_flag(a)
+        if flag in RESERVED_ENGINE_FLAGS:
+            return f"engine argument {flag} is set by the runtime; remove it"
+        if flag.startswith("--ssl-") or flag == "--enable-ssl-refresh":
+            return (f"engine argument {flag} is refused: the engine listens on loopback behind the runtime; TLS "
+                    "belongs to the service mesh or the gateway")
+    allowed = set(DEFAULT_ALLOWED_FLAGS) | OPERATOR_RENDERED_FLAGS | {normalise_flag(f) for f in allowed_extra}
+    refused = refused_args(args, allowed=allowed, allow_remote_code=allow_remote_code)
+    if refused:
+        r = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        reason = r.reason.replace("allowed flags are listed in docs/security.md",
+                                  "the platform can allow it with --allow-engine-flag")
+        return f"engine argument refused: {reason}{more}"
+    return None
 
 
 def engine_command(cfg: RuntimeConfig, model_dir: Path, engine_port: int, python: str | None = None) -> list[str]:

@@ -17,6 +17,8 @@ class RuntimeState:
     verified: bool = False  # the model passed signature verification (or verification is disabled by policy)
     verification: dict[str, Any] | None = None  # what verify_model returned, for /readyz
     engine_ready: bool = False
+    engine_healthy: bool = True  # False after --engine-unready-after failed /health polls in a row (once ready)
+    phase_started: float = field(default_factory=time.monotonic)
     engine_exited: int | None = None  # the engine's exit code once it has exited
     draining: bool = False
     failure: str | None = None
@@ -26,7 +28,8 @@ class RuntimeState:
 
     @property
     def ready(self) -> bool:
-        return self.verified and self.engine_ready and self.engine_exited is None and not self.draining
+        return (self.verified and self.engine_ready and self.engine_healthy and self.engine_exited is None
+                and not self.draining and self.failure is None)
 
     @property
     def alive(self) -> bool:
@@ -41,10 +44,13 @@ class RuntimeState:
             return f"engine exited with code {self.engine_exited}"
         if not self.verified:
             return f"model not verified yet ({self.phase})"
+        if not self.engine_healthy:
+            return "engine not answering /health"
         return f"engine not ready ({self.phase})"
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
+        self.phase_started = time.monotonic()
         self.publish()
 
     def publish(self) -> None:

@@ -28,8 +28,8 @@ def test_parse_adapters(tmp_path):
     ]}).encode()
     specs, invalid = parse_adapters(raw, tmp_path)
     assert specs == [
-        AdapterSpec("a", "file:///x/a", tmp_path / "a.sig"),
-        AdapterSpec("b", "s3://bucket/b", Path("/abs/b.sig")),
+        AdapterSpec("a", "file:///x/a", tmp_path / "a.sig", signature_digest=""),  # "": bundle not readable
+        AdapterSpec("b", "s3://bucket/b", Path("/abs/b.sig"), signature_digest=""),
         AdapterSpec("c", "file:///x/c", None),
     ]
     assert invalid == {"a": "duplicate adapter name", "bad name!": "invalid adapter name 'bad name!'",
@@ -42,7 +42,7 @@ def test_parse_adapters(tmp_path):
          "signature": {"bundleRef": {"name": "cm", "key": "o3.sig"}, "policy": "Required"}},
     ]}).encode(), tmp_path)
     assert specs == [AdapterSpec("o1", "hf://org/lora", None, revision="abc"),
-                     AdapterSpec("o2", "file:///x/o2", tmp_path / "o2.sig")]
+                     AdapterSpec("o2", "file:///x/o2", tmp_path / "o2.sig", signature_digest="")]
     assert list(invalid) == ["o3"] and "cannot resolve" in invalid["o3"]  # fails closed, reported
 
     assert parse_adapters(b"", tmp_path) == ([], {})
