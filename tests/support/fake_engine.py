@@ -2,7 +2,7 @@
 
 Implements what the runtime uses: /health, /metrics, /v1/models, /v1/completions (streaming too, one chunk every
 ``--chunk-delay`` s), /v1/load_lora_adapter and /v1/unload_lora_adapter (a path containing "reject" is refused).
-Run as ``python fake_engine.py [vLLM-style args] --port N``; unknown arguments are ignored like a real engine's.
+``--api-key`` guards /v1/* like vLLM's. Run as ``python fake_engine.py [vLLM-style args] --port N``; unknown arguments are ignored like a real engine's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--chunk-delay", type=float, default=0.05)
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--exit-code", type=int, default=None, help="exit with this code instead of serving")
+    p.add_argument("--api-key", default=None, help="like vLLM: /v1/* needs 'Authorization: Bearer <key>'")
     args, _unknown = p.parse_known_args(argv)
     if args.exit_code is not None:
         print("fake engine: failing on purpose", file=sys.stderr)
@@ -80,7 +81,14 @@ def main(argv: list[str]) -> None:
 
     async def serve() -> None:
         await asyncio.sleep(args.startup_delay)
-        app = web.Application()
+        @web.middleware
+        async def api_key(request: web.Request, handler):
+            if args.api_key and request.path.startswith("/v1") and \
+                    request.headers.get("Authorization") != f"Bearer {args.api_key}":
+                return web.json_response({"error": "Unauthorized"}, status=401)
+            return await handler(request)
+
+        app = web.Application(middlewares=[api_key])
         app.router.add_get("/health", health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/v1/models", models)
