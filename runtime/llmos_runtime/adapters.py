@@ -181,6 +181,7 @@ class AdapterManager:
         poll_interval: float = 1.0,
         on_change: Callable[[], None] | None = None,
         api_key: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         self.path = path
         self.engine_url = engine_url.rstrip("/")
@@ -200,7 +201,9 @@ class AdapterManager:
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         # vLLM's --api-key guards /v1/*: the runtime's own adapter calls carry it
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = dict(headers or {})
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     # ---- reporting -------------------------------------------------------------------------------------------
     def loaded(self) -> list[str]:

@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "serve",
         help="fetch, verify and serve a model with vLLM",
-        description="Fetch and verify the model, start vLLM behind the runtime's proxy, hot-load adapters, drain "
-        "on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
+        description="Fetch and verify the model, start vLLM on the API port with the runtime's guard (inference API "
+        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
     )
     s.add_argument("--source", required=True, help="file:///abs, pvc://claim/path, s3://bucket/prefix, "
                    "gs://bucket/prefix or hf://org/name")
@@ -57,9 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--adapters-file", type=Path, default=None, help="adapters.json to watch (mounted ConfigMap)")
     s.add_argument("--cache-dir", type=Path, default=Path("/var/cache/llmos"), help="download cache")
     s.add_argument("--host", default="0.0.0.0", help="address the API and health ports bind to")
-    s.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port (the runtime's proxy)")
+    s.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port (vLLM's, guarded)")
     s.add_argument("--health-port", type=int, default=8081, help="/healthz, /readyz, /metrics, /adapters")
-    s.add_argument("--engine-port", type=int, default=0, help="vLLM's loopback port (0: pick a free one)")
     s.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT,
                    help="seconds in-flight requests may take to finish after SIGTERM")
     s.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
@@ -124,7 +123,6 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         host=ns.host,
         port=ns.port,
         health_port=ns.health_port,
-        engine_port=ns.engine_port,
         drain_timeout=ns.drain_timeout,
         termination_log=ns.termination_log,
         pvc_root=ns.pvc_root,

@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 from .engine_args import DEFAULT_ALLOWED_FLAGS, has_flag, is_flag, normalise_flag, refused_args
 
 # Set by the runtime itself; an engine argument naming one of these is refused.
-RESERVED_ENGINE_FLAGS = frozenset({"--model", "--served-model-name", "--host", "--port", "--uds"})
+RESERVED_ENGINE_FLAGS = frozenset({"--model", "--served-model-name", "--host", "--port", "--uds", "--middleware"})
+GUARD_MIDDLEWARE = "llmos_runtime.guard.InferenceOnly"
 # Rendered by the operator from typed API fields (not from extraArgs): allowed on the runtime's command line too.
 OPERATOR_RENDERED_FLAGS = frozenset({"--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization"})
 VERIFY_MODES = ("in-place", "copy")
@@ -39,7 +40,6 @@ class RuntimeConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     health_port: int = 8081
-    engine_port: int = 0
     drain_timeout: float = 100.0
     termination_log: Path | None = Path("/dev/termination-log")
     pvc_root: Path = Path("/mnt/pvc")
@@ -105,8 +105,9 @@ def engine_args_problem(args: Sequence[str], *, allowed_extra: Sequence[str] = (
     return None
 
 
-def engine_command(cfg: RuntimeConfig, model_dir: Path, engine_port: int, python: str | None = None) -> list[str]:
-    """The vLLM command: the operator's engine args, then what the runtime owns (model, name, loopback address)."""
+def engine_command(cfg: RuntimeConfig, model_dir: Path, python: str | None = None) -> list[str]:
+    """The vLLM command: the operator's engine args, then what the runtime owns: the verified model's real path,
+    the served name, the pod's API address, and the guard middleware (only the inference API is served)."""
     return [
         python or sys.executable,
         "-m",
@@ -117,16 +118,28 @@ def engine_command(cfg: RuntimeConfig, model_dir: Path, engine_port: int, python
         "--served-model-name",
         cfg.served_name,
         "--host",
-        "127.0.0.1",
+        cfg.host,
         "--port",
-        str(engine_port),
+        str(cfg.port),
+        "--middleware",
+        GUARD_MIDDLEWARE,
     ]
 
 
-def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None, *, guard_dir: Path | None = None,
+               guard_token: str | None = None) -> dict[str, str]:
     """The engine's environment: the pod's, plus offline mode (the weights are local and verified — the engine must
-    not fetch anything else) and runtime LoRA updates when adapters are managed."""
+    not fetch anything else), runtime LoRA updates when adapters are managed (the guard lets only the runtime's
+    token through to them) and the guard's marker directory and token."""
+    from .guard import ENV_DIR, ENV_TOKEN
+
     env = dict(os.environ if base is None else base)
+    env.pop(ENV_TOKEN, None)
+    env.pop(ENV_DIR, None)
+    if guard_dir is not None:
+        env[ENV_DIR] = str(guard_dir)
+    if guard_token is not None:
+        env[ENV_TOKEN] = guard_token
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")

@@ -1,4 +1,5 @@
-"""``llmos-runtime serve``: fetch → verify → start vLLM → serve (proxy + health port + adapter watcher) → drain.
+"""``llmos-runtime serve``: fetch → verify → start vLLM → serve (guarded API port + health port + adapter watcher) →
+drain.
 
 Exit codes (docs/runtime.md has the table): 0 clean stop (SIGTERM), 1 unexpected error, 2 usage (bad command line
 or refused engine argument), 3 model source failed (cache directory not writable included), 4 verification failed
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
+import tempfile
 import sys
 import threading
 import time
@@ -23,10 +26,10 @@ from aiohttp import web
 
 from .adapters import AdapterManager, AdapterSpec
 from .config import RuntimeConfig, engine_command, engine_env
-from .engine import Engine, EngineExited, free_port
+from .engine import Engine, EngineExited
 from .health import HealthServer
 from .integrity import IntegrityError, Snapshot, changes, private_copy, resolve_once, snapshot
-from .proxy import Proxy
+from .guard import DRAINING_MARKER, INFLIGHT_PATH, SERVING_MARKER, TOKEN_HEADER
 from .report import PodReporter
 from .resources import apply_hash_threads, cpu_threads
 from .sources import LOCAL_SCHEMES, SourceError, cache_key, parse_source, resolve_source
@@ -89,13 +92,18 @@ class Runtime:
     def __init__(self, cfg: RuntimeConfig):
         self.cfg = cfg
         self.state = RuntimeState()
-        self.proxy = Proxy(self.state)
         self.engine: Engine | None = None
         self.adapters: AdapterManager | None = None
+        # The guard in the engine (guard.py) trusts calls carrying this token, and serves the public API only while
+        # the marker file `serving` exists in guard_dir (kept in sync with state.ready by _sync_guard).
+        self.guard_token = secrets.token_urlsafe(32)
+        self.guard_dir = Path(tempfile.mkdtemp(prefix="llmos-guard-"))
+        self.state.on_publish = self._sync_guard
         self.health = HealthServer(
             self.state,
             engine_url=lambda: self.engine.url if self.engine is not None else None,
             adapters=lambda: self.adapters,
+            engine_headers={TOKEN_HEADER: self.guard_token},
         )
         self.trusted_keys: dict[str, bytes] = {}
         self._runners: list[web.AppRunner] = []
@@ -105,6 +113,31 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._report_dirty: asyncio.Event | None = None
         self._load_started: float | None = None
+
+    def _sync_guard(self) -> None:
+        """The engine's guard serves requests only while the replica is ready (one marker file)."""
+        serving, draining = self.guard_dir / SERVING_MARKER, self.guard_dir / DRAINING_MARKER
+        try:
+            if self.state.draining:
+                draining.touch()
+            if self.state.ready:
+                serving.touch()
+            else:
+                serving.unlink(missing_ok=True)
+        except OSError as e:
+            log.error("cannot update the guard's marker files in %s: %s", self.guard_dir, e)
+
+    async def _engine_inflight(self) -> int | None:
+        """Requests in flight in the engine's public API (from the guard), or None if it cannot be asked."""
+        import aiohttp
+
+        assert self.engine is not None
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+                async with s.get(self.engine.url + INFLIGHT_PATH, headers={TOKEN_HEADER: self.guard_token}) as r:
+                    return int((await r.json())["inflight"]) if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+            return None
 
     # ---- failure / signals -------------------------------------------------------------------------------------
     def fail(self, message: str, code: int) -> int:
@@ -122,8 +155,7 @@ class Runtime:
                 log.warning("second interrupt: stopping without waiting for in-flight requests")
                 self._force.set()
             return
-        log.info("%s: draining (not ready; new requests refused; %d in flight)",
-                 signal.Signals(signum).name, self.state.inflight)
+        log.info("%s: draining (not ready; new requests refused; in-flight ones finish)", signal.Signals(signum).name)
         self.state.draining = True
         self.state.publish()
         self._drain.set()
@@ -158,7 +190,6 @@ class Runtime:
             except Exception:  # noqa: BLE001
                 log.exception("closing a server failed")
         self._runners.clear()
-        await self.proxy.close()
 
     # ---- adapters ----------------------------------------------------------------------------------------------
     async def _prepare_adapter(self, spec: AdapterSpec) -> tuple[Path, dict[str, Any] | None]:
@@ -212,7 +243,6 @@ class Runtime:
         try:
             try:
                 await self._listen(self.health.app(), self.cfg.health_port)
-                await self._listen(self.proxy.app(), self.cfg.port)
             except OSError as e:
                 return self.fail(f"cannot listen on {self.cfg.host}: {e}", EXIT_FAILURE)
             return await self._serve_within_budgets()
@@ -226,6 +256,7 @@ class Runtime:
                 await self.adapters.close()
             await self._close_servers()
             self.state.set_phase("stopped" if self.state.failure is None else "failed")
+            shutil.rmtree(self.guard_dir, ignore_errors=True)
 
     # ---- budgets and health -----------------------------------------------------------------------------------
     def _budget(self, phase: str) -> tuple[str, float] | None:
@@ -283,7 +314,8 @@ class Runtime:
             while True:
                 started = time.monotonic()
                 try:
-                    async with session.get(self.engine.url + "/health") as r:
+                    async with session.get(self.engine.url + "/health",
+                                           headers={TOKEN_HEADER: self.guard_token}) as r:
                         ok = r.status == 200
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
@@ -374,13 +406,13 @@ class Runtime:
         # 3. engine
         state.set_phase("engine-starting")
         self._load_started = time.monotonic()
-        port = cfg.engine_port or free_port()
-        self.engine = Engine(engine_command(cfg, model_dir, port), engine_env(cfg), port)
+        self.engine = Engine(engine_command(cfg, model_dir),
+                             engine_env(cfg, guard_dir=self.guard_dir, guard_token=self.guard_token),
+                             cfg.port, host=cfg.host, headers={TOKEN_HEADER: self.guard_token})
         try:
             await self.engine.start()
         except OSError as e:
             return self.fail(f"engine could not be started: {e.strerror or e}: {self.engine.cmd[0]}", EXIT_ENGINE)
-        await self.proxy.open(self.engine.url)
         try:
             waited = await self._until_drain(self.engine.wait_healthy())
         except EngineExited as e:
@@ -402,6 +434,7 @@ class Runtime:
                 lora_enabled=cfg.lora_enabled,
                 poll_interval=cfg.adapters_poll_interval,
                 api_key=cfg.api_key,
+                headers={TOKEN_HEADER: self.guard_token},
             )
             if not cfg.lora_enabled:
                 log.warning("--adapters-file given but no --enable-lora in the engine arguments: adapters will fail")
@@ -443,14 +476,19 @@ class Runtime:
         state.set_phase("draining")
         self._watch_stop.set()
         t = time.monotonic()
-        idle = asyncio.create_task(state.idle_event().wait())
-        force = asyncio.create_task(self._force.wait())
-        done, _ = await asyncio.wait({idle, force}, timeout=cfg.drain_timeout, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
-        force.cancel()
-        if state.inflight:
+        inflight: int | None = None
+        # new requests get 503 from the guard already; wait for the ones in flight (streams included) to finish
+        while time.monotonic() - t < cfg.drain_timeout and not self._force.is_set():
+            inflight = await self._engine_inflight()
+            if inflight == 0 or self.engine.returncode is not None:
+                break
+            try:
+                await asyncio.wait_for(self._force.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        if inflight:
             log.warning("%d request(s) still in flight after %.1fs; stopping the engine anyway",
-                        state.inflight, time.monotonic() - t)
+                        inflight, time.monotonic() - t)
         else:
             log.info("drained in %.2fs", time.monotonic() - t)
         state.metrics.phase_seconds.labels(phase="drain").set(time.monotonic() - t)
@@ -460,7 +498,7 @@ class Runtime:
 
 def run(cfg: RuntimeConfig) -> int:
     try:
-        import uvloop  # vLLM depends on it; it roughly halves the proxy's CPU per streamed event
+        import uvloop  # vLLM depends on it
     except ImportError:
         uvloop = None
     try:

@@ -1,11 +1,11 @@
-"""Shared runtime state: what /healthz and /readyz report and what the proxy consults on every request."""
+"""Shared runtime state: what /healthz and /readyz report, mirrored to the engine's guard (guard.py) on every
+change."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .metrics import RuntimeMetrics
 
@@ -22,9 +22,8 @@ class RuntimeState:
     engine_exited: int | None = None  # the engine's exit code once it has exited
     draining: bool = False
     failure: str | None = None
-    inflight: int = 0
     started_at: float = field(default_factory=time.time)
-    _idle: asyncio.Event | None = None
+    on_publish: Callable[[], None] | None = None  # called after every change (keeps the guard's marker in sync)
 
     @property
     def ready(self) -> bool:
@@ -58,22 +57,5 @@ class RuntimeState:
         m.ready.set(1 if self.ready else 0)
         m.draining.set(1 if self.draining else 0)
         m.verified.set(1 if self.verified else 0)
-
-    # in-flight accounting for the drain
-    def idle_event(self) -> asyncio.Event:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-            if self.inflight == 0:
-                self._idle.set()
-        return self._idle
-
-    def request_started(self) -> None:
-        self.inflight += 1
-        self.metrics.inflight.set(self.inflight)
-        self.idle_event().clear()
-
-    def request_finished(self) -> None:
-        self.inflight -= 1
-        self.metrics.inflight.set(self.inflight)
-        if self.inflight == 0:
-            self.idle_event().set()
+        if self.on_publish is not None:
+            self.on_publish()

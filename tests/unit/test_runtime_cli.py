@@ -95,12 +95,16 @@ def test_engine_flag_allow_list_is_enforced_by_the_runtime_too(tmp_path):
 
 def test_engine_command_and_env():
     cfg = parse_args(RENDERED)
-    cmd = engine_command(cfg, Path("/var/cache/llmos/models/x"), 41000)
+    cmd = engine_command(cfg, Path("/var/cache/llmos/models/x"))
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[3:9] == ["--tensor-parallel-size", "1", "--max-model-len", "256", "--enable-lora", "--max-loras"]
-    assert cmd[-8:] == ["--model", "/var/cache/llmos/models/x", "--served-model-name", "support-bot",
-                        "--host", "127.0.0.1", "--port", "41000"]
-    env = engine_env(cfg, {"PATH": "/bin", "HF_HUB_OFFLINE": "0"})
+    # vLLM serves the pod's API port itself, behind the runtime's guard middleware (inference API only)
+    assert cmd[-10:] == ["--model", "/var/cache/llmos/models/x", "--served-model-name", "support-bot",
+                         "--host", "0.0.0.0", "--port", "8000", "--middleware", "llmos_runtime.guard.InferenceOnly"]
+    env = engine_env(cfg, {"PATH": "/bin", "HF_HUB_OFFLINE": "0", "LLMOS_GUARD_TOKEN": "from-the-pod"},
+                     guard_dir=Path("/tmp/g"), guard_token="t")
+    assert env["LLMOS_GUARD_TOKEN"] == "t" and env["LLMOS_GUARD_DIR"] == "/tmp/g"
+    assert "LLMOS_GUARD_TOKEN" not in engine_env(cfg, {"LLMOS_GUARD_TOKEN": "from-the-pod"})
     assert env["HF_HUB_OFFLINE"] == "1"  # the engine never fetches anything: the weights are local and verified
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PATH"] == "/bin"
     no_adapters = parse_args(["serve", "--source", "file:///m", "--served-name", "m"])

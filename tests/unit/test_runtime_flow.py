@@ -50,10 +50,11 @@ def fake_engine(monkeypatch):
     """Replace vLLM by tests/support/fake_engine.py; records the commands the runtime would have run."""
     calls = []
 
-    def command(cfg, model_dir, port, python=None):
-        calls.append((model_dir, port))
-        return [sys.executable, FAKE_ENGINE, *cfg.engine_args, "--served-model-name", cfg.served_name,
-                "--port", str(port)]
+    real = server_mod.engine_command
+
+    def command(cfg, model_dir, python=None):
+        calls.append((model_dir, cfg.port))
+        return [sys.executable, FAKE_ENGINE, *real(cfg, model_dir)[3:]]  # the real arguments, guard included
 
     monkeypatch.setattr(server_mod, "engine_command", command)
     return calls
@@ -234,8 +235,8 @@ def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fak
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
             await wait_for(lambda: _is(s, health + "/healthz", 200))
-            async with s.post(api + "/v1/completions", json={"model": "tiny"}) as r:
-                assert r.status == 503 and "X-LLMOS-Draining" not in r.headers
+            # before ready the API port is closed (the engine is loading) or answers 503 (the guard), never 200
+            assert await status(s, api + "/v1/models") in (None, 503)
             await wait_for(lambda: _is(s, health + "/readyz", 200))
 
             async def answers(name):
