@@ -70,10 +70,11 @@ def changes(before: Snapshot, after: Snapshot) -> str | None:
     return None
 
 
-def private_copy(src: Path, dest: Path, chunk: int = 8 << 20) -> Path:
+def private_copy(src: Path, dest: Path, chunk: int = 8 << 20, exclude: frozenset[str] = frozenset()) -> Path:
     """Copy the model directory ``src`` into ``dest`` (replaced if present). Regular files and directories are
     copied; a symlink is copied as a symlink (verification refuses it, as it would in place); other file types are
-    refused. Returns ``dest``."""
+    refused; ``exclude`` (paths relative to ``src``, e.g. the signature file kept beside the weights) is left out.
+    Returns ``dest``."""
     if dest.exists():
         shutil.rmtree(dest)
     tmp = dest.with_name(dest.name + ".partial")
@@ -92,6 +93,8 @@ def private_copy(src: Path, dest: Path, chunk: int = 8 << 20) -> Path:
                 (target_dir / d).mkdir()
         for f in filenames:
             p = os.path.join(dirpath, f)
+            if os.path.normpath(os.path.join(rel, f)) in exclude:
+                continue
             st = os.lstat(p)
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(p), target_dir / f)

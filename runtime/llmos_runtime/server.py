@@ -348,7 +348,12 @@ class Runtime:
             started = time.monotonic()
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                private_copy(local, dest)
+                exclude: frozenset[str] = frozenset()
+                if cfg.signature is not None:  # a signature kept inside the model directory is not a model file
+                    sig = resolve_once(cfg.signature)
+                    if sig.is_relative_to(local):
+                        exclude = frozenset({os.path.normpath(sig.relative_to(local))})
+                private_copy(local, dest, exclude=exclude)
             except OSError as e:
                 raise SourceError(f"cannot copy {local} into pod-private storage {dest}: {e.strerror or e}") from e
             log.info("copied %s into pod-private %s in %.1fs (--verify-mode copy)", local, dest,

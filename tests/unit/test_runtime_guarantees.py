@@ -108,9 +108,7 @@ def test_verify_copy_serves_a_private_copy(tmp_path, keys, fake_engine):
     priv, pub = keys
     shared = signed_dir(tmp_path / "shared", FILES, priv)
     cfg = make_cfg(tmp_path, shared, pub, engine_args=["--startup-delay", "1"], verify_mode="copy")
-    cfg.signature = tmp_path / "model.sig"
-    (shared / "model.sig").rename(cfg.signature)
-    rt = Runtime(cfg)
+    rt = Runtime(cfg)  # the signature lives inside the shared directory: it is not copied as a model file
     _, health = _urls(cfg)
 
     async def scenario():
