@@ -32,7 +32,7 @@ from .integrity import IntegrityError, Snapshot, changes, private_copy, resolve_
 from .guard import DRAINING_MARKER, INFLIGHT_PATH, SERVING_MARKER, TOKEN_HEADER
 from .report import PodReporter
 from .resources import apply_hash_threads, cpu_threads
-from .sources import LOCAL_SCHEMES, SourceError, cache_key, parse_source, resolve_source
+from .sources import LOCAL_SCHEMES, SourceError, cache_key, parse_source, resolve_source, resolve_source_verified
 from .state import RuntimeState
 from .verify import TrustError, load_trusted_keys, verify_dir
 
@@ -338,11 +338,23 @@ class Runtime:
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     # ---- the model's bytes --------------------------------------------------------------------------------------
-    def _fetch_model(self) -> Path:
-        """Resolve (and, for remote sources, download) the model; returns its real path, resolved once."""
+    def _fetch_model(self) -> tuple[Path, dict[str, Any] | None]:
+        """Resolve (and, for remote sources, download) the model; returns its real path, resolved once, and the
+        verification summary when the download itself was verified (remote + signature: one pass)."""
         cfg = self.cfg
-        local = resolve_once(resolve_source(cfg.source, revision=cfg.revision, cache_dir=cfg.cache_dir,
-                                            pvc_root=cfg.pvc_root))
+        signed = None
+        if cfg.signature is not None and parse_source(cfg.source).scheme not in LOCAL_SCHEMES:
+            # the bundle first: then exactly the signed files are fetched, and verified while they are written
+            from llmos_signing import verify_bundle
+
+            try:
+                bundle = cfg.signature.read_bytes()
+            except OSError as e:
+                raise TrustError(f"cannot read signature {cfg.signature}: {e.strerror or e}") from e
+            signed = verify_bundle(bundle, self.trusted_keys)
+        local, verified = resolve_source_verified(cfg.source, revision=cfg.revision, cache_dir=cfg.cache_dir,
+                                                  pvc_root=cfg.pvc_root, signed=signed)
+        local = resolve_once(local)
         if cfg.verify_mode == "copy" and parse_source(cfg.source).scheme in LOCAL_SCHEMES:
             dest = cfg.cache_dir / "private" / cache_key(parse_source(cfg.source, cfg.revision))
             started = time.monotonic()
@@ -358,8 +370,8 @@ class Runtime:
                 raise SourceError(f"cannot copy {local} into pod-private storage {dest}: {e.strerror or e}") from e
             log.info("copied %s into pod-private %s in %.1fs (--verify-mode copy)", local, dest,
                      time.monotonic() - started)
-            return resolve_once(dest)
-        return local
+            return resolve_once(dest), None
+        return local, verified
 
     def _verify_model(self, model_dir: Path) -> tuple[dict[str, Any], Snapshot]:
         """Snapshot, verify, snapshot again: the hashed files are the files that are there now."""
@@ -381,10 +393,10 @@ class Runtime:
         t = time.monotonic()
         try:
             self.trusted_keys = load_trusted_keys(cfg.trusted_keys)
-            model_dir = await self._until_drain(in_thread(self._fetch_model))
+            model_dir, fetched_verified = await self._until_drain(in_thread(self._fetch_model))
         except SourceError as e:
             return self.fail(f"model source failed: {e}", EXIT_SOURCE)
-        except (IntegrityError, TrustError) as e:
+        except (IntegrityError, TrustError, VerificationError) as e:
             return self.fail(f"model verification failed: {e}", EXIT_VERIFY)
         except OSError as e:  # e.g. the cache directory is not writable
             return self.fail(f"model source failed: {e.strerror or e}: {e.filename or cfg.cache_dir}", EXIT_SOURCE)
@@ -397,6 +409,11 @@ class Runtime:
         if cfg.signature is None:
             log.warning("no --signature: the model is served unverified (signature policy Disabled)")
             state.verification = {"policy": "Disabled"}
+        elif fetched_verified is not None:
+            # verified while it was downloaded into pod-private storage: what is there now is what was hashed
+            state.verification = fetched_verified
+            verified_files = await in_thread(snapshot, model_dir)
+            log.info("verified %s while fetching: %s", model_dir, fetched_verified)
         else:
             try:
                 state.verification, verified_files = await self._until_drain(

@@ -160,6 +160,49 @@ def test_a_download_that_fails_verification_is_not_cached(tmp_path, keys, fake_e
     assert asyncio.run(scenario()) == 0
 
 
+class _ObjectStore(_Fetcher):
+    opened: list[str] = []
+
+    def open_object(self, source, rel):
+        import io
+
+        _ObjectStore.opened.append(rel)
+        return io.BytesIO(_Fetcher.content[rel])
+
+
+def test_a_signed_remote_model_is_fetched_and_verified_in_one_pass(tmp_path, keys, fake_engine, monkeypatch):
+    priv, pub = keys
+    signed = signed_dir(tmp_path / "signed", FILES, priv)
+    monkeypatch.setattr(sources_mod, "DEFAULT_FETCHERS", {"s3": _ObjectStore})
+    _Fetcher.content = {**FILES, "model.safetensors": b"w" * 100}  # half uploaded
+    cfg = make_cfg(tmp_path, signed, pub)
+    cfg.source = "s3://bucket/model"
+    assert asyncio.run(Runtime(cfg).main()) == 4
+    assert "hash mismatch: model.safetensors" in _termination(tmp_path)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+    _Fetcher.content = FILES
+    _ObjectStore.opened = []
+    cfg2 = make_cfg(tmp_path, signed, pub)
+    cfg2.source = "s3://bucket/model"
+    rt = Runtime(cfg2)
+    _, health = _urls(cfg2)
+
+    async def scenario():
+        main = asyncio.create_task(rt.main())
+        async with aiohttp.ClientSession() as s:
+            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            async with s.get(health + "/readyz") as r:
+                verification = (await r.json())["verification"]
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(main, 30)
+        return verification
+
+    verification = asyncio.run(scenario())
+    assert verification["verified_while_fetching"] is True and verification["file_count"] == 2
+    assert sorted(_ObjectStore.opened) == ["config.json", "model.safetensors"]
+
+
 def test_a_phase_past_its_budget_fails_healthz_and_exits_6(tmp_path, keys, fake_engine):
     priv, pub = keys
     model = signed_dir(tmp_path / "model", FILES, priv)
