@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8 << 20
 DEFAULT_PARALLEL = 8  # concurrent object downloads (network-bound; hashing runs in the same threads)
 
 
@@ -83,14 +82,40 @@ def expected_digests(signed) -> dict[str, dict[str, bytes]]:
     return out
 
 
-# (relative file name) -> a readable binary stream of the object's bytes
-Opener = Callable[[str], BinaryIO]
+class _Aborted(Exception):
+    pass
 
 
-def fetch_signed(files: Iterable[str], dest: Path, signed, open_object: Opener, *,
+class HashingSink:
+    """A write-only, non-seekable file object: what is written goes to the file and through the hasher, in order.
+    (Non-seekable on purpose: boto3's managed download then writes ranged parts in order.)"""
+
+    def __init__(self, out: BinaryIO, hasher: StreamHasher, on_bytes: Callable[[int], None], abort: threading.Event):
+        self.out, self.hasher, self.on_bytes, self.abort = out, hasher, on_bytes, abort
+
+    def write(self, data) -> int:
+        if self.abort.is_set():
+            raise _Aborted()
+        self.out.write(data)
+        self.hasher.update(data)
+        self.on_bytes(len(data))
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
+# (relative file name, sink) -> writes the object's bytes, in order, into the sink
+Downloader = Callable[[str, HashingSink], None]
+
+
+def fetch_signed(files: Iterable[str], dest: Path, signed, download: Downloader, *,
                  parallel: int = DEFAULT_PARALLEL, progress: Callable[[int], None] | None = None) -> int:
-    """Download every file the manifest lists into ``dest`` with ``open_object``, verifying each as it is written.
-    Returns the bytes fetched. Raises VerificationError (HashMismatch, MissingFile) or the opener's error."""
+    """Download every file the manifest lists into ``dest`` with ``download``, verifying each as it is written.
+    Returns the bytes fetched. Raises VerificationError (HashMismatch, MissingFile) or the downloader's error."""
     from llmos_signing import VerificationError
 
     from .sources import _safe_target
@@ -100,20 +125,20 @@ def fetch_signed(files: Iterable[str], dest: Path, signed, open_object: Opener, 
     lock = threading.Lock()
     abort = threading.Event()
 
+    def count(n: int) -> None:
+        with lock:
+            total[0] += n
+        if progress is not None:
+            progress(n)
+
     def one(rel: str) -> None:
         target = _safe_target(dest, rel)
         hasher = StreamHasher(rel, signed.method, signed.hash_type, signed.shard_size)
-        with open_object(rel) as src, open(target, "wb") as out:
-            while not abort.is_set():
-                chunk = src.read(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                hasher.update(chunk)
-                with lock:
-                    total[0] += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+        with open(target, "wb") as out:
+            try:
+                download(rel, HashingSink(out, hasher, count, abort))
+            except _Aborted:
+                return
         if abort.is_set():
             return
         got = hasher.finish()

@@ -9,7 +9,6 @@ A completed download is reused on the next start (and verified again like any ot
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -20,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -131,10 +130,10 @@ class S3Fetcher:
         _parallel(lambda key: client.download_file(source.location, key,
                                                    str(_safe_target(dest, key[len(prefix):]))), keys)
 
-    def open_object(self, source: Source, rel: str) -> BinaryIO:
-        """The object ``rel`` under the source's prefix as a stream (for fetch-and-verify in one pass)."""
-        body = self.client().get_object(Bucket=source.location, Key=_prefix(source) + rel)["Body"]
-        return contextlib.closing(body)  # type: ignore[return-value]
+    def download_into(self, source: Source, rel: str, sink: Any) -> None:
+        """Write the object ``rel`` under the source's prefix into ``sink`` in order (fetch-and-verify in one
+        pass). boto3's managed transfer: large objects come as several ranged GETs at once."""
+        self.client().download_fileobj(source.location, _prefix(source) + rel, sink)
 
 
 class GCSFetcher:
@@ -158,8 +157,8 @@ class GCSFetcher:
             raise SourceError(f"no objects under {source.uri}")
         _parallel(lambda blob: blob.download_to_filename(str(_safe_target(dest, blob.name[len(prefix):]))), blobs)
 
-    def open_object(self, source: Source, rel: str) -> BinaryIO:
-        return self.client().bucket(source.location).blob(_prefix(source) + rel).open("rb")
+    def download_into(self, source: Source, rel: str, sink: Any) -> None:
+        self.client().bucket(source.location).blob(_prefix(source) + rel).download_to_file(sink)
 
 
 class HFFetcher:
@@ -268,12 +267,13 @@ def resolve_source_verified(
         started = time.monotonic()
         fetcher = factory()
         try:
-            if signed is not None and hasattr(fetcher, "open_object"):
+            if signed is not None and hasattr(fetcher, "download_into"):
                 from .fetch import fetch_signed, summary
 
                 log.info("downloading and verifying the %d signed files of %s into %s", signed.file_count,
                          source.uri, tmp)
-                total = fetch_signed(signed.files(), tmp, signed, lambda rel: fetcher.open_object(source, rel))
+                total = fetch_signed(signed.files(), tmp, signed,
+                                     lambda rel, sink: fetcher.download_into(source, rel, sink))
                 verified = summary(signed, time.monotonic() - started, total)
             else:
                 if signed is not None and isinstance(fetcher, HFFetcher):
