@@ -76,6 +76,15 @@ def _metric(rp: RuntimeProcess, name: str) -> float:
     return sum(values)
 
 
+def _override_one_weight(checkpoint: Path, dest: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(checkpoint)
+    name = sorted(tensors)[-1]
+    save_file({name: np.zeros_like(tensors[name])}, str(dest), metadata={"format": "pt"})
+
+
 @pytest.fixture(scope="module")
 def served(test_models: TestModels, launcher: Launcher, tmp_path_factory):
     root = tmp_path_factory.mktemp("symlinked")
@@ -191,8 +200,8 @@ def test_changed_files_are_refused_and_copy_mode_serves_the_copy(test_models: Te
     copy = launcher.start("copy", source=f"file://{shared}", signature=shared / "model.sig",
                           extra=["--verify-mode", "copy"], **common)
     _wait_phase(in_place, "engine-starting")
-    # a single-file checkpoint: vLLM would pick up any *.safetensors beside it
-    (added / "model-00002-of-00002.safetensors").write_bytes(b"unsigned")
+    # a single-file checkpoint: vLLM loads any *.safetensors beside it; this one overrides a weight with zeros
+    _override_one_weight(added / "model.safetensors", added / "model-00002-of-00002.safetensors")
     _wait_phase(copy, "engine-starting")
     (shared / "extra.safetensors").write_bytes(b"another writer")  # the shared volume changes under the pod
 
