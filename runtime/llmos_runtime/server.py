@@ -97,7 +97,7 @@ class Runtime:
         # The guard in the engine (guard.py) trusts calls carrying this token, and serves the public API only while
         # the marker file `serving` exists in guard_dir (kept in sync with state.ready by _sync_guard).
         self.guard_token = secrets.token_urlsafe(32)
-        self.guard_dir = Path(tempfile.mkdtemp(prefix="llmos-guard-"))
+        self.guard_dir: Path | None = None  # created by main()
         self.state.on_publish = self._sync_guard
         self.health = HealthServer(
             self.state,
@@ -116,6 +116,8 @@ class Runtime:
 
     def _sync_guard(self) -> None:
         """The engine's guard serves requests only while the replica is ready (one marker file)."""
+        if self.guard_dir is None:
+            return
         serving, draining = self.guard_dir / SERVING_MARKER, self.guard_dir / DRAINING_MARKER
         try:
             if self.state.draining:
@@ -242,6 +244,11 @@ class Runtime:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             try:
+                self.guard_dir = Path(tempfile.mkdtemp(prefix="llmos-guard-"))
+            except OSError as e:
+                return self.fail(f"cannot create the guard's directory in {tempfile.gettempdir()}: "
+                                 f"{e.strerror or e}", EXIT_FAILURE)
+            try:
                 await self._listen(self.health.app(), self.cfg.health_port)
             except OSError as e:
                 return self.fail(f"cannot listen on {self.cfg.host}: {e}", EXIT_FAILURE)
@@ -256,7 +263,8 @@ class Runtime:
                 await self.adapters.close()
             await self._close_servers()
             self.state.set_phase("stopped" if self.state.failure is None else "failed")
-            shutil.rmtree(self.guard_dir, ignore_errors=True)
+            if self.guard_dir is not None:
+                shutil.rmtree(self.guard_dir, ignore_errors=True)
 
     # ---- budgets and health -----------------------------------------------------------------------------------
     def _budget(self, phase: str) -> tuple[str, float] | None:
@@ -428,6 +436,7 @@ class Runtime:
         # 3. engine
         state.set_phase("engine-starting")
         self._load_started = time.monotonic()
+        assert self.guard_dir is not None
         self.engine = Engine(engine_command(cfg, model_dir),
                              engine_env(cfg, guard_dir=self.guard_dir, guard_token=self.guard_token),
                              cfg.port, host=cfg.host, headers={TOKEN_HEADER: self.guard_token})
