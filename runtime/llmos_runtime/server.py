@@ -208,11 +208,17 @@ class Runtime:
         path = resolve_once(path)
         if spec.signature is None:
             return path, None
+        def verify() -> dict[str, Any]:
+            before = snapshot(path)
+            summary = verify_dir(path, spec.signature, self.trusted_keys, what=f"adapter {spec.name}")
+            problem = changes(before, snapshot(path))  # the hashed files are the files that are there now
+            if problem:
+                raise IntegrityError(problem)
+            return summary
+
         try:
-            summary = await in_thread(
-                lambda: verify_dir(path, spec.signature, self.trusted_keys, what=f"adapter {spec.name}")
-            )
-        except (VerificationError, TrustError) as e:
+            summary = await in_thread(verify)
+        except (VerificationError, TrustError, IntegrityError) as e:
             self._evict_if_cached(path)
             raise AdapterVerificationError(f"verification failed: {e}") from e
         return path, summary
