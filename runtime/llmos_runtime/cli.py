@@ -70,8 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    "inodes and mtimes are checked again before ready) or copy them into pod-private storage while "
                    "verifying and serve the copy (copy: for volumes other writers can change)")
     s.add_argument("--allow-engine-flag", action="append", default=[], dest="allowed_engine_flags", metavar="FLAG",
-                   help="allow this vLLM flag beyond the default allow-list, spelled --allow-engine-flag=--FLAG "
-                   "(repeatable; set by the operator)")
+                   help="allow this vLLM flag beyond the default allow-list (repeatable; set by the operator)")
     s.add_argument("--allow-remote-code", action="store_true", help="allow --trust-remote-code")
     s.add_argument("--fetch-budget", type=float, default=C.DEFAULT_FETCH_BUDGET,
                    help="seconds the fetch phase may take before /healthz fails (default %(default)s)")
@@ -95,6 +94,17 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
     if "--" in argv:  # everything after the first `--` belongs to vLLM, untouched
         i = argv.index("--")
         argv, engine_args = argv[:i], argv[i + 1 :]
+    # `--allow-engine-flag --api-key`: the value starts with '-', which argparse would take for an option
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--allow-engine-flag" and i + 1 < len(argv):
+            joined.append(f"--allow-engine-flag={argv[i + 1]}")
+            i += 2
+            continue
+        joined.append(argv[i])
+        i += 1
+    argv = joined
     parser = _parser()
     ns = parser.parse_args(argv)
     if ns.engine_args:

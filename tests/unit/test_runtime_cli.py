@@ -86,7 +86,7 @@ def test_engine_flag_allow_list_is_enforced_by_the_runtime_too(tmp_path):
     assert main([*base, "--termination-log", str(log), "--", "--ssl-certfile=/c"]) == 2
     assert "TLS belongs to the service mesh" in log.read_text()
     # the platform extends the list; remote code only with --allow-remote-code; '_' spellings are the same flag
-    cfg = parse_args([*base, "--allow-engine-flag=--api-key", "--allow-remote-code", "--",
+    cfg = parse_args([*base, "--allow-engine-flag", "--api-key", "--allow-remote-code", "--",
                       "--api_key", "s3cret", "--trust-remote-code", "--enable_lora", "--max_loras=2"])
     assert cfg.lora_enabled and cfg.api_key == "s3cret"
     assert parse_args([*base, "--", "--enable-lora=true"]).lora_enabled
