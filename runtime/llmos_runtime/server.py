@@ -113,6 +113,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._report_dirty: asyncio.Event | None = None
         self._load_started: float | None = None
+        self._drain_signal = "SIGTERM"
 
     def _sync_guard(self) -> None:
         """The engine's guard serves requests only while the replica is ready (one marker file)."""
@@ -157,7 +158,7 @@ class Runtime:
                 log.warning("second interrupt: stopping without waiting for in-flight requests")
                 self._force.set()
             return
-        log.info("%s: draining (not ready; new requests refused; in-flight ones finish)", signal.Signals(signum).name)
+        self._drain_signal = signal.Signals(signum).name  # logged with the in-flight count once the guard answers
         self.state.draining = True
         self.state.publish()
         self._drain.set()
@@ -515,8 +516,13 @@ class Runtime:
         t = time.monotonic()
         inflight: int | None = None
         # new requests get 503 from the guard already; wait for the ones in flight (streams included) to finish
+        first = True
         while time.monotonic() - t < cfg.drain_timeout and not self._force.is_set():
             inflight = await self._engine_inflight()
+            if first:
+                log.info("%s: draining (not ready; new requests refused; %s in flight)", self._drain_signal,
+                         "?" if inflight is None else inflight)
+                first = False
             if inflight == 0 or self.engine.returncode is not None:
                 break
             try:

@@ -94,7 +94,7 @@ async def status(session: aiohttp.ClientSession, url: str) -> int | None:
         return None
 
 
-def test_serve_adapters_and_drain(tmp_path, keys, fake_engine):
+def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
     priv, pub = keys
     model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 4096}, priv)
     good = signed_dir(tmp_path / "lora-good", {"adapter_config.json": b"{}", "a.safetensors": b"a" * 64}, priv)
@@ -154,9 +154,11 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine):
             code = await asyncio.wait_for(main, 30)
         return code
 
+    caplog.set_level("INFO", logger="llmos_runtime")
     assert asyncio.run(scenario()) == 0
     assert rt.engine is not None and rt.engine.returncode is not None
     assert not (tmp_path / "termination-log").exists()
+    assert "SIGTERM: draining (not ready; new requests refused; 1 in flight)" in caplog.text  # the guard's count
 
 
 async def _is(s, url, code):
