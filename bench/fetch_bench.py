@@ -140,7 +140,7 @@ def main() -> int:
           f"best of {args.rounds}")
     print(f"{'':44}{'seconds':>9}{'MiB/s':>9}{'x before':>10}")
     rows = [("fetch one at a time, then verify (before)", "before"),
-            ("fetch 8 at a time, then verify", "parallel"),
+            ("fetch in parallel, then verify", "parallel"),
             ("fetch + verify in one pass (runtime)", "one pass")]
     for label, key in rows:
         print(f"{label:44}{best[key]:9.2f}{mib / best[key]:9.0f}{best[key] / best['before']:10.2f}")

@@ -11,7 +11,7 @@ client process opens N concurrent streaming /v1/completions against each, altern
 
 Goal (issue 10): p99 TTFB within 10 % of direct and events/s >= 90 % of direct, in the same run.
 
-    .venv/bin/python bench/proxy_bench.py [--streams 400] [--tokens 80] [--step 0.025] [--rounds 2]
+    .venv/bin/python bench/proxy_bench.py [--streams 400] [--tokens 80] [--step 0.025] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=400)
     p.add_argument("--tokens", type=int, default=80, help="SSE events per stream")
     p.add_argument("--step", type=float, default=0.025, help="seconds between two events of one stream")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of (direct, proxy), alternating")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of (direct, via runtime), the order alternating")
     args = p.parse_args()
 
     engine_port, proxy_port = free_port(), free_port()
@@ -144,11 +144,12 @@ def main() -> int:
         # warm-up (imports, connection pools)
         _round(f"http://127.0.0.1:{proxy_port}", 20, 4, [engine.pid, proxy.pid])
         _round(f"http://127.0.0.1:{engine_port}", 20, 4, [engine.pid, proxy.pid])
-        for _ in range(args.rounds):
-            runs["direct"].append(_round(f"http://127.0.0.1:{engine_port}", args.streams, args.tokens,
+        for i in range(args.rounds):
+            # alternate which goes first: on a shared machine the load drifts between the two halves of a round
+            order = [("direct", engine_port), ("proxy", proxy_port)]
+            for name, port in order if i % 2 == 0 else order[::-1]:
+                runs[name].append(_round(f"http://127.0.0.1:{port}", args.streams, args.tokens,
                                          [engine.pid, proxy.pid]))
-            runs["proxy"].append(_round(f"http://127.0.0.1:{proxy_port}", args.streams, args.tokens,
-                                        [engine.pid, proxy.pid]))
     finally:
         for proc in (proxy, engine):
             proc.terminate()

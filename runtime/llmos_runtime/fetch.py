@@ -1,5 +1,5 @@
 """Fetch a signed remote model in one pass: the signature bundle is read first, exactly the files it lists are
-downloaded, several at once, and each file is hashed while it is written. When the last byte lands, the model is
+downloaded, several at once (resources.fetch_parallelism), and each file is hashed while it is written. When the last byte lands, the model is
 verified: there is no second pass over the bytes (a fetch-then-verify start reads every byte twice, and the second
 read of a model larger than the page cache comes from disk).
 
@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARALLEL = 8  # concurrent object downloads (network-bound; hashing runs in the same threads)
 
 
 def new_hasher(hash_type: str):
@@ -113,7 +112,7 @@ Downloader = Callable[[str, HashingSink], None]
 
 
 def fetch_signed(files: Iterable[str], dest: Path, signed, download: Downloader, *,
-                 parallel: int = DEFAULT_PARALLEL, progress: Callable[[int], None] | None = None) -> int:
+                 parallel: int | None = None, progress: Callable[[int], None] | None = None) -> int:
     """Download every file the manifest lists into ``dest`` with ``download``, verifying each as it is written.
     Returns the bytes fetched. Raises VerificationError (HashMismatch, MissingFile) or the downloader's error."""
     from llmos_signing import VerificationError
@@ -153,7 +152,9 @@ def fetch_signed(files: Iterable[str], dest: Path, signed, download: Downloader,
     missing = [f for f in expected if f not in names]
     if missing:
         raise VerificationError("MissingFile", f"missing file: {sorted(missing)[0]}", sorted(missing)[0])
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="llmos-fetch") as pool:
+    from .resources import fetch_parallelism
+
+    with ThreadPoolExecutor(max_workers=parallel or fetch_parallelism(), thread_name_prefix="llmos-fetch") as pool:
         # largest first would need sizes; the manifest order is the signing order (usually config, then shards)
         futures = [pool.submit(one, rel) for rel in names]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)

@@ -56,3 +56,13 @@ def apply_hash_threads(threads: int) -> None:
 
     hashing.cores = lambda: threads  # type: ignore[assignment]
     log.info("hashing with %d thread(s) (container CPU limit)", threads)
+
+
+def fetch_parallelism(env: dict[str, str] | None = None) -> int:
+    """Objects downloaded at once: downloads wait on the network, so twice the CPU limit, between 2 and 8 (more
+    only thrashes a small container; ``LLMOS_FETCH_PARALLEL`` overrides)."""
+    env = os.environ if env is None else env
+    override = env.get("LLMOS_FETCH_PARALLEL", "").strip()
+    if override.isdigit() and int(override) > 0:
+        return int(override)
+    return max(2, min(8, 2 * cpu_threads(env=env)))

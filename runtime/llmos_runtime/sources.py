@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 REMOTE_SCHEMES = ("s3", "gs", "hf")
 LOCAL_SCHEMES = ("file", "pvc")
 STALE_TMP_SECONDS = 6 * 3600
-DEFAULT_PARALLEL = 8  # objects downloaded at once
 
 
 class SourceError(Exception):
@@ -98,9 +97,11 @@ def _prefix(source: Source) -> str:
     return source.path.rstrip("/") + "/" if source.path else ""
 
 
-def _parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = DEFAULT_PARALLEL) -> None:
+def _parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None) -> None:
     """``fn`` over ``items`` on a few threads (downloads are network-bound); the first error is raised."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmos-fetch") as pool:
+    from .resources import fetch_parallelism
+
+    with ThreadPoolExecutor(max_workers=workers or fetch_parallelism(), thread_name_prefix="llmos-fetch") as pool:
         for future in [pool.submit(fn, item) for item in items]:
             future.result()
 
@@ -133,7 +134,11 @@ class S3Fetcher:
     def download_into(self, source: Source, rel: str, sink: Any) -> None:
         """Write the object ``rel`` under the source's prefix into ``sink`` in order (fetch-and-verify in one
         pass). boto3's managed transfer: large objects come as several ranged GETs at once."""
-        self.client().download_fileobj(source.location, _prefix(source) + rel, sink)
+        from boto3.s3.transfer import TransferConfig
+
+        # the parallelism is across files (fetch_signed); two ranged GETs per object keep a large file moving
+        self.client().download_fileobj(source.location, _prefix(source) + rel, sink,
+                                       Config=TransferConfig(max_concurrency=2))
 
 
 class GCSFetcher:
@@ -180,7 +185,9 @@ class HFFetcher:
         if download is None:
             from huggingface_hub import snapshot_download as download
         repo_id = f"{source.location}/{source.path}" if source.path else source.location
-        kwargs: dict[str, Any] = {"max_workers": DEFAULT_PARALLEL}
+        from .resources import fetch_parallelism
+
+        kwargs: dict[str, Any] = {"max_workers": fetch_parallelism()}
         if self.allow_patterns is not None:
             kwargs["allow_patterns"] = self.allow_patterns
         download(repo_id=repo_id, revision=source.revision, local_dir=str(dest), **kwargs)

@@ -202,7 +202,7 @@ class FakeS3Objects(FakeS3):
         super().__init__(objects)
         self.opened: list[str] = []
 
-    def download_fileobj(self, Bucket, Key, Fileobj):  # noqa: N803 - boto3's spelling
+    def download_fileobj(self, Bucket, Key, Fileobj, Config=None):  # noqa: N803 - boto3's spelling
         if Key not in self.objects:
             raise KeyError(f"NoSuchKey: {Key}")
         self.opened.append(Key)
