@@ -5,7 +5,13 @@ The operator writes the wanted set into a ConfigMap mounted in the pod::
     {"adapters": [{"name": "support-bot", "source": "file:///...", "signature": "support-bot.sig"}]}
 
 ``signature`` is the path of the adapter's OMS bundle (relative paths are relative to the adapters file's directory)
-or null when the Model's signature policy is Disabled. Adapters are verified with the same trusted keys as the model.
+or null when the Model's signature policy is Disabled. Adapters are verified against every key the pod trusts (all
+``--trusted-key``s: the tenant's keys, not only the model signer's), also when the model itself is not signed.
+The identity of a wanted adapter includes the sha256 of its bundle's content: a new bundle for the same URI is
+re-verified and reloaded, so replicas converge on the version the bundle names. If verification of a wanted adapter
+fails (a new bundle, or a policy tightened from Disabled to Required), the version loaded so far is unloaded: an
+adapter whose required signature does not verify is never served. Other failures (source unreachable, engine
+refusal) keep a verified previous version serving.
 Also accepted: ``source`` as the API's ``{"uri": ..., "revision": ...}`` and ``signature`` as an object with
 ``"policy": "Disabled"`` (= null) or ``"path"``; any other signature object (a ``bundleRef`` or ``uri`` the pod cannot
 read) makes that adapter fail closed, with the reason reported.
@@ -43,12 +49,27 @@ class AdapterFileError(Exception):
     pass
 
 
+class AdapterVerificationError(RuntimeError):
+    """The adapter's bytes do not verify against its bundle (or the bundle against the trusted keys)."""
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     name: str
     source: str
     signature: Path | None
     revision: str | None = None
+    # sha256 of the bundle's content when the file was read ("" if unreadable): part of the adapter's identity
+    signature_digest: str | None = None
+
+
+def _bundle_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""  # verification will report why it cannot be read
 
 
 @dataclass
@@ -138,7 +159,8 @@ def parse_adapters(raw: bytes, base_dir: Path) -> tuple[list[AdapterSpec], dict[
             if not sig_path.is_absolute():
                 sig_path = base_dir / sig_path
         specs.append(AdapterSpec(name=name, source=source, signature=sig_path,
-                                 revision=revision if isinstance(revision, str) and revision else None))
+                                 revision=revision if isinstance(revision, str) and revision else None,
+                                 signature_digest=_bundle_digest(sig_path)))
     return specs, invalid
 
 
@@ -158,6 +180,8 @@ class AdapterManager:
         lora_enabled: bool = True,
         poll_interval: float = 1.0,
         on_change: Callable[[], None] | None = None,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         self.path = path
         self.engine_url = engine_url.rstrip("/")
@@ -176,6 +200,10 @@ class AdapterManager:
         self._invalid: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        # vLLM's --api-key guards /v1/*: the runtime's own adapter calls carry it
+        self._headers = dict(headers or {})
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     # ---- reporting -------------------------------------------------------------------------------------------
     def loaded(self) -> list[str]:
@@ -208,7 +236,7 @@ class AdapterManager:
     async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, str]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
-        async with self._session.post(self.engine_url + path, json=payload) as r:
+        async with self._session.post(self.engine_url + path, json=payload, headers=self._headers) as r:
             return r.status, (await r.text())
 
     @staticmethod
@@ -241,7 +269,9 @@ class AdapterManager:
                 self.file_error = f"cannot read adapters file: {e.strerror or e}"
                 return False
             content = raw if raw is not None else b""
-            gen = hashlib.sha256(content).hexdigest()
+            # the bundles the file names are part of what is wanted: a new bundle for the same URI is a change
+            gen = hashlib.sha256(content + b"".join(
+                (s.signature_digest or "-").encode() for s in self._wanted_for(content))).hexdigest()
             now = time.time()
             wanted_names = {s.name for s in self._wanted}
             retry_due = any(f.next_retry <= now for f in self.failed.values()) or any(
@@ -272,6 +302,12 @@ class AdapterManager:
         if self.on_change is not None:
             self.on_change()
         return True
+
+    def _wanted_for(self, content: bytes) -> list[AdapterSpec]:
+        try:
+            return parse_adapters(content, self.path.parent)[0]
+        except AdapterFileError:
+            return []
 
     async def _apply(self, wanted: list[AdapterSpec]) -> None:
         wanted_by_name = {s.name: s for s in wanted}
@@ -318,7 +354,16 @@ class AdapterManager:
                 raise RuntimeError(self._engine_error(status, text))
         except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the others
             reason = (str(e) or type(e).__name__).splitlines()[0]
-            if replace:
+            prev = self.loaded_.get(spec.name)
+            if replace and prev is not None and (
+                isinstance(e, AdapterVerificationError) or (spec.signature is not None and prev.verification is None)
+            ):
+                # the wanted version requires a signature that does not verify (or the loaded one was never
+                # verified): nothing of this adapter may keep serving
+                log.error("adapter %s: verification failed, unloading the version loaded so far: %s", spec.name,
+                          reason)
+                await self._unload(spec.name)
+            elif replace:
                 log.error("adapter %s: update failed, its previous version keeps serving: %s", spec.name, reason)
             else:
                 log.error("adapter %s failed: %s", spec.name, reason)

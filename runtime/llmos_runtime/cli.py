@@ -3,7 +3,9 @@
     llmos-runtime serve --source URI [--revision REV] --served-name NAME
         [--signature PATH --trusted-key PUB.pem ...] [--adapters-file PATH] [--cache-dir DIR]
         [--port 8000] [--health-port 8081] [--drain-timeout SECONDS] [--termination-log PATH]
-        [--pvc-root DIR] -- ENGINE_ARGS...
+        [--pvc-root DIR] [--verify-mode in-place|copy] [--allow-engine-flag FLAG ...] [--allow-remote-code]
+        [--fetch-budget S] [--verify-budget S] [--load-budget S]
+        [--engine-health-interval S] [--engine-unready-after N] [--engine-dead-after M] -- ENGINE_ARGS...
 
 See docs/runtime.md.
 """
@@ -16,19 +18,33 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import RESERVED_ENGINE_FLAGS, RuntimeConfig
+from . import config as C
+from .config import VERIFY_MODES, RuntimeConfig, engine_args_problem
 
 DEFAULT_DRAIN_TIMEOUT = 100.0  # the operator renders terminationGracePeriodSeconds 120 and a 5 s preStop sleep
 
 
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command line; ``str()`` is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        # Raised, not printed-and-exited: main() writes the termination message first.
+        raise UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmos-runtime", description="llmos model runtime (runs in each model pod)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="llmos-runtime", description="llmos model runtime (runs in each model pod)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser(
         "serve",
         help="fetch, verify and serve a model with vLLM",
-        description="Fetch and verify the model, start vLLM behind the runtime's proxy, hot-load adapters, drain "
-        "on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
+        description="Fetch and verify the model, start vLLM on the API port with the runtime's guard (inference API "
+        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
     )
     s.add_argument("--source", required=True, help="file:///abs, pvc://claim/path, s3://bucket/prefix, "
                    "gs://bucket/prefix or hf://org/name")
@@ -41,15 +57,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--adapters-file", type=Path, default=None, help="adapters.json to watch (mounted ConfigMap)")
     s.add_argument("--cache-dir", type=Path, default=Path("/var/cache/llmos"), help="download cache")
     s.add_argument("--host", default="0.0.0.0", help="address the API and health ports bind to")
-    s.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port (the runtime's proxy)")
+    s.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port (vLLM's, guarded)")
     s.add_argument("--health-port", type=int, default=8081, help="/healthz, /readyz, /metrics, /adapters")
-    s.add_argument("--engine-port", type=int, default=0, help="vLLM's loopback port (0: pick a free one)")
     s.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT,
                    help="seconds in-flight requests may take to finish after SIGTERM")
     s.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
                    help="where the one-line reason of a failed start is written")
     s.add_argument("--pvc-root", type=Path, default=Path("/mnt/pvc"), help="where pvc://<claim> is mounted")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--verify-mode", choices=VERIFY_MODES, default="in-place",
+                   help="file:// and pvc:// sources: verify the files where they are (in-place; the files, sizes, "
+                   "inodes and mtimes are checked again before ready) or copy them into pod-private storage while "
+                   "verifying and serve the copy (copy: for volumes other writers can change)")
+    s.add_argument("--allow-engine-flag", action="append", default=[], dest="allowed_engine_flags", metavar="FLAG",
+                   help="allow this vLLM flag beyond the default allow-list (repeatable; set by the operator)")
+    s.add_argument("--allow-remote-code", action="store_true", help="allow --trust-remote-code")
+    s.add_argument("--fetch-budget", type=float, default=C.DEFAULT_FETCH_BUDGET,
+                   help="seconds the fetch phase may take before /healthz fails (default %(default)s)")
+    s.add_argument("--verify-budget", type=float, default=C.DEFAULT_VERIFY_BUDGET,
+                   help="seconds the verify phase may take (default %(default)s)")
+    s.add_argument("--load-budget", type=float, default=C.DEFAULT_LOAD_BUDGET,
+                   help="seconds from engine start to ready, adapters included (default %(default)s)")
+    s.add_argument("--engine-health-interval", type=float, default=C.DEFAULT_ENGINE_HEALTH_INTERVAL,
+                   help="seconds between two polls of the engine's /health once ready (default %(default)s)")
+    s.add_argument("--engine-unready-after", type=int, default=C.DEFAULT_ENGINE_UNREADY_AFTER,
+                   help="failed polls in a row after which the pod is not ready (default %(default)s)")
+    s.add_argument("--engine-dead-after", type=int, default=C.DEFAULT_ENGINE_DEAD_AFTER,
+                   help="failed polls in a row after which /healthz fails (default %(default)s)")
     s.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- then vLLM arguments")
     return p
 
@@ -60,18 +94,34 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
     if "--" in argv:  # everything after the first `--` belongs to vLLM, untouched
         i = argv.index("--")
         argv, engine_args = argv[:i], argv[i + 1 :]
+    # `--allow-engine-flag --api-key`: the value starts with '-', which argparse would take for an option
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--allow-engine-flag" and i + 1 < len(argv):
+            joined.append(f"--allow-engine-flag={argv[i + 1]}")
+            i += 2
+            continue
+        joined.append(argv[i])
+        i += 1
+    argv = joined
     parser = _parser()
     ns = parser.parse_args(argv)
     if ns.engine_args:
         parser.error(f"unexpected arguments {ns.engine_args!r}; engine arguments go after `--`")
-    for a in engine_args:
-        flag = a.split("=", 1)[0]
-        if flag in RESERVED_ENGINE_FLAGS:
-            parser.error(f"engine argument {flag} is set by the runtime; remove it")
+    problem = engine_args_problem(engine_args, allowed_extra=ns.allowed_engine_flags,
+                                  allow_remote_code=ns.allow_remote_code)
+    if problem:
+        parser.error(problem)
     if ns.signature is not None and not ns.trusted_keys:
         parser.error("--signature needs at least one --trusted-key")
     if ns.drain_timeout < 0:
         parser.error("--drain-timeout must be >= 0")
+    for name in ("fetch_budget", "verify_budget", "load_budget", "engine_health_interval"):
+        if getattr(ns, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if not 1 <= ns.engine_unready_after <= ns.engine_dead_after:
+        parser.error("need 1 <= --engine-unready-after <= --engine-dead-after")
     return RuntimeConfig(
         source=ns.source,
         revision=ns.revision,
@@ -83,17 +133,46 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         host=ns.host,
         port=ns.port,
         health_port=ns.health_port,
-        engine_port=ns.engine_port,
         drain_timeout=ns.drain_timeout,
         termination_log=ns.termination_log,
         pvc_root=ns.pvc_root,
         engine_args=engine_args,
         log_level=ns.log_level,
+        allowed_engine_flags=list(ns.allowed_engine_flags),
+        allow_remote_code=ns.allow_remote_code,
+        verify_mode=ns.verify_mode,
+        fetch_budget=ns.fetch_budget,
+        verify_budget=ns.verify_budget,
+        load_budget=ns.load_budget,
+        engine_health_interval=ns.engine_health_interval,
+        engine_unready_after=ns.engine_unready_after,
+        engine_dead_after=ns.engine_dead_after,
     )
 
 
+def _termination_log_from(argv: Sequence[str]) -> Path:
+    """--termination-log as given (even on a command line that does not parse), else the default."""
+    argv = list(argv)
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    for i, a in enumerate(argv):
+        if a == "--termination-log" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if a.startswith("--termination-log="):
+            return Path(a.split("=", 1)[1])
+    return Path("/dev/termination-log")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg = parse_args(argv)
+    except UsageError as e:
+        from .server import write_termination_log
+
+        line = f"usage error: {e}"
+        write_termination_log(_termination_log_from(argv), line)
+        print(f"llmos-runtime: {line}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     logging.basicConfig(
         level=getattr(logging, str(cfg.log_level).upper(), logging.INFO),
         format="%(asctime)s llmos-runtime %(levelname)s %(name)s: %(message)s",

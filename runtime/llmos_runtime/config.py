@@ -6,10 +6,24 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
+
+from .engine_args import DEFAULT_ALLOWED_FLAGS, has_flag, is_flag, normalise_flag, refused_args
 
 # Set by the runtime itself; an engine argument naming one of these is refused.
-RESERVED_ENGINE_FLAGS = frozenset({"--model", "--served-model-name", "--host", "--port", "--uds"})
+RESERVED_ENGINE_FLAGS = frozenset({"--model", "--served-model-name", "--host", "--port", "--uds", "--middleware"})
+GUARD_MIDDLEWARE = "llmos_runtime.guard.InferenceOnly"
+# Rendered by the operator from typed API fields (not from extraArgs): allowed on the runtime's command line too.
+OPERATOR_RENDERED_FLAGS = frozenset({"--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization"})
+VERIFY_MODES = ("in-place", "copy")
+
+# Startup phase budgets (seconds) and the engine health poll after ready; CLI options, see docs/runtime.md.
+DEFAULT_FETCH_BUDGET = 3600.0
+DEFAULT_VERIFY_BUDGET = 1800.0
+DEFAULT_LOAD_BUDGET = 1800.0
+DEFAULT_ENGINE_HEALTH_INTERVAL = 3.0
+DEFAULT_ENGINE_UNREADY_AFTER = 3  # failed polls in a row: not ready (~9 s)
+DEFAULT_ENGINE_DEAD_AFTER = 15  # failed polls in a row: not live (~45 s)
 
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -26,7 +40,6 @@ class RuntimeConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     health_port: int = 8081
-    engine_port: int = 0
     drain_timeout: float = 100.0
     termination_log: Path | None = Path("/dev/termination-log")
     pvc_root: Path = Path("/mnt/pvc")
@@ -36,14 +49,65 @@ class RuntimeConfig:
     engine_stop_timeout: float = 15.0
     # Seconds between two reads of the adapters file.
     adapters_poll_interval: float = 1.0
+    allowed_engine_flags: list[str] = field(default_factory=list)  # --allow-engine-flag, beyond the default list
+    allow_remote_code: bool = False
+    verify_mode: str = "in-place"
+    fetch_budget: float = DEFAULT_FETCH_BUDGET
+    verify_budget: float = DEFAULT_VERIFY_BUDGET
+    load_budget: float = DEFAULT_LOAD_BUDGET
+    engine_health_interval: float = DEFAULT_ENGINE_HEALTH_INTERVAL
+    engine_unready_after: int = DEFAULT_ENGINE_UNREADY_AFTER
+    engine_dead_after: int = DEFAULT_ENGINE_DEAD_AFTER
 
     @property
     def lora_enabled(self) -> bool:
-        return "--enable-lora" in self.engine_args or any(a.startswith("--enable-lora=") for a in self.engine_args)
+        return has_flag(self.engine_args, "--enable-lora")
+
+    @property
+    def api_key(self) -> str | None:
+        """The key vLLM requires on /v1 (``--api-key`` or ``VLLM_API_KEY``): the runtime's own calls send it too."""
+        return flag_value(self.engine_args, "--api-key") or os.environ.get("VLLM_API_KEY") or None
 
 
-def engine_command(cfg: RuntimeConfig, model_dir: Path, engine_port: int, python: str | None = None) -> list[str]:
-    """The vLLM command: the operator's engine args, then what the runtime owns (model, name, loopback address)."""
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` (any spelling; ``--f v`` or ``--f=v``), the last one winning like argparse."""
+    want, value = normalise_flag(flag), None
+    for i, a in enumerate(args):
+        if is_flag(a) and normalise_flag(a) == want:
+            if "=" in a:
+                value = a.split("=", 1)[1]
+            elif i + 1 < len(args) and not is_flag(args[i + 1]):
+                value = args[i + 1]
+    return value
+
+
+def engine_args_problem(args: Sequence[str], *, allowed_extra: Sequence[str] = (),
+                        allow_remote_code: bool = False) -> str | None:
+    """One line saying why the engine arguments are refused, or None. The same allow-list as the operator's
+    (engine_args.py), plus the flags the operator renders from typed fields; TLS flags are refused always."""
+    for a in args:
+        if not is_flag(a):
+            continue
+        flag = normalise_flag(a)
+        if flag in RESERVED_ENGINE_FLAGS:
+            return f"engine argument {flag} is set by the runtime; remove it"
+        if flag.startswith("--ssl-") or flag == "--enable-ssl-refresh":
+            return (f"engine argument {flag} is refused: the engine listens on loopback behind the runtime; TLS "
+                    "belongs to the service mesh or the gateway")
+    allowed = set(DEFAULT_ALLOWED_FLAGS) | OPERATOR_RENDERED_FLAGS | {normalise_flag(f) for f in allowed_extra}
+    refused = refused_args(args, allowed=allowed, allow_remote_code=allow_remote_code)
+    if refused:
+        r = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        reason = r.reason.replace("allowed flags are listed in docs/security.md",
+                                  "the platform can allow it with --allow-engine-flag")
+        return f"engine argument refused: {reason}{more}"
+    return None
+
+
+def engine_command(cfg: RuntimeConfig, model_dir: Path, python: str | None = None) -> list[str]:
+    """The vLLM command: the operator's engine args, then what the runtime owns: the verified model's real path,
+    the served name, the pod's API address, and the guard middleware (only the inference API is served)."""
     return [
         python or sys.executable,
         "-m",
@@ -54,16 +118,28 @@ def engine_command(cfg: RuntimeConfig, model_dir: Path, engine_port: int, python
         "--served-model-name",
         cfg.served_name,
         "--host",
-        "127.0.0.1",
+        cfg.host,
         "--port",
-        str(engine_port),
+        str(cfg.port),
+        "--middleware",
+        GUARD_MIDDLEWARE,
     ]
 
 
-def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None, *, guard_dir: Path | None = None,
+               guard_token: str | None = None) -> dict[str, str]:
     """The engine's environment: the pod's, plus offline mode (the weights are local and verified — the engine must
-    not fetch anything else) and runtime LoRA updates when adapters are managed."""
+    not fetch anything else), runtime LoRA updates when adapters are managed (the guard lets only the runtime's
+    token through to them) and the guard's marker directory and token."""
+    from .guard import ENV_DIR, ENV_TOKEN
+
     env = dict(os.environ if base is None else base)
+    env.pop(ENV_TOKEN, None)
+    env.pop(ENV_DIR, None)
+    if guard_dir is not None:
+        env[ENV_DIR] = str(guard_dir)
+    if guard_token is not None:
+        env[ENV_TOKEN] = guard_token
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")

@@ -77,11 +77,14 @@ def kill_same(procs: list[tuple[int, int]]) -> None:
 
 
 class Engine:
-    def __init__(self, cmd: Sequence[str], env: dict[str, str], port: int):
+    def __init__(self, cmd: Sequence[str], env: dict[str, str], port: int, *, host: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None):
         self.cmd = list(cmd)
         self.env = env
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # the runtime reaches the engine over loopback when it listens on every address
+        self.url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
+        self.headers = dict(headers or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
 
@@ -109,7 +112,7 @@ class Engine:
                 if self.proc.returncode is not None:
                     raise EngineExited(self.proc.returncode)
                 try:
-                    async with session.get(self.url + "/health") as r:
+                    async with session.get(self.url + "/health", headers=self.headers) as r:
                         if r.status == 200:
                             return time.monotonic() - self.started_at
                 except (aiohttp.ClientError, asyncio.TimeoutError):

@@ -21,10 +21,11 @@ PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class HealthServer:
     def __init__(self, state: RuntimeState, *, engine_url: Callable[[], str | None],
-                 adapters: Callable[[], "AdapterManager | None"]):
+                 adapters: Callable[[], "AdapterManager | None"], engine_headers: dict[str, str] | None = None):
         self.state = state
         self._engine_url = engine_url
         self._adapters = adapters
+        self._engine_headers = dict(engine_headers or {})  # the guard's token: /metrics is not public
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -61,7 +62,7 @@ class HealthServer:
             if self.session is None:
                 self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
             try:
-                async with self.session.get(url + "/metrics") as r:
+                async with self.session.get(url + "/metrics", headers=self._engine_headers) as r:
                     if r.status == 200:
                         engine_text = await r.read()
             except (aiohttp.ClientError, TimeoutError) as e:

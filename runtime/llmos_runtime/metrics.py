@@ -12,13 +12,6 @@ class RuntimeMetrics:
         self.ready = Gauge("llmos_runtime_ready", "1 when /readyz answers 200", registry=r)
         self.draining = Gauge("llmos_runtime_draining", "1 after SIGTERM", registry=r)
         self.verified = Gauge("llmos_runtime_model_verified", "1 when the model's signature was verified", registry=r)
-        self.inflight = Gauge("llmos_runtime_inflight_requests", "requests being proxied to the engine", registry=r)
-        self.requests = Counter(
-            "llmos_runtime_requests", "requests proxied to the engine, by status code", ["code"], registry=r
-        )
-        self.rejected = Counter(
-            "llmos_runtime_rejected_requests", "requests refused with 503, by reason", ["reason"], registry=r
-        )
         self.phase_seconds = Gauge(
             "llmos_runtime_startup_phase_seconds", "duration of each startup phase", ["phase"], registry=r
         )

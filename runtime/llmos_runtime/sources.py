@@ -18,7 +18,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,19 @@ def _safe_target(dest: Path, rel: str) -> Path:
     return target
 
 
+def _prefix(source: Source) -> str:
+    return source.path.rstrip("/") + "/" if source.path else ""
+
+
+def _parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None) -> None:
+    """``fn`` over ``items`` on a few threads (downloads are network-bound); the first error is raised."""
+    from .resources import fetch_parallelism
+
+    with ThreadPoolExecutor(max_workers=workers or fetch_parallelism(), thread_name_prefix="llmos-fetch") as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
 class S3Fetcher:
     """``s3://bucket/prefix`` with boto3 (credentials and ``AWS_ENDPOINT_URL`` from the usual environment)."""
 
@@ -107,17 +121,24 @@ class S3Fetcher:
 
     def fetch(self, source: Source, dest: Path) -> None:
         client = self.client()
-        prefix = source.path.rstrip("/") + "/" if source.path else ""
-        count = 0
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source.location, Prefix=prefix):
-            for obj in page.get("Contents", []) or []:
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue  # "directory" marker
-                client.download_file(source.location, key, str(_safe_target(dest, key[len(prefix) :])))
-                count += 1
-        if count == 0:
+        prefix = _prefix(source)
+        keys = [obj["Key"]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=source.location, Prefix=prefix)
+                for obj in page.get("Contents", []) or []
+                if not obj["Key"].endswith("/")]  # "directory" markers
+        if not keys:
             raise SourceError(f"no objects under {source.uri}")
+        _parallel(lambda key: client.download_file(source.location, key,
+                                                   str(_safe_target(dest, key[len(prefix):]))), keys)
+
+    def download_into(self, source: Source, rel: str, sink: Any) -> None:
+        """Write the object ``rel`` under the source's prefix into ``sink`` in order (fetch-and-verify in one
+        pass). boto3's managed transfer: large objects come as several ranged GETs at once."""
+        from boto3.s3.transfer import TransferConfig
+
+        # the parallelism is across files (fetch_signed); two ranged GETs per object keep a large file moving
+        self.client().download_fileobj(source.location, _prefix(source) + rel, sink,
+                                       Config=TransferConfig(max_concurrency=2))
 
 
 class GCSFetcher:
@@ -135,15 +156,14 @@ class GCSFetcher:
 
     def fetch(self, source: Source, dest: Path) -> None:
         client = self.client()
-        prefix = source.path.rstrip("/") + "/" if source.path else ""
-        count = 0
-        for blob in client.list_blobs(source.location, prefix=prefix):
-            if blob.name.endswith("/"):
-                continue
-            blob.download_to_filename(str(_safe_target(dest, blob.name[len(prefix) :])))
-            count += 1
-        if count == 0:
+        prefix = _prefix(source)
+        blobs = [b for b in client.list_blobs(source.location, prefix=prefix) if not b.name.endswith("/")]
+        if not blobs:
             raise SourceError(f"no objects under {source.uri}")
+        _parallel(lambda blob: blob.download_to_filename(str(_safe_target(dest, blob.name[len(prefix):]))), blobs)
+
+    def download_into(self, source: Source, rel: str, sink: Any) -> None:
+        self.client().bucket(source.location).blob(_prefix(source) + rel).download_to_file(sink)
 
 
 class HFFetcher:
@@ -151,6 +171,9 @@ class HFFetcher:
 
     def __init__(self, snapshot_download: Callable[..., Any] | None = None):
         self._snapshot_download = snapshot_download
+        # set by the runtime from the signature bundle: download exactly the signed files (a repository often holds
+        # more, e.g. Llama-3's original/ checkpoint, which doubles the bytes)
+        self.allow_patterns: list[str] | None = None
 
     def fetch(self, source: Source, dest: Path) -> None:
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -162,7 +185,12 @@ class HFFetcher:
         if download is None:
             from huggingface_hub import snapshot_download as download
         repo_id = f"{source.location}/{source.path}" if source.path else source.location
-        download(repo_id=repo_id, revision=source.revision, local_dir=str(dest))
+        from .resources import fetch_parallelism
+
+        kwargs: dict[str, Any] = {"max_workers": fetch_parallelism()}
+        if self.allow_patterns is not None:
+            kwargs["allow_patterns"] = self.allow_patterns
+        download(repo_id=repo_id, revision=source.revision, local_dir=str(dest), **kwargs)
         # huggingface_hub keeps download metadata in <local_dir>/.cache; it is not part of the model.
         shutil.rmtree(dest / ".cache", ignore_errors=True)
 
@@ -195,6 +223,23 @@ def resolve_source(
     fetchers: Mapping[str, Callable[[], Fetcher]] | None = None,
 ) -> Path:
     """Return the local directory holding the model at ``uri`` (downloading it into ``cache_dir`` if remote)."""
+    return resolve_source_verified(uri, revision=revision, cache_dir=cache_dir, pvc_root=pvc_root,
+                                   fetchers=fetchers)[0]
+
+
+def resolve_source_verified(
+    uri: str,
+    *,
+    revision: str | None = None,
+    cache_dir: Path,
+    pvc_root: Path,
+    fetchers: Mapping[str, Callable[[], Fetcher]] | None = None,
+    signed: Any = None,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Like ``resolve_source``; with ``signed`` (a verified bundle's SignedManifest) a fresh download of ``s3://``
+    or ``gs://`` fetches exactly the signed files and verifies them while writing (fetch.py), and ``hf://``
+    downloads only the signed files. Returns (directory, verification summary when the download itself was
+    verified, else None: a cached or local directory, or an hf download, must still be verified in place)."""
     source = parse_source(uri, revision)
     if source.scheme in LOCAL_SCHEMES:
         if source.revision:
@@ -202,7 +247,7 @@ def resolve_source(
         local = Path(source.path) if source.scheme == "file" else pvc_root / source.location / source.path
         if not local.is_dir():
             raise SourceError(f"model directory not found: {local} (from {uri})")
-        return local
+        return local, None
     if source.revision and source.scheme != "hf":
         log.info("--revision %s is part of the cache key only for %s:// (object stores have no revisions)",
                  revision, source.scheme)
@@ -211,31 +256,55 @@ def resolve_source(
     final = models_dir / cache_key(source)
     if final.is_dir():
         log.info("using cached download %s for %s", final, source.uri)
-        return final
-    models_dir.mkdir(parents=True, exist_ok=True)
+        return final, None
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SourceError(f"cache directory {cache_dir} is not writable: {e.strerror or e}") from e
     _clean_stale_tmp(models_dir)
     factory = (fetchers or DEFAULT_FETCHERS).get(source.scheme)
     if factory is None:
         raise SourceError(f"no fetcher for {source.scheme}://")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
+    except OSError as e:
+        raise SourceError(f"cache directory {cache_dir} is not writable: {e.strerror or e}") from e
+    verified: dict[str, Any] | None = None
     try:
         started = time.monotonic()
-        log.info("downloading %s into %s", source.uri, tmp)
+        fetcher = factory()
         try:
-            factory().fetch(source, tmp)
+            if signed is not None and hasattr(fetcher, "download_into"):
+                from .fetch import fetch_signed, summary
+
+                log.info("downloading and verifying the %d signed files of %s into %s", signed.file_count,
+                         source.uri, tmp)
+                total = fetch_signed(signed.files(), tmp, signed,
+                                     lambda rel, sink: fetcher.download_into(source, rel, sink))
+                verified = summary(signed, time.monotonic() - started, total)
+            else:
+                if signed is not None and isinstance(fetcher, HFFetcher):
+                    fetcher.allow_patterns = signed.files()
+                log.info("downloading %s into %s", source.uri, tmp)
+                fetcher.fetch(source, tmp)
         except SourceError:
             raise
         except Exception as e:  # any client library error becomes one line
+            from llmos_signing import VerificationError
+
+            if isinstance(e, VerificationError):
+                raise
             raise SourceError(f"download of {source.uri} failed: {type(e).__name__}: {e}".splitlines()[0]) from e
         try:
             os.rename(tmp, final)
         except OSError:
             if final.is_dir():  # another process finished the same download first: use theirs
                 shutil.rmtree(tmp, ignore_errors=True)
+                verified = None  # theirs was not verified by us
             else:
                 raise
         log.info("downloaded %s in %.1fs", source.uri, time.monotonic() - started)
-        return final
+        return final, verified
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

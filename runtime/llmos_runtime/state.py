@@ -1,11 +1,11 @@
-"""Shared runtime state: what /healthz and /readyz report and what the proxy consults on every request."""
+"""Shared runtime state: what /healthz and /readyz report, mirrored to the engine's guard (guard.py) on every
+change."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .metrics import RuntimeMetrics
 
@@ -17,16 +17,18 @@ class RuntimeState:
     verified: bool = False  # the model passed signature verification (or verification is disabled by policy)
     verification: dict[str, Any] | None = None  # what verify_model returned, for /readyz
     engine_ready: bool = False
+    engine_healthy: bool = True  # False after --engine-unready-after failed /health polls in a row (once ready)
+    phase_started: float = field(default_factory=time.monotonic)
     engine_exited: int | None = None  # the engine's exit code once it has exited
     draining: bool = False
     failure: str | None = None
-    inflight: int = 0
     started_at: float = field(default_factory=time.time)
-    _idle: asyncio.Event | None = None
+    on_publish: Callable[[], None] | None = None  # called after every change (keeps the guard's marker in sync)
 
     @property
     def ready(self) -> bool:
-        return self.verified and self.engine_ready and self.engine_exited is None and not self.draining
+        return (self.verified and self.engine_ready and self.engine_healthy and self.engine_exited is None
+                and not self.draining and self.failure is None)
 
     @property
     def alive(self) -> bool:
@@ -41,10 +43,13 @@ class RuntimeState:
             return f"engine exited with code {self.engine_exited}"
         if not self.verified:
             return f"model not verified yet ({self.phase})"
+        if not self.engine_healthy:
+            return "engine not answering /health"
         return f"engine not ready ({self.phase})"
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
+        self.phase_started = time.monotonic()
         self.publish()
 
     def publish(self) -> None:
@@ -52,22 +57,5 @@ class RuntimeState:
         m.ready.set(1 if self.ready else 0)
         m.draining.set(1 if self.draining else 0)
         m.verified.set(1 if self.verified else 0)
-
-    # in-flight accounting for the drain
-    def idle_event(self) -> asyncio.Event:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-            if self.inflight == 0:
-                self._idle.set()
-        return self._idle
-
-    def request_started(self) -> None:
-        self.inflight += 1
-        self.metrics.inflight.set(self.inflight)
-        self.idle_event().clear()
-
-    def request_finished(self) -> None:
-        self.inflight -= 1
-        self.metrics.inflight.set(self.inflight)
-        if self.inflight == 0:
-            self.idle_event().set()
+        if self.on_publish is not None:
+            self.on_publish()

@@ -66,6 +66,7 @@ class Launcher:
         adapters_file: Path | None = None,
         drain_timeout: float | None = None,
         env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
     ) -> RuntimeProcess:
         port, health_port = free_port(), free_port()
         work = self.root / name
@@ -82,6 +83,7 @@ class Launcher:
             adapters_file=adapters_file,
             termination_log=work / "termination-log",
             drain_timeout=drain_timeout,
+            extra=extra or (),
         )
         rp = RuntimeProcess(argv=argv, env=env or cpu_env(), log_path=work / "runtime.log", port=port,
                             health_port=health_port, name=name)

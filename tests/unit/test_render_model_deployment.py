@@ -121,6 +121,9 @@ def test_container():
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # the runtime debounces its own health answers: the kubelet follows them within seconds
+    assert c["readinessProbe"]["periodSeconds"] * c["readinessProbe"]["failureThreshold"] <= 10
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] <= 30
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert container(d=mdep(engine={"image": "registry.local/rt:dev"}))["image"] == "registry.local/rt:dev"

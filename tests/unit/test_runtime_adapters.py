@@ -28,8 +28,8 @@ def test_parse_adapters(tmp_path):
     ]}).encode()
     specs, invalid = parse_adapters(raw, tmp_path)
     assert specs == [
-        AdapterSpec("a", "file:///x/a", tmp_path / "a.sig"),
-        AdapterSpec("b", "s3://bucket/b", Path("/abs/b.sig")),
+        AdapterSpec("a", "file:///x/a", tmp_path / "a.sig", signature_digest=""),  # "": bundle not readable
+        AdapterSpec("b", "s3://bucket/b", Path("/abs/b.sig"), signature_digest=""),
         AdapterSpec("c", "file:///x/c", None),
     ]
     assert invalid == {"a": "duplicate adapter name", "bad name!": "invalid adapter name 'bad name!'",
@@ -42,7 +42,7 @@ def test_parse_adapters(tmp_path):
          "signature": {"bundleRef": {"name": "cm", "key": "o3.sig"}, "policy": "Required"}},
     ]}).encode(), tmp_path)
     assert specs == [AdapterSpec("o1", "hf://org/lora", None, revision="abc"),
-                     AdapterSpec("o2", "file:///x/o2", tmp_path / "o2.sig")]
+                     AdapterSpec("o2", "file:///x/o2", tmp_path / "o2.sig", signature_digest="")]
     assert list(invalid) == ["o3"] and "cannot resolve" in invalid["o3"]  # fails closed, reported
 
     assert parse_adapters(b"", tmp_path) == ([], {})
@@ -177,3 +177,86 @@ def test_without_enable_lora_every_adapter_fails_with_a_clear_reason(tmp_path):
 
     rep = asyncio.run(scenario())
     assert rep["failed"][0]["reason"] == "engine started without --enable-lora"
+
+
+def test_tightened_policy_and_new_bundles_are_enforced(tmp_path, monkeypatch):
+    """A new bundle for the same URI re-verifies and reloads; a wanted signature that does not verify unloads the
+    version loaded so far (policy tightened from Disabled, or a new bundle the bytes do not match)."""
+    from llmos_runtime.adapters import AdapterVerificationError
+
+    monkeypatch.setattr(adapters_mod, "RETRY_SECONDS", 0.0)
+    f = tmp_path / "adapters.json"
+    sig = tmp_path / "a.sig"
+    verdict = {"ok": True}
+    prepared: list[tuple[str, str | None]] = []
+
+    async def prepare(spec: AdapterSpec):
+        prepared.append((spec.name, spec.signature_digest))
+        if spec.signature is not None and not verdict["ok"]:
+            raise AdapterVerificationError("verification failed: hash mismatch: adapter_model.safetensors")
+        return Path("/l/a"), ({"signer": "k"} if spec.signature else None)
+
+    async def scenario():
+        eng = FakeLoRAEngine()
+        await eng.start()
+        mgr = AdapterManager(f, engine_url=eng.url, prepare=prepare, metrics=RuntimeMetrics(), served_name="base")
+        # policy Disabled: loaded unverified
+        write(f, [{"name": "a", "source": "file:///l/a", "signature": None}])
+        await mgr.reconcile(force=True)
+        assert eng.loaded == {"a": "/l/a"} and mgr.report()["loaded"][0]["verified"] is False
+
+        # tightened to Required, and the bytes do not verify: the unverified version is unloaded
+        sig.write_bytes(b"bundle-1")
+        verdict["ok"] = False
+        write(f, [{"name": "a", "source": "file:///l/a", "signature": "a.sig"}])
+        await mgr.reconcile()
+        assert eng.loaded == {} and mgr.loaded() == []
+        assert mgr.failures() == {"a": "verification failed: hash mismatch: adapter_model.safetensors"}
+
+        # the bytes verify now: loaded, verified
+        verdict["ok"] = True
+        await mgr.reconcile()
+        assert eng.loaded == {"a": "/l/a"} and mgr.report()["loaded"][0]["verified"] is True
+
+        # a new bundle for the same URI (adapters.json unchanged) is noticed: re-verified and reloaded in place
+        prepared.clear()
+        eng.calls.clear()
+        sig.write_bytes(b"bundle-2")
+        await mgr.reconcile()
+        assert [p[0] for p in prepared] == ["a"]
+        assert eng.calls == [("load", {"lora_name": "a", "lora_path": "/l/a", "load_inplace": True})]
+
+        # ... and one that the bytes do not match unloads it (every replica decides the same from the same bundle)
+        verdict["ok"] = False
+        sig.write_bytes(b"bundle-3")
+        await mgr.reconcile()
+        assert eng.loaded == {} and "a" in mgr.failures()
+        await mgr.close()
+        await eng.runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_a_transient_failure_keeps_a_verified_version_serving(tmp_path, monkeypatch):
+    monkeypatch.setattr(adapters_mod, "RETRY_SECONDS", 0.0)
+    f = tmp_path / "adapters.json"
+    (tmp_path / "a.sig").write_bytes(b"bundle-1")
+
+    async def prepare(spec: AdapterSpec):
+        if spec.source.endswith("unreachable"):
+            raise RuntimeError("source: download of s3://b/unreachable failed")
+        return Path("/l/a"), {"signer": "k"}
+
+    async def scenario():
+        eng = FakeLoRAEngine()
+        await eng.start()
+        mgr = AdapterManager(f, engine_url=eng.url, prepare=prepare, metrics=RuntimeMetrics(), served_name="base")
+        write(f, [{"name": "a", "source": "file:///l/a", "signature": "a.sig"}])
+        await mgr.reconcile(force=True)
+        write(f, [{"name": "a", "source": "s3://b/unreachable", "signature": "a.sig"}])
+        await mgr.reconcile()
+        assert eng.loaded == {"a": "/l/a"} and mgr.report()["failed"][0]["previousVersionLoaded"] is True
+        await mgr.close()
+        await eng.runner.cleanup()
+
+    asyncio.run(scenario())

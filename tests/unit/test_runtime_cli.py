@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos_runtime.cli import parse_args
+from llmos_runtime.cli import UsageError, main, parse_args
 from llmos_runtime.config import engine_command, engine_env
 
 pytestmark = pytest.mark.unit
@@ -45,9 +45,9 @@ def test_defaults():
 
 
 def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
-    cfg = parse_args(["serve", "--source", "file:///m", "--served-name", "m", "--", "--port-offset", "1",
-                      "--source", "x"])
-    assert cfg.engine_args == ["--port-offset", "1", "--source", "x"]
+    cfg = parse_args(["serve", "--source", "file:///m", "--served-name", "m", "--allow-engine-flag=--source",
+                      "--", "--seed", "1", "--source", "x"])
+    assert cfg.engine_args == ["--seed", "1", "--source", "x"]
 
 
 @pytest.mark.parametrize(
@@ -61,22 +61,50 @@ def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
         ["serve", "--source", "file:///m", "--served-name", "m", "--", "--served-model-name", "x"],
         ["serve", "--source", "file:///m", "--served-name", "m", "--drain-timeout", "-1"],
         ["serve", "--source", "file:///m", "--served-name", "m", "stray"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--", "--tokenizer", "/evil"],  # not allowed
+        ["serve", "--source", "file:///m", "--served-name", "m", "--", "--trust_remote_code"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--allow-engine-flag=--ssl-keyfile",
+         "--", "--ssl-keyfile", "/k"],  # TLS: never, even when allowed
+        ["serve", "--source", "file:///m", "--served-name", "m", "--engine-unready-after", "5",
+         "--engine-dead-after", "2"],
     ],
 )
-def test_usage_errors_exit_2(argv):
-    with pytest.raises(SystemExit) as e:
+def test_usage_errors_exit_2_with_a_termination_message(argv, tmp_path):
+    with pytest.raises(UsageError):
         parse_args(argv)
-    assert e.value.code == 2
+    log = tmp_path / "termination-log"
+    assert main([*argv[:1], "--termination-log", str(log), *argv[1:]]) == 2
+    line = log.read_text()
+    assert line.startswith("usage error: ") and line.count("\n") == 1
+
+
+def test_engine_flag_allow_list_is_enforced_by_the_runtime_too(tmp_path):
+    base = ["serve", "--source", "file:///m", "--served-name", "m"]
+    log = tmp_path / "termination-log"
+    assert main([*base, "--termination-log", str(log), "--", "--chat-template", "/x.jinja"]) == 2
+    assert "--chat-template" in log.read_text() and "--allow-engine-flag" in log.read_text()
+    assert main([*base, "--termination-log", str(log), "--", "--ssl-certfile=/c"]) == 2
+    assert "TLS belongs to the service mesh" in log.read_text()
+    # the platform extends the list; remote code only with --allow-remote-code; '_' spellings are the same flag
+    cfg = parse_args([*base, "--allow-engine-flag", "--api-key", "--allow-remote-code", "--",
+                      "--api_key", "s3cret", "--trust-remote-code", "--enable_lora", "--max_loras=2"])
+    assert cfg.lora_enabled and cfg.api_key == "s3cret"
+    assert parse_args([*base, "--", "--enable-lora=true"]).lora_enabled
+    assert not parse_args([*base, "--", "--max-loras", "2"]).lora_enabled
 
 
 def test_engine_command_and_env():
     cfg = parse_args(RENDERED)
-    cmd = engine_command(cfg, Path("/var/cache/llmos/models/x"), 41000)
+    cmd = engine_command(cfg, Path("/var/cache/llmos/models/x"))
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[3:9] == ["--tensor-parallel-size", "1", "--max-model-len", "256", "--enable-lora", "--max-loras"]
-    assert cmd[-8:] == ["--model", "/var/cache/llmos/models/x", "--served-model-name", "support-bot",
-                        "--host", "127.0.0.1", "--port", "41000"]
-    env = engine_env(cfg, {"PATH": "/bin", "HF_HUB_OFFLINE": "0"})
+    # vLLM serves the pod's API port itself, behind the runtime's guard middleware (inference API only)
+    assert cmd[-10:] == ["--model", "/var/cache/llmos/models/x", "--served-model-name", "support-bot",
+                         "--host", "0.0.0.0", "--port", "8000", "--middleware", "llmos_runtime.guard.InferenceOnly"]
+    env = engine_env(cfg, {"PATH": "/bin", "HF_HUB_OFFLINE": "0", "LLMOS_GUARD_TOKEN": "from-the-pod"},
+                     guard_dir=Path("/tmp/g"), guard_token="t")
+    assert env["LLMOS_GUARD_TOKEN"] == "t" and env["LLMOS_GUARD_DIR"] == "/tmp/g"
+    assert "LLMOS_GUARD_TOKEN" not in engine_env(cfg, {"LLMOS_GUARD_TOKEN": "from-the-pod"})
     assert env["HF_HUB_OFFLINE"] == "1"  # the engine never fetches anything: the weights are local and verified
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PATH"] == "/bin"
     no_adapters = parse_args(["serve", "--source", "file:///m", "--served-name", "m"])

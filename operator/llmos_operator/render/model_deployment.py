@@ -331,8 +331,10 @@ def render_deployment(
         "startupProbe": _http_probe(
             "/healthz", STARTUP_PERIOD_SECONDS, -(-runtime.startup_timeout_seconds // STARTUP_PERIOD_SECONDS), 5
         ),
-        "readinessProbe": _http_probe("/readyz", 5, 3, 3),
-        "livenessProbe": _http_probe("/healthz", 10, 6, 5),
+        # The runtime debounces itself (its engine health poll turns /readyz red after 3 failed polls, ~9 s, and
+        # /healthz after 15, ~45 s; startup phases have budgets): the kubelet acts on its answer promptly.
+        "readinessProbe": _http_probe("/readyz", 5, 2, 3),
+        "livenessProbe": _http_probe("/healthz", 10, 3, 5),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
