@@ -1,11 +1,11 @@
 """Noisy neighbour: does one tenant's churn slow another tenant's admission?
 
 Tenant A owns 50 ModelDeployments and, in the noisy phase, loops `annotate` over them (metadata-only changes, as
-fast as a few client threads can) while tenant B creates 20 ModelDeployments one after another. B's latency from
+fast as the API server answers; --noise-threads for more loops) while tenant B creates 20 ModelDeployments one after another. B's latency from
 create to child apps/v1 Deployment is measured with A quiet and with A noisy, in the same run, and printed side by
 side (goal: noisy p99 within 1.5× of quiet).
 
-    .venv/bin/python bench/noisy_neighbour.py [--samples 20] [--noise-threads 4]
+    .venv/bin/python bench/noisy_neighbour.py [--samples 20] [--noise-threads 1]
 
 Reuses a cluster started by `llmos dev up` (else starts one and stops it at the end); runs its own operator.
 """
@@ -34,7 +34,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--noisy-deployments", type=int, default=50)
-    parser.add_argument("--noise-threads", type=int, default=4)
+    parser.add_argument("--noise-threads", type=int, default=1,
+                        help="parallel annotate loops of tenant A (1: one `kubectl annotate` loop, as fast as the "
+                        "API server answers)")
     parser.add_argument("--cluster", default=os.environ.get("LLMOS_TEST_CLUSTER", "llmos"))
     args = parser.parse_args()
 
