@@ -32,21 +32,31 @@ def platform(cluster, crds):
 
 
 @pytest.fixture(scope="module")
-def tenant_namespaces(cluster, platform):
-    """Three namespaces of tenant `t-<id>`, labelled as the operator labels them; the third also lets the tenant use
-    --trust-remote-code (llmos.dev/allow-remote-code, set by the operator from Tenant.spec.policy.allowRemoteCode)."""
+def tenant_namespaces(cluster, platform, operator):
+    """Three namespaces made by the operator for real Tenants: `hostile-<id>` owns the first two (16 H100), and
+    `hostile-<id>-rc` the third, where the platform allows --trust-remote-code (the operator labels it
+    llmos.dev/allow-remote-code from Tenant.spec.policy.allowRemoteCode)."""
     core = client.CoreV1Api(cluster.api)
+    custom = client.CustomObjectsApi(cluster.api)
     tenant = f"hostile-{uuid.uuid4().hex[:5]}"
     names = [f"{tenant}-{i}" for i in range(3)]
-    for i, name in enumerate(names):
-        labels = {"llmos.dev/test": "1", "llmos.dev/tenant": tenant}
-        if i == 2:
-            labels["llmos.dev/allow-remote-code"] = "true"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    tenants = {tenant: (names[:2], {"allowUnsignedModels": True}),
+               f"{tenant}-rc": (names[2:], {"allowUnsignedModels": True, "allowRemoteCode": True})}
+    for tenant_name, (namespaces, policy) in tenants.items():
+        custom.create_cluster_custom_object(GROUP, VERSION, "tenants", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": tenant_name},
+            "spec": {"namespaces": namespaces, "quota": {"gpus": {"h100": 16}}, "policy": policy}})
     for name in names:
+        wait_for(lambda: _exists(core.read_namespaced_service_account, "llmos-runtime", name), timeout=60,
+                 message=f"the operator's runtime ServiceAccount in {name}")
         wait_for(lambda: _exists(core.read_namespaced_service_account, "default", name), timeout=30,
                  message=f"default ServiceAccount in {name}")
     yield names
+    for tenant_name in tenants:
+        try:
+            custom.delete_cluster_custom_object(GROUP, VERSION, "tenants", tenant_name)
+        except client.ApiException:
+            pass
     for name in [*names, f"{tenant}-home"]:
         try:
             core.delete_namespace(name, propagation_policy="Background")
@@ -92,12 +102,22 @@ def operator_identity(cluster, platform, tmp_path_factory) -> Credentials:
     creds.close()
 
 
+# Tenant namespaces enforce Pod Security `restricted`: test pods meet it, so that only the policy under test refuses.
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _container(name: str, image: str, **extra) -> dict:
+    return {"name": name, "image": image, "securityContext": dict(RESTRICTED_CONTAINER), **extra}
+
+
 def _gpu_pod_spec(containers: int = 1) -> dict:
     return {
+        "securityContext": dict(RESTRICTED_POD),
         "nodeSelector": dict(H100),
         "tolerations": [dict(GPU_TOLERATION)],
-        "containers": [{"name": f"c{i}", "image": "registry.example/cuda:12",
-                        "resources": {"limits": {GPU: "8"}, "requests": {GPU: "8"}}} for i in range(containers)],
+        "containers": [_container(f"c{i}", "registry.example/cuda:12",
+                                  resources={"limits": {GPU: "8"}, "requests": {GPU: "8"}}) for i in range(containers)],
     }
 
 
@@ -158,49 +178,36 @@ def test_tenant_gpu_pod_deployment_and_job_refused_in_each_of_three_namespaces(t
 @pytest.mark.parametrize("kind", ["ReplicaSet", "StatefulSet", "DaemonSet", "CronJob"])
 def test_other_gpu_workload_kinds_refused_too(tenant_admin, tenant_namespaces, kind):
     pod = _gpu_pod_spec()
-    pod["initContainers"], pod["containers"] = pod["containers"], [{"name": "main", "image": "registry.example/x"}]
+    pod["initContainers"], pod["containers"] = pod["containers"], [_container("main", "registry.example/x")]
     rc, err = _create(tenant_admin, tenant_namespaces[1], _workload(kind, f"mine-{kind.lower()}", pod=pod))
     assert rc != 0
     _assert_refused_by(err, "llmos-operator-gpu-only-through-llmos", "c0")
 
 
-def test_tenant_workloads_without_gpus_pass_and_released_namespaces_refuse_gpus(cluster, tenant_admin,
-                                                                               tenant_namespaces):
-    """Control: the refusal is about GPUs, not RBAC. And a namespace its Tenant gave up (llmos.dev/released) still
-    refuses GPU pods."""
-    cpu_only = _workload("Deployment", "cpu-only", pod={"containers": [{"name": "app", "image": "registry.example/x",
-                                                                        "resources": {"requests": {"cpu": "1"}}}]})
+def test_tenant_workloads_without_gpus_pass(cluster, tenant_admin, tenant_namespaces):
+    """Control: the refusal is about GPUs, not RBAC."""
+    cpu_only = _workload("Deployment", "cpu-only", pod={
+        "securityContext": dict(RESTRICTED_POD),
+        "containers": [_container("app", "registry.example/x", resources={"requests": {"cpu": "1"}})]})
     rc, err = _create(tenant_admin, tenant_namespaces[0], cpu_only)
     assert rc == 0, err
 
-    core = client.CoreV1Api(cluster.api)
-    ns = tenant_namespaces[1]
-    core.patch_namespace(ns, {"metadata": {"labels": {"llmos.dev/tenant": None, "llmos.dev/released": "true"}}})
-    try:
-        rc, err = _create(tenant_admin, ns, _workload("Pod", "after-release"))
-        assert rc != 0
-        _assert_refused_by(err, "llmos-operator-gpu-only-through-llmos", "use a ModelDeployment")
-    finally:
-        core.patch_namespace(ns, {"metadata": {"labels": {"llmos.dev/tenant": tenant_namespaces[0].rsplit("-", 1)[0],
-                                                          "llmos.dev/released": None}}})
 
 
 # --- b. llmos's Deployment is the operator's -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def llmos_deployment(cluster, operator_identity, tenant_namespaces):
-    """A GPU Deployment written as the operator writes it (its identity, its labels); its ReplicaSet and pods are
-    made by kube-controller-manager, which the GPU policy must let through."""
+def llmos_deployment(cluster, tenant_admin, tenant_namespaces):
+    """The tenant's ModelDeployment of 2 × 8 H100, admitted: the operator writes the Deployment (its identity, its
+    labels); its ReplicaSet and pods are made by kube-controller-manager, which the GPU policy must let through."""
     ns = tenant_namespaces[0]
-    labels = {"app.kubernetes.io/name": "llmos-runtime", "llmos.dev/model-deployment": "served", **MANAGED}
-    selector = {"app.kubernetes.io/name": "llmos-runtime", "llmos.dev/model-deployment": "served"}
-    body = _workload("Deployment", "served", labels=labels, replicas=2)
-    body["spec"]["selector"] = {"matchLabels": selector}
-    apps = client.AppsV1Api(operator_identity.api)
-    apps.create_namespaced_deployment(ns, body)
-    trust = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "served-trust", "labels": labels},
-             "data": {"signer.pem": "the platform's key"}}
-    client.CoreV1Api(operator_identity.api).create_namespaced_config_map(ns, trust)
+    model = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Model", "metadata": {"name": "m"},
+             "spec": {"source": {"uri": "hf://org/m"}, "signature": {"policy": "Disabled"}}}
+    served = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "served"},
+              "spec": {"model": "m", "replicas": 2, "gpu": {"class": "h100", "count": 8}}}
+    for obj in (model, served):
+        rc, err = _create(tenant_admin, ns, obj)
+        assert rc == 0, err
     core = client.CoreV1Api(cluster.api)
     wait_for(lambda: len(core.list_namespaced_pod(ns, label_selector="llmos.dev/model-deployment=served").items) == 2,
              timeout=60, message="the llmos Deployment's two GPU pods (created by kube-controller-manager)")
@@ -222,24 +229,24 @@ def test_tenant_cannot_scale_or_extend_the_llmos_deployment(tenant_admin, llmos_
                        f"kubectl scale modeldeployment/{name}")
 
     patch = {"spec": {"template": {"spec": {"containers": [
-        {"name": "c0", "image": "registry.example/cuda:12", "resources": {"limits": {GPU: "8"}}},
+        {"name": "runtime", "image": "registry.example/cuda:12", "resources": {"limits": {GPU: "8"}}},
         {"name": "extra", "image": "registry.example/miner", "resources": {"limits": {GPU: "8"}}}]}}}}
     out = tenant_admin.kubectl("patch", "-n", ns, f"deployment/{name}", "--type=strategic", "-p", json.dumps(patch))
     assert out.returncode != 0
-    _assert_refused_by_either(out.stderr, "container(s) c0, extra")
+    _assert_refused_by_either(out.stderr, "container(s) runtime, extra")
     patch["spec"]["template"]["spec"]["containers"][1]["resources"] = {}  # a CPU-only sidecar: still refused
     out = tenant_admin.kubectl("patch", "-n", ns, f"deployment/{name}", "--type=strategic", "-p", json.dumps(patch))
     assert out.returncode != 0
-    _assert_refused_by_either(out.stderr, "container(s) c0")
+    _assert_refused_by_either(out.stderr, "container(s) runtime")
 
     out = tenant_admin.kubectl("patch", "-n", ns, f"deployment/{name}", "--type=merge",
                                "-p", '{"spec": {"replicas": 3}}')
     assert out.returncode != 0
-    _assert_refused_by_either(out.stderr, "container(s) c0")
+    _assert_refused_by_either(out.stderr, "container(s) runtime")
 
     out = tenant_admin.kubectl("label", "-n", ns, f"deployment/{name}", "app.kubernetes.io/managed-by-")
     assert out.returncode != 0
-    _assert_refused_by_either(out.stderr, "container(s) c0", "app.kubernetes.io/managed-by=llmos")
+    _assert_refused_by_either(out.stderr, "container(s) runtime", "app.kubernetes.io/managed-by=llmos")
 
     out = tenant_admin.kubectl("patch", "-n", ns, f"configmap/{name}-trust", "--type=merge",
                                "-p", '{"data": {"signer.pem": "the tenant\'s own key"}}')
@@ -351,17 +358,14 @@ def runtime_pods(cluster, platform, tenant_namespaces, operator_identity):
     is what lets it grant pod get/patch it does not hold."""
     ns = tenant_namespaces[1]
     core = client.CoreV1Api(cluster.api)
-    client.CoreV1Api(operator_identity.api).create_namespaced_service_account(ns, {"metadata": {"name": "llmos-runtime"}})
-    client.RbacAuthorizationV1Api(operator_identity.api).create_namespaced_role_binding(ns, {
-        "metadata": {"name": "llmos-runtime"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": f"{platform.fullname()}-runtime"},
-        "subjects": [{"kind": "ServiceAccount", "name": "llmos-runtime", "namespace": ns}]})
+    binding = client.RbacAuthorizationV1Api(cluster.api).read_namespaced_role_binding("llmos-runtime-pods", ns)
+    assert binding.role_ref.name == f"{platform.fullname()}-runtime"  # bound by the operator itself
     names = ["runtime-a", "runtime-b"]
     for name in names:
         core.create_namespaced_pod(ns, {"metadata": {"name": name, "labels": {"app": "runtime", **MANAGED}},
                                         "spec": {"serviceAccountName": "llmos-runtime",
-                                                 "containers": [{"name": "runtime", "image": "registry.example/rt"}]}})
+                                                 "securityContext": dict(RESTRICTED_POD),
+                                                 "containers": [_container("runtime", "registry.example/rt")]}})
     return ns, names
 
 
@@ -498,3 +502,17 @@ def test_policies_compile_without_errors(cluster):
         assert not [w for w in warnings if "cost" in w.get("warning", "").lower()], warnings
 
 
+# --- last, as it releases a namespace the tests above use -----------------------------------------------------------
+
+def test_a_released_namespace_still_refuses_gpus(cluster, tenant_admin, tenant_namespaces):
+    """The remote-code tenant's Tenant is deleted: the operator releases its namespace (llmos.dev/released), and
+    the tenant's users, still admins there, get no GPU."""
+    core = client.CoreV1Api(cluster.api)
+    ns = tenant_namespaces[2]
+    tenant = core.read_namespace(ns).metadata.labels["llmos.dev/tenant"]
+    client.CustomObjectsApi(cluster.api).delete_cluster_custom_object(GROUP, VERSION, "tenants", tenant)
+    wait_for(lambda: (core.read_namespace(ns).metadata.labels or {}).get("llmos.dev/released") == tenant,
+             timeout=30, message="the namespace released")
+    rc, err = _create(tenant_admin, ns, _workload("Pod", "after-release"))
+    assert rc != 0
+    _assert_refused_by(err, "llmos-operator-gpu-only-through-llmos", "use a ModelDeployment")
