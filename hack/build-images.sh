@@ -5,8 +5,8 @@
 #
 # No registry is reachable on the project's CI machines, so by default the base is a local Debian image made with
 # mmdebstrap (BASE=local); BASE=upstream uses the Dockerfiles' own defaults (python:3.11-slim, vllm/vllm-openai).
-# Each image carries a label with the hash of everything it is built from (Dockerfile, lock file, sources, base
-# image id): when it matches, the build is skipped, so a second run rebuilds nothing.
+# Each image's inputs (Dockerfile, lock file, sources, base image id) are hashed; the hash and the image id built from
+# it are kept in ~/.cache/llmos/images/: when both still match, the build is skipped, so a second run rebuilds nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${LLMOS_CACHE:-$HOME/.cache/llmos}"
@@ -33,7 +33,7 @@ if [[ "$(basename "$ENGINE")" == podman && -z "${CONTAINERS_CONF:-}" && -f "$CAC
 fi
 
 image_id() { "$ENGINE" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
-image_label() { "$ENGINE" image inspect --format "{{ index .Labels \"$LABEL\" }}" "$1" 2>/dev/null || true; }
+stamp() { echo "$CACHE/images/$(echo "$1" | tr '/:' '__').inputs"; }
 
 # A minimal Debian bookworm with Python 3.11, from Debian's packages only (no registry needed).
 local_base() {
@@ -61,7 +61,8 @@ inputs_hash() {
 build() {
   local file="$1" target="$2" tag="$3" base="$4" hash start args=()
   hash="$(inputs_hash "$file" "$target" "$base")"
-  if [[ "$(image_label "$tag")" == "$hash" ]]; then
+  # (Not an image label: buildah keeps a cached image's old labels when only --label changes.)
+  if [[ -f "$(stamp "$tag")" && "$(cat "$(stamp "$tag")")" == "$hash $(image_id "$tag")" ]]; then
     log "$tag is up to date (inputs $hash)"; return 0
   fi
   [[ -n "$base" ]] && args+=(--build-arg "BASE=$base")
@@ -76,6 +77,8 @@ build() {
   start=$(date +%s)
   log "building $tag from $file${target:+ (target $target)}…"
   "$ENGINE" build --network host --label "$LABEL=$hash" "${args[@]}" -f "$file" -t "$tag" .
+  mkdir -p "$CACHE/images"
+  echo "$hash $(image_id "$tag")" > "$(stamp "$tag")"
   log "built $tag in $(( $(date +%s) - start )) s"
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	k8sjson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -27,7 +28,8 @@ func main() {
 		os.Exit(2)
 	}
 	var doc map[string]interface{}
-	if err := json.Unmarshal(data, &doc); err != nil {
+	// apimachinery's decoder keeps integers int64 (encoding/json would make them float64, which kstatus refuses).
+	if err := k8sjson.Unmarshal(data, &doc); err != nil {
 		fmt.Fprintln(os.Stderr, "kstatus: stdin is not a JSON object:", err)
 		os.Exit(2)
 	}

@@ -109,12 +109,12 @@ def test_chart_lints_renders_and_passes_a_server_side_dry_run(cluster, tmp_path,
 
 
 @pytest.mark.parametrize("setting, field", [
-    ("replicas=two", "replicas"),
-    ("metrics.port=http", "metrics.port"),
-    ("image.pullPolicy=Sometimes", "image.pullPolicy"),
-    ("metrics.serviceMonitor.enabled=yes", "metrics.serviceMonitor.enabled"),
-    ("replica=2", "replica"),
-    ("config.gpuClasses.h100.memoryGiB=lots", "config.gpuClasses.h100.memoryGiB"),
+    ("replicas=two", "'/replicas'"),
+    ("metrics.port=http", "'/metrics/port'"),
+    ("image.pullPolicy=Sometimes", "'/image/pullPolicy'"),
+    ("metrics.serviceMonitor.enabled=yes", "'/metrics/serviceMonitor/enabled'"),
+    ("replica=2", "'replica' not allowed"),
+    ("config.gpuClasses.h100.memoryGiB=lots", "'/config/gpuClasses/h100/memoryGiB'"),
 ])
 def test_schema_refuses_a_wrong_value_naming_the_field(cluster, setting, field):
     out = helm(cluster, "template", "llmos", str(CHART), "--set", setting)

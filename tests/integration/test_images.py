@@ -107,8 +107,14 @@ def test_operator_image_reconciles_with_the_chart_serviceaccount(images, cluster
                 return (lease_holder(cluster, release) or "").startswith(container + "_")
 
             wait(leads, 60, "the operator container holding the leader Lease")
-            health = httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=5)
-            assert health.status_code == 200
+
+            def healthy():  # kopf's liveness endpoint (the standby's own one closes as kopf starts)
+                try:
+                    return httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait(healthy, 30, "the operator container's liveness endpoint")
 
             objects.tenant(gpus={"h100": 4})
             objects.model()

@@ -85,6 +85,9 @@ def wait_until_leader(*, namespace: str | None = None, lease_name: str = DEFAULT
     from kubernetes.leaderelection import electionconfig, leaderelection
     from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
+    # The library logs every look at a Lease another replica holds (every retry_period); errors it logs stay.
+    logging.getLogger("leaderelection").addFilter(
+        lambda record: "yet to finish lease_duration" not in record.getMessage())
     namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
     me = identity()
     became_leader = threading.Event()
