@@ -52,8 +52,8 @@ local_base() {
 inputs_hash() {
   {
     echo "$1 $2 $3 $(image_id "$3")"
-    git ls-files -co --exclude-standard -- pyproject.toml uv.lock README.md operator runtime .dockerignore "$1" \
-      | grep -v '__pycache__' | sort | xargs sha256sum
+    { git ls-files -co --exclude-standard -- pyproject.toml uv.lock README.md operator runtime .dockerignore \
+        | grep -v -e '__pycache__' -e 'Dockerfile$'; echo "$1"; } | sort | xargs sha256sum
   } | sha256sum | cut -c1-16
 }
 

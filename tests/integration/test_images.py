@@ -160,9 +160,15 @@ def test_cpu_runtime_image_serves_the_signed_model_and_refuses_a_tampered_one(im
         path.chmod(0o755 if path.is_dir() else 0o644)
     tmp_path.chmod(0o755)
 
+    # vLLM's compile cache outlives the container, as it would on a pod's volume: a second run starts faster.
+    compile_cache = Path(os.environ.get("LLMOS_CACHE", Path.home() / ".cache" / "llmos")) / "runtime-image-cache"
+    compile_cache.mkdir(parents=True, exist_ok=True)
+    os.chown(compile_cache, 1000, 1000)
+
     def serve(name: str, model_dir: Path, port: int, health_port: int, *flags: str) -> list[str]:
         env = [arg for k, v in CPU_ENV.items() for arg in ("-e", f"{k}={v}")]
         return ["run", *flags, "--name", name, "--network", "host", "--shm-size", "1g", *env,
+                "-v", f"{compile_cache}:/home/llmos/.cache",
                 "-v", f"{model_dir}:/models/tiny:ro", "-v", f"{public}:/keys/signer.pem:ro",
                 image, "serve", "--source", "file:///models/tiny", "--signature", "/models/tiny/model.sig",
                 "--trusted-key", "/keys/signer.pem", "--served-name", "tiny", "--host", "127.0.0.1",
