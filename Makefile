@@ -30,7 +30,7 @@ podman:
 
 # The operator image and the runtime image (cpu flavour; FLAVOURS="cpu gpu" BASE=upstream where the vLLM image can be
 # pulled), tagged with the package version. Cached by content: a second run builds nothing.
-images: podman venv
+images: podman
 	bash hack/build-images.sh all
 
 crds: venv

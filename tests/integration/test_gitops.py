@@ -19,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_LUA = REPO / "docs" / "gitops" / "health.lua"
+GROUP, VERSION = "llmos.dev", "v1alpha1"
+GITOPS_MANAGER = "gitops-test"
 
 
 def argo_health(obj: dict) -> dict:
@@ -70,12 +72,29 @@ def scenario(cluster, operator, crds):
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     objects = Objects(cluster.api, namespace)
     try:
-        objects.tenant(gpus={"h100": 4, "l4": 16})
-        objects.model()
-        objects.model("signed", policy="Required")  # no bundle anywhere: cannot verify
-        objects.deployment("chat", count=4)
-        objects.deployment("queued", count=4)
-        objects.deployment("huge", gpu_class="l4", count=8)  # L4 nodes have 4 GPUs each
+        # Applied as a GitOps tool applies: server-side, under a field manager of its own.
+        api = f"{GROUP}/{VERSION}"
+
+        def deployment(name, gpu_class, count):
+            return {"apiVersion": api, "kind": "ModelDeployment", "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"model": "m", "replicas": 1, "gpu": {"class": gpu_class, "count": count}}}
+
+        def model(name, policy):
+            return {"apiVersion": api, "kind": "Model", "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"source": {"uri": "hf://org/tiny"}, "signature": {"policy": policy}}}
+
+        manifests = [
+            {"apiVersion": api, "kind": "Tenant", "metadata": {"name": namespace},
+             "spec": {"namespaces": [namespace], "quota": {"gpus": {"h100": 4, "l4": 16}}}},
+            model("m", "Disabled"),
+            model("signed", "Required"),  # no bundle anywhere: cannot verify
+            deployment("chat", "h100", 4),
+            deployment("queued", "h100", 4),
+            deployment("huge", "l4", 8),  # L4 nodes have 4 GPUs each
+        ]
+        objects.tenants.append(namespace)
+        cluster.kubectl("apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-",
+                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
         objects.wait_condition("modeldeployments", "chat", "Ready", "True", timeout=60)
         objects.wait_condition("modeldeployments", "queued", "QuotaAdmitted", "False", timeout=30)
         objects.wait_condition("modeldeployments", "huge", "Degraded", "True", "Unschedulable", timeout=60)
@@ -156,6 +175,16 @@ def test_kstatus_reads_failed_when_stalled(scenario):
                                        "(reads Current)")
 def test_kstatus_reads_failed_for_a_model_that_cannot_be_verified(scenario):
     assert kstatus(scenario["unverifiable-model"])["status"] == "Failed"
+
+
+@pytest.mark.parametrize("name", ["tenant", "model", "ready", "queued", "unschedulable"])
+def test_the_operator_never_writes_spec(scenario, name):
+    """What GitOps applies stays as applied: only the applier's field manager owns anything under spec."""
+    managers = scenario[name]["metadata"]["managedFields"]
+    assert any(m["manager"] == GITOPS_MANAGER and "f:spec" in m["fieldsV1"] for m in managers)
+    writers = [(m["manager"], m["operation"], m.get("subresource")) for m in managers
+               if m["manager"] != GITOPS_MANAGER and "f:spec" in m.get("fieldsV1", {})]
+    assert not writers, f"{writers} wrote the spec of {name}"
 
 
 def test_docs_carry_the_tested_health_check():

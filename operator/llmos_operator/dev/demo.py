@@ -29,13 +29,15 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     while time.monotonic() < deadline:
         out = cluster.kubectl(name, "get", "modeldeployments", "-A", "-o", "json").stdout
         items = json.loads(out)["items"]
+        # NoTenant, ModelNotVerified: seen before its Tenant or Model was reconciled (all were just applied).
         decided = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] != "Unknown"
+                                           and c.get("reason") not in ("NoTenant", "ModelNotVerified")
                                            for c in d.get("status", {}).get("conditions", []))]
         ready = [d for d in items if any(c["type"] == "Ready" and c["status"] == "True"
                                          for c in d.get("status", {}).get("conditions", []))]
         admitted = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] == "True"
                                             for c in d.get("status", {}).get("conditions", []))]
-        if items and len(decided) == len(items) and len(ready) == len(admitted):
+        if items and len(decided) == len(items) and admitted and len(ready) == len(admitted):
             break
         time.sleep(1)
 
