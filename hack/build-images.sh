@@ -41,7 +41,7 @@ local_base() {
   local tar="$CACHE/images/debian-python-bookworm.tar" start
   mkdir -p "$CACHE/images"
   start=$(date +%s)
-  log "building $LOCAL_BASE with mmdebstrap (about 2 minutes)…"
+  log "building $LOCAL_BASE with mmdebstrap (about a minute, once)…"
   mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$tar"
   "$ENGINE" import --change 'CMD ["python3"]' "$tar" "$LOCAL_BASE" >/dev/null
   rm -f "$tar"
