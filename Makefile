@@ -7,7 +7,7 @@ PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export LLMOS_CACHE
 
-.PHONY: venv binaries demo test unit integration engine crds lint clean-cluster
+.PHONY: venv binaries images podman demo test unit integration engine crds lint clean-cluster
 
 $(UV):
 	python3 -m venv $(LLMOS_CACHE)/uv-$(UV_VERSION)
@@ -23,13 +23,23 @@ venv: .venv/.synced
 binaries:
 	bash hack/build-binaries.sh all
 
+# podman, buildah, mmdebstrap and runc from Debian's packages, and the containers.conf this kind of VM needs
+# (idempotent; LLMOS_SKIP_PODMAN_SETUP=1 skips it where docker or a configured podman exists).
+podman:
+	bash hack/setup-podman.sh
+
+# The operator image and the runtime image (cpu flavour; FLAVOURS="cpu gpu" BASE=upstream where the vLLM image can be
+# pulled), tagged with the package version. Cached by content: a second run builds nothing.
+images: podman
+	bash hack/build-images.sh all
+
 crds: venv
 	$(PY) -m llmos_operator.api.crdgen --write
 
 demo: venv binaries
 	$(PY) -m llmos_operator.cli dev demo
 
-test: venv binaries
+test: venv binaries images
 	bash hack/run-tests.sh
 
 clean-cluster: venv

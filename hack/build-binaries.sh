@@ -9,6 +9,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 KWOK_GO_TOOLCHAIN="${KWOK_GO_TOOLCHAIN:-go1.27.3}"   # kwok's go.mod asks for Go 1.27
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"   # kstatus: the reference status reader (Flux, kpt)
 CACHE="${LLMOS_CACHE:-$HOME/.cache/llmos}"
 BIN="$CACHE/bin"
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -78,10 +79,25 @@ helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(k8s_minor) -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(k8s_minor)"
 }
 
+# kstatus: hack/kstatus/main.go against a pinned sigs.k8s.io/cli-utils; the cache key includes the program's hash.
+kstatus() {
+  local src="$(cd "$(dirname "$0")" && pwd)/kstatus/main.go" sum
+  sum=$(sha256sum "$src" | cut -c1-12)
+  local dir="$BIN/kstatus-$CLI_UTILS_VERSION-$sum" mod="$CACHE/src/kstatus-$CLI_UTILS_VERSION-$sum"
+  mkdir -p "$dir" "$mod"
+  if [[ ! -f "$mod/go.sum" ]]; then
+    cp "$src" "$mod/main.go"
+    printf 'module llmos.dev/kstatus\ngo 1.26\nrequire sigs.k8s.io/cli-utils %s\n' "$CLI_UTILS_VERSION" > "$mod/go.mod"
+    (cd "$mod" && go mod tidy)
+  fi
+  build_in_module "$mod" "$dir/kstatus" "." ""
+}
+
 case "${1:-all}" in
-  all) k8s; etcd; kwok; helm ;;
+  all) k8s; etcd; kwok; helm; kstatus ;;
   paths)
     echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
-    echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)" ;;
+    echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)"
+    echo "KSTATUS_BIN=$BIN/kstatus-$CLI_UTILS_VERSION-$(sha256sum "$(dirname "$0")/kstatus/main.go" | cut -c1-12)" ;;
   *) "$1" ;;
 esac

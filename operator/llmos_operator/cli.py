@@ -41,12 +41,12 @@ def _operator(args: argparse.Namespace) -> int:
     from .handlers import main as operator_main
 
     return operator_main.run(
-        namespace=args.namespace,
         config_path=args.config,
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         standalone=args.standalone,
-        peering=args.peering,
+        lease_name=args.leader_election_id,
+        lease_namespace=args.leader_election_namespace,
     )
 
 
@@ -71,13 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="the llmos operator")
     op_sub = op.add_subparsers(dest="operator_command", required=True)
     run = op_sub.add_parser("run", help="run the operator against the current kubeconfig")
-    run.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
     run.add_argument("--config", help="operator configuration YAML (GPU classes, trusted keys, images)")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
-    run.add_argument("--standalone", action="store_true", help="no peering (a single operator process)")
-    run.add_argument("--peering", default=None,
-                     help="kopf peering name: replicas with the same name elect one active (needs the kopf.dev CRDs)")
+    run.add_argument("--standalone", action="store_true",
+                     help="no leader election: reconcile at once (a single operator process, tests, development)")
+    run.add_argument("--leader-election-id", default=None,
+                     help="name of the coordination.k8s.io Lease that elects the one active replica "
+                          "(default: llmos-operator)")
+    run.add_argument("--leader-election-namespace", default=None,
+                     help="namespace of that Lease (default: $LLMOS_OPERATOR_NAMESPACE, else llmos-system)")
     op.set_defaults(func=_operator)
 
     try:

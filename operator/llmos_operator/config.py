@@ -12,7 +12,7 @@ key ``config.yaml``). The built-in default matches the local cluster's fake node
       l4: {...}
     trustedKeys: {}            # name → PEM public key, trusted for every tenant
     runtime:
-      image: ghcr.io/llmos/runtime:0.1.0
+      image: ghcr.io/llmos/runtime:<package version>   # what `make images` tags (GPU flavour)
       openaiPort: 8000
       healthPort: 8081
 
@@ -39,6 +39,20 @@ DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
 
 
+IMAGE_REGISTRY = "ghcr.io/llmos"  # hack/build-images.sh and the chart's values use the same names
+
+
+def default_image(component: str) -> str:
+    """``ghcr.io/llmos/<component>:<package version>``: the tag `make images` gives and the chart defaults to."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tag = version("llmos")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        tag = "latest"
+    return f"{IMAGE_REGISTRY}/{component}:{tag}"
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
@@ -56,7 +70,7 @@ class GPUClass(_Config):
 class RuntimeConfig(_Config):
     """The pod that serves a model."""
 
-    image: str = "ghcr.io/llmos/runtime:0.1.0"
+    image: str = Field(default_factory=lambda: default_image("runtime"))
     image_pull_policy: str = "IfNotPresent"
     openai_port: int = Field(8000, ge=1, le=65535)
     health_port: int = Field(8081, ge=1, le=65535)

@@ -1,79 +1,41 @@
-"""`make demo`: the local cluster, what the Helm chart installs for the platform (CRDs, RBAC, tenant roles, admission
-policies), the operator running with its ServiceAccount's token, the example tenants, models and deployments (one of
-them queued for quota), then a status table."""
+"""`make demo`: the local cluster, the CRDs, the operator, the example tenants, models and deployments (one of them
+queued for quota), then a status table."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-from pathlib import Path
 
 from . import cluster, operator_process, platform
 
 EXAMPLES = cluster.REPO_ROOT / "examples"
-SYSTEM_NAMESPACE = platform.SYSTEM_NAMESPACE
-
-
-def _sign_example_model(state: Path) -> tuple[bytes, bytes]:
-    """A tiny stand-in for the example model's weights, signed with a demo key (made once, kept with the cluster).
-    Returns (bundle, public key PEM)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from llmos_signing import sign_model
-
-    key_file = state / "demo-release-key.pem"
-    if not key_file.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    model_dir = state / "demo-model" / "llama-3-8b"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    (model_dir / "model.safetensors").write_bytes(b"\0" * 4096)
-    bundle = sign_model(model_dir, key_file.read_bytes())
-    return bundle, public_pem
-
-
-def _apply(name: str, docs: list[dict]) -> None:
-    cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": docs}))
 
 
 def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     start = time.monotonic()
     kubeconfig = cluster.up(name)
-    platform.install(name)
+    platform.install(name)  # the chart's CRDs, RBAC, tenant roles and admission policies
     operator_process.start(name)  # as the chart's operator ServiceAccount, not the admin
 
-    bundle, public_pem = _sign_example_model(cluster.cluster_dir(name))
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-                  for ns in (SYSTEM_NAMESPACE, "team-a", "team-b")]
-    _apply(name, namespaces + [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-a-release-key", "namespace": SYSTEM_NAMESPACE},
-         "data": {"publicKey": base64.b64encode(public_pem).decode()}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "llama-3-8b-signature", "namespace": "team-a"},
-         "binaryData": {"model.sig": base64.b64encode(bundle).decode()}},
-    ])
-    for example in ("tenants.yaml", "team-a.yaml", "team-b.yaml"):
-        cluster.kubectl(name, "apply", "-f", str(EXAMPLES / example))
+    # The same manifests a platform team and a tenant apply (examples/*/kustomization.yaml; docs/gitops.md).
+    cluster.kubectl(name, "apply", "-k", str(EXAMPLES / "platform"))
+    for tenant_part in ("team-a", "team-b"):
+        cluster.kubectl(name, "apply", "-k", str(EXAMPLES / tenant_part))
 
     # Settle: every ModelDeployment has an admission decision and the admitted ones have their pods.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         out = cluster.kubectl(name, "get", "modeldeployments", "-A", "-o", "json").stdout
         items = json.loads(out)["items"]
+        # NoTenant, ModelNotVerified: seen before its Tenant or Model was reconciled (all were just applied).
         decided = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] != "Unknown"
+                                           and c.get("reason") not in ("NoTenant", "ModelNotVerified")
                                            for c in d.get("status", {}).get("conditions", []))]
         ready = [d for d in items if any(c["type"] == "Ready" and c["status"] == "True"
                                          for c in d.get("status", {}).get("conditions", []))]
         admitted = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] == "True"
                                             for c in d.get("status", {}).get("conditions", []))]
-        if items and len(decided) == len(items) and len(ready) == len(admitted):
+        if items and len(decided) == len(items) and admitted and len(ready) == len(admitted):
             break
         time.sleep(1)
 

@@ -47,9 +47,10 @@ def _cleanup(**_):
     _c().store.stop()
 
 
-def run(*, namespace: list[str] | None, config_path: str | None, liveness: str | None, metrics_port: int,
-        standalone: bool, peering: str) -> int:
-    """`llmos operator run`: the operator in this process, until interrupted."""
+def run(*, config_path: str | None, liveness: str | None, metrics_port: int,
+        standalone: bool, lease_name: str | None = None, lease_namespace: str | None = None) -> int:
+    """`llmos operator run`: the operator in this process, until interrupted. Unless ``standalone``, the process
+    first waits until it holds the leader Lease (see leader.py): of several replicas, only one runs kopf."""
     from kubernetes import config as k8s_config
     from prometheus_client import start_http_server
 
@@ -75,11 +76,13 @@ def run(*, namespace: list[str] | None, config_path: str | None, liveness: str |
     _controller = Controller(Kube(api), config)
     if metrics_port:
         start_http_server(metrics_port)
+    if not standalone:
+        from .leader import DEFAULT_LEASE_NAME, wait_until_leader
+
+        wait_until_leader(namespace=lease_namespace, lease_name=lease_name or DEFAULT_LEASE_NAME, liveness=liveness)
     kopf.run(
-        clusterwide=not namespace,
-        namespaces=namespace or [],
+        clusterwide=True,  # Tenants own namespaces anywhere, including ones llmos creates: the store watches all
         liveness_endpoint=liveness,
-        standalone=standalone,
-        peering_name=peering,
+        standalone=True,  # the Lease above elects the one active replica; kopf's own peering is not used
     )
     return 0
