@@ -87,7 +87,10 @@ def crds(cluster):
     """The chart's CRDs, RBAC, tenant roles and admission policies (release `llmos` in `llmos-system`)."""
     from llmos_operator.dev import platform
 
-    platform.install(cluster.name)
+    # The chart and image tests install further releases of llmos on this cluster; their operators write GPU
+    # Deployments into tenant namespaces too, so this release's admission policies must know them as operators.
+    others = [f"system:serviceaccount:{release}:{release}-operator" for release in ("llmos-chart", "llmos-image")]
+    platform.install(cluster.name, values={"isolation": {"extraOperatorUsernames": others}})
     return True
 
 
