@@ -69,7 +69,9 @@ def scenario(cluster, operator, crds):
 
     namespace = f"t-gitops-{uuid.uuid4().hex[:5]}"
     core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    # The platform makes the namespace and marks it for the tenant (llmos.dev/adopt), as examples/platform does.
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=namespace, annotations={"llmos.dev/adopt": namespace})))
     objects = Objects(cluster.api, namespace)
     try:
         # Applied as a GitOps tool applies: server-side, under a field manager of its own.
@@ -85,7 +87,8 @@ def scenario(cluster, operator, crds):
 
         manifests = [
             {"apiVersion": api, "kind": "Tenant", "metadata": {"name": namespace},
-             "spec": {"namespaces": [namespace], "quota": {"gpus": {"h100": 4, "l4": 16}}}},
+             "spec": {"namespaces": [namespace], "quota": {"gpus": {"h100": 4, "l4": 16}},
+                      "policy": {"allowUnsignedModels": True}}},
             model("m", "Disabled"),
             model("signed", "Required"),  # no bundle anywhere: cannot verify
             deployment("chat", "h100", 4),
