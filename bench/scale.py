@@ -307,13 +307,17 @@ def operator_source(spec: str, workdir: Path) -> Path:
 # Counting the API requests of the operator: the API server's audit log names each request's user agent.
 
 
-def audit_requests(audit_log: Path, start: datetime, end: datetime) -> tuple[int, collections.Counter]:
-    """Requests the operator's clients sent between ``start`` and ``end`` (by request received time): count, and a
-    Counter of "verb resource[/subresource]"."""
+def audit_requests(audit_log: Path, start: datetime, end: datetime, offset: int = 0) -> tuple[int, collections.Counter]:
+    """Requests the operator's clients sent between ``start`` and ``end`` (by request received time), read from
+    byte ``offset`` of the log on: count, and a Counter of "verb resource[/subresource]". A request is logged when
+    its response completes (a watch also when it starts), so one received in the window is logged after ``offset``
+    when that was the log's size at ``start``."""
     calls: collections.Counter = collections.Counter()
     seen: set[str] = set()
-    with audit_log.open(errors="replace") as f:
-        for line in f:
+    with audit_log.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            line = raw.decode(errors="replace")
             if '"userAgent"' not in line:
                 continue
             try:
@@ -551,6 +555,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
 
         # 3. idle minute ------------------------------------------------------------------------------------------
         time.sleep(args.settle_seconds)
+        audit_offset = audit_log.stat().st_size
         cpu0, total0 = operator.cpu_seconds(), request_total(api)
         wall0, t0 = time.monotonic(), datetime.now(timezone.utc)
         log(f"idle: measuring {args.idle_seconds} s")
@@ -558,7 +563,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         cpu1, total1 = operator.cpu_seconds(), request_total(api)
         wall1, t1 = time.monotonic(), datetime.now(timezone.utc)
         time.sleep(2)  # the audit log's buffered writes
-        count, calls = audit_requests(audit_log, t0, t1)
+        count, calls = audit_requests(audit_log, t0, t1, audit_offset)
         figures.idle_cpu_pct = (cpu1 - cpu0) / (wall1 - wall0) * 100
         figures.idle_operator_rps = count / (wall1 - wall0)
         figures.idle_all_rps = (total1 - total0) / (wall1 - wall0)
