@@ -5,8 +5,9 @@ Deployments applied directly in the same run (the limit the control plane sets).
     .venv/bin/python bench/scale.py --tenants 5 --nodes 10 --deployments 20 --no-growth  # a quick look
 
 Every size runs on a fresh local cluster (`llmos dev up`, its name `--cluster`, stopped at the end unless `--keep`)
-with the API server's audit log on, and the operator as its own process (`llmos operator run --standalone`, from
-`--operator-from`). Per size:
+with the API server's audit log on and the chart's platform objects (CRDs, RBAC, admission policies), and the
+operator as its own process (`llmos operator run --standalone`, from `--operator-from`, with the chart's
+ServiceAccount token). Per size:
 
 1. raw: N namespaces, K Deployments (1 replica, 1 GPU, the placement llmos renders for class h100) created by
    `--apply-threads` client threads; time from the first create until every one is available. Then deleted, and
@@ -300,10 +301,30 @@ def operator_source(spec: str, workdir: Path) -> Path:
     repo, rev = spec.rsplit("@", 1)
     out = workdir / "operator-src"
     out.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", repo, "archive", rev, "operator", "runtime", "crds"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", repo, "archive", rev, "operator", "runtime", "crds", "helm", "hack"],
+                             check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return out
+
+
+def install_platform(src: Path, name: str) -> Path | None:
+    """What the Helm chart of the operator's checkout installs besides the operator (CRDs, RBAC, admission policies:
+    `llmos_operator.dev.platform`, run from that checkout), and a kubeconfig with a token of the chart's operator
+    ServiceAccount, as the integration tests run it. A checkout without dev/platform.py gets the CRDs only, and
+    None: its operator then runs with the admin kubeconfig."""
+    env = dict(os.environ, PYTHONPATH=f"{src / 'operator'}:{src / 'runtime'}")
+    if not (src / "operator" / "llmos_operator" / "dev" / "platform.py").exists():
+        from llmos_operator.dev import cluster
+
+        cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", str(src / "crds"))
+        cluster.kubectl(name, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        return None
+    code = ("import sys; from llmos_operator.dev import platform; platform.install(sys.argv[1]); "
+            "print(platform.operator_kubeconfig(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"could not install the platform from {src}:\n{out.stderr}")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -431,8 +452,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
     kubeconfig = cluster.up(name, pools=pools, audit_policy=policy)
     audit_log = cluster.logs_dir(name) / "audit.log"
     src = args.operator_src
-    cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", str(src / "crds"))
-    cluster.kubectl(name, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    operator_kubeconfig = install_platform(src, name) or kubeconfig
 
     def new_api():
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
@@ -485,7 +505,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
             time.sleep(2)
 
         # 2. llmos ------------------------------------------------------------------------------------------------
-        operator = Operator(src, kubeconfig, cluster.logs_dir(name) / "llmos-operator-bench.log")
+        operator = Operator(src, operator_kubeconfig, cluster.logs_dir(name) / "llmos-operator-bench.log")
         operator.start()
         bundle, public_key = signed_model(workdir)
         tenants = [f"tenant-{t}" for t in range(size.tenants)]
