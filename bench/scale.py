@@ -100,6 +100,8 @@ class Figures:
     burst_operator_requests: int = 0  # from the first create until all Ready (or the timeout)
     burst_top_calls: list = field(default_factory=list)
     not_ready: int = 0
+    samples_timed_out: int = 0  # latency samples with no child after 30 s (counted as 30 s)
+    error: str = ""  # why the size stopped early, if it did
     not_ready_example: str = ""
     operator: str = ""  # --operator-from, and the commit when one was exported
     started: str = ""  # UTC
@@ -241,15 +243,16 @@ def model_deployment_ready(obj: dict) -> bool:
 
 
 class Operator:
-    def __init__(self, source: Path, kubeconfig: Path, log_path: Path):
+    def __init__(self, source: Path, kubeconfig: Path, log_path: Path, extra_env: dict[str, str] | None = None):
         self.source, self.kubeconfig, self.log_path = source, kubeconfig, log_path
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.health_port = _free_port()
         self.metrics_port = _free_port()
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
-                   PYTHONPATH=f"{self.source / 'operator'}:{self.source / 'runtime'}")
+                   PYTHONPATH=f"{self.source / 'operator'}:{self.source / 'runtime'}", **self.extra_env)
         env.pop("LLMOS_RESYNC_SECONDS", None)  # production defaults
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
@@ -307,24 +310,31 @@ def operator_source(spec: str, workdir: Path) -> Path:
     return out
 
 
-def install_platform(src: Path, name: str) -> Path | None:
+def install_platform(src: Path, name: str) -> tuple[Path | None, dict[str, str]]:
     """What the Helm chart of the operator's checkout installs besides the operator (CRDs, RBAC, admission policies:
-    `llmos_operator.dev.platform`, run from that checkout), and a kubeconfig with a token of the chart's operator
-    ServiceAccount, as the integration tests run it. A checkout without dev/platform.py gets the CRDs only, and
-    None: its operator then runs with the admin kubeconfig."""
-    env = dict(os.environ, PYTHONPATH=f"{src / 'operator'}:{src / 'runtime'}")
+    `llmos_operator.dev.platform`, run from that checkout); a kubeconfig with a token of the chart's operator
+    ServiceAccount and the environment the chart's Deployment gives the operator (its configuration, namespace),
+    as the integration tests run it. A checkout without dev/platform.py gets the CRDs only and (None, {}): its
+    operator then runs with the admin kubeconfig and the default configuration."""
     if not (src / "operator" / "llmos_operator" / "dev" / "platform.py").exists():
         from llmos_operator.dev import cluster
 
         cluster.kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", str(src / "crds"))
         cluster.kubectl(name, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        return None
-    code = ("import sys; from llmos_operator.dev import platform; platform.install(sys.argv[1]); "
-            "print(platform.operator_kubeconfig(sys.argv[1]))")
-    out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True)
+        return None, {}
+    code = """
+import json, sys
+from llmos_operator.dev import platform
+platform.install(sys.argv[1])
+env = platform.operator_environment(sys.argv[1]) if hasattr(platform, "operator_environment") else {}
+print(json.dumps({"kubeconfig": str(platform.operator_kubeconfig(sys.argv[1])), "env": env}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=f"{src / 'operator'}:{src / 'runtime'}"))
     if out.returncode != 0:
         raise SystemExit(f"could not install the platform from {src}:\n{out.stderr}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return Path(result["kubeconfig"]), result["env"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -432,15 +442,14 @@ def spread(size: Size, count: int, offset: int = 0) -> list[tuple[int, int]]:
 # One size.
 
 
-def run_size(size: Size, args, workdir: Path) -> Figures:
+def run_size(figures: Figures, args, workdir: Path) -> None:
     from kubernetes import client
     from kubernetes import config as k8s_config
 
     from llmos_operator.dev import cluster
     from llmos_operator.dev.nodes import NodePool
 
-    figures = Figures(size, operator=args.operator_label, started=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-                      apply_threads=args.apply_threads)
+    size = figures.size
     if size.deployments + args.samples > 8 * size.nodes:
         raise SystemExit(f"{size}: {size.deployments + args.samples} GPUs asked, {8 * size.nodes} exist")
     name = args.cluster
@@ -452,7 +461,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
     kubeconfig = cluster.up(name, pools=pools, audit_policy=policy)
     audit_log = cluster.logs_dir(name) / "audit.log"
     src = args.operator_src
-    operator_kubeconfig = install_platform(src, name) or kubeconfig
+    operator_kubeconfig, operator_env = install_platform(src, name)
 
     def new_api():
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
@@ -476,6 +485,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         raise SystemExit("default ServiceAccounts missing after 120 s")
 
     operator = None
+    started_watchers: list[Watcher] = []
     try:
         # 1. raw --------------------------------------------------------------------------------------------------
         raw_ns = [f"raw-{t}" for t in range(size.tenants)]
@@ -484,6 +494,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         raw = Tracker(deployment_available)
         raw_watch = Watcher(new_api(), "/apis/apps/v1/deployments", raw, label_selector="bench=raw")
         raw_watch.start()
+        started_watchers.append(raw_watch)
         raw_watch.synced.wait(60)
         bodies = [raw_deployment(raw_ns[t], f"d-{i}") for t, i in spread(size, size.deployments)]
         log(f"raw: creating {len(bodies)} Deployments")
@@ -505,7 +516,8 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
             time.sleep(2)
 
         # 2. llmos ------------------------------------------------------------------------------------------------
-        operator = Operator(src, operator_kubeconfig, cluster.logs_dir(name) / "llmos-operator-bench.log")
+        operator = Operator(src, operator_kubeconfig or kubeconfig, cluster.logs_dir(name) / "llmos-operator-bench.log",
+                            operator_env)
         operator.start()
         bundle, public_key = signed_model(workdir)
         tenants = [f"tenant-{t}" for t in range(size.tenants)]
@@ -519,6 +531,8 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": tenant},
                 "spec": {"namespaces": [tenant], "quota": {"gpus": {"h100": per_tenant}},
                          "trustedKeys": [{"name": "release", "publicKey": public_key}]}})
+
+        def make_model(tenant: str) -> None:
             custom.create_namespaced_custom_object(GROUP, VERSION, tenant, "models", {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "Model", "metadata": {"name": "m"},
                 "spec": {"source": {"uri": "hf://bench/tiny"},
@@ -527,9 +541,22 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         log(f"llmos: {size.tenants} tenants with a signed model each")
         list(pool.map(make_tenant, tenants))
         wait_service_accounts(tenants)
+        # The Models come once the operator has taken the Tenants in (their namespaces labelled), as a platform
+        # team creates tenants before the tenants create models.
+        deadline = time.monotonic() + args.timeout
+        while True:
+            labelled = {ns.metadata.name for ns in core.list_namespace(label_selector="llmos.dev/tenant").items}
+            if set(tenants) <= labelled:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tenant namespaces not labelled after {args.timeout} s: "
+                                 f"{sorted(set(tenants) - labelled)[:5]}")
+            time.sleep(1)
+        list(pool.map(make_model, tenants))
         models = Tracker(lambda obj: (condition(obj, "Verified") or {}).get("status") == "True")
         models_watch = Watcher(new_api(), f"/apis/{GROUP}/{VERSION}/models", models)
         models_watch.start()
+        started_watchers.append(models_watch)
         if not models.wait([f"{t}/m" for t in tenants], args.timeout, "done"):
             bad = next(o for k, o in models.latest.items() if k not in models.done)
             raise SystemExit(f"models not Verified after {args.timeout} s, e.g. {key_of(bad)}: "
@@ -544,6 +571,7 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
                             label_selector="app.kubernetes.io/managed-by=llmos")]
         for w in watchers:
             w.start()
+            started_watchers.append(w)
             w.synced.wait(60)
         created: dict[str, float] = {}
 
@@ -610,9 +638,9 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         for t, i in spread(size, args.samples, offset=size.deployments):
             key = f"{tenants[t]}/md-{i}"
             create((t, i))
-            if not children.wait([key], 30):
-                raise SystemExit(f"latency sample {key}: no child Deployment after 30 s")
-            samples.append(children.seen[key] - created[key])
+            if not children.wait([key], 30):  # counted as 30 s: a lower bound
+                figures.samples_timed_out += 1
+            samples.append(children.seen.get(key, created[key] + 30) - created[key])
         figures.child_p50_ms = statistics.median(samples) * 1000
         figures.child_p99_ms = percentile(samples, 0.99) * 1000
         figures.child_max_ms = max(samples) * 1000
@@ -621,8 +649,9 @@ def run_size(size: Size, args, workdir: Path) -> Figures:
         figures.rss_peak_mb, figures.rss_end_mb = operator.memory_mb()
         for w in watchers:
             w.stopping.set()
-        return figures
     finally:
+        for w in started_watchers:
+            w.stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         if operator:
             operator.stop()
@@ -668,8 +697,12 @@ def print_report(results: list[Figures]) -> None:
               f"   llmos/raw {fig.ratio:.2f}× (goal ≤ {GOALS['ratio']}×)")
         for label, attr, fmt, goal in ROWS[6:]:
             print(f"{label:42s} {'':10s} {fmt.format(value(fig, attr)):>10s}   {goal}")
+        if fig.error:
+            print(f"STOPPED EARLY (later figures are 0): {fig.error}")
         if fig.not_ready:
             print(f"NOT READY: {fig.not_ready} ModelDeployments, e.g. {fig.not_ready_example}")
+        if fig.samples_timed_out:
+            print(f"{fig.samples_timed_out} latency samples had no child after 30 s (counted as 30 s)")
         print(f"burst: the operator's {fig.burst_operator_requests} API calls until all Ready:",
               ", ".join(f"{what} ×{n}" for what, n in fig.burst_top_calls) or "none")
         print("idle: the operator's API calls in the minute:", ", ".join(f"{what} ×{n}" for what, n in
@@ -732,7 +765,7 @@ def load_figures(path: Path) -> list[Figures]:
 
 
 def meets_goals(fig: Figures) -> bool:
-    return (not fig.not_ready and fig.ratio <= GOALS["ratio"] and fig.child_p50_ms <= GOALS["p50_ms"]
+    return (not fig.error and not fig.not_ready and not fig.samples_timed_out and fig.ratio <= GOALS["ratio"] and fig.child_p50_ms <= GOALS["p50_ms"]
             and fig.child_p99_ms <= GOALS["p99_ms"] and fig.rss_peak_mb <= GOALS["rss_mb"]
             and fig.idle_cpu_pct <= GOALS["idle_cpu_pct"] and fig.idle_operator_rps <= GOALS["idle_rps"])
 
@@ -786,7 +819,14 @@ def main() -> int:
             args.operator_label += f" ({commit})"
         results = load_figures(args.previous) if args.previous else []
         for size in sizes:
-            results.append(run_size(size, args, workdir))
+            figures = Figures(size, operator=args.operator_label, apply_threads=args.apply_threads,
+                              started=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+            results.append(figures)
+            try:
+                run_size(figures, args, workdir)
+            except (Exception, SystemExit) as exc:  # keep what was measured, say where it stopped
+                figures.error = str(exc) or repr(exc)
+                log(f"{size}: stopped early: {figures.error}")
             if args.json:
                 args.json.write_text(json.dumps([{**asdict(r), "ratio": r.ratio} for r in results], indent=1,
                                                 default=str))
