@@ -49,7 +49,8 @@ def test_the_binaries_built_from_source_are_used_and_no_kubeconfig_is_touched():
     assert flags["--kubeconfig"] == "/dev/null"
     assert flags["--wait"] == "90s"
     assert "--kube-audit-policy" not in cmd
-    assert kwokctl_create_command("c", BINS, 90, audit_policy=Path("/p.yaml"))[-2:] == ["--kube-audit-policy", "/p.yaml"]
+    audited = kwokctl_create_command("c", BINS, 90, audit_policy=Path("/p.yaml"))
+    assert audited[-2:] == ["--kube-audit-policy", "/p.yaml"]
 
 
 def test_the_node_wait_grows_with_the_pool():
