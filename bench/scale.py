@@ -649,10 +649,6 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
             figures.child_p99_ms = percentile(samples, 0.99) * 1000
             figures.child_max_ms = max(samples) * 1000
 
-        # 5. memory -----------------------------------------------------------------------------------------------
-        figures.rss_peak_mb, figures.rss_end_mb = operator.memory_mb()
-        for w in watchers:
-            w.stopping.set()
     finally:
         for w in started_watchers:
             w.stopping.set()
