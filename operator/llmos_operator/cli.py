@@ -20,7 +20,7 @@ def _dev(args: argparse.Namespace) -> int:
             from .dev.nodes import load_pools
 
             pools = load_pools(Path(args.nodes))
-        kubeconfig = cluster.up(args.name, **({"pools": pools} if pools else {}))
+        kubeconfig = cluster.up(args.name, **({"pools": pools} if pools else {}), node_timeout=args.node_timeout)
         print(kubeconfig)
         return 0
     if args.dev_command == "down":
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default="llmos", help="cluster name (default: llmos)")
         if name == "up":
             p.add_argument("--nodes", help="YAML file of node pools (default: 4×8 H100, 4×4 L4, 2 CPU nodes)")
+            p.add_argument("--node-timeout", type=float, default=None, metavar="SECONDS",
+                           help="how long to wait for the nodes to turn Ready (default: 60 s + 0.5 s per node "
+                                "beyond 100)")
     dev.set_defaults(func=_dev)
 
     op = sub.add_parser("operator", help="the llmos operator")

@@ -6,6 +6,7 @@ State lives under ~/.cache/llmos/kwok/clusters/<name>/ (kwokctl's work dir): kub
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -118,9 +119,52 @@ def _log_tails(name: str, lines: int = 20) -> str:
     return "\n".join(parts)
 
 
-def up(name: str = DEFAULT_CLUSTER, pools: tuple[NodePool, ...] = DEFAULT_POOLS, timeout: float = 120) -> Path:
+# The local control plane is sized for the scale benchmark (bench/scale.py, up to 10,000 ModelDeployments):
+# - a Service range of 65,534 addresses: kube-apiserver's default is a /24, so the 255th Service failed with
+#   "failed to allocate a serviceIP: range is full";
+# - kwokctl's --disable-qps-limits: kube-controller-manager and kube-scheduler get --kube-api-qps=5000
+#   --kube-api-burst=10000 instead of client-side limits of 20 and 50 requests/s, and the API server
+#   --max-requests-inflight=0 --max-mutating-requests-inflight=0 --enable-priority-and-fairness=false. Measured
+#   with 250 nodes: 300 plain 1-GPU Deployments were all available 75 s after the apply with the defaults (the
+#   controller-manager's limiter: about 4 Deployments/s), 3 s after the apply ended with the limits lifted.
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+
+
+def kwokctl_create_command(name: str, bins: Binaries, timeout: float, audit_policy: Path | None = None) -> list[str]:
+    """The `kwokctl create cluster` command line for the binary runtime (apart from `up` so a unit test reads it)."""
+    cmd = [
+        str(bins.kwokctl), "create", "cluster", "--name", name, "--runtime", "binary",
+        "--etcd-binary", str(bins.etcd / "etcd"),
+        "--kube-apiserver-binary", str(bins.k8s / "kube-apiserver"),
+        "--kube-controller-manager-binary", str(bins.k8s / "kube-controller-manager"),
+        "--kube-scheduler-binary", str(bins.k8s / "kube-scheduler"),
+        "--kwok-controller-binary", str(bins.kwok / "kwok"),
+        "--kube-authorization", "--kube-admission",
+        # Each controller acts as its own ServiceAccount (system:serviceaccount:kube-system:<controller>), as in
+        # kubeadm clusters: the chart's GPU admission policy lets exactly the Deployment and ReplicaSet
+        # controllers make llmos's GPU pods (isolation.controllerUsernames), not the admin's identity.
+        "--extra-args", f"kube-controller-manager={CONTROLLER_CREDENTIALS_FLAG}=true",
+        "--disable-qps-limits",
+        "--extra-args", f"kube-apiserver=service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--kubeconfig", os.devnull,  # leave ~/.kube/config alone; the cluster's own kubeconfig.yaml is used
+        "--wait", f"{int(timeout)}s",
+    ]
+    if audit_policy is not None:  # the API server then writes logs/audit.log (the scale benchmark counts requests)
+        cmd += ["--kube-audit-policy", str(audit_policy)]
+    return cmd
+
+
+def node_wait_timeout(count: int) -> float:
+    """Seconds to wait for `count` fake nodes to turn Ready. KWOK takes them over one by one, so the wait grows with
+    the pool: 60 s, plus 0.5 s per node beyond 100."""
+    return 60.0 + 0.5 * max(0, count - 100)
+
+
+def up(name: str = DEFAULT_CLUSTER, pools: tuple[NodePool, ...] = DEFAULT_POOLS, timeout: float = 120,
+       node_timeout: float | None = None, audit_policy: Path | None = None) -> Path:
     """Start the cluster (or reuse a running one), make sure the fake nodes exist and are Ready; returns the
-    kubeconfig path. Idempotent."""
+    kubeconfig path. Idempotent. ``node_timeout`` defaults to `node_wait_timeout` of the pools' size;
+    ``audit_policy`` (applies when a cluster is created) turns on the API server's audit log."""
     bins = binaries()
     if not is_running(name, bins):
         if cluster_dir(name).exists():
@@ -129,29 +173,17 @@ def up(name: str = DEFAULT_CLUSTER, pools: tuple[NodePool, ...] = DEFAULT_POOLS,
                            capture_output=True)
             shutil.rmtree(cluster_dir(name), ignore_errors=True)
         start = time.monotonic()
-        cmd = [
-            str(bins.kwokctl), "create", "cluster", "--name", name, "--runtime", "binary",
-            "--etcd-binary", str(bins.etcd / "etcd"),
-            "--kube-apiserver-binary", str(bins.k8s / "kube-apiserver"),
-            "--kube-controller-manager-binary", str(bins.k8s / "kube-controller-manager"),
-            "--kube-scheduler-binary", str(bins.k8s / "kube-scheduler"),
-            "--kwok-controller-binary", str(bins.kwok / "kwok"),
-            "--kube-authorization", "--kube-admission",
-            # Each controller acts as its own ServiceAccount (system:serviceaccount:kube-system:<controller>), as in
-            # kubeadm clusters: the chart's GPU admission policy lets exactly the Deployment and ReplicaSet
-            # controllers make llmos's GPU pods (isolation.controllerUsernames), not the admin's identity.
-            "--extra-args", f"kube-controller-manager={CONTROLLER_CREDENTIALS_FLAG}=true",
-            "--kubeconfig", os.devnull,  # leave ~/.kube/config alone; the cluster's own kubeconfig.yaml is used
-            "--wait", f"{int(timeout)}s",
-        ]
-        result = subprocess.run(cmd, env=_kwok_env(bins), capture_output=True, text=True)
+        result = subprocess.run(kwokctl_create_command(name, bins, timeout, audit_policy), env=_kwok_env(bins),
+                                capture_output=True, text=True)
         if result.returncode != 0 or not is_running(name, bins):
             raise ClusterError(
                 f"kwokctl could not start cluster {name!r} (exit {result.returncode}):\n{result.stderr.strip()}\n"
                 f"{_log_tails(name)}"
             )
         print(f"cluster {name!r} started in {time.monotonic() - start:.1f} s", file=sys.stderr)
-    ensure_nodes(name, pools, bins, timeout=timeout)
+    if node_timeout is None:
+        node_timeout = node_wait_timeout(sum(pool.count for pool in pools))
+    ensure_nodes(name, pools, bins, timeout=node_timeout)
     return kubeconfig_path(name)
 
 
@@ -163,23 +195,72 @@ def kubectl(name: str, *args: str, bins: Binaries | None = None, input: str | No
 
 
 def ensure_nodes(name: str, pools: tuple[NodePool, ...], bins: Binaries, timeout: float = 120) -> None:
+    """Create (or update) the pools' nodes and wait until every one is Ready, watching the node list as a whole."""
     import yaml
 
     manifests = node_manifests(pools)
-    docs = yaml.safe_dump_all(manifests)
-    result = kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", "-", bins=bins, input=docs,
-                     check=False)
+    result = kubectl(name, "apply", "--server-side", "--force-conflicts", "-f", "-", bins=bins,
+                     input=yaml.safe_dump_all(manifests), check=False)
     if result.returncode != 0:
         raise ClusterError(f"could not create fake nodes: {result.stderr.strip()}")
-    names = [m["metadata"]["name"] for m in manifests]
+    start = time.monotonic()
+    not_ready = wait_nodes_ready(kubeconfig_path(name), {m["metadata"]["name"] for m in manifests}, timeout)
+    if not_ready:
+        shown = ", ".join(sorted(not_ready)[:10]) + (", …" if len(not_ready) > 10 else "")
+        raise ClusterError(f"{len(not_ready)} of {len(manifests)} fake nodes not Ready after {timeout:.0f} s "
+                           f"({shown}); `llmos dev up --node-timeout` waits longer\n{_log_tails(name)}")
+    if len(manifests) > 20:
+        print(f"{len(manifests)} fake nodes Ready in {time.monotonic() - start:.1f} s", file=sys.stderr)
+
+
+def node_is_ready(node: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (node.get("status") or {}).get("conditions") or [])
+
+
+def wait_nodes_ready(kubeconfig: Path, wanted: set[str], timeout: float) -> set[str]:
+    """One LIST of the nodes, then one WATCH from its resourceVersion (listed again if the watch expires), until
+    every name in ``wanted`` is Ready or ``timeout`` passes. Returns the names not Ready (empty on success)."""
+    from kubernetes import client, watch
+    from kubernetes import config as k8s_config
+
+    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout
-    while True:
-        result = kubectl(name, "wait", "--for=condition=Ready", "--timeout=10s", *[f"node/{n}" for n in names],
-                         bins=bins, check=False)
-        if result.returncode == 0:
+    not_ready = set(wanted)
+
+    def see(node: dict, deleted: bool = False) -> None:
+        node_name = node["metadata"]["name"]
+        if node_name not in wanted:
             return
-        if time.monotonic() > deadline:
-            raise ClusterError(f"fake nodes did not become Ready: {result.stderr.strip()}\n{_log_tails(name)}")
+        if not deleted and node_is_ready(node):
+            not_ready.discard(node_name)
+        else:
+            not_ready.add(node_name)
+
+    try:
+        while not_ready and time.monotonic() < deadline:
+            listing = json.loads(core.list_node(_preload_content=False).data)
+            for node in listing["items"]:
+                see(node)
+            version = listing["metadata"]["resourceVersion"]
+            try:
+                while not_ready and (left := deadline - time.monotonic()) > 0:
+                    stream = watch.Watch().stream(core.list_node, resource_version=version, allow_watch_bookmarks=True,
+                                                  timeout_seconds=max(1, int(min(left, 60))))
+                    for event in stream:
+                        node = api.sanitize_for_serialization(event["object"])
+                        version = node["metadata"].get("resourceVersion") or version
+                        if event["type"] != "BOOKMARK":
+                            see(node, deleted=event["type"] == "DELETED")
+                        if not not_ready or time.monotonic() > deadline:
+                            break
+            except client.ApiException as exc:
+                if exc.status != 410:  # 410 Gone: the watch's resourceVersion expired; list again
+                    raise
+    finally:
+        api.close()
+    return not_ready
 
 
 def down(name: str = DEFAULT_CLUSTER) -> bool:
