@@ -60,8 +60,10 @@ def test_chart_lints_renders_and_passes_a_server_side_dry_run(cluster, tmp_path,
     lint = helm(cluster, "lint", "--strict", str(CHART), *args)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
+    # A release name of its own: the cluster-scoped objects of the platform's release `llmos` (ClusterRoles, admission
+    # policies) are already there, owned by another field manager.
     namespace = "llmos-dry-run"
-    rendered = helm(cluster, "template", "llmos", str(CHART), "--namespace", namespace, *args)
+    rendered = helm(cluster, "template", "llmos-dry-run", str(CHART), "--namespace", namespace, *args)
     assert rendered.returncode == 0, rendered.stderr
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     kinds = {d["kind"] for d in docs}
@@ -133,7 +135,7 @@ def test_several_replicas_without_leader_election_are_refused(cluster):
 
 
 def test_notes_say_what_to_apply_next_and_what_uninstall_keeps(cluster):
-    out = helm(cluster, "install", "llmos", str(CHART), "--dry-run", "--namespace", "llmos-notes")
+    out = helm(cluster, "install", "llmos-notes", str(CHART), "--dry-run", "--namespace", "llmos-notes")
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     assert "kubectl apply -k examples/platform" in notes and "kubectl apply -k examples/team-a" in notes
