@@ -36,6 +36,7 @@ from .sources import LOCAL_SCHEMES, SourceError, cache_key, parse_source, resolv
 from .state import RuntimeState
 from .verify import TrustError, load_trusted_keys, verify_dir
 
+FLUSH_GRACE_SECONDS = 1.0  # after the last in-flight request ends, before the engine is stopped
 log = logging.getLogger("llmos_runtime")
 
 EXIT_FAILURE = 1
@@ -534,6 +535,9 @@ class Runtime:
                         inflight, time.monotonic() - t)
         else:
             log.info("drained in %.2fs", time.monotonic() - t)
+            # The count falls when a response's last chunk is handed to the server, which may not have written it
+            # to the socket yet: stopping vLLM's process at once could cut a stream's final bytes.
+            await asyncio.sleep(FLUSH_GRACE_SECONDS)
         state.metrics.phase_seconds.labels(phase="drain").set(time.monotonic() - t)
         await self.engine.stop(cfg.engine_stop_timeout)
         return 0
