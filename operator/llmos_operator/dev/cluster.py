@@ -21,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 DEFAULT_CLUSTER = "llmos"
 CONTROLLER_CREDENTIALS_FLAG = "use-service-account-credentials"
+# What KWOK's fake pods do (become ready, slowly, never, crash-loop), chosen per test by the Model's source URI.
+STAGES = Path(__file__).with_name("kwok-stages.yaml")
+STAGES_MARK = "llmos-pod-ready"  # a cluster whose kwok.yaml lacks it was made by an older `llmos dev up`
 
 
 class ClusterError(RuntimeError):
@@ -105,6 +108,12 @@ def is_running(name: str = DEFAULT_CLUSTER, bins: Binaries | None = None) -> boo
     return probe.returncode == 0 and probe.stdout.strip() == "ok"
 
 
+def has_llmos_stages(name: str = DEFAULT_CLUSTER) -> bool:
+    """Was the cluster started with llmos's KWOK stages (dev/kwok-stages.yaml)?"""
+    config = cluster_dir(name) / "kwok.yaml"
+    return config.exists() and STAGES_MARK in config.read_text()
+
+
 def controllers_use_service_accounts(name: str = DEFAULT_CLUSTER) -> bool:
     """Was the cluster started with kube-controller-manager --use-service-account-credentials (by this version)?"""
     config = cluster_dir(name) / "kwok.yaml"
@@ -146,6 +155,7 @@ def kwokctl_create_command(name: str, bins: Binaries, timeout: float, audit_poli
         "--extra-args", f"kube-controller-manager={CONTROLLER_CREDENTIALS_FLAG}=true",
         "--disable-qps-limits",
         "--extra-args", f"kube-apiserver=service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--config", str(STAGES),
         "--kubeconfig", os.devnull,  # leave ~/.kube/config alone; the cluster's own kubeconfig.yaml is used
         "--wait", f"{int(timeout)}s",
     ]
@@ -166,7 +176,12 @@ def up(name: str = DEFAULT_CLUSTER, pools: tuple[NodePool, ...] = DEFAULT_POOLS,
     kubeconfig path. Idempotent. ``node_timeout`` defaults to `node_wait_timeout` of the pools' size;
     ``audit_policy`` (applies when a cluster is created) turns on the API server's audit log."""
     bins = binaries()
-    if not is_running(name, bins):
+    running = is_running(name, bins)
+    if running and not has_llmos_stages(name):
+        print(f"cluster {name!r} was made by an older `llmos dev up` (no llmos KWOK stages): recreating it",
+              file=sys.stderr)
+        running = False
+    if not running:
         if cluster_dir(name).exists():
             # A stopped or half-created cluster: start from clean state rather than guess what survived.
             subprocess.run([str(bins.kwokctl), "delete", "cluster", "--name", name], env=_kwok_env(bins),
