@@ -19,7 +19,7 @@ from ..placement import Fit
 from ..quota import AdmissionResult, Decision, gpu_summary
 from .common import ANNOTATION_MODEL_DIGEST, selector_string
 from .model_deployment import RenderError, endpoint_url
-from .rollout import ROLLED_BACK, ROLLOUT_FAILED, ROLLOUT_STOPPED, WAITING_FOR_SURGE, RolloutPlan
+from .rollout import COMPLETE, ROLLED_BACK, ROLLOUT_FAILED, ROLLOUT_STOPPED, WAITING_FOR_SURGE, RolloutPlan
 
 # Reasons that do not go away without someone changing a spec, a key, a quota or the nodes: kstatus Stalled.
 STALLED_REASONS = frozenset({
@@ -355,6 +355,10 @@ def desired_status(
             ready = (False, "RolloutFailed", message)
             progressing = (False, "RolloutFailed", message)
             degraded = (True, "RolloutFailed", message)
+        elif ready[0] and plan.phase != COMPLETE:
+            # The Deployment's counters say done before the pods of the template are all seen: not yet.
+            ready = (False, plan.phase, plan.message)
+            progressing = (True, plan.phase, plan.message)
     if (not ready[0] and ready[1] == "QuotaExceeded" and quota_limit is not None and decision is not None
             and decision.requested > quota_limit):
         why = (f"asks for {decision.requested} {spec.gpu.class_} GPUs but the tenant's quota is {quota_limit}: it "
