@@ -1,0 +1,253 @@
+"""Chaos tests of the operator on the real local control plane (issue 13, "Resilience tests"), marked ``chaos``.
+
+Each test is sized to the CI budget of this 2-core machine (all together about 6 minutes); the sizes are constants
+at the top, and each docstring says where a test does less than the issue asks and why. Random choices are seeded:
+a failure replays with the same moments and shapes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import OperatorProcess
+from tests.support.control_plane import ControlPlane
+from tests.support.fleet import Fleet, GpuSampler, conditions, seeded
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.chaos
+
+GPU_CLASSES = ("h100", "l4")  # the operator configuration of the test cluster (llmos_operator.dev.platform)
+
+
+def _log_since(op: OperatorProcess, offsets: dict[Path, int]) -> str:
+    """What the operator's log files (one per start) gained since ``offsets``."""
+    text = []
+    for path in sorted(op.log_dir.glob(f"llmos-operator-{op.name}-*.log")):
+        data = path.read_bytes()
+        text.append(data[offsets.get(path, 0):].decode(errors="replace"))
+    return "\n".join(text)
+
+
+def _log_offsets(op: OperatorProcess) -> dict[Path, int]:
+    return {p: p.stat().st_size for p in op.log_dir.glob(f"llmos-operator-{op.name}-*.log")}
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _reconciles(op: OperatorProcess) -> dict[str, float]:
+    """llmos_reconcile_total by kind (results summed)."""
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^llmos_reconcile_total\{kind="([^"]+)",result="[^"]+"\} (\S+)$', op.metrics(), re.M):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+@pytest.fixture
+def fleet_factory(cluster, namespace):
+    made: list[Fleet] = []
+
+    def make(quotas: list[dict[str, int]]) -> Fleet:
+        fleet = Fleet(cluster.api, namespace, quotas)
+        made.append(fleet)
+        fleet.create()
+        return fleet
+
+    yield make
+    for fleet in made:
+        fleet.delete()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. kill -9 during a burst
+
+BURST_DEPLOYMENTS = 100
+BURST_KILL_ROUNDS = 4
+BURST_QUOTAS = [{"h100": 6, "l4": 3}] * 4  # 36 of the cluster's 48 fake GPUs: every admitted pod can be scheduled
+
+
+def test_kill_9_during_a_burst_converges_without_duplicates_orphans_or_overcommit(cluster, operator, fleet_factory):
+    """100 ModelDeployments (1 or 2 GPUs, h100 or l4) across 4 tenants are created while the operator is killed
+    with SIGKILL at seeded random moments (4 rounds, not the issue's 10: each restart costs a full relist and the
+    budget is 6 minutes for every chaos test) and started again. GPU requests of the tenants' pods are sampled every
+    200 ms throughout and never exceed a tenant's quota; at the end every admitted deployment is Ready, the admitted
+    set is what `quota.admit` gives in creation order, and no child is orphaned or duplicated (nor rolled twice).
+    The "during a revision roll" half of the issue is left to the rollout rewrite (issue 11)."""
+    rng = seeded(1301)
+    fleet = fleet_factory(BURST_QUOTAS)
+    plan = [(fleet.tenants[i % len(fleet.tenants)], f"d{i:03d}", rng.choice((1, 1, 2)), rng.choice(("h100", "l4")))
+            for i in range(BURST_DEPLOYMENTS)]
+    class_of = {(ns, name): gpu_class for ns, name, _, gpu_class in plan}
+    created = threading.Event()
+    errors: list[BaseException] = []
+
+    def burst() -> None:
+        try:
+            for ns, name, count, gpu_class in plan:
+                fleet.deploy(ns, name, count, gpu_class)
+                time.sleep(0.04)  # a burst spread over a few seconds, so that kills land in the middle of it
+        except BaseException as exc:  # noqa: BLE001 — reported by the test thread
+            errors.append(exc)
+        finally:
+            created.set()
+
+    start = time.monotonic()
+    with GpuSampler(cluster.api, fleet, class_of) as sampler:
+        creator = threading.Thread(target=burst, name="burst")
+        creator.start()
+        kills = []
+        for _ in range(BURST_KILL_ROUNDS):
+            time.sleep(rng.uniform(0.5, 3.0))
+            operator.kill()
+            kills.append(round(time.monotonic() - start, 1))
+            time.sleep(rng.uniform(0.0, 1.0))
+            operator.start()
+        creator.join()
+        assert not errors, errors
+        mdeps = wait_for(lambda: (lambda ms: ms if len(ms) == BURST_DEPLOYMENTS and fleet.settled(ms) else None)(
+            fleet.mdeps()), timeout=180, interval=1, message="every deployment admitted and Ready, or queued")
+        converged = time.monotonic() - start
+        time.sleep(1)  # a few more samples after convergence
+    print(f"\nkills at {kills} s; converged after {converged:.0f} s; {sampler.samples} GPU samples "
+          f"({sampler.errors} failed); peaks {dict(sampler.peaks)}")
+    assert sampler.samples > 20
+    assert not sampler.violations, sampler.violations[:10]
+    admitted = fleet.admitted(mdeps)
+    assert admitted == fleet.replay(mdeps, GPU_CLASSES)
+    for tenant, reserved in fleet.reservations().items():
+        assert {k for k in reserved} == {k for k in admitted if k.startswith(f"{tenant}/")}
+    assert fleet.orphans_and_duplicates(mdeps) == []
+    pods = client.CoreV1Api(cluster.api).list_pod_for_all_namespaces(label_selector="llmos.dev/model-deployment").items
+    running = {f"{p.metadata.namespace}/{p.metadata.labels['llmos.dev/model-deployment']}" for p in pods
+               if p.metadata.namespace in fleet.quota_of and p.status.phase == "Running"
+               and not p.metadata.deletion_timestamp}
+    assert running == admitted
+    assert len([p for p in pods if p.metadata.namespace in fleet.quota_of]) == len(admitted)  # one pod each
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. kube-apiserver and etcd restarts under a running operator
+
+
+@pytest.fixture
+def control_plane(cluster):
+    """The cluster's components, restartable one by one; healthy again afterwards whatever the test did."""
+    plane = ControlPlane(cluster.kubeconfig.parent)
+    assert set(plane.records) >= {"etcd", "kube-apiserver"}, f"components found: {list(plane.records)}"
+    yield plane
+    plane.heal()
+    core = client.CoreV1Api(cluster.api)
+    wait_for(lambda: _api_ready(cluster), timeout=60, message="the API server ready after the test")
+    wait_for(lambda: all(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+                         for n in core.list_node().items), timeout=60, message="every node Ready after the test")
+    started = plane.heal()  # anything that died while the API server came back
+    assert not started or _api_ready(cluster)
+
+
+def _api_ready(cluster) -> bool:
+    return cluster.kubectl("get", "--raw", "/readyz", "--request-timeout=2s", check=False).stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_the_operator_rides_out_a_control_plane_restart(component, control_plane, cluster, operator, objects):
+    """Kill -9 and restart ``component`` while the operator runs (it is not restarted). Right after the API
+    server answers again — before the operator's informers are back from their back-off — a new deployment is
+    created and an admitted one deleted: the operator must notice both (the new one is admitted only because the
+    deleted one freed its GPU) and its pid must not change."""
+    objects.tenant(gpus={"h100": 2})
+    objects.model()
+    for name in ("a", "b"):
+        objects.deployment(name)
+    for name in ("a", "b"):
+        objects.wait_condition("modeldeployments", name, "Ready", "True", timeout=60)
+    pid, starts, offsets = operator.proc.pid, operator.starts, _log_offsets(operator)
+
+    start = time.monotonic()
+    control_plane.stop(component)
+    time.sleep(3)  # long enough for every watch to break and every informer to start backing off
+    control_plane.start(component)
+    wait_for(lambda: _api_ready(cluster), timeout=60, message=f"the API server ready after restarting {component}")
+    back = time.monotonic() - start
+    objects.deployment("c")
+    objects.delete("modeldeployments", "a")
+
+    objects.wait_condition("modeldeployments", "c", "Ready", "True", timeout=90)
+    noticed = time.monotonic() - start
+    apps = client.AppsV1Api(cluster.api)
+    wait_for(lambda: not apps.list_namespaced_deployment(objects.namespace, label_selector="llmos.dev/model-deployment=a").items,
+             timeout=60, message="deployment a's children gone")
+    reservations = objects.get("tenants", objects.namespace)["status"]["reservations"]
+    assert set(reservations) == {f"{objects.namespace}/b", f"{objects.namespace}/c"}
+    assert operator.proc.poll() is None and operator.proc.pid == pid and operator.starts == starts
+    log = _log_since(operator, offsets)
+    print(f"\n{component}: API ready {back:.1f} s after the kill; c Ready {noticed:.1f} s after it; "
+          f"relists logged: {log.count('listing again')}")
+    if component == "kube-apiserver":
+        assert "listing again" in log  # the informers saw their watches break and listed again
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2b. watch expiry (410 Gone)
+
+
+def test_an_expired_watch_lists_again_and_reports_what_it_missed(cluster, namespace, control_plane, caplog):
+    """A real 410 Gone from the real API server: an informer (handlers/store.py) is held between two watches while
+    ConfigMaps change and the API server restarts (its new watch cache starts after the informer's last
+    resourceVersion); its next watch from that version gets "too old resource version" (410), and it must list again
+    and report what it missed — the deletion and the creation — as events. The hold is the only artificial part: a
+    hook in the informer's loop, since an informer falling behind the watch cache by itself takes too long here."""
+    from llmos_operator.handlers.kube import Kube
+    from llmos_operator.handlers.store import Informer
+
+    core = client.CoreV1Api(cluster.api)
+    label = f"llmos-test-410={namespace}"
+
+    def cm(name: str) -> client.V1ConfigMap:
+        return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"llmos-test-410": namespace}))
+
+    core.create_namespaced_config_map(namespace, cm("before"))
+    events: list[tuple[str, str]] = []
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    class HeldInformer(Informer):
+        def _watch(self, version: str) -> str:
+            if hold.is_set():
+                held.set()
+                release.wait(120)
+                hold.clear()
+            return super()._watch(version)
+
+    informer = HeldInformer(Kube(cluster.api), "ConfigMap", label_selector=label, watch_timeout=1,
+                            on_event=lambda t, o: events.append((t, o["metadata"]["name"])))
+    informer.start()
+    try:
+        assert informer.synced.wait(30)
+        assert [n for _, n in events] == ["before"]
+        hold.set()
+        assert held.wait(30)  # between two watches, with the version of its last one
+        core.create_namespaced_config_map(namespace, cm("during"))
+        core.delete_namespaced_config_map("before", namespace)
+        control_plane.restart("kube-apiserver")
+        wait_for(lambda: _api_ready(cluster), timeout=60, message="the API server ready")
+        events.clear()
+        with caplog.at_level("INFO", logger="llmos.store"):
+            release.set()
+            wait_for(lambda: sorted(events) == [("ADDED", "during"), ("DELETED", "before")], timeout=30,
+                     message="the informer reports what it missed")
+        assert informer.relists == 1
+        assert "ConfigMap watch expired; listing again" in caplog.text  # the 410, not a broken connection
+        assert {o["metadata"]["name"] for o in informer.list()} == {"during"}
+    finally:
+        release.set()
+        informer.stop()
