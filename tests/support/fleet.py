@@ -115,6 +115,8 @@ class Fleet:
                 return False
             if admitted.get("observedGeneration") != m["metadata"]["generation"]:
                 return False
+            if admitted["status"] not in ("True", "False"):  # Unknown: admission has not decided yet
+                return False
             if admitted["status"] == "True" and ready["status"] != "True":
                 return False
         return True
@@ -122,6 +124,17 @@ class Fleet:
     def admitted(self, mdeps: list[dict]) -> set[str]:
         return {f"{m['metadata']['namespace']}/{m['metadata']['name']}" for m in mdeps
                 if conditions(m).get("QuotaAdmitted", {}).get("status") == "True"}
+
+    def explain(self, mdeps: list[dict], keys: set[str]) -> list[str]:
+        """Each deployment named in ``keys`` with its admission condition and creation time, for a failure message."""
+        out = []
+        for m in mdeps:
+            key = f"{m['metadata']['namespace']}/{m['metadata']['name']}"
+            if key in keys:
+                c = conditions(m).get("QuotaAdmitted", {})
+                out.append(f"{key} created {m['metadata']['creationTimestamp']} {m['spec']['gpu']}: "
+                           f"QuotaAdmitted={c.get('status')} {c.get('reason')} {c.get('message')!r}")
+        return sorted(out)
 
     def replay(self, mdeps: list[dict], gpu_classes) -> set[str]:
         """What a single-threaded operator admits when the deployments arrive one at a time in creation order
