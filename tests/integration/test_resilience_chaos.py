@@ -7,6 +7,7 @@ a failure replays with the same moments and shapes.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -419,3 +420,271 @@ def test_racing_deployments_under_two_replicas_are_admitted_as_a_serial_replay_w
     print(f"\n{RACE_ROUNDS} rounds, leader hand-overs {handovers} s, {sampler.samples} GPU samples, "
           f"peaks {dict(sampler.peaks)}")
     assert not sampler.violations, sampler.violations[:10]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. generated specs, valid and invalid, against the real API server with the operator running
+
+GENERATED_EXAMPLES = 25  # per kind and pass; two identical passes (derandomized) for the memory comparison
+RSS_GROWTH_LIMIT_KIB = 20 * 1024
+QUIET_WINDOW = 10.0
+
+# Pools of values, mostly valid with a share of invalid ones, so that about half the objects pass the API server.
+_URIS = ["hf://org/tiny", "hf://org/tiny", "s3://bucket/key", "gs://b/k", "file:///models/x", "pvc://claim/path",
+         "hf://org/a/b/c", "pvc://Bad_Claim", "oci://registry/x", "http://evil.example/x", "", "../../etc/passwd"]
+_EXTRA_ARGS = ["--enforce-eager", "--max-num-seqs=4", "--enforce-eager", "--trust-remote-code",
+               "--served-model-name=x", "--host=0.0.0.0", "; rm -rf /", "--worker-extension-cls=evil.X", "x" * 1100]
+
+
+def _strategies(prefix: str, own_namespace: str, *, unique_lists: bool = True):
+    """``unique_lists=False`` also generates repeated items in lists the CRD declares as sets or maps."""
+    from hypothesis import strategies as st
+
+    def opt(required: dict | None = None, **optional):
+        return st.fixed_dictionaries(required or {}, optional=optional)
+
+    def pool(*values):
+        return st.sampled_from(values)
+
+    namespaces = [f"{prefix}-x{i}" for i in range(3)] * 2 + ["default", "kube-system", "llmos-system",
+                                                             own_namespace, "Bad_NS", "n" * 64]
+    key = opt({"name": pool("k", "k2", "K_bad", "k" * 64)},
+              publicKey=pool("garbage", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),
+              secretRef=opt({"name": pool("s", "s", "Bad_Name")}, key=st.just("pk"),
+                            namespace=pool("default", "llmos-system")))
+    tenant = opt(
+        {"namespaces": st.lists(pool(*namespaces), max_size=2, unique=unique_lists)},
+        quota=opt(gpus=st.dictionaries(pool("h100", "l4", "a100", "Bad Class"), pool(0, 1, 8, 100, -1), max_size=2),
+                  maxModelDeployments=pool(1, 5, 0, -1)),
+        priority=pool(0, 1, -5, 2**40),
+        cordoned=st.booleans(),
+        trustedKeys=st.lists(key, max_size=2, unique_by=(lambda k: k["name"]) if unique_lists else None),
+        policy=opt(allowUnsignedModels=st.booleans(), allowRemoteCode=st.booleans(),
+                   allowedImages=st.lists(pool("ghcr.io/llmos/runtime:*", "evil.io/x", ""), max_size=2,
+                                          unique=unique_lists)),
+    )
+    uri = pool(*_URIS)
+    signature = opt(policy=pool("Disabled", "Disabled", "Required", "Maybe"), uri=uri,
+                    bundleRef=opt({"name": pool("bundle", "bundle", "Bad_Name")}, key=pool("model.sig", "")))
+    model = opt(
+        {"source": opt({"uri": uri}, revision=st.text(max_size=5), verify=pool("inPlace", "copy", "sometimes"))},
+        signature=signature,
+        servedName=pool("x", "served", "Bad Name", "a" * 300),
+        quantization=pool("none", "awq", "gptq", "fp8", "int3"),
+        adapters=st.lists(opt({"name": pool("ad1", "ad2", "Bad Name"), "source": opt({"uri": uri})},
+                              signature=signature), max_size=2,
+                          unique_by=(lambda a: a["name"]) if unique_lists else None),
+    )
+    deployment = opt(
+        {"model": pool("m", "m", "m", "missing", "Bad_Name"),
+         "gpu": opt({"class": pool("h100", "h100", "l4", "a100", "H100"), "count": pool(1, 1, 2, 4, 8, 0, 65)})},
+        replicas=pool(0, 1, 1, 2, 3, 50, -1, 1001),
+        engine=opt(tensorParallelSize=pool(1, 2, 3, 0), maxModelLen=pool(1, 4096, 0),
+                   gpuMemoryUtilization=pool(0.5, 0.9, 1.0, 0.0, 1.5),
+                   extraArgs=st.lists(pool(*_EXTRA_ARGS), max_size=2),
+                   image=pool("ghcr.io/llmos/runtime:0.1.0", "evil.io/miner:latest", "")),
+        adapters=st.lists(pool("ad1", "nope", "Bad Name"), max_size=2, unique=unique_lists),
+        rollout=opt(maxSurge=pool(0, 1, 2, "auto", -1, "25%"), maxUnavailable=pool(0, 1, -1),
+                    progressDeadlineSeconds=pool(600, 2400, 5), autoRollback=pool(False, False, True)),
+    )
+    return {"Tenant": tenant, "Model": model, "ModelDeployment": deployment}
+
+
+def _field_paths(exc: client.ApiException) -> list[str]:
+    """The fields a 422 names. The API server adds a cause without a field ("some validation rules were not checked
+    because the object was invalid") when schema errors keep it from running the CEL rules: not counted."""
+    causes = ((json.loads(exc.body).get("details") or {}).get("causes")) or []
+    # The scale subresource's own check names ".spec.replicas", with a leading dot.
+    return [(c.get("field") or "").lstrip(".") for c in causes
+            if "validation rules were not checked" not in c.get("message", "")]
+
+
+_PLURALS = {"Tenant": "tenants", "Model": "models", "ModelDeployment": "modeldeployments"}
+
+
+def _reported(obj: dict) -> bool:
+    """The operator has looked at this generation: its main condition carries the generation."""
+    main = {"Tenant": "Ready", "Model": "Verified", "ModelDeployment": "QuotaAdmitted"}[obj["kind"]]
+    c = conditions(obj).get(main)
+    return bool(c) and c.get("observedGeneration") == obj["metadata"]["generation"] and bool(c.get("reason"))
+
+
+def test_generated_specs_are_refused_with_a_field_or_reported_and_never_crash_or_loop_the_operator(
+        cluster, operator, objects, namespace):
+    """Hypothesis generates Tenant, Model and ModelDeployment specs from pools of valid and invalid values (bad
+    names, out-of-range numbers, forbidden URIs and engine flags, protected or foreign namespaces, garbage keys),
+    25 of each kind per pass, derandomized. Each one is created on the real API server: a refusal must name the field;
+    an accepted one must parse (`parse_object`: else the operator would only log it) and the operator must report on
+    it (its main condition at its generation: a policy refusal such as EngineArgsNotAllowed is reported there). Two identical passes (create,
+    wait for reports, delete): the operator stays up with no traceback in its log, its reconcile counters grow by a
+    bounded amount over a quiet window (no hot loop), and its RSS after the second pass is within 20 MiB of the
+    first."""
+    from hypothesis import HealthCheck, given, settings
+
+    from llmos_operator.api.types import InvalidObject, parse_object
+
+    objects.tenant(gpus={"h100": 8, "l4": 4})
+    objects.model()
+    custom = client.CustomObjectsApi(cluster.api)
+    strategies = _strategies(namespace, namespace)
+    pid, offsets = operator.proc.pid, _log_offsets(operator)
+    problems: list[str] = []
+    stats = {"refused": 0, "accepted": 0}
+
+    def create(kind: str, name: str, spec: dict) -> dict | None:
+        body = {"apiVersion": "llmos.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        try:
+            if kind == "Tenant":
+                stored = custom.create_cluster_custom_object("llmos.dev", "v1alpha1", "tenants", body)
+            else:
+                stored = custom.create_namespaced_custom_object("llmos.dev", "v1alpha1", namespace,
+                                                                _PLURALS[kind], body)
+        except client.ApiException as exc:
+            assert exc.status == 422, (exc.status, exc.body, spec)
+            fields = _field_paths(exc)
+            if not fields or not all(f.startswith(("spec", "metadata")) for f in fields):
+                problems.append(f"{kind} refused without a field path: {exc.body[:300]} for {spec}")
+            stats["refused"] += 1
+            return None
+        try:
+            parse_object(stored)
+        except InvalidObject as exc:
+            problems.append(f"{kind} accepted by the API server but refused by parse_object ({exc}): {spec}")
+        stats["accepted"] += 1
+        return stored
+
+    def run_pass(number: int) -> dict[str, list[str]]:
+        made: dict[str, list[str]] = {kind: [] for kind in strategies}
+        for kind, strategy in strategies.items():
+            submitter(kind, strategy, number, made[kind])()
+        return made
+
+    def submitter(kind: str, strategy, number: int, made: list[str]):
+        counter = iter(range(10_000))
+
+        @settings(max_examples=GENERATED_EXAMPLES, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def submit(spec):
+            name = f"{namespace}-p{number}-{next(counter)}" if kind == "Tenant" else f"p{number}-{next(counter)}"
+            if create(kind, name, spec) is not None:
+                made.append(name)
+
+        return submit
+
+    def read(kind: str, name: str) -> dict | None:
+        try:
+            if kind == "Tenant":
+                return custom.get_cluster_custom_object("llmos.dev", "v1alpha1", "tenants", name)
+            return custom.get_namespaced_custom_object("llmos.dev", "v1alpha1", namespace, _PLURALS[kind], name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def all_reported(made: dict[str, list[str]]):
+        waiting = [f"{k}/{n}" for k, names in made.items() for n in names
+                   if not _reported(read(k, n) or {"kind": k, "metadata": {"generation": 0}})]
+        return not waiting or (None, waiting[:5])
+
+    def delete(made: dict[str, list[str]]) -> None:
+        for kind, names in made.items():
+            for name in names:
+                try:
+                    if kind == "Tenant":
+                        custom.delete_cluster_custom_object("llmos.dev", "v1alpha1", "tenants", name)
+                    else:
+                        custom.delete_namespaced_custom_object("llmos.dev", "v1alpha1", namespace, _PLURALS[kind],
+                                                               name)
+                except client.ApiException:
+                    pass
+        wait_for(lambda: all(read(k, n) is None for k, names in made.items() for n in names), timeout=60,
+                 message="the generated objects gone")
+
+    rss: list[int] = []
+    made_tenants: list[str] = []
+    try:
+        for number in (1, 2):
+            made = run_pass(number)
+            made_tenants += made["Tenant"]
+            wait_for(lambda: all_reported(made) is True, timeout=120, interval=1,
+                     message=f"the operator's report on every accepted object of pass {number}")
+            if number == 2:
+                before = _reconciles(operator)
+                time.sleep(QUIET_WINDOW)
+                after = _reconciles(operator)
+                live = {k: len(v) for k, v in made.items()}
+                live["Tenant"] += 1
+                live["Model"] += 1
+                grown = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                print(f"\nreconciles over a quiet {QUIET_WINDOW:.0f} s with {live} objects: {grown}")
+                for kind, count in live.items():
+                    # The resync (every 5 s here) requeues each Tenant and its Models; a not-Ready deployment comes
+                    # back every 15 s. A hot loop would be hundreds.
+                    assert grown.get(kind, 0) <= 3 * (count + len(made_tenants)) + 10, (kind, grown)
+                assert grown.get("admission", 0) <= 3 * QUIET_WINDOW, grown
+            delete(made)
+            time.sleep(3)  # the deletions' reconciles
+            rss.append(_rss_kib(operator.proc.pid))
+    finally:
+        core = client.CoreV1Api(cluster.api)
+        for i in range(3):  # namespaces generated Tenants may have made
+            try:
+                core.delete_namespace(f"{namespace}-x{i}")
+            except client.ApiException:
+                pass
+    print(f"{stats}; operator RSS after pass 1: {rss[0] / 1024:.1f} MiB, after pass 2: {rss[1] / 1024:.1f} MiB")
+    assert not problems, "\n".join(problems[:20])
+    assert stats["refused"] > 10 and stats["accepted"] > 10, stats
+    assert operator.proc.poll() is None and operator.proc.pid == pid
+    log = _log_since(operator, offsets)
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
+    assert rss[1] - rss[0] <= RSS_GROWTH_LIMIT_KIB, rss
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "api/types.py (issue 11 area): lists the CRD declares as sets (Tenant spec.namespaces, "
+    "spec.policy.allowedImages, ModelDeployment spec.adapters) or maps (trustedKeys, Model spec.adapters by name) "
+    "refuse repeated items on the API server (Duplicate value), but the pydantic types accept them, so parse_object "
+    "accepts what the API server refuses. Fix: a uniqueness validator (or Rule) on those lists."))
+def test_generated_specs_are_refused_by_parse_object_exactly_when_the_api_server_refuses_them(cluster, crds,
+                                                                                                 namespace):
+    """The same generated specs, repeated list items included, sent with dryRun=All (nothing is stored, no operator
+    needed): `parse_object` must accept exactly what the API server accepts, as docs/architecture.md promises."""
+    from hypothesis import HealthCheck, given, settings
+
+    from llmos_operator.api.types import InvalidObject, parse_object
+
+    custom = client.CustomObjectsApi(cluster.api)
+    disagreements: list[str] = []
+    def comparer(kind: str, strategy):
+        @settings(max_examples=100, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def compare(spec):
+            name = f"{namespace}-dry" if kind == "Tenant" else "dry"
+            body = {"apiVersion": "llmos.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+            try:
+                if kind == "Tenant":
+                    custom.create_cluster_custom_object("llmos.dev", "v1alpha1", "tenants", body, dry_run="All")
+                else:
+                    custom.create_namespaced_custom_object("llmos.dev", "v1alpha1", namespace, _PLURALS[kind], body,
+                                                           dry_run="All")
+                api_fields = None
+            except client.ApiException as exc:
+                assert exc.status == 422, (exc.status, exc.body)
+                api_fields = _field_paths(exc)
+            try:
+                parse_object(body)
+                python_errors = None
+            except InvalidObject as exc:
+                python_errors = str(exc)
+            if (api_fields is None) != (python_errors is None):
+                disagreements.append(f"{kind}: API server {'accepts' if api_fields is None else api_fields}, "
+                                     f"parse_object {'accepts' if python_errors is None else python_errors}: {spec}")
+
+        return compare
+
+    for kind, strategy in _strategies(namespace, namespace, unique_lists=False).items():
+        comparer(kind, strategy)()
+    assert not disagreements, "\n".join(disagreements[:10])
