@@ -28,15 +28,22 @@ class ProcessRecord:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True until the process has fully exited. A SIGKILLed multi-threaded process (every component is Go) shows
+    its main thread as a zombie while its other threads still hold its listening sockets, so a zombie counts as
+    alive until it is reaped (by us if we started it) or its last thread is gone."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    # A zombie (our own exited child not yet reaped) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return not (state == "Z" and threads <= 1)  # a zombie whose threads are all gone holds nothing any more
 
 
 class ControlPlane:
@@ -77,22 +84,26 @@ class ControlPlane:
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while _pid_alive(pid):
-            for child in self._children:
-                child.poll()  # reap our own earlier restarts
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} (pid {pid}) did not exit after signal {sig}")
             time.sleep(0.05)
 
-    def start(self, name: str) -> int:
-        """Start the component again from its record; returns the new pid."""
+    def start(self, name: str, attempts: int = 10) -> int:
+        """Start the component again from its record; returns the new pid. A start that exits at once (its port not
+        yet free) is tried again."""
         record = self.records[name]
-        log = (self.dir / "logs" / f"{name}.log").open("ab")
-        proc = subprocess.Popen(list(record.argv), cwd=record.cwd, env=record.env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self._children.append(proc)
-        (self.dir / "pids" / f"{name}.pid").write_text(str(proc.pid))
-        return proc.pid
+        for _ in range(attempts):
+            log = (self.dir / "logs" / f"{name}.log").open("ab")
+            proc = subprocess.Popen(list(record.argv), cwd=record.cwd, env=record.env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+            self._children.append(proc)
+            (self.dir / "pids" / f"{name}.pid").write_text(str(proc.pid))
+            try:
+                proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                return proc.pid  # still running: started
+        raise RuntimeError(f"{name} exited at once {attempts} times; see {self.dir / 'logs' / (name + '.log')}")
 
     def restart(self, name: str, down_for: float = 0.0) -> int:
         self.stop(name)
