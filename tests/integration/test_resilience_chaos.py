@@ -11,7 +11,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -188,7 +187,8 @@ def test_the_operator_rides_out_a_control_plane_restart(component, control_plane
     objects.wait_condition("modeldeployments", "c", "Ready", "True", timeout=90)
     noticed = time.monotonic() - start
     apps = client.AppsV1Api(cluster.api)
-    wait_for(lambda: not apps.list_namespaced_deployment(objects.namespace, label_selector="llmos.dev/model-deployment=a").items,
+    wait_for(lambda: not apps.list_namespaced_deployment(
+        objects.namespace, label_selector="llmos.dev/model-deployment=a").items,
              timeout=60, message="deployment a's children gone")
     reservations = objects.get("tenants", objects.namespace)["status"]["reservations"]
     assert set(reservations) == {f"{objects.namespace}/b", f"{objects.namespace}/c"}
@@ -514,10 +514,10 @@ def test_generated_specs_are_refused_with_a_field_or_reported_and_never_crash_or
     names, out-of-range numbers, forbidden URIs and engine flags, protected or foreign namespaces, garbage keys),
     25 of each kind per pass, derandomized. Each one is created on the real API server: a refusal must name the field;
     an accepted one must parse (`parse_object`: else the operator would only log it) and the operator must report on
-    it (its main condition at its generation: a policy refusal such as EngineArgsNotAllowed is reported there). Two identical passes (create,
-    wait for reports, delete): the operator stays up with no traceback in its log, its reconcile counters grow by a
-    bounded amount over a quiet window (no hot loop), and its RSS after the second pass is within 20 MiB of the
-    first."""
+    it (its main condition at its generation: a policy refusal such as EngineArgsNotAllowed is reported there).
+    Two identical passes (create, wait for reports, delete): the operator stays up with no traceback in its log,
+    its reconcile counters grow by a bounded amount over a quiet window (no hot loop), and its RSS after the second
+    pass is within 20 MiB of the first."""
     from hypothesis import HealthCheck, given, settings
 
     from llmos_operator.api.types import InvalidObject, parse_object
