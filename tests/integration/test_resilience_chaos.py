@@ -641,11 +641,6 @@ def test_generated_specs_are_refused_with_a_field_or_reported_and_never_crash_or
     assert rss[1] - rss[0] <= RSS_GROWTH_LIMIT_KIB, rss
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/types.py (issue 11 area): lists the CRD declares as sets (Tenant spec.namespaces, "
-    "spec.policy.allowedImages, ModelDeployment spec.adapters) or maps (trustedKeys, Model spec.adapters by name) "
-    "refuse repeated items on the API server (Duplicate value), but the pydantic types accept them, so parse_object "
-    "accepts what the API server refuses. Fix: a uniqueness validator (or Rule) on those lists."))
 def test_generated_specs_are_refused_by_parse_object_exactly_when_the_api_server_refuses_them(cluster, crds,
                                                                                                  namespace):
     """The same generated specs, repeated list items included, sent with dryRun=All (nothing is stored, no operator

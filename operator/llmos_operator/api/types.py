@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import PydanticCustomError
 
 GROUP = "llmos.dev"
@@ -81,6 +81,22 @@ class ApiModel(BaseModel):
 
     @model_validator(mode="after")
     def _check_rules(self):
+        for name, info in type(self).model_fields.items():
+            # Lists the CRD declares as sets or maps: the API server refuses repeated items, so parse_object does.
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            list_type = extra.get("x-kubernetes-list-type")
+            if list_type not in ("set", "map"):
+                continue
+            seen: set = set()
+            for item in getattr(self, name) or ():
+                key = item if list_type == "set" else tuple(
+                    getattr(item, to_snake(k), None) for k in extra.get("x-kubernetes-list-map-keys", ()))
+                if key in seen:
+                    shown = item if list_type == "set" else ", ".join(map(str, key))
+                    raise PydanticCustomError(
+                        "llmos_rule", "{message}",
+                        {"message": f"Duplicate value: {shown}", "field_path": f".{info.alias or name}"})
+                seen.add(key)
         for rule in type(self).__dict__.get("__rules__", ()):
             if not rule.check(self):
                 raise PydanticCustomError(
