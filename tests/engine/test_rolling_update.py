@@ -1,0 +1,206 @@
+"""End to end on real vLLM (issue 11): a Model revision bump is rolled by the real Deployment controller and the
+operator while requests keep flowing, and none fails.
+
+The parts: the local control plane and the operator under test (tests/support/cluster_fixtures.py, the same ones
+the integration tests use); a Tenant that requires signatures, owning the namespace `llmos-kubelet-<suffix>`, whose
+pods tests/support/process_kubelet.py runs as local `llmos-runtime` processes (KWOK leaves that namespace alone);
+a load balancer (tests/support/lb.py) routing only to pods the kubelet reports Ready and not deleting, like a
+Service's endpoints behind a gateway that retries a refused request; a load generator (tests/support/load.py) sending
+completions, chats and streams through it. Nothing is mocked: the weights are tiny models signed by the test key
+(tests/support/tiny_model.py), verified by the operator (Model status) and by each runtime before vLLM starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from kubernetes import client
+
+from tests.engine.conftest import record
+from tests.support.cluster_fixtures import Objects
+from tests.support.lb import RoundRobinLB
+from tests.support.load import LoadGenerator
+from tests.support.process_kubelet import ProcessKubelet, force_delete_pods
+from tests.support.tiny_model import TestModels
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.engine
+
+# CPU mode through the ModelDeployment's own fields (allow-listed engine flags): the rendered pod command already
+# carries them. tensorParallelSize is gpu.count (1).
+CPU_ENGINE = {"maxModelLen": 512, "extraArgs": ["--dtype", "float32"]}
+ENGINE_START_TIMEOUT = 300  # one engine start: 1-3 min on 2 shared cores
+
+
+def _root_digest(bundle: bytes, public_pem: bytes) -> str:
+    from llmos_signing import verify_bundle
+
+    return "sha256:" + verify_bundle(bundle, {"signer.pem": public_pem}).root_digest
+
+
+def _bundle_configmap(core: client.CoreV1Api, namespace: str, name: str, bundle: bytes) -> None:
+    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=name), binary_data={"model.sig": base64.b64encode(bundle).decode()}))
+
+
+class EndpointSync:
+    """Keeps the load balancer's backends equal to the pods the kubelet reports Ready and not deleting (what the
+    EndpointSlice controller does for a Service)."""
+
+    def __init__(self, kubelet: ProcessKubelet, lb: RoundRobinLB, period: float = 0.2):
+        self.kubelet, self.lb, self.period = kubelet, lb, period
+        self.routed: dict[str, str] = {}  # pod -> api URL
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="endpoint-sync", daemon=True)
+
+    def start(self) -> "EndpointSync":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            want = {n: e for n, e in self.kubelet.endpoints().items() if e.ready and not e.deleting}
+            for name, api in list(self.routed.items()):
+                if name not in want or want[name].api != api:
+                    self.lb.remove(name)
+                    del self.routed[name]
+            for name, e in want.items():
+                if name not in self.routed:
+                    self.lb.add(name, e.api, e.health)
+                    self.routed[name] = e.api
+            time.sleep(self.period)
+
+
+def _served_digests(kubelet: ProcessKubelet) -> dict[str, str | None]:
+    """The digest each ready, not deleting pod's /readyz names (asked now, not cached)."""
+    out = {}
+    for name, e in kubelet.endpoints().items():
+        if e.ready and not e.deleting:
+            try:
+                out[name] = httpx.get(e.health + "/readyz", timeout=3).json().get("digest")
+            except (httpx.HTTPError, ValueError):
+                pass
+    return out
+
+
+def test_a_revision_bump_rolls_without_a_failed_request(cluster, operator, test_models: TestModels, tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    namespace, tenant = f"llmos-kubelet-{suffix}", f"kubelet-{suffix}"
+    core, apps = client.CoreV1Api(cluster.api), client.AppsV1Api(cluster.api)
+    objects = Objects(cluster.api, namespace)
+    pem = test_models.public_key.read_bytes()
+    bundles = {rev: (d / "model.sig").read_bytes() for rev, d in (("v1", test_models.model_v1),
+                                                                   ("v2", test_models.model_v2))}
+    digests = {rev: _root_digest(b, pem) for rev, b in bundles.items()}
+    assert digests["v1"] != digests["v2"]
+
+    kubelet = ProcessKubelet(cluster.api, namespace, tmp_path / "kubelet").start()
+    lb = RoundRobinLB(check_interval=0.2).start()
+    sync = EndpointSync(kubelet, lb).start()
+    load: LoadGenerator | None = None
+
+    def explain() -> str:
+        pods = {p.metadata.name: (p.status.phase, [(c.type, c.status) for c in p.status.conditions or []])
+                for p in core.list_namespaced_pod(namespace).items}
+        tail = {n: kubelet.logs(n, 25) for n in kubelet.endpoints()}
+        return (f"\npods: {pods}\nkubelet:\n" + "\n".join(kubelet.events[-40:]) + "\n"
+                + "\n".join(f"--- {n}\n{t}" for n, t in tail.items()))
+
+    def waited(predicate, timeout: float, message: str):
+        try:
+            return wait_for(predicate, timeout=timeout, interval=1, message=message)
+        except pytest.fail.Exception as exc:
+            pytest.fail(f"{exc}{explain()}")
+
+    try:
+        # The platform: a tenant that serves signed models only, trusting the test's signing key.
+        objects.tenant(tenant, gpus={"h100": 2}, namespaces=[namespace],
+                       policy={"allowUnsignedModels": False},
+                       trustedKeys=[{"name": "signer", "publicKey": pem.decode()}])
+        wait_for(lambda: _service_account_exists(core, namespace), timeout=60,
+                 message=f"namespace {namespace} made by the operator, with the runtime's ServiceAccount")
+
+        # Revision 1, signed; a deployment of one replica that may surge one more during a rollout.
+        _bundle_configmap(core, namespace, "m-v1-sig", bundles["v1"])
+        objects.model("m", policy="Required", uri=f"file://{test_models.model_v1}",
+                      source={"uri": f"file://{test_models.model_v1}", "revision": "v1"},
+                      signature={"bundleRef": {"name": "m-v1-sig", "key": "model.sig"}})
+        objects.wait_condition("models", "m", "Verified", "True", timeout=60)
+        assert objects.get("models", "m")["status"]["digest"] == digests["v1"]
+        objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE,
+                           rollout={"maxSurge": 1, "maxUnavailable": 0})
+
+        started = time.monotonic()
+        waited(lambda: list(_served_digests(kubelet).values()) == [digests["v1"]], ENGINE_START_TIMEOUT,
+               "revision 1 served by one ready pod")
+        record("rolling update: first pod ready after (s)", round(time.monotonic() - started, 1))
+        objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+        (old_pod,) = kubelet.endpoints()
+
+        load = LoadGenerator(lb.url, "m", workers=2, pause=0.05, max_seconds=600, timeout=120).start()
+        wait_for(lambda: load.stats.ok >= 6, timeout=60, message="requests served before the bump")
+
+        # Revision 2: new weights, new bundle. The operator verifies it, renders the new pod template; the
+        # Deployment controller surges a new pod, and scales the old one down once the new one is Ready.
+        bumped = time.monotonic()
+        _bundle_configmap(core, namespace, "m-v2-sig", bundles["v2"])
+        objects.patch("models", "m", {"spec": {
+            "source": {"uri": f"file://{test_models.model_v2}", "revision": "v2"},
+            "signature": {"bundleRef": {"name": "m-v2-sig", "key": "model.sig"}}}})
+        wait_for(lambda: objects.get("models", "m").get("status", {}).get("digest") == digests["v2"], timeout=60,
+                 message="Model status.digest of revision 2")
+
+        def rolled() -> bool:
+            served = _served_digests(kubelet)
+            return (list(served.values()) == [digests["v2"]] and old_pod not in kubelet.endpoints()
+                    and old_pod not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items})
+
+        waited(rolled, ENGINE_START_TIMEOUT + 60, "revision 2 served by one ready pod, the old pod drained and gone")
+        roll_seconds = time.monotonic() - bumped
+        objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
+        status = objects.get("modeldeployments", "d")["status"]
+        assert status["modelDigest"] == digests["v2"], status
+        (new_pod,) = kubelet.endpoints()
+
+        # A few more requests on the new pod alone, then the verdict.
+        served_before = load.stats.ok
+        wait_for(lambda: load.stats.ok >= served_before + 6, timeout=60, message="requests after the roll")
+        stats = load.stop()
+        load = None
+        deployment = apps.read_namespaced_deployment("d", namespace)
+        record("rolling update: requests", stats.sent)
+        record("rolling update: streams", stats.streams)
+        record("rolling update: failed", stats.failed)
+        record("rolling update: by pod", stats.backends)
+        record("rolling update: LB retries (503/refused before any work)", lb.stats.retried)
+        record("rolling update: roll time, Model patch to old pod gone (s)", round(roll_seconds, 1))
+        record("rolling update: restarts", kubelet.restart_counts())
+        assert stats.failed == 0, stats.failures
+        assert stats.backends.get(old_pod, 0) > 0 and stats.backends.get(new_pod, 0) > 0, stats.backends
+        assert deployment.status.updated_replicas == 1 and deployment.status.ready_replicas == 1
+        assert kubelet.restart_counts().get(new_pod) == 0, explain()
+    finally:
+        if load is not None:
+            load.stop()
+        sync.stop()
+        lb.stop()
+        kubelet.close()
+        objects.cleanup()
+        force_delete_pods(cluster.api, namespace)
+
+
+def _service_account_exists(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespaced_service_account("llmos-runtime", namespace)
+        return True
+    except client.ApiException:
+        return False
