@@ -16,6 +16,8 @@ import base64
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Iterator
 
 import httpx
 import pytest
@@ -92,47 +94,72 @@ def _served_digests(kubelet: ProcessKubelet) -> dict[str, str | None]:
     return out
 
 
-def test_a_revision_bump_rolls_without_a_failed_request(cluster, operator, test_models: TestModels, tmp_path):
+@dataclass
+class KubeletTenant:
+    """A tenant that serves signed models only (trusting the test key), owning one namespace whose pods the process
+    kubelet runs."""
+
+    namespace: str
+    objects: Objects
+    kubelet: ProcessKubelet
+    core: client.CoreV1Api
+    bundles: dict[str, bytes]
+    digests: dict[str, str]
+
+    def explain(self) -> str:
+        """What the pods and the kubelet did, for a failure message."""
+        pods = {p.metadata.name: (p.status.phase, [(c.type, c.status) for c in p.status.conditions or []])
+                for p in self.core.list_namespaced_pod(self.namespace).items}
+        tail = {n: self.kubelet.logs(n, 25) for n in self.kubelet.endpoints()}
+        return (f"\npods: {pods}\nkubelet:\n" + "\n".join(self.kubelet.events[-40:]) + "\n"
+                + "\n".join(f"--- {n}\n{t}" for n, t in tail.items()))
+
+    def wait(self, predicate, timeout: float, message: str):
+        try:
+            return wait_for(predicate, timeout=timeout, interval=1, message=message)
+        except pytest.fail.Exception as exc:
+            if "\nkubelet:\n" in str(exc):  # explained already
+                raise
+            pytest.fail(f"{exc}{self.explain()}")
+
+
+@pytest.fixture
+def kubelet_tenant(cluster, operator, test_models: TestModels, tmp_path) -> Iterator[KubeletTenant]:
     suffix = uuid.uuid4().hex[:6]
-    namespace, tenant = f"llmos-kubelet-{suffix}", f"kubelet-{suffix}"
-    core, apps = client.CoreV1Api(cluster.api), client.AppsV1Api(cluster.api)
+    namespace = f"llmos-kubelet-{suffix}"
+    core = client.CoreV1Api(cluster.api)
     objects = Objects(cluster.api, namespace)
     pem = test_models.public_key.read_bytes()
     bundles = {rev: (d / "model.sig").read_bytes() for rev, d in (("v1", test_models.model_v1),
                                                                    ("v2", test_models.model_v2))}
     digests = {rev: _root_digest(b, pem) for rev, b in bundles.items()}
     assert digests["v1"] != digests["v2"]
-
     kubelet = ProcessKubelet(cluster.api, namespace, tmp_path / "kubelet").start()
-    lb = RoundRobinLB(check_interval=0.2).start()
-    sync = EndpointSync(kubelet, lb).start()
-    load: LoadGenerator | None = None
-
-    def explain() -> str:
-        pods = {p.metadata.name: (p.status.phase, [(c.type, c.status) for c in p.status.conditions or []])
-                for p in core.list_namespaced_pod(namespace).items}
-        tail = {n: kubelet.logs(n, 25) for n in kubelet.endpoints()}
-        return (f"\npods: {pods}\nkubelet:\n" + "\n".join(kubelet.events[-40:]) + "\n"
-                + "\n".join(f"--- {n}\n{t}" for n, t in tail.items()))
-
-    def waited(predicate, timeout: float, message: str):
-        try:
-            return wait_for(predicate, timeout=timeout, interval=1, message=message)
-        except pytest.fail.Exception as exc:
-            pytest.fail(f"{exc}{explain()}")
-
     try:
-        # The platform: a tenant that serves signed models only, trusting the test's signing key.
-        objects.tenant(tenant, gpus={"h100": 2}, namespaces=[namespace],
+        objects.tenant(f"kubelet-{suffix}", gpus={"h100": 2}, namespaces=[namespace],
                        policy={"allowUnsignedModels": False},
                        trustedKeys=[{"name": "signer", "publicKey": pem.decode()}])
         wait_for(lambda: _service_account_exists(core, namespace), timeout=60,
                  message=f"namespace {namespace} made by the operator, with the runtime's ServiceAccount")
+        yield KubeletTenant(namespace, objects, kubelet, core, bundles, digests)
+    finally:
+        kubelet.close()
+        objects.cleanup()
+        force_delete_pods(cluster.api, namespace)
 
+
+def test_a_revision_bump_rolls_without_a_failed_request(kubelet_tenant: KubeletTenant, cluster,
+                                                        test_models: TestModels):
+    kt = kubelet_tenant
+    namespace, objects, kubelet, core, digests = kt.namespace, kt.objects, kt.kubelet, kt.core, kt.digests
+    apps = client.AppsV1Api(cluster.api)
+    lb = RoundRobinLB(check_interval=0.2).start()
+    sync = EndpointSync(kubelet, lb).start()
+    load: LoadGenerator | None = None
+    try:
         # Revision 1, signed; a deployment of one replica that may surge one more during a rollout.
-        _bundle_configmap(core, namespace, "m-v1-sig", bundles["v1"])
-        objects.model("m", policy="Required", uri=f"file://{test_models.model_v1}",
-                      source={"uri": f"file://{test_models.model_v1}", "revision": "v1"},
+        _bundle_configmap(core, namespace, "m-v1-sig", kt.bundles["v1"])
+        objects.model("m", policy="Required", source={"uri": f"file://{test_models.model_v1}", "revision": "v1"},
                       signature={"bundleRef": {"name": "m-v1-sig", "key": "model.sig"}})
         objects.wait_condition("models", "m", "Verified", "True", timeout=60)
         assert objects.get("models", "m")["status"]["digest"] == digests["v1"]
@@ -140,31 +167,36 @@ def test_a_revision_bump_rolls_without_a_failed_request(cluster, operator, test_
                            rollout={"maxSurge": 1, "maxUnavailable": 0})
 
         started = time.monotonic()
-        waited(lambda: list(_served_digests(kubelet).values()) == [digests["v1"]], ENGINE_START_TIMEOUT,
-               "revision 1 served by one ready pod")
+        kt.wait(lambda: list(_served_digests(kubelet).values()) == [digests["v1"]], ENGINE_START_TIMEOUT,
+                "revision 1 served by one ready pod")
         record("rolling update: first pod ready after (s)", round(time.monotonic() - started, 1))
         objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
         (old_pod,) = kubelet.endpoints()
+        deployment_uid = apps.read_namespaced_deployment("d", namespace).metadata.uid
 
-        load = LoadGenerator(lb.url, "m", workers=2, pause=0.05, max_seconds=600, timeout=120).start()
+        load = LoadGenerator(lb.url, "m", workers=2, pause=0.1, max_seconds=600, timeout=120).start()
         wait_for(lambda: load.stats.ok >= 6, timeout=60, message="requests served before the bump")
 
-        # Revision 2: new weights, new bundle. The operator verifies it, renders the new pod template; the
-        # Deployment controller surges a new pod, and scales the old one down once the new one is Ready.
+        # Revision 2: new weights, new bundle. The operator verifies it and renders the new pod template; the
+        # Deployment controller surges a new pod and scales the old one down once the new one is Ready; the old
+        # one drains (preStop, SIGTERM, in-flight requests finish) while the load balancer sends it nothing new.
         bumped = time.monotonic()
-        _bundle_configmap(core, namespace, "m-v2-sig", bundles["v2"])
+        _bundle_configmap(core, namespace, "m-v2-sig", kt.bundles["v2"])
         objects.patch("models", "m", {"spec": {
             "source": {"uri": f"file://{test_models.model_v2}", "revision": "v2"},
             "signature": {"bundleRef": {"name": "m-v2-sig", "key": "model.sig"}}}})
         wait_for(lambda: objects.get("models", "m").get("status", {}).get("digest") == digests["v2"], timeout=60,
                  message="Model status.digest of revision 2")
+        seen_digests: set[str | None] = set()
 
         def rolled() -> bool:
+            _same_deployment(apps, namespace, deployment_uid, kt)
             served = _served_digests(kubelet)
+            seen_digests.update(served.values())
             return (list(served.values()) == [digests["v2"]] and old_pod not in kubelet.endpoints()
                     and old_pod not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items})
 
-        waited(rolled, ENGINE_START_TIMEOUT + 60, "revision 2 served by one ready pod, the old pod drained and gone")
+        kt.wait(rolled, ENGINE_START_TIMEOUT + 60, "revision 2 served by one ready pod, the old pod drained and gone")
         roll_seconds = time.monotonic() - bumped
         objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
         status = objects.get("modeldeployments", "d")["status"]
@@ -183,19 +215,61 @@ def test_a_revision_bump_rolls_without_a_failed_request(cluster, operator, test_
         record("rolling update: by pod", stats.backends)
         record("rolling update: LB retries (503/refused before any work)", lb.stats.retried)
         record("rolling update: roll time, Model patch to old pod gone (s)", round(roll_seconds, 1))
-        record("rolling update: restarts", kubelet.restart_counts())
-        assert stats.failed == 0, stats.failures
+        _same_deployment(apps, namespace, deployment_uid, kt)
+        assert stats.failed == 0, f"{stats.failures}{kt.explain()}"
         assert stats.backends.get(old_pod, 0) > 0 and stats.backends.get(new_pod, 0) > 0, stats.backends
+        assert seen_digests <= {digests["v1"], digests["v2"]}, seen_digests  # nothing else was ever served
         assert deployment.status.updated_replicas == 1 and deployment.status.ready_replicas == 1
-        assert kubelet.restart_counts().get(new_pod) == 0, explain()
+        assert kubelet.restart_counts() == {new_pod: 0}, kt.explain()
     finally:
         if load is not None:
             load.stop()
         sync.stop()
         lb.stop()
-        kubelet.close()
-        objects.cleanup()
-        force_delete_pods(cluster.api, namespace)
+
+
+def test_a_runtime_that_fails_is_restarted_and_its_message_reaches_the_status(kubelet_tenant: KubeletTenant,
+                                                                              test_models: TestModels):
+    """The revision-2 weights behind revision 1's bundle: the bundle verifies (the operator's check), the files do
+    not (the runtime's, before vLLM starts). The kubelet restarts the runtime with back-off and records its
+    termination message, which the operator reports on the ModelDeployment. No engine starts: quick."""
+    kt = kubelet_tenant
+    _bundle_configmap(kt.core, kt.namespace, "m-v1-sig", kt.bundles["v1"])
+    kt.objects.model("m", policy="Required", source={"uri": f"file://{test_models.model_v2}"},
+                     signature={"bundleRef": {"name": "m-v1-sig", "key": "model.sig"}})
+    kt.objects.wait_condition("models", "m", "Verified", "True", timeout=60)
+    kt.objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE)
+
+    def failed_and_restarted():
+        for pod in kt.core.list_namespaced_pod(kt.namespace).items:
+            for cs in pod.status.container_statuses or []:
+                term = cs.last_state.terminated if cs.last_state else None
+                if cs.restart_count >= 1 and term is not None:
+                    return pod, cs, term
+        return None
+
+    pod, cs, term = kt.wait(failed_and_restarted, 120, "a restarted runtime with its last termination")
+    assert term.exit_code == 4, term
+    assert term.message.startswith("model verification failed: hash mismatch: "), term.message
+    assert cs.state.waiting is not None or cs.state.running is not None  # back-off, or started again
+    assert not cs.ready and kt.kubelet.endpoints()[pod.metadata.name].ready is False
+    cond = kt.objects.wait_condition("modeldeployments", "d", "Degraded", "True", reason="RuntimeFailed", timeout=60)
+    assert "hash mismatch" in cond["message"] and pod.metadata.name in cond["message"], cond
+    assert kt.objects.condition("modeldeployments", "d", "Ready")["status"] == "False"
+
+
+def _same_deployment(apps: client.AppsV1Api, namespace: str, uid: str, kt: KubeletTenant) -> None:
+    """The last verified revision serves until the new one is ready: the operator must never take the Deployment
+    away during a roll (deleting it stops every old pod at once). Fails at once, not after the roll."""
+    try:
+        now = apps.read_namespaced_deployment("d", namespace).metadata.uid
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        now = None
+    if now != uid:
+        pytest.fail("the operator deleted the Deployment during the roll (issue 11, cause 1): the old revision "
+                    f"stopped serving before the new one was ready{kt.explain()}")
 
 
 def _service_account_exists(core: client.CoreV1Api, namespace: str) -> bool:

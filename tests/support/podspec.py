@@ -32,6 +32,8 @@ from tests.support.runtime_proc import CPU_ENV, free_port, runtime_command, writ
 
 # Flags of `llmos-runtime serve` whose values are container paths (mapped when they lie inside a mount).
 PATH_FLAGS = {"--signature", "--trusted-key", "--adapters-file", "--cache-dir", "--termination-log", "--pvc-root"}
+# Flags of `llmos-runtime serve` that take no value.
+RUNTIME_SWITCHES = {"--allow-remote-code"}
 # Runtime defaults that point into the pod's filesystem: passed explicitly, mapped, when the pod spec leaves them out.
 RUNTIME_PATH_DEFAULTS = {"--pvc-root": "/mnt/pvc", "--cache-dir": "/var/cache/llmos",
                          "--termination-log": "/dev/termination-log"}
@@ -141,6 +143,10 @@ def pod_to_local(
         flag = runtime_args[i]
         value = runtime_args[i + 1] if i + 1 < len(runtime_args) else None
         seen.add(flag)
+        if flag in RUNTIME_SWITCHES or "=" in flag:  # no separate value
+            out.append(flag)
+            i += 1
+            continue
         if flag in PATH_FLAGS:
             out += [flag, map_path(value)]
         elif flag == "--source" and value.startswith("file://") and host_sources and not any(

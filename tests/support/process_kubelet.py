@@ -445,13 +445,22 @@ class ProcessKubelet:
                     time.sleep(1)
 
 
-def force_delete_pods(api: client.ApiClient, namespace: str) -> None:
-    """Teardown: remove the namespace's pods at once (no kubelet will finish them once the test's is closed)."""
-    core = client.CoreV1Api(api)
-    for p in core.list_namespaced_pod(namespace).items:
-        try:
-            core.delete_namespaced_pod(p.metadata.name, namespace, grace_period_seconds=0)
-        except client.ApiException:
-            pass
-
-
+def force_delete_pods(api: client.ApiClient, namespace: str, *, timeout: float = 60) -> None:
+    """Teardown, once the kubelet is closed: remove the namespace's pods at once (nothing else would finish them),
+    also those a controller makes meanwhile, until the namespace has neither Deployments nor pods; then delete it."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(namespace).items
+        for p in pods:
+            try:
+                core.delete_namespaced_pod(p.metadata.name, namespace, grace_period_seconds=0)
+            except client.ApiException:
+                pass
+        if not pods and not apps.list_namespaced_deployment(namespace).items:
+            break
+        time.sleep(0.5)
+    try:
+        core.delete_namespace(namespace, propagation_policy="Background")
+    except client.ApiException:
+        pass
