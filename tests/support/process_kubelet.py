@@ -12,7 +12,8 @@ test the pods must serve real answers from a real vLLM, so the local cluster's s
   model folder), as a hostPath would be. ConfigMap volumes are refreshed every few seconds (adapters hot load);
 - it writes the pod's status as a kubelet does: phase Running, podIP 127.0.0.1, containerStatuses, and the
   ``Ready``/``ContainersReady`` conditions from the pod's own readiness probe (``/readyz`` on the health port, its
-  timeout and failure threshold, polled every ``probe_period`` s instead of the spec's period);
+  timeout and failure threshold, polled every ``probe_period`` s instead of the spec's period), ``Ready`` also
+  waiting for the pod's ``readinessGates`` (conditions a controller writes);
 - a process that exits is restarted with the kubelet's back-off (10 s doubling, at most 5 min; ``CrashLoopBackOff``
   meanwhile), ``restartCount`` + 1 and ``lastState.terminated`` carrying the exit code and the termination message
   (the runtime writes one line to ``--termination-log``; with ``FallbackToLogsOnError`` the log's tail otherwise);
@@ -76,7 +77,8 @@ class _PodWorker:
         self.uid: str = pod["metadata"]["uid"]
         self.gone = threading.Event()  # the pod object was deleted (or replaced by another uid)
         self.proc: RuntimeProcess | None = None
-        self.ready = False
+        self.ready = False  # the container's readiness probe
+        self.pod_ready_written: bool | None = None  # the pod's Ready condition as last written
         self.digest: str | None = None
         self.restarts = 0
         self.last_terminated: dict | None = None
@@ -193,6 +195,15 @@ class _PodWorker:
                 self.kubelet._event(f"{self.name}: not ready")
                 self.write_status()
 
+    def gates_ready(self) -> bool:
+        """Every readiness gate's condition (written by a controller, not by the kubelet) is True."""
+        conditions = {c.get("type"): c.get("status") for c in (self.pod.get("status") or {}).get("conditions") or []}
+        return all(conditions.get(g["conditionType"]) == "True" for g in self.pod["spec"].get("readinessGates") or [])
+
+    @property
+    def pod_ready(self) -> bool:
+        return self.ready and self.gates_ready()
+
     def _condition(self, type_: str, status: bool, reason: str | None = None) -> dict:
         if self.transitions.get(type_, (None,))[0] is not status:
             self.transitions[type_] = (status, _now())
@@ -210,6 +221,8 @@ class _PodWorker:
         else:
             state = {"waiting": self.waiting or {"reason": "ContainerCreating"}}
         container = self._container()
+        pod_ready = self.pod_ready
+        self.pod_ready_written = pod_ready
         cs = {"name": CONTAINER, "image": container.get("image", ""), "imageID": "", "ready": self.ready,
               "started": running, "restartCount": self.restarts, "state": state}
         if self.proc is not None and self.proc.proc is not None:
@@ -223,7 +236,8 @@ class _PodWorker:
                 self._condition("PodReadyToStartContainers", True),
                 self._condition("Initialized", True),
                 self._condition("ContainersReady", self.ready, "ContainersNotReady"),
-                self._condition("Ready", self.ready, "ContainersNotReady"),
+                self._condition("Ready", pod_ready,
+                                "ReadinessGatesNotReady" if self.ready else "ContainersNotReady"),
             ],
             "containerStatuses": [cs],
         }}
@@ -272,6 +286,8 @@ class _PodWorker:
                     restart_at = time.monotonic() + backoff
                 else:
                     self._probe()
+                if self.pod_ready != self.pod_ready_written:  # a readiness gate changed
+                    self.write_status()
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + CONFIGMAP_SYNC_SECONDS
                     self._sync_configmaps()
@@ -365,7 +381,7 @@ class ProcessKubelet:
         for w in workers:
             if w.proc is None or w.gone.is_set():
                 continue
-            out[w.name] = Endpoint(w.name, w.proc.api, w.proc.health, w.ready, w.deleting, w.digest)
+            out[w.name] = Endpoint(w.name, w.proc.api, w.proc.health, w.pod_ready, w.deleting, w.digest)
         return out
 
     def restart_counts(self) -> dict[str, int]:
