@@ -169,13 +169,10 @@ def test_kstatus_reads_in_progress_while_queued(scenario):
     assert result["status"] == "InProgress" and "queue position" in result["message"], result
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the operator does not write Stalled=True yet (reads InProgress)")
 def test_kstatus_reads_failed_when_stalled(scenario):
     assert kstatus(scenario["unschedulable"])["status"] == "Failed"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: a Model that fails verification has no Ready or Stalled condition "
-                                       "(reads Current)")
 def test_kstatus_reads_failed_for_a_model_that_cannot_be_verified(scenario):
     assert kstatus(scenario["unverifiable-model"])["status"] == "Failed"
 

@@ -248,8 +248,9 @@ def test_tenant_cannot_scale_or_extend_the_llmos_deployment(tenant_admin, llmos_
     assert out.returncode != 0
     _assert_refused_by_either(out.stderr, "container(s) runtime", "app.kubernetes.io/managed-by=llmos")
 
-    out = tenant_admin.kubectl("patch", "-n", ns, f"configmap/{name}-trust", "--type=merge",
-                               "-p", '{"data": {"signer.pem": "the tenant\'s own key"}}')
+    # (The trust ConfigMaps are immutable as well; the adapters one is not, so the policy is what refuses here.)
+    out = tenant_admin.kubectl("patch", "-n", ns, f"configmap/{name}-adapters", "--type=merge",
+                               "-p", '{"data": {"adapters.json": "{\\"adapters\\": []}"}}')
     assert out.returncode != 0
     _assert_refused_by(out.stderr, "llmos-operator-configmaps-are-the-operators", "only the llmos operator changes")
 

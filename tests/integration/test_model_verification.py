@@ -69,7 +69,11 @@ def test_a_model_signed_by_a_trusted_key_is_verified_and_served(objects, namespa
     objects.deployment("d")
     objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
     assert objects.condition("modeldeployments", "d", "ModelVerified")["status"] == "True"
-    trust = core.read_namespaced_config_map("d-trust", namespace)
+    dep = client.AppsV1Api(cluster.api).read_namespaced_deployment("d", namespace)
+    (trust_name,) = [v.config_map.name for v in dep.spec.template.spec.volumes if v.name == "trust"]
+    trust = core.read_namespaced_config_map(trust_name, namespace)
+    assert trust.immutable and trust.metadata.annotations["llmos.dev/model-digest"] == status["digest"]
+    assert status["servingRevision"] is None and status.get("pendingRevision") is None
 
     def key(name: str) -> bytes:
         if name in (trust.data or {}):

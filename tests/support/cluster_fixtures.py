@@ -32,8 +32,12 @@ def _free_port() -> int:
 class OperatorProcess:
     """The operator under test. `kill()` and `start()` let a test restart it mid-flight."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, cluster_name: str):
+    def __init__(self, kubeconfig: Path, log_dir: Path, cluster_name: str, *, standalone: bool = True,
+                 name: str = "test"):
+        """``standalone=False``: the process first waits for the leader Lease (handlers/leader.py), as a replica of
+        the chart's Deployment does; ``name`` tells the log files of several processes apart."""
         self.kubeconfig, self.log_dir, self.cluster_name = kubeconfig, log_dir, cluster_name
+        self.standalone, self.name = standalone, name
         self.proc: subprocess.Popen | None = None
         self.metrics_port = _free_port()
         self.health_port = _free_port()
@@ -41,14 +45,15 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.log_dir / f"llmos-operator-test-{self.starts}.log").open("wb")
+        self.log_path = self.log_dir / f"llmos-operator-{self.name}-{self.starts}.log"
+        log = self.log_path.open("wb")
         from llmos_operator.dev import platform
 
         # The chart's configuration and namespace, as its Deployment gives them.
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), LLMOS_RESYNC_SECONDS="5",
                    **platform.operator_environment(self.cluster_name))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
+            [sys.executable, "-m", "llmos_operator.cli", "operator", "run", *(["--standalone"] * self.standalone),
              "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )

@@ -136,7 +136,7 @@ def test_validation_rules_and_defaults():
     assert rollout["properties"]["maxSurge"] == {
         "description": rollout["properties"]["maxSurge"]["description"], "default": "auto",
         "x-kubernetes-int-or-string": True}
-    assert {r["fieldPath"] for r in rollout["x-kubernetes-validations"]} == {".maxSurge", ".maxUnavailable", ".autoRollback"}
+    assert {r["fieldPath"] for r in rollout["x-kubernetes-validations"]} == {".maxSurge", ".maxUnavailable"}
     assert spec["properties"]["gpu"]["properties"]["class"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     gmu = spec["properties"]["engine"]["properties"]["gpuMemoryUtilization"]
     assert gmu["minimum"] == 0 and gmu["exclusiveMinimum"] is True and gmu["maximum"] == 1

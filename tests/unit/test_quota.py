@@ -327,3 +327,99 @@ def test_namespace_owners_first_claim_wins_and_the_label_keeps_it():
     assert owners["shared"] == "b" and conflicts == {"a": {"shared": "b"}}
     owners, _ = namespace_owners([a, b], current={"shared": "gone"})
     assert owners["shared"] == "a"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 11: frozen reservations, surge entries, generations
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from llmos_operator.quota import RESERVATION_HELD, surge_key  # noqa: E402
+
+
+def test_a_frozen_deployment_keeps_its_reservation_even_when_the_queue_wants_it():
+    first = run([req("x", gpus=8)])
+    # x's Model has a new revision not verified yet: an admission pass in that window must not free its 8 GPUs.
+    frozen = _replace(req("x", gpus=8), frozen=("ModelNotVerified", "Model m's revision 2 is not verified yet"))
+    r = run([frozen, req("y", gpus=8, t=1)], ledger=first.ledger)
+    assert r.ledger["a-ns/x"]["gpus"] == 8 and r.decisions["a-ns/x"].admitted
+    assert not r.decisions["a-ns/y"].admitted
+
+
+def test_a_frozen_deployment_neither_grows_nor_shrinks_and_says_the_change_waits():
+    first = run([req("x", gpus=2, replicas=2)])
+    grown = _replace(req("x", gpus=2, replicas=3), frozen=("ModelNotVerified", "revision 2 is not verified"))
+    r = run([grown], ledger=first.ledger)
+    d = r.decisions["a-ns/x"]
+    assert r.ledger["a-ns/x"]["gpus"] == 4 and d.admitted and d.reason == RESERVATION_HELD and d.replicas == 2
+    assert "revision 2 is not verified" in d.message
+    shrunk = _replace(req("x", gpus=2, replicas=1), frozen=("ModelNotVerified", "pending"))
+    assert run([shrunk], ledger=first.ledger).ledger["a-ns/x"]["gpus"] == 4
+
+
+def test_a_frozen_deployment_without_a_reservation_waits_with_the_reason_given():
+    r = run([_replace(req("x"), frozen=("ModelNotVerified", "not verified yet"))])
+    assert not r.decisions["a-ns/x"].admitted and r.decisions["a-ns/x"].reason == "ModelNotVerified"
+    assert r.ledger == {}
+
+
+def test_surge_is_reserved_from_unused_quota_and_freed_when_no_longer_wanted():
+    first = run([req("x", gpus=2, replicas=2)])  # 4 of 8
+    rolling = run([_replace(req("x", gpus=2, replicas=2), surge=2)], ledger=first.ledger)
+    assert rolling.ledger[surge_key("a-ns/x")] == {"class": "h100", "gpus": 2, "uid": "uid-x", "kind": "surge"}
+    assert rolling.decisions["a-ns/x"].surge == 2 and rolling.usage("a")["h100"] == 6
+    assert "a-ns/x#surge" in rolling.ledger_for("a")
+    # Unknown (an operator that just restarted): kept. Not wanted any more: freed.
+    assert run([req("x", gpus=2, replicas=2)], ledger=rolling.ledger).decisions["a-ns/x"].surge == 2
+    done = run([_replace(req("x", gpus=2, replicas=2), surge=0)], ledger=rolling.ledger)
+    assert surge_key("a-ns/x") not in done.ledger and done.decisions["a-ns/x"].surge == 0
+
+
+def test_surge_is_all_or_nothing_and_never_above_quota():
+    first = run([req("x", gpus=2, replicas=2), req("y", gpus=4, t=1)])  # 8 of 8
+    r = run([_replace(req("x", gpus=2, replicas=2), surge=2), req("y", gpus=4, t=1)], ledger=first.ledger)
+    d = r.decisions["a-ns/x"]
+    assert d.surge == 0 and d.surge_wanted == 2 and "uses 8 of its 8" in d.surge_message
+    assert surge_key("a-ns/x") not in r.ledger
+
+
+def test_held_surge_counts_as_used_so_no_admission_takes_it():
+    first = run([req("x", gpus=2, replicas=2)])
+    rolling = run([_replace(req("x", gpus=2, replicas=2), surge=4)], ledger=first.ledger)  # 8 of 8
+    r = run([_replace(req("x", gpus=2, replicas=2), surge=4), req("y", gpus=2, t=5)], ledger=rolling.ledger)
+    assert not r.decisions["a-ns/y"].admitted and r.decisions["a-ns/x"].surge == 4
+
+
+def test_deployments_of_one_tenant_surge_one_after_another_in_queue_order():
+    reqs = [req(n, gpus=2, t=i) for i, n in enumerate("abc")]  # 6 of 8: room for one 2-GPU surge
+    first = run(reqs)
+    wanting = [_replace(r, surge=2) for r in reqs]
+    r = run(wanting, ledger=first.ledger)
+    assert [r.decisions[f"a-ns/{n}"].surge for n in "abc"] == [2, 0, 0]
+    after_a = run([_replace(wanting[0], surge=0), *wanting[1:]], ledger=r.ledger)
+    assert [after_a.decisions[f"a-ns/{n}"].surge for n in "abc"] == [0, 2, 0]
+
+
+def test_a_deployment_that_is_not_admitted_gets_no_surge():
+    r = run([_replace(req("x", gpus=16), surge=2)])
+    assert not r.decisions["a-ns/x"].admitted and surge_key("a-ns/x") not in r.ledger
+
+
+def test_decisions_record_the_generation_they_were_made_for():
+    r = run([_replace(req("x"), generation=7)])
+    assert r.decisions["a-ns/x"].generation == 7
+
+
+def test_a_surge_entry_must_say_it_is_one():
+    with pytest.raises(LedgerError):
+        parse_ledger({"a-ns/x#surge": {"class": "h100", "gpus": 2, "uid": "u"}})
+    with pytest.raises(LedgerError):
+        parse_ledger({"a-ns/x": {"class": "h100", "gpus": 2, "uid": "u", "kind": "surge"}})
+    assert parse_ledger({"a-ns/x#surge": {"class": "h100", "gpus": 2, "uid": "u", "kind": "surge"}})
+
+
+def test_a_surge_entry_goes_with_its_deployment():
+    first = run([req("x", gpus=2)])
+    rolling = run([_replace(req("x", gpus=2), surge=2)], ledger=first.ledger)
+    gone = run([], ledger=rolling.ledger)
+    assert gone.ledger == {} and set(gone.dropped) == {"a-ns/x", "a-ns/x#surge"}

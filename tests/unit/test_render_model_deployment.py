@@ -36,7 +36,12 @@ def children(m=None, d=None, **kw):
     kw.setdefault("bundle", BUNDLE)
     kw.setdefault("signer_pem", PEM)
     objs = render_children(d or mdep(), m or model(), H100, CFG, **kw)
-    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    return {(o["kind"], _unhashed(o["metadata"]["name"])): o for o in objs}
+
+
+def _unhashed(name):
+    """``chat-trust-<content hash>`` → ``chat-trust``."""
+    return "chat-trust" if name.startswith("chat-trust-") else name
 
 
 def deployment(**kw):
@@ -50,7 +55,7 @@ def container(**kw):
 
 def test_children_kinds_names_and_labels():
     objs = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
-    assert [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objs] == [
+    assert [(o["apiVersion"], o["kind"], _unhashed(o["metadata"]["name"])) for o in objs] == [
         ("v1", "ConfigMap", "chat-trust"), ("v1", "ConfigMap", "chat-adapters"), ("apps/v1", "Deployment", "chat"),
         ("v1", "Service", "chat"), ("policy/v1", "PodDisruptionBudget", "chat")]
     for o in objs:
@@ -67,7 +72,7 @@ def test_command_is_exactly_the_runtime_cli():
     assert container(d=d, m=model(quantization="awq"))["command"] == [
         "llmos-runtime", "serve", "--source", "hf://meta/llama-3-8b", "--revision", "main", "--served-name", "llama",
         "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
-        "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
+        "--expect-digest", DIGEST, "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
         "--port", "8000", "--health-port", "8081", "--",
         "--tensor-parallel-size", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
         "--quantization", "awq", "--enforce-eager"]
@@ -90,7 +95,7 @@ def test_deployment_spec():
     assert spec["replicas"] == 3  # what quota admitted, not the spec's 1
     assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "llmos-runtime",
                                                 "llmos.dev/model-deployment": "chat"}}
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     assert spec["progressDeadlineSeconds"] == 2400
     pod = spec["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 120
@@ -137,7 +142,8 @@ def test_volumes_and_mounts():
     assert mounts["cache"]["mountPath"] == "/var/cache/llmos"
     assert "dshm" in mounts  # tensor parallel 2 needs shared memory
     volumes = {v["name"]: v for v in deployment()["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["trust"]["configMap"]["name"] == "chat-trust"
+    trust = children()[("ConfigMap", "chat-trust")]["metadata"]["name"]
+    assert volumes["trust"]["configMap"]["name"] == trust and trust.startswith("chat-trust-")
     assert volumes["adapters"]["configMap"]["name"] == "chat-adapters"
     assert volumes["cache"] == {"name": "cache", "emptyDir": {}}
     single = container(d=mdep(gpu={"class": "h100", "count": 1}))
@@ -156,12 +162,13 @@ def test_pvc_source_is_mounted_read_only_where_the_runtime_looks():
     assert "pvc-weights" not in {v["name"] for v in deployment()["spec"]["template"]["spec"]["volumes"]}
 
 
-def test_max_surge():
+def test_the_rendered_strategy_surges_nothing_unreserved():
+    """Surge is reserved in the quota first (render/rollout.py sets it while a rollout runs); what is rendered
+    when no rollout runs surges nothing and keeps the user's maxUnavailable (0/0 is not valid in apps/v1)."""
     def strategy(**rollout):
         return deployment(d=mdep(rollout=rollout))["spec"]["strategy"]["rollingUpdate"]
-    assert strategy(maxSurge=3, maxUnavailable=1) == {"maxSurge": 3, "maxUnavailable": 1}
-    auto0 = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM, auto_surge=0)[2]
-    assert auto0["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert strategy(maxSurge=3, maxUnavailable=2) == {"maxSurge": 0, "maxUnavailable": 2}
+    assert strategy() == {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def test_template_hash_rolls_on_a_new_model_revision_only():
@@ -182,6 +189,10 @@ def test_template_hash_rolls_on_a_new_model_revision_only():
 def test_trust_configmap():
     cm = children()[("ConfigMap", "chat-trust")]
     assert cm["data"] == {"model.sig": BUNDLE.decode(), "signer.pem": PEM.decode()}
+    assert cm["immutable"] is True and cm["metadata"]["annotations"] == {"llmos.dev/model-digest": DIGEST}
+    # Named by content: another bundle is another ConfigMap, and the pods name the one made with them.
+    other = children(bundle=BUNDLE + b" ")
+    assert other[("ConfigMap", "chat-trust")]["metadata"]["name"] != cm["metadata"]["name"]
     binary = children(bundle=b"\xff\x00")[("ConfigMap", "chat-trust")]
     assert binary["binaryData"] == {"model.sig": "/wA="}
     disabled = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)

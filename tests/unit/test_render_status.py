@@ -63,7 +63,9 @@ def test_ready_when_admitted_verified_and_all_replicas_ready():
     d = mdep()
     st = desired_status(d, CFG, decision=decide(d), model=model(), deployment=child(2), now=T1)
     c = conds(st)
-    assert [x["type"] for x in st["conditions"]] == ["Ready", "QuotaAdmitted", "ModelVerified", "Progressing", "Degraded"]
+    assert [x["type"] for x in st["conditions"]] == ["Ready", "QuotaAdmitted", "ModelVerified", "Progressing", "Degraded",
+                                                     "Reconciling", "Stalled"]
+    assert c["Reconciling"]["status"] == "False" and c["Stalled"]["status"] == "False"  # kstatus: Current
     assert c["Ready"]["status"] == "True" and c["Ready"]["reason"] == "Serving"
     assert c["QuotaAdmitted"]["status"] == "True" and c["QuotaAdmitted"]["reason"] == "Admitted"
     assert c["ModelVerified"]["status"] == "True" and f"{DIGEST} signed by platform" in c["ModelVerified"]["message"]
@@ -167,8 +169,14 @@ def test_scale_up_waiting_keeps_serving():
     assert dec.admitted and dec.replicas == 2
     st = desired_status(big, CFG, decision=dec, model=model(), deployment=child(2), now=T1)
     c = conds(st)
-    assert c["Ready"]["status"] == "True" and "scale-up to 4 replicas waits" in c["Ready"]["message"]
+    # Two replicas serve, but the change is not done: not Ready (kubectl wait, Flux, Argo CD keep waiting), and
+    # kstatus's Reconciling says it waits in the queue (8 GPUs fit the quota of 6 some day? no: Stalled).
+    assert c["Ready"]["status"] == "False" and "scale-up to 4 replicas waits" in c["Ready"]["message"]
+    assert c["Ready"]["message"].startswith("2/2 replicas ready")
     assert c["QuotaAdmitted"]["status"] == "False" and c["QuotaAdmitted"]["reason"] == "QuotaExceeded"
+    assert c["Reconciling"]["status"] == "True" and c["Stalled"]["status"] == "False"
+    never = conds(desired_status(big, CFG, decision=dec, model=model(), deployment=child(2), quota_limit=6, now=T1))
+    assert never["Stalled"]["status"] == "True" and never["Stalled"]["reason"] == "QuotaNeverFits"
     assert st["readySummary"] == "2/4" and st["endpoint"]
 
 
@@ -192,7 +200,8 @@ def test_last_transition_time_kept_while_status_unchanged():
     assert c2["Progressing"]["lastTransitionTime"] == T2
     changed = transitions(first["conditions"], second["conditions"])
     assert {(t.type, t.old_status, t.status) for t in changed} == {("Ready", "False", "True"),
-                                                                   ("Progressing", "True", "False")}
+                                                                   ("Progressing", "True", "False"),
+                                                                   ("Reconciling", "True", "False")}
     assert not any(t.warning for t in changed)
     assert transitions(second["conditions"], second["conditions"]) == []
 
@@ -208,8 +217,13 @@ def test_model_status():
     st = model_status(m, verified=True, reason="SignatureDisabled", message="signature.policy is Disabled",
                       digest=DIGEST, signer=None, now=T1)
     assert st["shortDigest"] == "0123456789ab" and st["digest"] == DIGEST and st["signer"] is None
-    (c,) = st["conditions"]
+    c, stalled, reconciling = st["conditions"]
     assert (c["type"], c["status"], c["reason"], c["observedGeneration"]) == ("Verified", "True", "SignatureDisabled", 1)
+    assert (stalled["type"], stalled["status"], reconciling["type"], reconciling["status"]) == (
+        "Stalled", "False", "Reconciling", "False")
+    bad = model_status(m, verified=False, reason="UntrustedKey", message="signed by an unknown key", now=T1)
+    assert [(x["type"], x["status"]) for x in bad["conditions"]] == [
+        ("Verified", "False"), ("Stalled", "True"), ("Reconciling", "False")]  # kstatus: Failed
 
 
 def test_tenant_status():

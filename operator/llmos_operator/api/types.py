@@ -249,6 +249,10 @@ class Reservation(ApiModel):
     class_: str = Field(alias="class", max_length=63, description="GPU class.")
     gpus: int = Field(ge=0, description="GPUs reserved (replicas × gpu.count as admitted).")
     uid: str = Field(max_length=64, description="UID of the ModelDeployment the GPUs are reserved for.")
+    kind: str | None = Field(
+        None, pattern="^surge$", max_length=8, description="surge: GPUs reserved for a rollout's extra pods (key <namespace>/<name>#surge), freed when "
+        "the rollout ends; absent for the deployment's own reservation."
+    )
 
 
 class TenantUsage(ApiModel):
@@ -381,7 +385,18 @@ class ModelSpec(ApiModel):
 
 class ModelStatus(ApiModel):
     observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
-    digest: str | None = Field(None, max_length=256, description="Digest of the verified weights (sha256:…).")
+    digest: str | None = Field(
+        None, max_length=256, description="Digest of the verified weights being served (sha256:…); a newer revision "
+        "replaces it only once verified."
+    )
+    serving_revision: str | None = Field(
+        None, max_length=256, description="source.revision of the weights being served (digest, signer and the rest "
+        "of this status describe them)."
+    )
+    pending_revision: str | None = Field(
+        None, max_length=256, description="source.revision of the newest spec while it is not the one served (being "
+        "checked, or rejected: see the Verified condition)."
+    )
     short_digest: str | None = Field(None, max_length=32, description="The digest's first 12 hex characters.")
     signer: str | None = Field(None, max_length=256, description="Name of the key that signed the weights.")
     key_hint: str | None = Field(
@@ -451,26 +466,27 @@ class RolloutSpec(ApiModel):
             field_path=".maxUnavailable",
             check=lambda r: not (isinstance(r.max_surge, int) and r.max_surge == 0 and r.max_unavailable == 0),
         ),
-        Rule(
-            rule="!has(self.autoRollback) || !self.autoRollback",
-            message="autoRollback is not implemented yet: a stalled rollout keeps the previous revision serving "
-            "(maxUnavailable 0) and is reported as Degraded; revert the spec to roll back",
-            field_path=".autoRollback",
-            check=lambda r: not r.auto_rollback,
-        ),
     )
 
     max_surge: int | str = Field(
         "auto",
-        description="Extra replicas during a rollout: an integer, or auto (1).",
+        description="Extra replicas during a rollout, reserved in the tenant's quota before they start: an integer "
+        "(the rollout waits, WaitingForSurgeQuota, until that many replicas' GPUs are free), or auto (one replica "
+        "when the tenant has the GPUs to spare, else none).",
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
-    max_unavailable: int = Field(0, ge=0, description="Replicas that may be unavailable during a rollout.")
+    max_unavailable: int = Field(
+        0, ge=0, description="Replicas that may be unavailable during a rollout; llmos never raises it. With 0 and no "
+        "GPUs to surge, the rollout waits (WaitingForSurgeQuota)."
+    )
     progress_deadline_seconds: int = Field(
-        2400, ge=60, description="A rollout making no progress for this long is reported as failed."
+        2400, ge=60, description="A rollout making no progress for this long has failed (RolloutFailed)."
     )
     auto_rollback: bool = Field(
-        False, description="Reserved: roll back automatically when a rollout fails. Not implemented yet; must be false."
+        False, description="When a rollout fails (no progress within progressDeadlineSeconds, or new pods that fail "
+        "verification or crash-loop), render the previous revision again. Otherwise the rollout stops (the "
+        "Deployment is paused) and the old pods keep serving. Either way the failed revision is not retried until "
+        "the spec (or the Model) changes again."
     )
 
 
@@ -519,6 +535,21 @@ class ModelDeploymentStatus(ApiModel):
     updated_replicas: int | None = Field(None, ge=0, description="Pods of the current revision.")
     endpoint: str | None = Field(None, max_length=1024, description="OpenAI-compatible base URL inside the cluster.")
     model_digest: str | None = Field(None, max_length=256, description="Digest of the weights being served.")
+    revision: str | None = Field(
+        None, max_length=256, description="The revision all ready pods serve: the Model's digest (or, unsigned, the "
+        "pod template hash)."
+    )
+    target_revision: str | None = Field(
+        None, max_length=256, description="The revision being rolled out; equal to revision when no rollout runs."
+    )
+    serving_template: str | None = Field(
+        None, max_length=64, description="Pod template hash (llmos.dev/config-hash) of the last complete rollout: "
+        "what a rollback returns to."
+    )
+    failed_template: str | None = Field(
+        None, max_length=64, description="Pod template hash of a rollout that failed; not retried until the spec or "
+        "the Model changes."
+    )
     queue_position: int | None = Field(None, ge=1, description="Place in the admission queue while waiting.")
     selector: str | None = Field(None, max_length=1024, description="Label selector of the pods (scale subresource).")
     gpu_summary: str | None = Field(None, max_length=128, description='GPU class × GPUs per replica, e.g. "h100×2".')

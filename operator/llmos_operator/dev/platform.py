@@ -22,9 +22,12 @@ RELEASE = "llmos"
 SYSTEM_NAMESPACE = "llmos-system"
 FIELD_MANAGER = "llmos-dev"
 # The chart's templates that make up the platform side (everything but the operator's own Deployment and config).
+# leader-election.yaml grants the Lease, so that operators started without --standalone (several replicas, as the
+# chart runs them) can elect one.
 PLATFORM_TEMPLATES = (
     "templates/serviceaccount.yaml",
     "templates/rbac.yaml",
+    "templates/leader-election.yaml",
     "templates/tenant-roles.yaml",
     "templates/admission-policies.yaml",
     "templates/engine-flags.yaml",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Hashable
@@ -29,7 +30,7 @@ from .. import policy
 from ..api.types import InvalidObject, Model, ModelDeployment, SignatureSpec, Tenant, parse_as
 from ..config import OperatorConfig
 from ..placement import can_ever_fit, summarize_scheduling_failures
-from ..quota import Decision, Request, TenantInfo, admit, ledger_key, merge_ledgers, parse_ledger
+from ..quota import Decision, Request, TenantInfo, admit, deployment_key, ledger_key, merge_ledgers, parse_ledger
 from ..quota import namespace_owners
 from ..render import (
     RenderError,
@@ -43,9 +44,24 @@ from ..render import (
     tenant_status,
     transitions,
 )
-from ..render.status import OVER_QUOTA
-from ..render.common import ANNOTATION_ADAPTERS, LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGED_BY
-from ..render.model_deployment import surge_replicas
+from ..render.status import OVER_QUOTA, RECONCILING, STALLED, condition, merge_conditions, now_rfc3339
+from ..render.common import (
+    ANNOTATION_ADAPTERS,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL_DEPLOYMENT,
+    MANAGED_BY,
+    trust_configmap_name,
+)
+from ..render.rollout import (
+    COMPLETE,
+    ROLLED_BACK,
+    ROLLING_OUT,
+    ROLLOUT_STOPPED,
+    RolloutFacts,
+    plan_rollout,
+    template_digest,
+    template_hash,
+)
 from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .kube import Kube, with_owner
 from .store import Informer, Store, node_summary, without_managed_fields
@@ -56,6 +72,9 @@ log = logging.getLogger("llmos.controller")
 ADMISSION = ("admission",)
 TENANT_LABEL = policy.LABEL_TENANT
 RUNTIME_CONTAINER = "runtime"
+# Test knob (docs/testing.md): seconds each Model verification waits first, so a test can act in the window between a
+# Model edit and its verification ("a paused verifier").
+VERIFY_DELAY_SECONDS = float(os.environ.get("LLMOS_VERIFY_DELAY_SECONDS", "0"))
 
 
 class Conflict(Exception):
@@ -98,7 +117,9 @@ class Controller:
         self._admission_lock = threading.Lock()
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
-        self._spare: dict[tuple[str, str], int] = {}  # (tenant, GPU class) → quota not reserved, after the last pass
+        # ModelDeployment key → surge GPUs its rollout wants (render/rollout.py); absent: not known since a restart
+        # (admission then keeps whatever surge the ledger holds)
+        self._surge_asks: dict[str, int] = {}
         # (namespace, model) → (uid, generation, outcome) of the last verification; reconcile_model renews it
         self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._specs: dict[tuple[str, str], tuple[str, int | None]] = {}  # mdep key → (uid, generation)
@@ -224,6 +245,9 @@ class Controller:
                             transform=without_managed_fields),
             "Deployment": Informer(kube, "Deployment", label_selector=child_selector, on_event=child,
                                    transform=without_managed_fields),
+            # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
+            "ReplicaSet": Informer(kube, "ReplicaSet", label_selector=child_selector, on_event=child,
+                                   transform=without_managed_fields),
             "Service": Informer(kube, "Service", label_selector=child_selector, on_event=child,
                                 transform=without_managed_fields),
             "ConfigMap": Informer(kube, "ConfigMap", label_selector=child_selector, on_event=child,
@@ -317,6 +341,10 @@ class Controller:
                 models[(m.metadata.namespace, m.metadata.name)] = m
             except InvalidObject:
                 continue
+        ledgers = []
+        for t in tenants:
+            ledgers.append(parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()}))
+        ledger = merge_ledgers(ledgers)
         requests, mdeps, refused = [], {}, {}
         for raw in self.store["ModelDeployment"].list():
             if raw["metadata"].get("deletionTimestamp"):
@@ -334,16 +362,21 @@ class Controller:
                 refused[mdep.key] = _refused(mdep, owner, *refusal)
                 continue
             model = models.get((mdep.metadata.namespace, mdep.spec.model))
+            surge = self._surge_asks.get(mdep.key)
             if tenant is not None and (model is None or not _model_servable(model)):
-                # An unverified model reserves no GPU: its deployments are not even candidates.
-                refused[mdep.key] = _not_servable(mdep, model, owner)
+                holds = (ledger.get(mdep.key) or {}).get("uid") == mdep.metadata.uid
+                if holds and model is not None and _model_serving(model):
+                    # The Model's new revision is being verified, or was rejected: the previous one keeps serving
+                    # on the GPUs it holds; nothing changes until the newest revision is verified.
+                    frozen = ("ModelNotVerified", f"Model {model.metadata.name}'s newest revision is not verified")
+                    requests.append(Request.from_model_deployment(mdep, owner, surge=surge, frozen=frozen))
+                else:
+                    # An unverified model reserves no GPU: its deployments are not even candidates.
+                    refused[mdep.key] = _not_servable(mdep, model, owner)
                 continue
-            requests.append(Request.from_model_deployment(mdep, owner))
-        ledgers = []
-        for t in tenants:
-            ledgers.append(parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()}))
+            requests.append(Request.from_model_deployment(mdep, owner, surge=surge))
         result = admit(
-            requests, merge_ledgers(ledgers), {t.metadata.name: TenantInfo.from_tenant(t) for t in tenants},
+            requests, ledger, {t.metadata.name: TenantInfo.from_tenant(t) for t in tenants},
             self.config.gpu_classes.keys(),
         )
         admitted_counts: dict[str, int] = {}
@@ -370,10 +403,8 @@ class Controller:
                 used_gpus[(name, gpu_class)] = used.get(gpu_class, 0)
                 allowed_gpus[(name, gpu_class)] = tenant.spec.quota.gpus.get(gpu_class, 0)
         self._series.publish(admitted_counts, queued_counts, used_gpus, allowed_gpus)
-        self._spare = {(t.metadata.name, c): n - result.usage(t.metadata.name).get(c, 0)
-                       for t in tenants for c, n in t.spec.quota.gpus.items()}
         # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
-        self._write_backstops(tenants, owners, result, mdeps)
+        self._write_backstops(tenants, owners, result)
         # Publish the decisions and wake the deployments whose decision changed.
         previous = self._decisions
         self._decisions = {**result.decisions, **refused}
@@ -386,20 +417,16 @@ class Controller:
             ns, name = key.split("/", 1)
             self.queue.add(("ModelDeployment", ns, name))
 
-    def _write_backstops(self, tenants: list[Tenant], owners: dict[str, str], result: Any,
-                         mdeps: dict[str, ModelDeployment]) -> None:
-        """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there, plus room for the
-        surge pods llmos renders during a rollout: never the tenant's total copied into every namespace."""
+    def _write_backstops(self, tenants: list[Tenant], owners: dict[str, str], result: Any) -> None:
+        """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there (rollout surge
+        included, as reserved): never the tenant's total copied into every namespace."""
         wanted: dict[str, dict[str, int]] = {ns: {} for ns in owners}
         for key, entry in result.ledger.items():
             ns = key.split("/", 1)[0]
             gpu_class = self.config.gpu_class(entry["class"])
-            decision, mdep = result.decisions.get(key), mdeps.get(key)
-            if ns not in wanted or gpu_class is None or decision is None:
+            if ns not in wanted or gpu_class is None or result.decisions.get(deployment_key(key)) is None:
                 continue
             gpus = entry["gpus"]
-            if mdep is not None and decision.admitted:
-                gpus += surge_replicas(mdep, self._auto_surge(decision, mdep)) * mdep.spec.gpu.count
             wanted[ns][gpu_class.resource_name] = wanted[ns].get(gpu_class.resource_name, 0) + gpus
         by_name = {t.metadata.name: t for t in tenants}
         for ns, reserved in sorted(wanted.items()):
@@ -565,14 +592,14 @@ class Controller:
                                 "(the tenant's policy allows unsigned models)", keys=keys)
         bundle = self._read_bundle(model.metadata.namespace or "", model.spec.signature)
         if isinstance(bundle, str):
-            return Verification(False, "BundleUnavailable", bundle)
+            return Verification(False, "BundleUnavailable", bundle, keys=keys)
         if not keys:
             return Verification(False, "NoTrustedKeys", "the tenant trusts no key (spec.trustedKeys of its Tenant) "
                                 "and the operator configuration names none", bundle=bundle)
         try:
             signed = verify_bundle(bundle, keys)
         except VerificationError as exc:
-            return Verification(False, exc.reason, str(exc), bundle=bundle)
+            return Verification(False, exc.reason, str(exc), bundle=bundle, keys=keys)
         return Verification(
             True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
             digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
@@ -589,19 +616,59 @@ class Controller:
         except InvalidObject as exc:
             log.warning("invalid Model %s/%s: %s", namespace, name, exc)
             return
+        if VERIFY_DELAY_SECONDS:
+            time.sleep(VERIFY_DELAY_SECONDS)
         outcome = self.verify(model)
         self._verified[(namespace, name)] = (model.metadata.uid, model.metadata.generation, outcome)
-        status = model_status(model, verified=outcome.verified, reason=outcome.reason, message=outcome.message,
-                              digest=outcome.digest, signer=outcome.signer)
-        status.update({"keyHint": outcome.key_hint, "fileCount": outcome.file_count})
-        old = model.status.to_dict()
-        if _status_changed(old, status):
+        revision = model.spec.source.revision
+        old = model.status
+        if outcome.servable:
+            status = model_status(model, verified=outcome.verified, reason=outcome.reason, message=outcome.message,
+                                  digest=outcome.digest, signer=outcome.signer, serving_revision=revision)
+            status.update({"keyHint": outcome.key_hint, "fileCount": outcome.file_count})
+        elif self._previous_revision_serves(model, outcome):
+            # A new revision that does not verify never reaches a pod: the one before keeps serving.
+            message = (f"revision {revision or '(unpinned)'} (generation {model.metadata.generation}) rejected: "
+                       f"{outcome.reason}: {outcome.message}; {old.digest} (revision "
+                       f"{old.serving_revision or '(unpinned)'}, signed by {old.signer}) keeps serving")
+            status = model_status(model, verified=False, reason="RevisionRejected", message=message,
+                                  digest=old.digest, signer=old.signer, serving_revision=old.serving_revision,
+                                  pending_revision=revision)
+            status.update({"keyHint": old.key_hint, "fileCount": old.file_count})
+        else:
+            status = model_status(model, verified=False, reason=outcome.reason, message=outcome.message,
+                                  pending_revision=revision)
+            status.update({"keyHint": None, "fileCount": None})
+        old_dict = old.to_dict()
+        if _status_changed(old_dict, status):
             self.kube.patch_status("Model", name, namespace, status)
-            for t in transitions(old.get("conditions", []), status["conditions"]):
+            for t in transitions(old_dict.get("conditions", []), status["conditions"]):
                 warn = t.status != "True" or outcome.reason == "SignatureDisabled"
                 self.kube.event(raw, "Warning" if warn else "Normal", t.reason, t.message)
             self.queue.add(ADMISSION)
             self._wake_deployments_of(namespace, name)
+
+    def _previous_revision_serves(self, model: Model, outcome: Verification) -> bool:
+        """The newest spec failed verification. Its previous revision keeps serving if it was verified (signed), the
+        failure is of a newer spec (not the served one losing its signature), and its signer is still trusted."""
+        from llmos_signing import key_hint, load_public_key
+
+        old = model.status
+        cond = next((c for c in old.conditions if c.type == "Verified"), None)
+        if not old.digest or not old.key_hint or cond is None:
+            return False
+        newer_spec = old.observed_generation != model.metadata.generation
+        if not (cond.reason == "RevisionRejected" or (cond.status == "True" and newer_spec)):
+            return False
+        keys = outcome.keys if outcome.keys is not None else self._trusted_keys(
+            self._tenant_of(model.metadata.namespace or ""))
+        for pem in keys.values():
+            try:
+                if key_hint(load_public_key(pem)) == old.key_hint:
+                    return True
+            except Exception:  # noqa: BLE001 — an unreadable key trusts nothing
+                continue
+        return False
 
     def _wake_deployments_of(self, namespace: str, model_name: str) -> None:
         for mdep in self.store["ModelDeployment"].list(namespace):
@@ -614,6 +681,7 @@ class Controller:
     def reconcile_model_deployment(self, namespace: str, name: str) -> None:
         raw = self.store["ModelDeployment"].get(name, namespace)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
+            self._surge_asks.pop(ledger_key(namespace, name), None)
             return  # children go with it (owner references); the admission pass frees its GPUs
         try:
             mdep = self._parse(ModelDeployment, raw)
@@ -624,18 +692,43 @@ class Controller:
         decision = self._decisions.get(key)
         if decision is not None and self._decision_uids.get(key) != mdep.metadata.uid:
             decision = None  # a deployment of the same name that was deleted and created again
+        if decision is None or decision.generation != mdep.metadata.generation:
+            # Nothing is rendered, and no status claims this generation, before admission has decided it.
+            self.queue.add(ADMISSION)
+            self._admission_pending(mdep)
+            return
         model = self._get_model(namespace, mdep.spec.model)
         gpu_class = self.config.gpu_class(mdep.spec.gpu.class_)
         render_error: RenderError | None = None
         write_failure: RenderError | None = None
-        deployment: dict | None = None
+        deployment = self.store["Deployment"].get(name, namespace)
+        pods = self._pods_of(namespace, name)
+        plan = hold = None
         fit = scheduling = None
         termination_messages: list[str] = []
         adapter_reports: list[dict] = []
 
-        if decision is None:
-            self.queue.add(ADMISSION)
-        elif decision.admitted and model is not None and gpu_class is not None and _model_servable(model):
+        if not decision.admitted:
+            # Not admitted (or no longer: its model lost its signature): no pods run.
+            if deployment is not None:
+                self.kube.delete("Deployment", name, namespace)
+            deployment = None
+            self._ask_surge(key, 0)
+        elif model is None or gpu_class is None:
+            pass  # admission refuses it on its next pass (ModelNotVerified, UnknownGPUClass)
+        elif not _model_servable(model):
+            # The Model's newest revision is being verified, or was rejected: the Deployment is left as it is, on
+            # the revision that was verified, and keeps its GPUs (admission froze its reservation).
+            cond = next((c for c in model.status.conditions if c.type == "Verified"), None)
+            if cond is not None and cond.reason == "RevisionRejected":
+                hold = ("RevisionRejected", f"Model {model.metadata.name}: {cond.message}")
+            else:
+                hold = ("VerificationPending", f"Model {model.metadata.name}'s new revision is being verified")
+        elif deployment is not None and not decision.complete and _pod_gpus(deployment) != mdep.spec.gpu.count:
+            # A new pod shape (gpu.count) that quota does not cover yet: the old pods keep running as they are.
+            hold = (decision.reason, f"the change to {mdep.spec.replicas} × {mdep.spec.gpu.count} GPUs waits: "
+                                     f"{decision.message}")
+        else:
             outcome = self._verification(model)
             if outcome.servable:
                 try:
@@ -643,14 +736,25 @@ class Controller:
                         mdep, model, gpu_class, self.config, replicas=decision.replicas,
                         bundle=outcome.bundle if outcome.verified else None,
                         signer_pem=outcome.signer_pem if outcome.verified else None,
-                        auto_surge=self._auto_surge(decision, mdep),
                         adapter_bundles=self._adapter_bundles(mdep, model),
                         tenant_keys=outcome.keys,
                     )
                 except RenderError as exc:
                     render_error = exc
                 else:
+                    desired = next(c for c in children if c["kind"] == "Deployment")
+                    plan = plan_rollout(mdep, desired, RolloutFacts(
+                        deployment=deployment, pods=pods,
+                        replica_sets=self.store["ReplicaSet"].list(namespace, _owned_by(name)),
+                        serving_template=mdep.status.serving_template, failed_template=mdep.status.failed_template,
+                        surge_granted=decision.surge, surge_asked=decision.surge_wanted,
+                        surge_message=decision.surge_message,
+                    ))
                     for child in children:
+                        if child["kind"] == "Deployment":
+                            if plan.deployment is None:
+                                continue  # left as it is: the rollout waits (surge quota, a failed revision)
+                            child = plan.deployment
                         try:
                             applied = self.kube.apply(with_owner(child, raw))
                         except ApiException as exc:
@@ -662,17 +766,22 @@ class Controller:
                             render_error = write_failure
                             break
                         if child["kind"] == "Deployment":
+                            self._rollout_events(raw, mdep, deployment, applied, plan)
                             deployment = applied
-            if deployment is not None:
-                fit = self._can_ever_fit(mdep, gpu_class)
-                scheduling, termination_messages, adapter_reports = self._pod_facts(namespace, name)
-        elif not decision.admitted:
-            # Not admitted (or no longer: its model lost its signature): no pods run.
-            self.kube.delete("Deployment", name, namespace)
+                    if write_failure is None:
+                        self._ask_surge(key, plan.surge_wanted)
+                        self._collect_trust_configmaps(namespace, name, children, deployment, pods)
+        if deployment is not None and decision.admitted and gpu_class is not None:
+            fit = self._can_ever_fit(mdep, gpu_class)
+            scheduling, termination_messages, adapter_reports = self._pod_facts(namespace, name)
 
+        revision, target = self._revisions(mdep, model, deployment, plan, hold)
+        tenant = self._stored(Tenant, "Tenant", decision.tenant) if decision.tenant else None
         status = desired_status(
             mdep, self.config, decision=decision, model=model, deployment=deployment, fit=fit,
             scheduling=scheduling, termination_messages=termination_messages, render_error=render_error,
+            plan=plan, hold=hold, revision=revision, target_revision=target,
+            quota_limit=tenant.spec.quota.gpus.get(mdep.spec.gpu.class_, 0) if tenant is not None else None,
         )
         status["adapters"] = adapter_status(mdep.spec.adapters, adapter_reports) if deployment is not None else []
         status["remoteCode"] = True if deployment is not None and policy.remote_code(mdep) else None
@@ -680,6 +789,8 @@ class Controller:
         if _status_changed(old, status):
             self.kube.patch_status("ModelDeployment", name, namespace, status)
             for t in transitions(old.get("conditions", []), status["conditions"]):
+                if t.type in (RECONCILING, STALLED):
+                    continue  # kstatus's view of Ready and Progressing: their Events say it already
                 good = (t.status == "True") != (t.type == "Degraded")
                 self.kube.event(raw, "Normal" if good else "Warning", t.reason, t.message)
         if write_failure is not None:
@@ -687,6 +798,83 @@ class Controller:
         if deployment is not None and not _ready(status):
             # Children report through watch events; this is a slow safety net for facts nobody watches (nodes).
             self.queue.add(("ModelDeployment", namespace, name), delay=15)
+
+    def _admission_pending(self, mdep: ModelDeployment) -> None:
+        """Say that a new generation waits for admission, without claiming it: only the Reconciling condition
+        carries the new generation (kubectl wait and kstatus keep waiting on the others)."""
+        gen = mdep.metadata.generation
+        old = mdep.status.to_dict()
+        pending = condition(RECONCILING, True, "AdmissionPending", f"generation {gen} waits for admission", gen)
+        previous = next((c for c in old.get("conditions", []) if c["type"] == RECONCILING), None)
+        if previous is not None and all(previous.get(k) == pending[k] for k in ("status", "reason",
+                                                                                  "observedGeneration")):
+            return
+        conditions = merge_conditions(old.get("conditions", []), [pending], now_rfc3339())
+        self.kube.patch_status("ModelDeployment", mdep.metadata.name, mdep.metadata.namespace,
+                               {"conditions": conditions})
+
+    def _ask_surge(self, key: str, gpus: int | None) -> None:
+        """What the rollout wants reserved for its surge; a change runs an admission pass (which reserves or frees
+        it in the ledger before the Deployment may use it)."""
+        if gpus is None or self._surge_asks.get(key) == gpus:
+            return
+        self._surge_asks[key] = gpus
+        self.queue.add(ADMISSION)
+
+    def _rollout_events(self, raw: dict, mdep: ModelDeployment, before: dict | None, after: dict,
+                        plan: Any) -> None:
+        """An Event per rollout phase: started (with the surge reserved), completed, rolled back, stopped."""
+        old_hash, new_hash = template_hash(before), template_hash(after)
+        if plan.phase == ROLLED_BACK and old_hash != new_hash:
+            self.kube.event(raw, "Warning", "RolledBack", plan.message)
+        elif plan.phase == ROLLOUT_STOPPED and not ((before or {}).get("spec") or {}).get("paused"):
+            self.kube.event(raw, "Warning", "RolloutStopped", plan.message)
+        elif before is not None and old_hash != new_hash and plan.phase == ROLLING_OUT:
+            self.kube.event(raw, "Normal", "RolloutStarted", plan.message)
+        elif plan.phase == COMPLETE and plan.serving_template != mdep.status.serving_template \
+                and mdep.status.serving_template is not None:
+            self.kube.event(raw, "Normal", "RolloutCompleted",
+                            f"all replicas serve template {plan.serving_template}")
+
+    def _revisions(self, mdep: ModelDeployment, model: Model | None, deployment: dict | None, plan: Any,
+                   hold: Any) -> tuple[str | None, str | None]:
+        """(what serves, what rolls): the Model digest of a template (its hash when the Model is unsigned)."""
+        def of(template: str | None) -> str | None:
+            if template is None:
+                return None
+            for obj in [deployment, *self.store["ReplicaSet"].list(mdep.metadata.namespace,
+                                                                    _owned_by(mdep.metadata.name))]:
+                if obj is not None and template_hash(obj) == template:
+                    return template_digest(obj) or f"template:{template}"
+            return f"template:{template}"
+        if plan is None:
+            return mdep.status.revision, mdep.status.target_revision
+        target = (model.status.digest if model is not None and model.status.digest
+                  and model.spec.signature.policy != "Disabled" else f"template:{plan.target_template}")
+        if plan.failed and plan.phase != "RolloutStopped":
+            target = of(plan.failed_template) if plan.failed_template else target
+        return of(plan.serving_template), target
+
+    def _collect_trust_configmaps(self, namespace: str, name: str, children: list[dict], deployment: dict | None,
+                                  pods: list[dict]) -> None:
+        """Delete this deployment's trust ConfigMaps that nothing uses: not the one just rendered, not one named by
+        the Deployment, a ReplicaSet (a rollback may need it) or a pod."""
+        used = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
+        templates = [deployment, *self.store["ReplicaSet"].list(namespace, _owned_by(name)), *pods]
+        for obj in templates:
+            spec = (obj or {}).get("spec") or {}
+            pod_spec = (spec.get("template") or {}).get("spec") or spec
+            for volume in pod_spec.get("volumes") or []:
+                if volume.get("configMap"):
+                    used.add(volume["configMap"].get("name"))
+        prefix = trust_configmap_name(name, "")
+        for cm in self.store["ConfigMap"].list(namespace, _owned_by(name)):
+            cm_name = cm["metadata"]["name"]
+            if cm_name.startswith(prefix) and cm_name not in used:
+                self.kube.delete("ConfigMap", cm_name, namespace)
+
+    def _pods_of(self, namespace: str, name: str) -> list[dict]:
+        return self.store["Pod"].list(namespace, _owned_by(name))
 
     def _child_write_failure(self, child: dict, exc: ApiException, key: Hashable) -> RenderError:
         try:
@@ -724,12 +912,6 @@ class Controller:
                 model.metadata.uid, model.metadata.generation, outcome)
         return outcome
 
-    def _auto_surge(self, decision: Decision, mdep: ModelDeployment) -> int:
-        """One surge pod during a rollout only if the tenant has that many GPUs of the class to spare."""
-        if decision.tenant is None:
-            return 0
-        return 1 if self._spare.get((decision.tenant, mdep.spec.gpu.class_), 0) >= mdep.spec.gpu.count else 0
-
     def _can_ever_fit(self, mdep: ModelDeployment, gpu_class: Any) -> Any:
         """Placement's verdict over the stored node summaries, computed once per node-set version and pod shape."""
         requests = pod_requests(mdep, gpu_class, self.config)
@@ -745,8 +927,7 @@ class Controller:
     def _pod_facts(self, namespace: str, name: str) -> tuple[str | None, list[str], list[dict]]:
         """The scheduler's reasons for Pending pods, the runtime's termination messages, and the adapter reports
         the runtimes wrote on their pods."""
-        pods = self.store["Pod"].list(
-            namespace, lambda p: (p["metadata"].get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT) == name)
+        pods = self._pods_of(namespace, name)
         unschedulable, messages, reports = [], [], []
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -785,6 +966,23 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
     return out
 
 
+def _owned_by(name: str) -> Any:
+    """A store filter: children (and pods) of the ModelDeployment ``name``."""
+    return lambda obj: (obj["metadata"].get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT) == name
+
+
+def _pod_gpus(deployment: dict) -> int | None:
+    """GPUs per pod of a stored Deployment (the limit of its runtime container)."""
+    for c in deployment["spec"]["template"]["spec"].get("containers") or []:
+        if c.get("name") == RUNTIME_CONTAINER:
+            for value in ((c.get("resources") or {}).get("limits") or {}).values():
+                try:
+                    return int(value)
+                except (TypeError, ValueError):
+                    continue
+    return None
+
+
 def _fairness_group(key: Hashable) -> Hashable:
     """Work is served round-robin across namespaces, so one tenant's burst of events cannot delay another's."""
     if isinstance(key, tuple) and len(key) == 3:
@@ -797,6 +995,7 @@ def _refused(mdep: ModelDeployment, tenant: str | None, reason: str, message: st
     return Decision(
         key=mdep.key, tenant=tenant, admitted=False, reason=reason, message=message,
         gpu_class=mdep.spec.gpu.class_, requested=mdep.gpus_demanded, reserved=0, replicas=0,
+        generation=mdep.metadata.generation,
     )
 
 
@@ -817,6 +1016,7 @@ def _not_servable(mdep: ModelDeployment, model: Model | None, tenant: str | None
     return Decision(
         key=mdep.key, tenant=tenant, admitted=False, reason="ModelNotVerified", message=message,
         gpu_class=mdep.spec.gpu.class_, requested=mdep.gpus_demanded, reserved=0, replicas=0,
+        generation=mdep.metadata.generation,
     )
 
 
@@ -829,6 +1029,18 @@ def _model_servable(model: Model) -> bool:
         return False
     return cond.status == "True" or (
         cond.reason == "SignatureDisabled" and model.spec.signature.policy == "Disabled")
+
+
+def _model_serving(model: Model) -> bool:
+    """Does a verified revision of the Model serve (perhaps an older one than its spec names)? True while its
+    newest revision is being verified or was rejected (RevisionRejected), if the one before was verified and its
+    signer is still trusted; False once the served revision itself lost its signature (a key revoked)."""
+    cond = next((c for c in model.status.conditions if c.type == "Verified"), None)
+    if cond is None:
+        return False
+    if cond.reason == "RevisionRejected":
+        return bool(model.status.digest)
+    return cond.status == "True" or cond.reason == "SignatureDisabled"
 
 
 def _ready(status: dict) -> bool:

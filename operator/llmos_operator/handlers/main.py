@@ -9,7 +9,7 @@ import threading
 
 import kopf
 
-from .controller import Controller
+from .controller import ADMISSION, Controller
 from .workqueue import run_workers
 
 log = logging.getLogger("llmos.operator")
@@ -37,6 +37,13 @@ def _startup(settings: kopf.OperatorSettings, **_):
     if not controller.store.wait_synced(timeout=STORE_SYNC_TIMEOUT):
         raise kopf.PermanentError(f"the watch-fed store did not sync within {STORE_SYNC_TIMEOUT} s")
     log.info("store synced: %s", controller.store.stats())
+    # One admission pass before any worker runs: a ModelDeployment reconciled before the first pass finds no decision
+    # and would report "waiting for admission" over its Ready status after every restart (and emit Events saying so).
+    try:
+        controller.handle(ADMISSION)
+    except Exception as exc:  # noqa: BLE001 — a 409 or an API error: the work queue tries again, with back-off
+        log.warning("the first admission pass failed (%s); the work queue tries again", exc)
+        controller.queue.add(ADMISSION)
     _threads.extend(run_workers(controller.queue, controller.handle, WORKERS, controller.on_error))
     _threads.append(controller.start_resync(RESYNC_SECONDS))
 

@@ -18,6 +18,7 @@ from .admission import (
     NO_TENANT,
     QUOTA_EXCEEDED,
     REASONS,
+    RESERVATION_HELD,
     TENANT_CORDONED,
     TOO_MANY_DEPLOYMENTS,
     UNKNOWN_GPU_CLASS,
@@ -30,10 +31,24 @@ from .admission import (
     namespace_owners,
     parse_time,
 )
-from .ledger import Ledger, LedgerError, ledger_key, merge_ledgers, parse_ledger, reconcile_ledger, split_ledger, usage
+from .ledger import (
+    SURGE,
+    Ledger,
+    LedgerError,
+    deployment_key,
+    is_surge,
+    ledger_key,
+    merge_ledgers,
+    parse_ledger,
+    reconcile_ledger,
+    split_ledger,
+    surge_key,
+    usage,
+)
 
 __all__ = [
-    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "QUOTA_EXCEEDED", "REASONS", "TENANT_CORDONED",
+    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "QUOTA_EXCEEDED", "REASONS", "RESERVATION_HELD", "SURGE",
+    "TENANT_CORDONED", "deployment_key", "is_surge", "surge_key",
     "TOO_MANY_DEPLOYMENTS", "UNKNOWN_GPU_CLASS", "AdmissionResult", "Decision", "Ledger", "LedgerError", "Request",
     "TenantInfo", "admit", "gpu_summary", "ledger_key", "merge_ledgers", "namespace_owners", "parse_ledger",
     "parse_time", "reconcile_ledger", "split_ledger", "usage",

@@ -16,17 +16,25 @@ returns the new ledger and one :class:`Decision` per deployment. Rules:
   class in every tenant: that is where tenant priority matters.
 - Refusal reasons: QuotaExceeded, InsufficientCapacity, UnknownGPUClass, NoTenant, TenantCordoned,
   TooManyDeployments. Lowering a quota below current use evicts nothing; the excess frees as deployments shrink.
+- A ``frozen`` request (its Model's new revision is not verified yet, or was rejected: the old revision keeps
+  serving) keeps its reservation exactly as it is and asks for nothing; holding none, it waits with the reason given.
+- **Surge**: a request's ``surge`` is the GPUs its rollout wants above its reservation (None: unknown, keep what is
+  held). A surge entry already held is kept (shrunk when less is wanted, freed at 0), and counts as used, so no
+  admission can take it. New surge GPUs are granted after the pass's other admissions, all or nothing, in queue
+  order, only to deployments that are admitted and only from the tenant's unused quota: deployments of one tenant
+  roll one after another as the reservations allow.
+- Each decision records the ModelDeployment ``generation`` it was made for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from ..api.types import ModelDeployment, Tenant
-from .ledger import Ledger, entry, ledger_key, reconcile_ledger
+from .ledger import SURGE, Ledger, deployment_key, entry, is_surge, ledger_key, reconcile_ledger, surge_key
 
 ADMITTED = "Admitted"
 QUOTA_EXCEEDED = "QuotaExceeded"
@@ -35,9 +43,10 @@ UNKNOWN_GPU_CLASS = "UnknownGPUClass"
 NO_TENANT = "NoTenant"
 TENANT_CORDONED = "TenantCordoned"
 TOO_MANY_DEPLOYMENTS = "TooManyDeployments"
+RESERVATION_HELD = "ReservationHeld"  # frozen: the reservation is kept as it is, the change waits
 REASONS = (
     ADMITTED, QUOTA_EXCEEDED, INSUFFICIENT_CAPACITY, UNKNOWN_GPU_CLASS, NO_TENANT, TENANT_CORDONED,
-    TOO_MANY_DEPLOYMENTS,
+    TOO_MANY_DEPLOYMENTS, RESERVATION_HELD,
 )
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
@@ -85,6 +94,9 @@ class Request:
     replicas: int
     gpus_per_replica: int
     created: datetime = _NEVER
+    generation: int | None = None  # of the ModelDeployment: the decision is for this spec
+    surge: int | None = None  # GPUs its rollout wants above the reservation; None: unknown, keep what is held
+    frozen: tuple[str, str] | None = None  # (reason, message): keep the reservation as it is, ask for nothing
 
     @property
     def key(self) -> str:
@@ -95,9 +107,13 @@ class Request:
         return self.replicas * self.gpus_per_replica
 
     @classmethod
-    def from_model_deployment(cls, mdep: ModelDeployment, tenant: str | None) -> Request:
+    def from_model_deployment(cls, mdep: ModelDeployment, tenant: str | None, *, surge: int | None = None,
+                              frozen: tuple[str, str] | None = None) -> Request:
         meta = mdep.metadata
         return cls(
+            generation=meta.generation,
+            surge=surge,
+            frozen=frozen,
             namespace=meta.namespace or "",
             name=meta.name,
             uid=meta.uid or "",
@@ -128,6 +144,10 @@ class Decision:
     reserved: int  # GPUs reserved after this decision
     replicas: int  # replicas the reservation pays for
     queue_position: int | None = None  # 1-based, among the waiting requests of the same tenant and class
+    generation: int | None = None  # the ModelDeployment generation this decision is for
+    surge: int = 0  # surge GPUs reserved for its rollout
+    surge_wanted: int = 0  # surge GPUs asked for (more than ``surge`` while the rollout waits for quota)
+    surge_message: str = ""  # why the surge waits
 
     @property
     def complete(self) -> bool:
@@ -143,13 +163,13 @@ class AdmissionResult:
 
     def ledger_for(self, tenant: str) -> Ledger:
         """The part of the ledger to persist in ``tenant``'s status."""
-        return {k: dict(v) for k, v in self.ledger.items() if self.decisions[k].tenant == tenant}
+        return {k: dict(v) for k, v in self.ledger.items() if self.decisions[deployment_key(k)].tenant == tenant}
 
     def usage(self, tenant: str) -> dict[str, int]:
-        """GPU class → GPUs reserved by ``tenant``."""
+        """GPU class → GPUs reserved by ``tenant`` (surge reservations included)."""
         used: dict[str, int] = {}
         for key, e in self.ledger.items():
-            if self.decisions[key].tenant == tenant:
+            if self.decisions[deployment_key(key)].tenant == tenant:
                 used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
         return used
 
@@ -191,7 +211,11 @@ def admit(
             dropped.append(r.key)
             held_entry = None
         held = held_entry["gpus"] if held_entry else 0
-        if held_entry is not None and r.demand <= held:
+        if r.frozen is not None:
+            decisions[r.key] = _frozen(r, held_entry)
+            if held_entry is not None:
+                new_ledger[r.key] = dict(held_entry)
+        elif held_entry is not None and r.demand <= held:
             new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
             decisions[r.key] = _admitted(r, "")
         else:
@@ -199,15 +223,33 @@ def admit(
                 new_ledger[r.key] = entry(r.gpu_class, held, r.uid)
             waiting.append((r, held))
 
+    # Surge already reserved stays reserved (and counts as used) until its rollout no longer wants it.
+    by_key = {r.key: r for r in requests}
+    surge_growth: list[Request] = []
+    for key, e in kept.items():
+        if not is_surge(key):
+            continue
+        r = by_key[deployment_key(key)]
+        if r.gpu_class != e["class"] or r.surge == 0:
+            dropped.append(key)
+            continue
+        gpus = e["gpus"] if r.surge is None else min(e["gpus"], r.surge)
+        new_ledger[key] = entry(r.gpu_class, gpus, r.uid, SURGE)
+    for r in requests:
+        if r.surge and r.surge > new_ledger.get(surge_key(r.key), {}).get("gpus", 0):
+            surge_growth.append(r)
+
     tenant_of = {r.key: r.tenant for r in requests}
     used: dict[tuple[str | None, str], int] = {}
     class_used: dict[str, int] = {}
     deployments: dict[str | None, int] = {}
     for key, e in new_ledger.items():
-        pool = (tenant_of[key], e["class"])
+        owner = tenant_of[deployment_key(key)]
+        pool = (owner, e["class"])
         used[pool] = used.get(pool, 0) + e["gpus"]
         class_used[e["class"]] = class_used.get(e["class"], 0) + e["gpus"]
-        deployments[tenant_of[key]] = deployments.get(tenant_of[key], 0) + 1
+        if not is_surge(key):
+            deployments[owner] = deployments.get(owner, 0) + 1
 
     def order(item: tuple[Request, int]) -> tuple:
         r = item[0]
@@ -281,10 +323,58 @@ def admit(
         if is_new:
             deployments[r.tenant] = deployments.get(r.tenant, 0) + 1
         decisions[r.key] = _admitted(r, f" (tenant {tenant.name} now uses {used[pool]} of {limit})")
+
+    # New surge, after every other admission of the pass, all or nothing, in queue order.
+    for r in sorted(surge_growth, key=lambda r: order((r, 0))):
+        decision = decisions[r.key]
+        sk = surge_key(r.key)
+        held = new_ledger.get(sk, {}).get("gpus", 0)
+        tenant = tenants.get(r.tenant) if r.tenant is not None else None
+        if not decision.admitted or tenant is None or r.surge is None:
+            continue
+        pool = (r.tenant, r.gpu_class)
+        limit = tenant.gpus.get(r.gpu_class, 0)
+        in_use = used.get(pool, 0)
+        cap = (capacity or {}).get(r.gpu_class)
+        delta = r.surge - held
+        if in_use + delta > limit:
+            why = (f"a rollout surge of {r.surge} {r.gpu_class} GPUs waits: tenant {tenant.name} uses {in_use} of its "
+                   f"{limit} {r.gpu_class} GPUs")
+        elif cap is not None and class_used.get(r.gpu_class, 0) + delta > cap:
+            why = (f"a rollout surge of {r.surge} {r.gpu_class} GPUs waits: all tenants together hold "
+                   f"{class_used.get(r.gpu_class, 0)} of the cluster's {cap}")
+        else:
+            new_ledger[sk] = entry(r.gpu_class, r.surge, r.uid, SURGE)
+            used[pool] = in_use + delta
+            class_used[r.gpu_class] = class_used.get(r.gpu_class, 0) + delta
+            continue
+        decisions[r.key] = replace(decision, surge_message=why)
+    for key, decision in decisions.items():
+        r = by_key[key]
+        decisions[key] = replace(decision, generation=r.generation,
+                                 surge=new_ledger.get(surge_key(key), {}).get("gpus", 0),
+                                 surge_wanted=r.surge or 0)
     return AdmissionResult(
         ledger=dict(sorted(new_ledger.items())),
         decisions=dict(sorted(decisions.items())),
         dropped=sorted(set(dropped)),
+    )
+
+
+def _frozen(r: Request, held_entry: Mapping[str, Any] | None) -> Decision:
+    """A request that may not change now: it keeps what it holds, or waits for the reason it was frozen for."""
+    reason, why = r.frozen  # type: ignore[misc]
+    if held_entry is None:
+        return Decision(key=r.key, tenant=r.tenant, admitted=False, reason=reason, message=why,
+                        gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0)
+    held = held_entry["gpus"]
+    replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
+    if held == r.demand:
+        return replace(_admitted(r, f"; {why}"), reserved=held)
+    return Decision(
+        key=r.key, tenant=r.tenant, admitted=True, reason=RESERVATION_HELD,
+        message=f"the {held} {r.gpu_class} GPUs already reserved stay reserved; the change to {_shape(r)} waits: {why}",
+        gpu_class=r.gpu_class, requested=r.demand, reserved=held, replicas=replicas,
     )
 
 

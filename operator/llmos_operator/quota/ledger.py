@@ -5,7 +5,9 @@ A ledger is a plain JSON-able dict, persisted by the operator in each Tenant's `
     {"team-a/llama": {"class": "h100", "gpus": 4, "uid": "0b4c…"}}
 
 Keys are ``<namespace>/<name>`` of the ModelDeployment; ``uid`` tells a deleted-and-recreated deployment of the same
-name from the one that holds the reservation. The ledger is the only state admission needs: whatever process reads
+name from the one that holds the reservation. A rollout's surge GPUs are a second entry of the same deployment, key
+``<namespace>/<name>#surge`` and ``"kind": "surge"``: reserved before the Deployment may surge, freed when the
+rollout ends. The ledger is the only state admission needs: whatever process reads
 the latest ledger and the current deployments decides exactly what the previous process would have, so a restarted
 operator never admits twice. Write the ledger *before* creating children of a newly admitted deployment.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-Ledger = dict[str, dict[str, Any]]  # "<namespace>/<name>" → {"class": str, "gpus": int, "uid": str}
+Ledger = dict[str, dict[str, Any]]  # "<namespace>/<name>" → {"class": str, "gpus": int, "uid": str[, "kind": "surge"]}
+
+SURGE = "surge"
+SURGE_SUFFIX = "#surge"
 
 
 class LedgerError(ValueError):
@@ -26,8 +31,25 @@ def ledger_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def entry(gpu_class: str, gpus: int, uid: str) -> dict[str, Any]:
-    return {"class": gpu_class, "gpus": int(gpus), "uid": uid}
+def surge_key(key: str) -> str:
+    """The ledger key of a deployment's surge reservation."""
+    return key + SURGE_SUFFIX
+
+
+def is_surge(key: str) -> bool:
+    return key.endswith(SURGE_SUFFIX)
+
+
+def deployment_key(key: str) -> str:
+    """``<namespace>/<name>`` of a ledger key, whether a deployment's reservation or its surge."""
+    return key[: -len(SURGE_SUFFIX)] if is_surge(key) else key
+
+
+def entry(gpu_class: str, gpus: int, uid: str, kind: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"class": gpu_class, "gpus": int(gpus), "uid": uid}
+    if kind is not None:
+        out["kind"] = kind
+    return out
 
 
 def parse_ledger(raw: Mapping[str, Any] | None) -> Ledger:
@@ -43,9 +65,11 @@ def parse_ledger(raw: Mapping[str, Any] | None) -> Ledger:
             or isinstance(value.get("gpus"), bool)
             or value["gpus"] < 0
             or not isinstance(value.get("uid"), str)
+            or value.get("kind") not in (None, SURGE)
+            or (value.get("kind") == SURGE) != is_surge(key)
         ):
             raise LedgerError(f"malformed ledger entry {key!r}: {value!r}")
-        out[key] = entry(value["class"], value["gpus"], value["uid"])
+        out[key] = entry(value["class"], value["gpus"], value["uid"], value.get("kind"))
     return out
 
 
@@ -69,7 +93,7 @@ def reconcile_ledger(
     kept: Ledger = {}
     dropped: list[str] = []
     for key, e in ledger.items():
-        if existing.get(key) == e["uid"]:
+        if existing.get(deployment_key(key)) == e["uid"]:
             kept[key] = dict(e)
         else:
             dropped.append(key)
@@ -94,7 +118,7 @@ def split_ledger(ledger: Mapping[str, Mapping[str, Any]], owner: Mapping[str, st
     """
     out: dict[str, Ledger] = {}
     for key, e in ledger.items():
-        tenant = owner.get(key.split("/", 1)[0])
+        tenant = owner.get(key.split("/", 1)[0])  # a surge key has the same namespace
         if tenant is not None:
             out.setdefault(tenant, {})[key] = dict(e)
     return out

@@ -4,9 +4,9 @@ Children of an admitted ModelDeployment (``render.model_deployment``)::
 
     children = render_children(mdep, model, gpu_class, config,
                                replicas=decision.replicas,        # what quota admitted, not spec.replicas
-                               bundle=bundle_bytes, signer_pem=pem,  # None when signature.policy is Disabled
-                               auto_surge=1)                      # 0 when the tenant has no GPUs spare for a surge pod
-    # → [ConfigMap <name>-trust, ConfigMap <name>-adapters, Deployment, Service, PodDisruptionBudget]
+                               bundle=bundle_bytes, signer_pem=pem)  # None when signature.policy is Disabled
+    # → [ConfigMap <name>-trust-<hash>, ConfigMap <name>-adapters, Deployment, Service, PodDisruptionBudget]
+    plan = plan_rollout(mdep, desired_deployment, facts, decision)  # render.rollout: what to apply while rolling
     # Raises RenderError(reason="UnknownAdapter" | "SignatureUnavailable").
     # The handler adds ownerReferences (kopf.adopt) and applies each; nothing here sets them.
 

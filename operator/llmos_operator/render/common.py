@@ -52,8 +52,10 @@ def selector_string(mdep_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(mdep_name).items()))
 
 
-def trust_configmap_name(mdep_name: str) -> str:
-    return f"{mdep_name}-trust"
+def trust_configmap_name(mdep_name: str, content_hash: str) -> str:
+    """One trust ConfigMap per content: a pod keeps reading the bundle it was made for while a newer revision rolls
+    out, and a rollback finds the old one still there."""
+    return f"{mdep_name}-trust-{content_hash[:10]}"
 
 
 def adapters_configmap_name(mdep_name: str) -> str:

@@ -2,8 +2,9 @@
 
 Children (all in the ModelDeployment's namespace, without ownerReferences — the handler adds them):
 
-- ConfigMap ``<name>-trust``: ``model.sig`` (the signature bundle) and ``signer.pem`` (the signer's public key),
-  mounted at /etc/llmos/trust.
+- ConfigMap ``<name>-trust-<content hash>``: ``model.sig`` (the signature bundle) and ``signer.pem`` (the signer's
+  public key), mounted at /etc/llmos/trust. Immutable and named by its content, so each revision's pods keep the
+  bundle they were made for (the controller deletes those no ReplicaSet or pod uses any more).
 - ConfigMap ``<name>-adapters``: ``adapters.json``, the adapter set wanted, and ``<adapter>.sig``, the signature
   bundle of each adapter, mounted at /etc/llmos/adapters. The runtime watches it and loads/unloads adapters live, so
   a change does not restart pods. ``adapters.json`` is
@@ -14,6 +15,9 @@ Children (all in the ModelDeployment's namespace, without ownerReferences — th
 - apps/v1 Deployment ``<name>``: one container ``runtime`` running ``llmos-runtime serve … -- <vLLM args>``.
 - v1 Service ``<name>``: ClusterIP, port ``openai`` (8000).
 - policy/v1 PodDisruptionBudget ``<name>``: at most one pod evicted at a time.
+
+The Deployment's rollout strategy is the controller's decision (``render/rollout.py``): the surge it reserved in the
+tenant's quota and the user's ``maxUnavailable``, never more.
 """
 
 from __future__ import annotations
@@ -125,6 +129,9 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
     cmd += ["--served-name", model.served_name]
     if _signature_enabled(model):
         cmd += ["--signature", f"{TRUST_DIR}/{SIGNATURE_FILE}", "--trusted-key", f"{TRUST_DIR}/{SIGNER_KEY_FILE}"]
+        if model.status.digest:
+            # Ready means this revision: a runtime that verified other weights refuses to start.
+            cmd += ["--expect-digest", model.status.digest]
     if mdep.spec.adapters:
         for key_name in sorted(tenant_keys):
             cmd += ["--trusted-key", f"{TRUST_DIR}/{tenant_key_file(key_name)}"]
@@ -170,6 +177,7 @@ def _configmap(mdep: ModelDeployment, name: str, data: dict[str, str], binary: d
     return cm
 
 
+
 def render_trust_configmap(
     mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None,
     tenant_keys: Mapping[str, bytes | str] | None = None,
@@ -189,7 +197,11 @@ def render_trust_configmap(
     if mdep.spec.adapters:
         for key_name, pem in sorted((tenant_keys or {}).items()):
             _text_or_binary(data, binary, tenant_key_file(key_name), pem)
-    return _configmap(mdep, trust_configmap_name(mdep.metadata.name), data, binary)
+    cm = _configmap(mdep, trust_configmap_name(mdep.metadata.name, stable_hash(data, binary)), data, binary)
+    cm["immutable"] = True
+    if model.status.digest and _signature_enabled(model):
+        cm["metadata"]["annotations"] = {ANNOTATION_MODEL_DIGEST: model.status.digest}
+    return cm
 
 
 def render_adapters_configmap(
@@ -250,18 +262,14 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict:
     }
 
 
-def surge_replicas(mdep: ModelDeployment, auto_surge: int) -> int:
-    """Replicas a rollout may add above the admitted ones (the namespace's GPU backstop leaves room for them)."""
-    return _surge(mdep, auto_surge)[0]
-
-
-def _surge(mdep: ModelDeployment, auto_surge: int) -> tuple[int, int]:
-    rollout = mdep.spec.rollout
-    surge = auto_surge if rollout.max_surge == "auto" else int(rollout.max_surge)
-    unavailable = rollout.max_unavailable
-    if surge == 0 and unavailable == 0:
-        unavailable = 1  # the API refuses 0/0; with no room to surge, replace one pod at a time
-    return surge, unavailable
+def idle_strategy(mdep: ModelDeployment, surge_replicas: int = 0) -> dict[str, int]:
+    """The strategy of a Deployment whose template llmos is not changing: the surge reserved (none) and the user's
+    maxUnavailable. apps/v1 refuses 0/0, so then maxUnavailable 1 — never used, as llmos changes the template only
+    together with a strategy it chose for that rollout."""
+    unavailable = mdep.spec.rollout.max_unavailable
+    if surge_replicas == 0 and unavailable == 0:
+        unavailable = 1
+    return {"maxSurge": surge_replicas, "maxUnavailable": unavailable}
 
 
 def render_deployment(
@@ -273,12 +281,12 @@ def render_deployment(
     replicas: int | None = None,
     bundle: bytes | str | None = None,
     signer_pem: bytes | str | None = None,
-    auto_surge: int = 1,
     tenant_keys: Iterable[str] = (),
+    trust_configmap: str | None = None,
 ) -> dict:
     """The apps/v1 Deployment running the runtime. ``replicas``: what admission granted (default: the spec's).
-    ``auto_surge``: what ``maxSurge: auto`` means now (1; pass 0 when the tenant has no GPUs to spare for a surge
-    pod, and one pod at a time is replaced instead)."""
+    ``trust_configmap``: the name of the trust ConfigMap rendered with it. The strategy is the idle one
+    (``idle_strategy``); the rollout planner sets another while it rolls."""
     if gpu_class.name and gpu_class.name != mdep.spec.gpu.class_:
         raise ValueError(f"GPU class {gpu_class.name} given for a deployment of class {mdep.spec.gpu.class_}")
     name = mdep.metadata.name
@@ -288,8 +296,10 @@ def render_deployment(
     requests = pod_requests(mdep, gpu_class, config)
     pvc_volumes, pvc_mounts = _pvc_volumes(mdep, model)
 
+    if trust_configmap is None:
+        trust_configmap = render_trust_configmap(mdep, model, bundle, signer_pem)["metadata"]["name"]
     volumes = [
-        {"name": "trust", "configMap": {"name": trust_configmap_name(name)}},
+        {"name": "trust", "configMap": {"name": trust_configmap}},
         {"name": "adapters", "configMap": {"name": adapters_configmap_name(name)}},
         {"name": "cache", "emptyDir": {}},
     ]
@@ -369,15 +379,15 @@ def render_deployment(
     annotations = {ANNOTATION_CONFIG_HASH: config_hash}
     if model.status.digest:
         annotations[ANNOTATION_MODEL_DIGEST] = model.status.digest
-    surge, unavailable = _surge(mdep, auto_surge)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(mdep, name),
         "spec": {
             "replicas": mdep.spec.replicas if replicas is None else replicas,
+            "paused": False,  # a failed rollout without autoRollback is paused (render/rollout.py)
             "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": idle_strategy(mdep)},
             "progressDeadlineSeconds": mdep.spec.rollout.progress_deadline_seconds,
             "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
             "template": {
@@ -433,7 +443,6 @@ def render_children(
     replicas: int | None = None,
     bundle: bytes | str | None = None,
     signer_pem: bytes | str | None = None,
-    auto_surge: int = 1,
     adapter_bundles: Mapping[str, bytes | str] | None = None,
     tenant_keys: Mapping[str, bytes | str] | None = None,
 ) -> list[dict]:
@@ -445,13 +454,14 @@ def render_children(
     Raises :class:`RenderError` (reason ``UnknownAdapter`` or ``SignatureUnavailable``) when the spec cannot be
     served; put it in a condition.
     """
+    trust = render_trust_configmap(mdep, model, bundle, signer_pem, tenant_keys)
     return [
-        render_trust_configmap(mdep, model, bundle, signer_pem, tenant_keys),
+        trust,
         render_adapters_configmap(mdep, model, adapter_bundles),
         render_deployment(
             mdep, model, gpu_class, config,
-            replicas=replicas, bundle=bundle, signer_pem=signer_pem, auto_surge=auto_surge,
-            tenant_keys=list(tenant_keys or {}),
+            replicas=replicas, bundle=bundle, signer_pem=signer_pem,
+            tenant_keys=list(tenant_keys or {}), trust_configmap=trust["metadata"]["name"],
         ),
         render_service(mdep, config),
         render_pdb(mdep),

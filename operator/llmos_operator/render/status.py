@@ -19,12 +19,22 @@ from ..placement import Fit
 from ..quota import AdmissionResult, Decision, gpu_summary
 from .common import ANNOTATION_MODEL_DIGEST, selector_string
 from .model_deployment import RenderError, endpoint_url
+from .rollout import COMPLETE, ROLLED_BACK, ROLLOUT_FAILED, ROLLOUT_STOPPED, WAITING_FOR_SURGE, RolloutPlan
+
+# Reasons that do not go away without someone changing a spec, a key, a quota or the nodes: kstatus Stalled.
+STALLED_REASONS = frozenset({
+    "Unschedulable", "ProgressDeadlineExceeded", "RolloutFailed", "RevisionRejected", "UnknownAdapter",
+    "SignatureUnavailable", "ImageNotAllowed", "EngineArgsNotAllowed", "UnknownGPUClass", "NoTenant",
+    "TenantCordoned", "ModelNotFound", "QuotaNeverFits",
+})
 
 READY = "Ready"
 QUOTA_ADMITTED = "QuotaAdmitted"
 MODEL_VERIFIED = "ModelVerified"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+RECONCILING = "Reconciling"  # kstatus: a change is being made (admitted, verified, rolled out)
+STALLED = "Stalled"  # kstatus: no progress without someone changing something
 VERIFIED = "Verified"  # the Model's condition
 NAMESPACES_READY = "NamespacesReady"  # the Tenant's: every namespace it lists is its own
 OVER_QUOTA = "OverQuota"  # the Tenant's: reservations above a quota that was lowered
@@ -122,23 +132,32 @@ def model_status(
     message: str,
     digest: str | None = None,
     signer: str | None = None,
+    serving_revision: str | None = None,
+    pending_revision: str | None = None,
     now: str | None = None,
 ) -> dict:
     """Status of a Model after a verification attempt (``reason`` e.g. Verified, SignatureDisabled,
-    SignatureInvalid, FetchFailed)."""
+    SignatureInvalid, RevisionRejected). ``digest``/``signer``/``serving_revision``: of the weights served (a rejected
+    new revision leaves the previous ones); ``pending_revision``: the newest spec's while it is not the one served."""
     now = now or now_rfc3339()
     gen = model.metadata.generation
     short = None
     if digest:
         short = digest.split(":", 1)[-1][:12]
+    stalled = not verified and reason != "SignatureDisabled"
     return {
         "observedGeneration": gen,
         "digest": digest,
         "shortDigest": short,
         "signer": signer,
-        "conditions": merge_conditions(
-            model.status.conditions, [condition(VERIFIED, verified, reason, message, gen)], now
-        ),
+        "servingRevision": serving_revision,
+        "pendingRevision": pending_revision,
+        "conditions": merge_conditions(model.status.conditions, [
+            condition(VERIFIED, verified, reason, message, gen),
+            # kstatus: a Model that does not verify stays so until someone changes it, its key or its bundle.
+            condition(STALLED, True, reason, message, gen) if stalled else condition(STALLED, False, reason, "", gen),
+            condition(RECONCILING, False, reason, "", gen),
+        ], now),
     }
 
 
@@ -211,9 +230,19 @@ def desired_status(
     scheduling: str | None = None,
     termination_messages: Sequence[str] = (),
     render_error: RenderError | None = None,
+    plan: RolloutPlan | None = None,
+    hold: tuple[str, str] | None = None,
+    quota_limit: int | None = None,
+    revision: str | None = None,
+    target_revision: str | None = None,
     now: str | None = None,
 ) -> dict:
     """Status of a ModelDeployment from what the handler observed.
+
+    ``plan``: the rollout planner's answer (render.rollout). ``hold``: (reason, message) when the stored Deployment
+    is left as it is because the change cannot be made yet (the Model's new revision is being verified or was
+    rejected; a change of the pod's shape waits for quota). ``quota_limit``: the tenant's quota of the class (a
+    request above it can never be admitted: Stalled). ``revision``/``target_revision``: what serves and what rolls.
 
     ``decision``: this deployment's admission decision (None: not decided yet). ``model``: the Model it names (None:
     missing). ``deployment``: the child apps/v1 Deployment as read back (None: not created). ``fit``:
@@ -270,12 +299,18 @@ def desired_status(
         ready = (False, "Creating", "creating the Deployment")
         progressing = (True, "Creating", "creating the Deployment")
         degraded = (False, "AsExpected", "")
+    elif rollout.complete and not decision.complete:  # type: ignore[union-attr]
+        # Serving what is reserved while the rest of the spec waits: not Ready, so that `kubectl wait` and GitOps
+        # tools do not take a change that waits for quota for done.
+        message = f"{rollout.ready}/{want} replicas ready; {decision.message}"  # type: ignore[union-attr]
+        ready = (False, decision.reason, message)  # type: ignore[union-attr]
+        progressing = (False, decision.reason, message)  # type: ignore[union-attr]
+        degraded = (True, "RuntimeFailed", failures[0]) if failures else (False, "AsExpected", "")
     elif rollout.complete:
-        note = "" if decision.complete else f"; {decision.message}"  # type: ignore[union-attr]
         if want == 0:
-            ready = (True, "ScaledToZero", "0 replicas admitted" + note)
+            ready = (True, "ScaledToZero", "0 replicas admitted")
         else:
-            ready = (True, "Serving", f"{rollout.ready}/{want} replicas ready{note}")
+            ready = (True, "Serving", f"{rollout.ready}/{want} replicas ready")
         progressing = (False, "Complete", f"{rollout.updated} replicas of the current revision")
         degraded = (True, "RuntimeFailed", failures[0]) if failures else (False, "AsExpected", "")
     else:
@@ -301,21 +336,72 @@ def desired_status(
         degraded = (True, reason, message) if reason in ("Unschedulable", "RuntimeFailed", "ProgressDeadlineExceeded") \
             else (False, "AsExpected", "")
 
+    if hold is not None and render_error is None and admitted:
+        reason, message = hold
+        serving = f"; meanwhile {rollout.ready if rollout else 0} replicas of the previous revision serve"
+        ready = (False, reason, message + serving)
+        progressing = (reason != "RevisionRejected", reason, message)
+        degraded = (True, reason, message) if reason == "RevisionRejected" else (False, "AsExpected", "")
+    elif plan is not None and render_error is None and admitted:
+        if plan.phase == WAITING_FOR_SURGE:
+            ready = (False, plan.phase, plan.message)
+            progressing = (False, plan.phase, plan.message)
+        elif plan.phase in (ROLLED_BACK, ROLLOUT_STOPPED, ROLLOUT_FAILED):
+            what = revision or plan.serving_template or "nothing"
+            message = f"{plan.message}; serving: {what}"
+            before = next((c for c in mdep.status.conditions if c.type == DEGRADED), None)
+            if plan.phase == ROLLOUT_FAILED and before is not None and before.reason == "RolloutFailed":
+                message = before.message  # what failed, as said when it failed
+            ready = (False, "RolloutFailed", message)
+            progressing = (False, "RolloutFailed", message)
+            degraded = (True, "RolloutFailed", message)
+        elif ready[0] and plan.phase != COMPLETE:
+            # The Deployment's counters say done before the pods of the template are all seen: not yet.
+            ready = (False, plan.phase, plan.message)
+            progressing = (True, plan.phase, plan.message)
+    if (not ready[0] and ready[1] == "QuotaExceeded" and quota_limit is not None and decision is not None
+            and decision.requested > quota_limit):
+        why = (f"asks for {decision.requested} {spec.gpu.class_} GPUs but the tenant's quota is {quota_limit}: it "
+               "can never be admitted; lower replicas or gpu.count, or raise the quota")
+        ready = (False, "QuotaNeverFits", why)
+        progressing = (False, "QuotaNeverFits", why)
+
     conds[READY] = condition(READY, ready[0], ready[1], ready[2], gen)
     conds[PROGRESSING] = condition(PROGRESSING, progressing[0], progressing[1], progressing[2], gen)
     conds[DEGRADED] = condition(DEGRADED, degraded[0], degraded[1], degraded[2], gen)
-    ordered = [conds[t] for t in (READY, QUOTA_ADMITTED, MODEL_VERIFIED, PROGRESSING, DEGRADED)]
+    stalled = not ready[0] and (ready[1] in STALLED_REASONS or degraded[1] in STALLED_REASONS
+                                or check.verified is False)
+    stalled_reason = ready[1] if ready[1] in STALLED_REASONS or check.verified is False else degraded[1]
+    if stalled:
+        conds[STALLED] = condition(STALLED, True, stalled_reason, ready[2] if stalled_reason == ready[1]
+                                   else degraded[2], gen)
+        conds[RECONCILING] = condition(RECONCILING, False, stalled_reason, "stalled: see Stalled", gen)
+    else:
+        conds[STALLED] = condition(STALLED, False, "NotStalled", "", gen)
+        if ready[0]:
+            conds[RECONCILING] = condition(RECONCILING, False, "Reconciled", "", gen)
+        else:
+            conds[RECONCILING] = condition(RECONCILING, True, ready[1], ready[2], gen)
+    ordered = [conds[t] for t in (READY, QUOTA_ADMITTED, MODEL_VERIFIED, PROGRESSING, DEGRADED, RECONCILING,
+                                  STALLED)]
 
     replicas = rollout.replicas if rollout else 0
     ready_count = rollout.ready if rollout else 0
+    updated_count = rollout.updated if rollout else 0
+    if plan is not None and rollout is not None:
+        ready_count, updated_count = plan.ready, plan.updated
     digest = mdep.status.model_digest
-    if rollout is not None and rollout.complete:
+    if rollout is not None and rollout.complete and hold is None and (plan is None or not plan.failed):
         digest = rollout.digest or check.digest
     return {
         "observedGeneration": gen,
         "replicas": replicas,
         "readyReplicas": ready_count,
-        "updatedReplicas": rollout.updated if rollout else 0,
+        "updatedReplicas": updated_count,
+        "revision": revision if admitted else None,
+        "targetRevision": target_revision if admitted else None,
+        "servingTemplate": plan.serving_template if plan is not None else mdep.status.serving_template,
+        "failedTemplate": plan.failed_template if plan is not None else mdep.status.failed_template,
         "endpoint": endpoint_url(mdep, config) if admitted else None,
         "modelDigest": digest if admitted else None,
         "queuePosition": decision.queue_position if decision is not None else None,
