@@ -34,12 +34,16 @@ def _rendered(tmp_path, extra_args: list[str]):
     return objs
 
 
+def _configmaps(objs: dict) -> dict:
+    return {name: o for (kind, name), o in objs.items() if kind == "ConfigMap"}
+
+
 def test_a_rendered_pod_becomes_a_local_runtime_command(tmp_path):
     objs = _rendered(tmp_path, ["--dtype", "float32"])
     deployment = objs[("Deployment", "d")]
     pod = {"metadata": {"name": "d-abc-123", "namespace": "llmos-kubelet-x"},
            "spec": {**deployment["spec"]["template"]["spec"], "nodeName": "kwok-h100-0"}}
-    configmaps = {name: objs[("ConfigMap", name)] for name in ("d-trust", "d-adapters")}
+    configmaps = _configmaps(objs)
     local = pod_to_local({"metadata": pod["metadata"], "spec": {"template": {"spec": pod["spec"]}}}, configmaps,
                          fsroot=tmp_path / "root", pvcs={}, base_env={}, host_sources=True,
                          field_values={"metadata.name": "d-abc-123", "spec.nodeName": "kwok-h100-0"})
@@ -47,6 +51,7 @@ def test_a_rendered_pod_becomes_a_local_runtime_command(tmp_path):
     assert argv[argv.index("--source") + 1] == f"file://{tmp_path}/weights"  # this machine's folder, as it is
     assert argv[argv.index("--signature") + 1] == str(tmp_path / "root/etc/llmos/trust/model.sig")
     assert (tmp_path / "root/etc/llmos/trust/model.sig").read_bytes() == BUNDLE
+    assert argv[argv.index("--expect-digest") + 1] == "sha256:" + "ab" * 32  # passed through as rendered
     assert local.env["LLMOS_POD_NAME"] == "d-abc-123" and local.env["LLMOS_POD_NAMESPACE"] == "llmos-kubelet-x"
     engine = argv[argv.index("--") + 1:]
     assert engine == ["--tensor-parallel-size", "1", "--max-model-len", "512", "--dtype", "float32"]
@@ -56,7 +61,7 @@ def test_a_rendered_pod_becomes_a_local_runtime_command(tmp_path):
 def test_a_file_source_outside_every_mount_is_refused_without_host_sources(tmp_path):
     objs = _rendered(tmp_path, [])
     with pytest.raises(AssertionError, match="not inside any volume mount"):
-        pod_to_local(objs[("Deployment", "d")], {n: objs[("ConfigMap", n)] for n in ("d-trust", "d-adapters")},
+        pod_to_local(objs[("Deployment", "d")], _configmaps(objs),
                      fsroot=tmp_path / "root", pvcs={}, base_env={})
 
 
@@ -65,7 +70,7 @@ def test_valueless_runtime_flags_keep_their_neighbours(tmp_path):
     deployment = objs[("Deployment", "d")]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--allow-remote-code" in command
-    local = pod_to_local(deployment, {n: objs[("ConfigMap", n)] for n in ("d-trust", "d-adapters")},
+    local = pod_to_local(deployment, _configmaps(objs),
                          fsroot=tmp_path / "root", pvcs={}, base_env={}, host_sources=True)
     i = local.argv.index("--allow-remote-code")
     assert local.argv[i + 1].startswith("--") and local.argv[i + 1] != "--"
