@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# The platform (CRDs, chart RBAC), the operator process and the `objects` helper: shared by tests/integration and
+# tests/engine (the end-to-end rollout), registered here once so that a run starts one of each.
+pytest_plugins = ["tests.support.cluster_fixtures"]
+
 _MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "engine": "engine"}
 
 

@@ -1,7 +1,7 @@
 """``llmos-runtime``: the container entrypoint of a model pod.
 
     llmos-runtime serve --source URI [--revision REV] --served-name NAME
-        [--signature PATH --trusted-key PUB.pem ...] [--adapters-file PATH] [--cache-dir DIR]
+        [--signature PATH --trusted-key PUB.pem ... [--expect-digest sha256:HEX]] [--adapters-file PATH] [--cache-dir DIR]
         [--port 8000] [--health-port 8081] [--drain-timeout SECONDS] [--termination-log PATH]
         [--pvc-root DIR] [--verify-mode in-place|copy] [--allow-engine-flag FLAG ...] [--allow-remote-code]
         [--fetch-budget S] [--verify-budget S] [--load-budget S]
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,7 @@ DEFAULT_DRAIN_TIMEOUT = 100.0  # the operator renders terminationGracePeriodSeco
 
 
 EXIT_USAGE = 2
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class UsageError(Exception):
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trusted-key", type=Path, action="append", default=[], dest="trusted_keys",
                    help="PEM public key trusted to sign the model and its adapters (repeatable; without "
                    "--signature the keys still verify signed adapters)")
+    s.add_argument("--expect-digest", default=None, metavar="sha256:HEX",
+                   help="the root digest the verified signature must name (the Model's status.digest); another "
+                   "digest ends the start with exit code 4 before the engine starts")
     s.add_argument("--adapters-file", type=Path, default=None, help="adapters.json to watch (mounted ConfigMap)")
     s.add_argument("--cache-dir", type=Path, default=Path("/var/cache/llmos"), help="download cache")
     s.add_argument("--host", default="0.0.0.0", help="address the API and health ports bind to")
@@ -115,6 +120,11 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         parser.error(problem)
     if ns.signature is not None and not ns.trusted_keys:
         parser.error("--signature needs at least one --trusted-key")
+    if ns.expect_digest is not None:
+        if ns.signature is None:
+            parser.error("--expect-digest needs --signature (an unsigned model has no verified digest)")
+        if not DIGEST_RE.fullmatch(ns.expect_digest):
+            parser.error(f"--expect-digest must be sha256:<64 lowercase hex digits>, not {ns.expect_digest!r}")
     if ns.drain_timeout < 0:
         parser.error("--drain-timeout must be >= 0")
     for name in ("fetch_budget", "verify_budget", "load_budget", "engine_health_interval"):
@@ -141,6 +151,7 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         allowed_engine_flags=list(ns.allowed_engine_flags),
         allow_remote_code=ns.allow_remote_code,
         verify_mode=ns.verify_mode,
+        expect_digest=ns.expect_digest,
         fetch_budget=ns.fetch_budget,
         verify_budget=ns.verify_budget,
         load_budget=ns.load_budget,

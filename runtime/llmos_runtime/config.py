@@ -52,6 +52,8 @@ class RuntimeConfig:
     allowed_engine_flags: list[str] = field(default_factory=list)  # --allow-engine-flag, beyond the default list
     allow_remote_code: bool = False
     verify_mode: str = "in-place"
+    # "sha256:<hex>": the root digest the verified manifest must have (the Model's status.digest); None: any
+    expect_digest: str | None = None
     fetch_budget: float = DEFAULT_FETCH_BUDGET
     verify_budget: float = DEFAULT_VERIFY_BUDGET
     load_budget: float = DEFAULT_LOAD_BUDGET

@@ -51,9 +51,12 @@ class HealthServer:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         s = self.state
+        # the digest names what this replica serves (or will serve): a rollout tells new pods from old by it
         if s.ready:
-            return web.json_response({"ready": True, "phase": s.phase, "verification": s.verification})
-        return web.json_response({"ready": False, "phase": s.phase, "reason": s.not_ready_reason()}, status=503)
+            return web.json_response({"ready": True, "digest": s.digest, "phase": s.phase,
+                                      "verification": s.verification})
+        return web.json_response({"ready": False, "digest": s.digest, "phase": s.phase,
+                                  "reason": s.not_ready_reason()}, status=503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         engine_text = b""

@@ -438,6 +438,11 @@ class Runtime:
             except (VerificationError, TrustError, IntegrityError) as e:
                 self._evict_if_cached(model_dir)
                 return self.fail(f"model verification failed: {e}", EXIT_VERIFY)
+        if cfg.expect_digest is not None:
+            got = f"sha256:{(state.verification or {}).get('root_digest', '')}"
+            if got != cfg.expect_digest:  # the files match their bundle, but it is not the revision asked for
+                return self.fail(f"model verification failed: the signature names {got}, not the expected "
+                                 f"{cfg.expect_digest} (--expect-digest); refusing to serve", EXIT_VERIFY)
         state.verified = True
         m.phase_seconds.labels(phase="verify").set(time.monotonic() - t)
 

@@ -31,6 +31,13 @@ class RuntimeState:
                 and not self.draining and self.failure is None)
 
     @property
+    def digest(self) -> str | None:
+        """``sha256:<root digest>`` of the verified manifest (the form of the Model's ``status.digest``), or None
+        while unverified or when verification is disabled."""
+        root = (self.verification or {}).get("root_digest") if self.verified else None
+        return f"sha256:{root}" if root else None
+
+    @property
     def alive(self) -> bool:
         return self.engine_exited is None and self.failure is None
 

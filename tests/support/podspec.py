@@ -32,6 +32,8 @@ from tests.support.runtime_proc import CPU_ENV, free_port, runtime_command, writ
 
 # Flags of `llmos-runtime serve` whose values are container paths (mapped when they lie inside a mount).
 PATH_FLAGS = {"--signature", "--trusted-key", "--adapters-file", "--cache-dir", "--termination-log", "--pvc-root"}
+# Flags of `llmos-runtime serve` that take no value.
+RUNTIME_SWITCHES = {"--allow-remote-code"}
 # Runtime defaults that point into the pod's filesystem: passed explicitly, mapped, when the pod spec leaves them out.
 RUNTIME_PATH_DEFAULTS = {"--pvc-root": "/mnt/pvc", "--cache-dir": "/var/cache/llmos",
                          "--termination-log": "/dev/termination-log"}
@@ -89,10 +91,15 @@ def pod_to_local(
     pvcs: Mapping[str, Path],
     base_env: Mapping[str, str],
     container_name: str = "runtime",
+    field_values: Mapping[str, str] | None = None,
+    host_sources: bool = False,
 ) -> LocalPod:
     """Materialise the Deployment's pod template under ``fsroot`` and build the local process's argv/env.
 
-    ``configmaps``: rendered ConfigMaps by name. ``pvcs``: claim name -> a local folder with the claim's content."""
+    ``configmaps``: rendered ConfigMaps by name. ``pvcs``: claim name -> a local folder with the claim's content.
+    ``field_values``: downward-API values that override the local stand-ins (a real pod's name, namespace, node).
+    ``host_sources``: a ``file://`` source outside every mount is this machine's path, kept as it is (the process
+    kubelet runs pods on this machine; otherwise such a source is an error)."""
     pod = deployment["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == container_name]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -136,8 +143,15 @@ def pod_to_local(
         flag = runtime_args[i]
         value = runtime_args[i + 1] if i + 1 < len(runtime_args) else None
         seen.add(flag)
+        if flag in RUNTIME_SWITCHES or "=" in flag:  # no separate value
+            out.append(flag)
+            i += 1
+            continue
         if flag in PATH_FLAGS:
             out += [flag, map_path(value)]
+        elif flag == "--source" and value.startswith("file://") and host_sources and not any(
+                value[len("file://"):] == m or value[len("file://"):].startswith(m + "/") for m in mounts):
+            out += [flag, value]
         elif flag == "--source" and value.startswith("file://"):
             out += [flag, "file://" + map_path(value[len("file://"):])]
         elif flag == "--port":
@@ -158,18 +172,19 @@ def pod_to_local(
     out += ["--host", "127.0.0.1"]
 
     meta = deployment.get("metadata", {})
-    field_values = {  # the downward API, for a local "pod"
+    downward = {  # the downward API, for a local "pod"
         "metadata.name": f"{meta.get('name', 'pod')}-local-0",
         "metadata.namespace": meta.get("namespace", "default"),
         "status.podIP": "127.0.0.1",
         "spec.nodeName": "localhost",
+        **(field_values or {}),
     }
     env = dict(base_env)
     for e in container.get("env", []):
         if "value" in e:
             env[e["name"]] = e["value"]
         elif "fieldRef" in e.get("valueFrom", {}):
-            env[e["name"]] = field_values[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            env[e["name"]] = downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             raise NotImplementedError(f"env var from a reference: {e}")
     env.update(CPU_ENV)

@@ -67,6 +67,11 @@ def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
          "--", "--ssl-keyfile", "/k"],  # TLS: never, even when allowed
         ["serve", "--source", "file:///m", "--served-name", "m", "--engine-unready-after", "5",
          "--engine-dead-after", "2"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--expect-digest", "sha256:" + "a" * 64],  # unsigned
+        ["serve", "--source", "file:///m", "--served-name", "m", "--signature", "/s", "--trusted-key", "/k",
+         "--expect-digest", "a" * 64],  # no sha256: prefix
+        ["serve", "--source", "file:///m", "--served-name", "m", "--signature", "/s", "--trusted-key", "/k",
+         "--expect-digest", "sha256:" + "A" * 64],  # not the operator's form
     ],
 )
 def test_usage_errors_exit_2_with_a_termination_message(argv, tmp_path):
@@ -109,3 +114,11 @@ def test_engine_command_and_env():
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PATH"] == "/bin"
     no_adapters = parse_args(["serve", "--source", "file:///m", "--served-name", "m"])
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_env(no_adapters, {})
+
+
+def test_expect_digest_parses():
+    digest = "sha256:" + "0123456789abcdef" * 4
+    cfg = parse_args(["serve", "--source", "file:///m", "--served-name", "m", "--signature", "/s",
+                      "--trusted-key", "/k", "--expect-digest", digest])
+    assert cfg.expect_digest == digest
+    assert parse_args(["serve", "--source", "file:///m", "--served-name", "m"]).expect_digest is None
