@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes import client
+from tests.support import processes
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "llmos"
@@ -149,18 +150,11 @@ class ChartOperator:
         return self.metric("llmos_operator_leader") == 1.0
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL: no cleanup, as when a node dies."""
+        processes.kill(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop(self.proc, grace=15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.waiting import wait_for
+from tests.support import processes
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "llmos.dev", "v1alpha1"
@@ -71,17 +72,10 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        processes.stop(self.proc, grace=15)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
