@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from .kube import Kube, collection_path
+
+MAX_RELIST_BACKOFF = 6.0  # seconds
 
 log = logging.getLogger("llmos.store")
 
@@ -129,9 +132,12 @@ class Informer:
                 log.info("%s watch expired; listing again", self.kind)
             except Exception as exc:  # noqa: BLE001 — API server restarts, network: list again after a pause
                 self.relists += 1
-                log.warning("%s watch failed (%s); listing again in %.1f s", self.kind, exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # Jittered, capped at a few seconds: after an API server restart every informer of every replica
+                # lists again, spread out, and the operator notices changes within seconds of the API's return.
+                pause = backoff * random.uniform(0.5, 1.0)
+                log.warning("%s watch failed (%s); listing again in %.1f s", self.kind, exc, pause)
+                self._stop.wait(pause)
+                backoff = min(backoff * 2, MAX_RELIST_BACKOFF)
 
     def _watch(self, version: str) -> str:
         """Watch from ``version`` until the server ends the request; return the last version seen."""
