@@ -141,6 +141,9 @@ class Controller:
         # again only when the metadata-only informer reports another resourceVersion
         self._contents: dict[tuple[str, str | None, str], tuple[str | None, dict, dict]] = {}
         self._verify_memo: dict[str, Any] = {}  # digest of (bundle, keys) → verify_bundle's result (or its error)
+        # (kind, namespace, name) of a ModelDeployment's child → (digest of what was applied, the stored version it
+        # produced, when)
+        self._child_applied: dict[tuple, tuple[str, Any, float]] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Routing
@@ -864,7 +867,7 @@ class Controller:
                                 continue  # left as it is: the rollout waits (surge quota, a failed revision)
                             child = plan.deployment
                         try:
-                            applied = self.kube.apply(with_owner(child, raw))
+                            applied = self._apply_child(with_owner(child, raw))
                         except ApiException as exc:
                             if exc.status == 409:
                                 raise
@@ -981,6 +984,26 @@ class Controller:
             if cm_name.startswith(prefix) and cm_name not in used:
                 self.kube.delete("ConfigMap", cm_name, namespace)
 
+    def _apply_child(self, child: dict) -> dict:
+        """Server-side apply a ModelDeployment's child, unless the same rendering was applied already and the stored
+        child has not been changed since (its generation, or resourceVersion for kinds without one; a hand edit of
+        the spec is put back at once) and was last applied within ``REAPPLY_SECONDS``: a reconcile woken by a pod or
+        a status change then writes nothing."""
+        meta = child["metadata"]
+        key = (child["kind"], meta.get("namespace"), meta["name"])
+        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        informer = self.store.informers.get(child["kind"])
+        stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
+        last = self._child_applied.get(key)
+        if (stored is not None and last is not None and last[0] == digest and last[1] == _spec_version(stored)
+                and time.monotonic() - last[2] < REAPPLY_SECONDS):
+            return stored
+        applied = self.kube.apply(child)
+        if len(self._child_applied) > 50000:
+            self._child_applied.clear()
+        self._child_applied[key] = (digest, _spec_version(applied), time.monotonic())
+        return applied
+
     def _pods_of(self, namespace: str, name: str) -> list[dict]:
         return self.store["Pod"].list(namespace, _owned_by(name))
 
@@ -1077,6 +1100,13 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
 def _owned_by(name: str) -> Any:
     """A store filter: children (and pods) of the ModelDeployment ``name``."""
     return lambda obj: (obj["metadata"].get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT) == name
+
+
+def _spec_version(obj: dict) -> Any:
+    """What changes when someone changes an object's spec: its generation, where the kind has one (Deployment, PDB:
+    status writes do not bump it), else its resourceVersion."""
+    meta = obj.get("metadata") or {}
+    return ("generation", meta["generation"]) if meta.get("generation") else ("rv", meta.get("resourceVersion"))
 
 
 def _pod_gpus(deployment: dict) -> int | None:
