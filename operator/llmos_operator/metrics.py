@@ -12,6 +12,10 @@ RECONCILE_SECONDS = Histogram(
 ADMITTED = Gauge("llmos_tenant_admitted_deployments", "Admitted ModelDeployments", ["tenant"])
 QUEUED = Gauge("llmos_tenant_queued_deployments", "ModelDeployments waiting for quota", ["tenant"])
 GPUS_USED = Gauge("llmos_tenant_gpus_used", "GPUs reserved by admitted deployments", ["tenant", "gpu_class"])
+# What the operator asks the API server, besides its long-lived watches: an idle operator asks nothing.
+API_REQUESTS = Counter("llmos_api_requests_total",
+                       "API requests (reconcilers, informer listings; not watch streams), by HTTP method and kind",
+                       ["method", "kind"])
 GPUS_ALLOWED = Gauge("llmos_tenant_gpus_allowed", "GPU quota", ["tenant", "gpu_class"])
 
 

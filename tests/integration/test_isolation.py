@@ -131,6 +131,9 @@ def test_deleting_a_tenant_leaves_its_namespaces_without_gpus_or_ingress(as_tena
              message="the namespace marked released")
     assert "llmos.dev/tenant" not in _labels(core, namespace)
     wait_for(lambda: not deployment_exists(apps, namespace, "d"), message="llmos's Deployment removed")
+    # The admission pass may remove the Deployment (no tenant) before the release is done: wait for its last step.
+    wait_for(lambda: any(e.reason == "TenantReleased" for e in core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={namespace}").items), message="the TenantReleased Event")
     quota = core.read_namespaced_resource_quota("llmos-released-gpus", namespace)
     assert quota.spec.hard == {"requests.nvidia.com/gpu": "0"} and not quota.metadata.owner_references
     deny = net.read_namespaced_network_policy("llmos-released-deny-ingress", namespace)

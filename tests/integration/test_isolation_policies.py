@@ -434,6 +434,7 @@ def test_operator_rights_are_what_it_uses(cluster, platform, tenant_namespaces, 
     op = platform.operator_username()
     ns = tenant_namespaces[0]
     assert _can_i(cluster, op, "get", "secrets", "-n", platform.SYSTEM_NAMESPACE)
+    assert _can_i(cluster, op, "watch", "secrets", "-n", platform.SYSTEM_NAMESPACE)  # metadata: keys re-verified
     for where in (["-n", "default"], ["-n", "kube-system"], ["-n", ns], ["--all-namespaces"]):
         assert not _can_i(cluster, op, "get", "secrets", *where)
         assert not _can_i(cluster, op, "list", "secrets", *where)

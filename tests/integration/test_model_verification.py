@@ -173,3 +173,41 @@ def test_disabled_verification_is_served_with_a_warning(objects, namespace, clus
     assert objects.condition("modeldeployments", "d", "ModelVerified")["reason"] == "SignatureDisabled"
     events = client.CoreV1Api(cluster.api).list_namespaced_event(namespace, field_selector="involvedObject.name=m")
     assert any(e.type == "Warning" and e.reason == "SignatureDisabled" for e in events.items)
+
+
+# --- Re-verification by watch: the operator under test resyncs only every 10 minutes ---------------------------------
+
+def test_a_bundle_configmap_edit_reverifies_the_model_within_seconds(objects, namespace, cluster, signed_model):
+    core = client.CoreV1Api(cluster.api)
+    objects.tenant(trustedKeys=[{"name": "release", "publicKey": signed_model["release"]}])
+    _bundle_configmap(core, namespace, "m-sig", signed_model["stranger_bundle"])
+    _signed(objects)
+    objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey")
+    core.patch_namespaced_config_map("m-sig", namespace, {
+        "binaryData": {"model.sig": base64.b64encode(signed_model["bundle"]).decode()}})
+    objects.wait_condition("models", "m", "Verified", "True", timeout=15)
+    core.delete_namespaced_config_map("m-sig", namespace)
+    objects.wait_condition("models", "m", "Verified", "False", "BundleUnavailable", timeout=15)
+
+
+def test_a_key_secret_edit_reverifies_the_model_within_seconds(objects, namespace, cluster, signed_model):
+    core = client.CoreV1Api(cluster.api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    secret = f"keys-{namespace}"
+    core.create_namespaced_secret("llmos-system", client.V1Secret(
+        metadata=client.V1ObjectMeta(name=secret), string_data={"publicKey": signed_model["stranger"]}))
+    try:
+        objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": secret}}])
+        _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
+        _signed(objects)
+        objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey")
+        core.patch_namespaced_secret(secret, "llmos-system", {"stringData": {"publicKey": signed_model["release"]}})
+        objects.wait_condition("models", "m", "Verified", "True", timeout=15)
+        core.patch_namespaced_secret(secret, "llmos-system", {"stringData": {"publicKey": signed_model["stranger"]}})
+        objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey", timeout=15)
+    finally:
+        core.delete_namespaced_secret(secret, "llmos-system")

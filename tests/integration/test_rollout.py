@@ -170,7 +170,7 @@ def test_a_revision_that_does_not_verify_changes_nothing_and_fixing_it_rolls_for
     md = objects.wait_condition("modeldeployments", "d", "Degraded", "True", "RevisionRejected")
     assert "v2" in md["message"]
     assert objects.condition("modeldeployments", "d", "Stalled")["status"] == "True"
-    time.sleep(6)  # several admission passes (the test operator resyncs every 5 s)
+    time.sleep(6)  # admission passes run meanwhile (on every event in the cluster)
     assert _pod_uids(cluster, namespace, "d") == old_pods
     assert objects.get("tenants", namespace)["status"]["reservations"] == ledger
     assert _status(objects, "d")["revision"] == before["revision"] == digest

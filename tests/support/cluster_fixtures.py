@@ -43,6 +43,7 @@ class OperatorProcess:
         self.metrics_port = _free_port()
         self.health_port = _free_port()
         self.starts = 0
+        self.env: dict[str, str] = {}  # a test's overrides for the next start()
 
     def start(self) -> None:
         self.starts += 1
@@ -51,8 +52,9 @@ class OperatorProcess:
         from llmos_operator.dev import platform
 
         # The chart's configuration and namespace, as its Deployment gives them.
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), LLMOS_RESYNC_SECONDS="5",
-                   **platform.operator_environment(self.cluster_name))
+        # The production resync period (10 min): watches, not the safety net, must make every test pass.
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LLMOS_RESYNC_SECONDS": "600",
+               **platform.operator_environment(self.cluster_name), **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmos_operator.cli", "operator", "run", *(["--standalone"] * self.standalone),
              "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],

@@ -6,14 +6,17 @@ Level-triggered. kopf's watch events only put keys on a work queue (handlers/mai
   Tenant ledger is written to ``status.reservations`` with its resourceVersion (a 409 means someone else wrote first:
   read again and decide again). Only after the ledger is stored are decisions published to the other reconcilers, so
   no pod ever runs on GPUs that are not recorded, whatever the operator's restarts.
-- ``("Tenant", name)`` — namespaces, ResourceQuota backstop, NetworkPolicy; then Models of its namespaces (their
-  trusted keys may have changed) and an admission pass.
-- ``("Model", ns, name)`` — verify the signature bundle against the tenant's keys; status and events.
+- ``("Tenant", name)`` — namespaces, ResourceQuota backstop, NetworkPolicy (re-applied only when what it renders
+  changed, or after ``REAPPLY_SECONDS``); then Models of its namespaces when its keys or namespaces changed, and an
+  admission pass.
+- ``("Model", ns, name)`` — verify the signature bundle against the tenant's keys; status and events. Re-verified
+  when its bundle ConfigMap, a trusted-key Secret or its Tenant changes (watched, metadata only).
 - ``("ModelDeployment", ns, name)`` — children (when admitted), status from the children, pods and nodes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,7 +67,7 @@ from ..render.rollout import (
 )
 from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .kube import Kube, with_owner
-from .store import Informer, Store, node_summary, without_managed_fields
+from .store import Informer, Store, metadata_summary, node_summary, without_managed_fields
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmos.controller")
@@ -75,6 +78,9 @@ RUNTIME_CONTAINER = "runtime"
 # Test knob (docs/testing.md): seconds each Model verification waits first, so a test can act in the window between a
 # Model edit and its verification ("a paused verifier").
 VERIFY_DELAY_SECONDS = float(os.environ.get("LLMOS_VERIFY_DELAY_SECONDS", "0"))
+# What a Tenant renders is applied again, unchanged, this often at most (a safety net for hand edits of its children);
+# in between a reconcile whose rendering did not change writes nothing.
+REAPPLY_SECONDS = float(os.environ.get("LLMOS_REAPPLY_SECONDS", "3600"))
 
 
 class Conflict(Exception):
@@ -129,6 +135,15 @@ class Controller:
         self._refused_keys: dict[str, list[str]] = {}  # tenant → trusted keys refused, with why
         # namespace → {GPU resource: GPUs} its ResourceQuota backstop allows, as last written
         self._backstops: dict[str, dict[str, int]] = {}
+        # tenant → (digest of what was applied, when, (generation, owned namespaces) its Models were queued for)
+        self._tenant_applied: dict[str, tuple[str, float, tuple]] = {}
+        # ("ConfigMap" | "Secret", namespace, name) → (resourceVersion, data, binaryData) of the last live read: read
+        # again only when the metadata-only informer reports another resourceVersion
+        self._contents: dict[tuple[str, str | None, str], tuple[str | None, dict, dict]] = {}
+        self._verify_memo: dict[str, Any] = {}  # digest of (bundle, keys) → verify_bundle's result (or its error)
+        # (kind, namespace, name) of a ModelDeployment's child → (digest of what was applied, the stored version it
+        # produced, when)
+        self._child_applied: dict[tuple, tuple[str, Any, float]] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Routing
@@ -199,18 +214,22 @@ class Controller:
         return True
 
     def start_resync(self, interval: float) -> threading.Thread:
-        """A safety net for what no watch reports (trusted keys in Secrets, bundle ConfigMaps): every Tenant (and
-        with it its Models) and an admission pass, every ``interval`` seconds."""
+        """A safety net for a missed event: every Tenant and Model and an admission pass, once per ``interval``,
+        spread over it (not all keys at once). Keys come from the store; a reconcile whose inputs did not change
+        reads nothing live and writes nothing."""
 
         def loop() -> None:
             while not self.queue.closed:
                 time.sleep(interval)
                 try:
-                    for raw in self.kube.list("Tenant"):
-                        self.queue.add(("Tenant", raw["metadata"]["name"]))
-                    self.queue.add(ADMISSION)
+                    keys: list[Hashable] = [("Tenant", t["metadata"]["name"]) for t in self.store["Tenant"].list()]
+                    keys += [("Model", m["metadata"].get("namespace"), m["metadata"]["name"])
+                             for m in self.store["Model"].list()]
+                    keys.append(ADMISSION)
+                    for i, key in enumerate(keys):
+                        self.queue.add(key, delay=interval * i / len(keys) + 0.01)
                 except Exception:  # noqa: BLE001 — the next round tries again
-                    log.warning("resync could not list Tenants", exc_info=True)
+                    log.warning("resync failed", exc_info=True)
 
         thread = threading.Thread(target=loop, name="llmos-resync", daemon=True)
         thread.start()
@@ -254,7 +273,67 @@ class Controller:
                                   transform=without_managed_fields),
             "PodDisruptionBudget": Informer(kube, "PodDisruptionBudget", label_selector=child_selector,
                                             on_event=child, transform=without_managed_fields),
+            # What Models are verified with, watched so a change re-verifies them: bundle ConfigMaps (any, as tenants
+            # name them; metadata only: ~100 bytes each) and trusted-key Secrets of the operator's namespace only.
+            "BundleConfigMap": Informer(kube, "ConfigMap", metadata_only=True, on_event=self.configmap_event,
+                                        transform=metadata_summary),
+            "KeySecret": Informer(kube, "Secret", namespace=self.config.operator_namespace, metadata_only=True,
+                                  on_event=self.secret_event, transform=metadata_summary),
         })
+
+    def configmap_event(self, event_type: str, meta_obj: dict) -> None:
+        """A ConfigMap changed: re-verify the Models whose bundle (or an adapter's) it holds, and refresh the
+        deployments serving those adapters."""
+        meta = meta_obj["metadata"]
+        ns, name = meta.get("namespace"), meta.get("name")
+        cached = self._contents.get(("ConfigMap", ns, name))
+        if cached is None and event_type == "ADDED":
+            pass  # nothing read yet: Models that name it are queued below all the same (it may have just appeared)
+        elif cached is not None and cached[0] == meta.get("resourceVersion"):
+            return  # the version llmos already read
+        self._contents.pop(("ConfigMap", ns, name), None)
+        for raw in self.store["Model"].list(ns):
+            spec = raw.get("spec") or {}
+            model_bundle = ((spec.get("signature") or {}).get("bundleRef") or {}).get("name") == name
+            adapter_bundle = any(((a.get("signature") or {}).get("bundleRef") or {}).get("name") == name
+                                 for a in spec.get("adapters") or [])
+            if model_bundle:
+                self.queue.add(("Model", ns, raw["metadata"]["name"]))
+            if adapter_bundle:
+                self._wake_deployments_of(ns, raw["metadata"]["name"])
+
+    def secret_event(self, event_type: str, meta_obj: dict) -> None:
+        """A Secret of the operator's namespace changed: re-verify the Models of every tenant trusting a key in it."""
+        name = meta_obj["metadata"].get("name")
+        cached = self._contents.get(("Secret", meta_obj["metadata"].get("namespace"), name))
+        if cached is not None and cached[0] == meta_obj["metadata"].get("resourceVersion"):
+            return
+        self._contents.pop(("Secret", meta_obj["metadata"].get("namespace"), name), None)
+        labelled = self._labelled_namespaces()
+        for raw in self.store["Tenant"].list():
+            keys = (raw.get("spec") or {}).get("trustedKeys") or []
+            if any((k.get("secretRef") or {}).get("name") == name for k in keys):
+                for ns, owner in labelled.items():
+                    if owner == raw["metadata"]["name"]:
+                        for model in self.store["Model"].list(ns):
+                            self.queue.add(("Model", ns, model["metadata"]["name"]))
+
+    def _read_watched(self, kind: str, store_name: str, name: str, namespace: str) -> tuple[dict, dict] | None:
+        """(data, binaryData) of a ConfigMap or Secret the store watches (metadata only): read live only when its
+        resourceVersion differs from the last read, or when the store has not heard of it (it may be new)."""
+        meta = self.store[store_name].get(name, namespace)
+        cached = self._contents.get((kind, namespace, name))
+        if meta is not None and cached is not None and cached[0] == meta["metadata"].get("resourceVersion"):
+            return cached[1], cached[2]
+        live = self.kube.get(kind, name, namespace)
+        if live is None:
+            self._contents.pop((kind, namespace, name), None)
+            return None
+        data, binary = live.get("data") or {}, live.get("binaryData") or {}
+        if len(self._contents) > 10000:
+            self._contents.clear()
+        self._contents[(kind, namespace, name)] = (live["metadata"].get("resourceVersion"), data, binary)
+        return data, binary
 
     def namespace_event(self, event_type: str, body: dict) -> None:
         """A namespace gained, lost or changed its tenant label: ownership (and so admission) may differ."""
@@ -455,6 +534,7 @@ class Controller:
                     self._release_namespace(ns, name, "was deleted")
             self._refused_namespaces.pop(name, None)
             self._refused_keys.pop(name, None)
+            self._tenant_applied.pop(name, None)
             self.queue.add(ADMISSION)
             return
         try:
@@ -481,11 +561,18 @@ class Controller:
                 reclaimed.append(ns)
         self._refused_namespaces[name] = refused
         self._refused_keys[name] = list(policy.refused_keys(tenant, self.config).values())
+        children = []
         for child in render_tenant_children(tenant, self.config, namespaces=owned):
             if child["kind"] == "Namespace":
-                self.kube.apply(child)  # namespaces are not owned: deleting a tenant must not delete workloads
+                children.append(child)  # namespaces are not owned: deleting a tenant must not delete workloads
             elif child["kind"] != "ResourceQuota":  # the admission pass writes it, from the ledger
-                self.kube.apply(with_owner(child, raw))
+                children.append(with_owner(child, raw))
+        digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
+        last_digest, applied_at, models_for = self._tenant_applied.get(name, (None, 0.0, None))
+        if digest != last_digest or reclaimed or time.monotonic() - applied_at > REAPPLY_SECONDS:
+            for child in children:
+                self.kube.apply(child)
+            applied_at = time.monotonic()
         for ns in reclaimed:
             for kind, child_name in RELEASED_CHILDREN:
                 self.kube.delete(kind, child_name, ns)
@@ -496,9 +583,17 @@ class Controller:
                 self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})  # drop labels
             elif ns not in owned:
                 self._release_namespace(ns, name, "no longer lists it")
-        for ns in owned:
-            for model in self.store["Model"].list(ns):
-                self.queue.add(("Model", ns, model["metadata"]["name"]))
+        # The Models of its namespaces are verified with its keys: again when those (its generation) or the namespaces
+        # changed, not on every reconcile.
+        verified_for = (tenant.metadata.uid, tenant.metadata.generation, tuple(sorted(owned)))
+        if verified_for != models_for:
+            same_keys = models_for is not None and models_for[:2] == verified_for[:2]
+            before = set(models_for[2]) if models_for is not None else set()
+            # all of them if its keys changed; else those of namespaces it took or gave up
+            for ns in (set(owned) | before) if not same_keys else (set(owned) ^ before):
+                for model in self.store["Model"].list(ns):
+                    self.queue.add(("Model", ns, model["metadata"]["name"]))
+        self._tenant_applied[name] = (digest, applied_at, verified_for)
         self.queue.add(ADMISSION)
 
     def _release_namespace(self, namespace: str, tenant: str, why: str) -> None:
@@ -550,7 +645,12 @@ class Controller:
             elif key.secret_ref and key.name not in refused:
                 ref = key.secret_ref
                 namespace = self.config.operator_namespace
-                value = self.kube.read_secret_key(namespace, ref.name, ref.key)
+                secret = self._read_watched("Secret", "KeySecret", ref.name, namespace)
+                value = None
+                if secret is not None and ref.key in secret[0]:
+                    import base64
+
+                    value = base64.b64decode(secret[0][ref.key])
                 if value is not None:
                     keys[key.name] = value
                 else:
@@ -563,15 +663,16 @@ class Controller:
         The operator never reads a path or URL a tenant named."""
         if sig.bundle_ref is not None:
             ref = sig.bundle_ref
-            cm = self.kube.get("ConfigMap", ref.name, namespace)
+            cm = self._read_watched("ConfigMap", "BundleConfigMap", ref.name, namespace)
             if cm is None:
                 return f"ConfigMap {ref.name} ({field}.bundleRef) does not exist"
-            if ref.key in (cm.get("binaryData") or {}):
+            data, binary = cm
+            if ref.key in binary:
                 import base64
 
-                return base64.b64decode(cm["binaryData"][ref.key])
-            if ref.key in (cm.get("data") or {}):
-                return cm["data"][ref.key].encode()
+                return base64.b64decode(binary[ref.key])
+            if ref.key in data:
+                return data[ref.key].encode()
             return f"ConfigMap {ref.name} has no key {ref.key!r} ({field}.bundleRef.key)"
         if sig.uri:
             return (f"{field}.uri {sig.uri} is not read by the operator: put the bundle in a ConfigMap of this "
@@ -596,10 +697,20 @@ class Controller:
         if not keys:
             return Verification(False, "NoTrustedKeys", "the tenant trusts no key (spec.trustedKeys of its Tenant) "
                                 "and the operator configuration names none", bundle=bundle)
-        try:
-            signed = verify_bundle(bundle, keys)
-        except VerificationError as exc:
-            return Verification(False, exc.reason, str(exc), bundle=bundle, keys=keys)
+        # Same bundle, same keys: same answer (a resync re-checks every Model; this keeps it cheap).
+        memo_key = hashlib.sha256(json.dumps([bundle.hex(), sorted((k, v.hex()) for k, v in keys.items())])
+                                  .encode()).hexdigest()
+        signed = self._verify_memo.get(memo_key)
+        if signed is None:
+            try:
+                signed = verify_bundle(bundle, keys)
+            except VerificationError as exc:
+                signed = exc
+            if len(self._verify_memo) > 4096:
+                self._verify_memo.clear()
+            self._verify_memo[memo_key] = signed
+        if isinstance(signed, VerificationError):
+            return Verification(False, signed.reason, str(signed), bundle=bundle, keys=keys)
         return Verification(
             True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
             digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
@@ -756,7 +867,7 @@ class Controller:
                                 continue  # left as it is: the rollout waits (surge quota, a failed revision)
                             child = plan.deployment
                         try:
-                            applied = self.kube.apply(with_owner(child, raw))
+                            applied = self._apply_child(with_owner(child, raw))
                         except ApiException as exc:
                             if exc.status == 409:
                                 raise
@@ -873,6 +984,26 @@ class Controller:
             if cm_name.startswith(prefix) and cm_name not in used:
                 self.kube.delete("ConfigMap", cm_name, namespace)
 
+    def _apply_child(self, child: dict) -> dict:
+        """Server-side apply a ModelDeployment's child, unless the same rendering was applied already and the stored
+        child has not been changed since (its generation, or resourceVersion for kinds without one; a hand edit of
+        the spec is put back at once) and was last applied within ``REAPPLY_SECONDS``: a reconcile woken by a pod or
+        a status change then writes nothing."""
+        meta = child["metadata"]
+        key = (child["kind"], meta.get("namespace"), meta["name"])
+        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        informer = self.store.informers.get(child["kind"])
+        stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
+        last = self._child_applied.get(key)
+        if (stored is not None and last is not None and last[0] == digest and last[1] == _spec_version(stored)
+                and time.monotonic() - last[2] < REAPPLY_SECONDS):
+            return stored
+        applied = self.kube.apply(child)
+        if len(self._child_applied) > 50000:
+            self._child_applied.clear()
+        self._child_applied[key] = (digest, _spec_version(applied), time.monotonic())
+        return applied
+
     def _pods_of(self, namespace: str, name: str) -> list[dict]:
         return self.store["Pod"].list(namespace, _owned_by(name))
 
@@ -969,6 +1100,13 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
 def _owned_by(name: str) -> Any:
     """A store filter: children (and pods) of the ModelDeployment ``name``."""
     return lambda obj: (obj["metadata"].get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT) == name
+
+
+def _spec_version(obj: dict) -> Any:
+    """What changes when someone changes an object's spec: its generation, where the kind has one (Deployment, PDB:
+    status writes do not bump it), else its resourceVersion."""
+    meta = obj.get("metadata") or {}
+    return ("generation", meta["generation"]) if meta.get("generation") else ("rv", meta.get("resourceVersion"))
 
 
 def _pod_gpus(deployment: dict) -> int | None:

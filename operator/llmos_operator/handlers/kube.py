@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from .. import metrics
 from ..api.types import GROUP, VERSION
 
 log = logging.getLogger("llmos.kube")
@@ -25,6 +26,7 @@ _PATHS = {
     "Node": ("/api/v1", "nodes", False),
     "Pod": ("/api/v1", "pods", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
+    "Secret": ("/api/v1", "secrets", True),
     "Service": ("/api/v1", "services", True),
     "ResourceQuota": ("/api/v1", "resourcequotas", True),
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),
@@ -38,6 +40,17 @@ _PATHS = {
     "Model": (f"/apis/{GROUP}/{VERSION}", "models", True),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", "modeldeployments", True),
 }
+
+
+_KIND_OF_PLURAL = {plural: kind for kind, (_, plural, _) in _PATHS.items()}
+
+
+def _kind_of(path: str) -> str:
+    """The kind a request path is about (for metrics): the last plural in it."""
+    for part in reversed(path.split("?")[0].split("/")):
+        if part in _KIND_OF_PLURAL:
+            return _KIND_OF_PLURAL[part]
+    return "other"
 
 
 def object_path(kind: str, name: str, namespace: str | None = None, subresource: str | None = None) -> str:
@@ -63,8 +76,9 @@ class Kube:
         self._events_lock = threading.Lock()
 
     def _call(self, method: str, path: str, *, body: Any = None, query: list | None = None,
-              content_type: str | None = None) -> Any:
-        headers = {"Accept": "application/json"}
+              content_type: str | None = None, accept: str = "application/json") -> Any:
+        metrics.API_REQUESTS.labels(method, _kind_of(path)).inc()
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         method, url, headers, body, post = self.api.param_serialize(
@@ -120,6 +134,7 @@ class Kube:
         import base64
 
         try:
+            metrics.API_REQUESTS.labels("GET", "Secret").inc()
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
@@ -161,6 +176,7 @@ class Kube:
             reporting_instance="llmos-operator",
         )
         try:
+            metrics.API_REQUESTS.labels("POST", "Event").inc()
             created = self.core.create_namespaced_event(namespace, body)
             with self._events_lock:
                 self._events[series] = (created.metadata.name, 1)

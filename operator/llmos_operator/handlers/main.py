@@ -15,9 +15,9 @@ from .workqueue import run_workers
 log = logging.getLogger("llmos.operator")
 STORE_SYNC_TIMEOUT = float(os.environ.get("LLMOS_STORE_SYNC_TIMEOUT", "300"))
 WORKERS = int(os.environ.get("LLMOS_WORKERS", "4"))
-# A safety net for what no watch reports (trusted keys in Secrets, bundle ConfigMaps): every Tenant and an admission
-# pass are queued this often. Events drive everything else.
-RESYNC_SECONDS = float(os.environ.get("LLMOS_RESYNC_SECONDS", "60"))
+# A safety net for a missed watch event: every Tenant and Model and an admission pass are queued once this often,
+# spread over the period. Watches drive everything else (bundle ConfigMaps and key Secrets included).
+RESYNC_SECONDS = float(os.environ.get("LLMOS_RESYNC_SECONDS", "600"))
 
 _controller: Controller | None = None
 _threads: list[threading.Thread] = []

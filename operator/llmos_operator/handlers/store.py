@@ -6,6 +6,9 @@ again and reports the difference as events. ``synced`` is set once the first lis
 half-known world. Objects are kept as the API server's JSON (dicts), optionally slimmed by a ``transform`` (nodes keep
 only what placement reads).
 
+``metadata_only`` informers ask the API server for PartialObjectMetadata (names, labels, resourceVersions; no data):
+the operator learns that a tenant's ConfigMap or a key Secret changed without holding every ConfigMap of the cluster.
+
 Why not kopf's own watches: kopf shares one unfiltered watch per resource among its handlers (label filters run in
 the operator, after every Pod and ConfigMap of the cluster has been sent), and its listing has no "complete" signal.
 """
@@ -38,8 +41,9 @@ class WatchExpired(Exception):
 class Informer:
     def __init__(self, kube: Kube, kind: str, *, label_selector: str | None = None,
                  on_event: EventHandler | None = None, transform: Callable[[dict], dict] | None = None,
-                 watch_timeout: int = 300):
+                 watch_timeout: int = 300, namespace: str | None = None, metadata_only: bool = False):
         self.kube, self.kind, self.label_selector = kube, kind, label_selector
+        self.namespace, self.metadata_only = namespace, metadata_only
         self.on_event, self.transform = on_event, transform
         self.watch_timeout = watch_timeout
         self.synced = threading.Event()
@@ -111,6 +115,11 @@ class Informer:
     def stop(self) -> None:
         self._stop.set()
 
+    def _accept(self, kind: str) -> str:
+        if not self.metadata_only:
+            return "application/json"
+        return f"application/json;as={kind};g=meta.k8s.io;v=v1,application/json"
+
     def _selector(self) -> list[tuple[str, str]]:
         return [("labelSelector", self.label_selector)] if self.label_selector else []
 
@@ -118,9 +127,10 @@ class Informer:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                data = self.kube._call("GET", collection_path(self.kind), query=self._selector())
+                data = self.kube._call("GET", collection_path(self.kind, self.namespace), query=self._selector(),
+                                       accept=self._accept("PartialObjectMetadataList"))
                 kind = self.kind
-                items = [dict(item, kind=kind) for item in data.get("items", [])]
+                items = [dict(item, kind=kind) for item in data.get("items") or []]
                 self._replace(items)
                 self.synced.set()
                 version = data["metadata"]["resourceVersion"]
@@ -150,7 +160,7 @@ class Informer:
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if event_type == "BOOKMARK":
                 continue
-            obj.setdefault("kind", self.kind)
+            obj["kind"] = self.kind  # also for PartialObjectMetadata
             self._apply(event_type, obj)
         return version
 
@@ -159,7 +169,8 @@ class Informer:
                  ("timeoutSeconds", str(self.watch_timeout)), *self._selector()]
         api = self.kube.api
         method, url, headers, body, post = api.param_serialize(
-            "GET", collection_path(self.kind), query_params=query, header_params={"Accept": "application/json"},
+            "GET", collection_path(self.kind, self.namespace), query_params=query,
+            header_params={"Accept": self._accept("PartialObjectMetadata")},
             auth_settings=["BearerToken"],
         )
         response = api.call_api(method, url, headers, body, post, _request_timeout=(10, self.watch_timeout + 30))
@@ -192,6 +203,13 @@ def node_summary(node: dict) -> dict:
                  "unschedulable": (node.get("spec") or {}).get("unschedulable", False)},
         "status": {"allocatable": (node.get("status") or {}).get("allocatable") or {}},
     }
+
+
+def metadata_summary(obj: dict) -> dict:
+    """What a metadata-only informer keeps: enough to tell that an object exists and changed."""
+    meta = obj.get("metadata") or {}
+    return {"kind": obj.get("kind"), "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                                                  "resourceVersion": meta.get("resourceVersion")}}
 
 
 def without_managed_fields(obj: dict) -> dict:
