@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 "$@"
 rc=$?
 echo "[run-tests] pytest exit code $rc after $(( $(date +%s) - start )) s" >&2
 if [[ $rc -eq 5 ]]; then
