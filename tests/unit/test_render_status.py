@@ -275,3 +275,22 @@ def test_tenant_status_refused_namespace_and_over_quota():
     assert over["status"] == "True" and "h100 4/2" in over["message"]
     st = tenant_status(t, CFG, result=result, now=T1)
     assert st["conditions"][0]["reason"] == "OverQuota"
+
+
+def test_a_new_deployment_gets_events_for_verdicts_and_readiness_only():
+    """A new deployment passes through Creating, Starting, Progressing…: Events only for what a person acts on."""
+    from llmos_operator.handlers.controller import _worth_an_event
+
+    d = mdep()
+    first = desired_status(d, CFG, decision=decide(d), model=model(), deployment=child(0, updated=2, replicas=2),
+                           now=T1)
+    worth = [t for t in transitions([], first["conditions"]) if _worth_an_event(t)]
+    assert {t.type for t in worth} == {"QuotaAdmitted", "ModelVerified"}
+    d2 = mdep(status={"conditions": first["conditions"]})
+    second = desired_status(d2, CFG, decision=decide(d2), model=model(), deployment=child(2), now=T2)
+    assert [(t.type, t.status) for t in transitions(first["conditions"], second["conditions"])
+            if _worth_an_event(t)] == [("Ready", "True")]
+    lost = desired_status(mdep(status={"conditions": second["conditions"]}), CFG, decision=decide(d2), model=model(),
+                          deployment=child(1), now=T2)
+    assert ("Ready", "False") in [(t.type, t.status) for t in transitions(second["conditions"], lost["conditions"])
+                                  if _worth_an_event(t)]

@@ -47,7 +47,17 @@ from ..render import (
     tenant_status,
     transitions,
 )
-from ..render.status import OVER_QUOTA, RECONCILING, STALLED, condition, merge_conditions, now_rfc3339
+from ..render.status import (
+    DEGRADED,
+    OVER_QUOTA,
+    PROGRESSING,
+    READY,
+    RECONCILING,
+    STALLED,
+    condition,
+    merge_conditions,
+    now_rfc3339,
+)
 from ..render.common import (
     ANNOTATION_ADAPTERS,
     LABEL_MANAGED_BY,
@@ -900,8 +910,8 @@ class Controller:
         if _status_changed(old, status):
             self.kube.patch_status("ModelDeployment", name, namespace, status)
             for t in transitions(old.get("conditions", []), status["conditions"]):
-                if t.type in (RECONCILING, STALLED):
-                    continue  # kstatus's view of Ready and Progressing: their Events say it already
+                if not _worth_an_event(t):
+                    continue
                 good = (t.status == "True") != (t.type == "Degraded")
                 self.kube.event(raw, "Normal" if good else "Warning", t.reason, t.message)
         if write_failure is not None:
@@ -1095,6 +1105,20 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
             entry["message"] = reasons[0][:1024]
         out.append(entry)
     return out
+
+
+def _worth_an_event(t: Any) -> bool:
+    """Events for what a person acts on, not for every condition a new deployment passes through (they were 7 of the
+    15 API requests a new ModelDeployment cost): admission and verification verdicts, becoming Ready, losing
+    readiness, turning Degraded and recovering. Progressing and kstatus's Reconciling/Stalled repeat Ready; the rollout
+    phases have their own Events."""
+    if t.type in (PROGRESSING, RECONCILING, STALLED):
+        return False
+    if t.type == DEGRADED:
+        return t.status == "True" or t.old_status == "True"
+    if t.type == READY:
+        return t.status == "True" or t.old_status == "True"
+    return True
 
 
 def _owned_by(name: str) -> Any:
