@@ -157,10 +157,11 @@ class Fleet:
             ledger = result.ledger
         return {key for key, d in (result.decisions.items() if result else ()) if d.admitted}
 
-    def orphans_and_duplicates(self, mdeps: list[dict]) -> list[str]:
+    def orphans_and_duplicates(self, mdeps: list[dict], replica_sets: int = 1) -> list[str]:
         """Children (selected by llmos's label) whose ModelDeployment is gone or another object of the same name,
         more than one Deployment per ModelDeployment, Deployments of deployments that are not admitted, and
-        Deployments that rolled to a second ReplicaSet although nothing about them changed."""
+        Deployments with more than ``replica_sets`` ReplicaSets (one per revision rolled out: more is a spurious
+        rollout)."""
         live = {(m["metadata"]["namespace"], m["metadata"]["name"]): m for m in mdeps}
         admitted = self.admitted(mdeps)
         problems = []
@@ -188,7 +189,7 @@ class Fleet:
             for rs_owner, n in Counter(
                     ref.name for rs in self.apps.list_namespaced_replica_set(ns, label_selector=selector).items
                     for ref in rs.metadata.owner_references or [] if ref.kind == "Deployment").items():
-                if n > 1:
+                if n > replica_sets:
                     problems.append(f"Deployment {ns}/{rs_owner} has {n} ReplicaSets (a spurious rollout)")
         problems += [f"{n} Deployments for {ns}/{name}" for (ns, name), n in deployments.items() if n > 1]
         return problems
