@@ -38,11 +38,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) of a process, from /proc."""
+    """(parent pid, start time) of a live process (not a zombie), from /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    if fields[0] in ("Z", "X"):
+        return None  # exited: only its entry is left for its parent to reap
     return int(fields[1]), int(fields[19])
 
 
@@ -65,8 +67,10 @@ def descendants(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-def kill_same(procs: list[tuple[int, int]]) -> None:
-    """SIGKILL each (pid, start time) that is still the same process (pids may have been reused)."""
+def kill_same(procs: list[tuple[int, int]], wait: float = 0.0) -> list[int]:
+    """SIGKILL each (pid, start time) that is still the same process (pids may have been reused), then wait up to
+    ``wait`` seconds until they are gone (a SIGKILL is not instant: the process still runs while it exits). Returns
+    the pids still alive."""
     for pid, start in procs:
         st = _stat(pid)
         if st is not None and st[1] == start:
@@ -74,6 +78,12 @@ def kill_same(procs: list[tuple[int, int]]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+    deadline = time.monotonic() + wait
+    while True:
+        alive = [pid for pid, start in procs if (st := _stat(pid)) is not None and st[1] == start]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
 
 
 class Engine:
@@ -146,7 +156,11 @@ class Engine:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
-        kill_same(tree)  # leftovers (workers whose parent has gone) are killed in any case
         if code is None:
             code = await self.proc.wait()
+        # Leftovers (workers whose parent has gone) are killed in any case, and the runtime returns only once they
+        # are gone (a SIGKILLed process runs on while it exits): the engine never outlives its runtime.
+        alive = await asyncio.to_thread(kill_same, tree, 5.0)
+        if alive:
+            log.warning("engine processes %s still alive 5 s after SIGKILL", alive)
         return code
