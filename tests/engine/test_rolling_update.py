@@ -201,17 +201,21 @@ def test_a_revision_bump_rolls_without_a_failed_request(kubelet_tenant: KubeletT
 
         kt.wait(rolled, ROLL_TIMEOUT, "revision 2 served by one ready pod, the old pod drained and gone")
         roll_seconds = time.monotonic() - bumped
-        objects.wait_condition("modeldeployments", "d", "Ready", "True", timeout=60)
-        status = objects.get("modeldeployments", "d")["status"]
-        assert status["modelDigest"] == digests["v2"], status
-        (new_pod,) = kubelet.endpoints()
+        # The status follows the pod's deletion by a reconcile: wait for it rather than read it at once.
+        kt.wait(lambda: (lambda st: st.get("modelDigest") == digests["v2"] and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []))(
+            objects.get("modeldeployments", "d").get("status") or {}), 60, "Ready on revision 2's digest")
+        endpoints = kubelet.endpoints()
+        assert list(endpoints) != [old_pod] and len(endpoints) == 1, f"pods after the roll: {endpoints}{kt.explain()}"
+        (new_pod,) = endpoints
 
         # A few more requests on the new pod alone, then the verdict.
         served_before = load.stats.ok
-        wait_for(lambda: load.stats.ok >= served_before + 6, timeout=60, message="requests after the roll")
+        kt.wait(lambda: load.stats.ok >= served_before + 6, 60, "requests after the roll")
         stats = load.stop()
         load = None
-        deployment = apps.read_namespaced_deployment("d", namespace)
+        kt.wait(lambda: (lambda st: st.updated_replicas == 1 and st.ready_replicas == 1)(
+            apps.read_namespaced_deployment("d", namespace).status), 30, "the Deployment's status: 1 updated, 1 ready")
         record("rolling update: requests", stats.sent)
         record("rolling update: streams", stats.streams)
         record("rolling update: failed", stats.failed)
@@ -219,11 +223,16 @@ def test_a_revision_bump_rolls_without_a_failed_request(kubelet_tenant: KubeletT
         record("rolling update: LB retries (503/refused before any work)", lb.stats.retried)
         record("rolling update: roll time, Model patch to old pod gone (s)", round(roll_seconds, 1))
         _same_deployment(apps, namespace, deployment_uid, kt)
-        assert stats.failed == 0, f"{stats.failures}{kt.explain()}"
-        assert stats.backends.get(old_pod, 0) > 0 and stats.backends.get(new_pod, 0) > 0, stats.backends
-        assert seen_digests <= {digests["v1"], digests["v2"]}, seen_digests  # nothing else was ever served
-        assert deployment.status.updated_replicas == 1 and deployment.status.ready_replicas == 1
-        assert kubelet.restart_counts() == {new_pod: 0}, kt.explain()
+        problems = []
+        if stats.failed:
+            problems.append(f"{stats.failed} requests failed: {stats.failures}")
+        if not (stats.backends.get(old_pod, 0) > 0 and stats.backends.get(new_pod, 0) > 0):
+            problems.append(f"requests by pod (both should have served): {stats.backends}")
+        if not seen_digests <= {digests["v1"], digests["v2"]}:
+            problems.append(f"digests served besides v1 and v2: {seen_digests}")  # nothing else was ever served
+        if kubelet.restart_counts().get(new_pod) != 0:
+            problems.append(f"restarts: {kubelet.restart_counts()}")
+        assert not problems, "\n".join(problems) + kt.explain()
     finally:
         if load is not None:
             load.stop()

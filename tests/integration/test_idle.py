@@ -11,7 +11,8 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.integration.test_model_verification import _bundle_configmap, _signed, signed_model  # noqa: F401
+from tests.integration.test_model_verification import (  # noqa: F401
+    _bundle_configmap, _key_secret, _signed, signed_model)
 
 RESYNC_SECONDS = 2
 _SAMPLE = re.compile(r'^(llmos_api_requests_total|llmos_reconcile_total)\{([^}]*)\} ([0-9.e+]+)$', re.M)
@@ -47,15 +48,7 @@ def fast_resync(operator):
 
 def test_an_idle_operator_makes_no_request_over_many_resyncs(fast_resync, objects, namespace, cluster, signed_model):
     core = client.CoreV1Api(cluster.api)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    secret = f"keys-{namespace}"
-    core.create_namespaced_secret("llmos-system", client.V1Secret(
-        metadata=client.V1ObjectMeta(name=secret), string_data={"publicKey": signed_model["release"]}))
-    try:
+    with _key_secret(core, namespace, signed_model["release"]) as secret:
         objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": secret}}])
         _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
         _signed(objects)
@@ -80,5 +73,3 @@ def test_an_idle_operator_makes_no_request_over_many_resyncs(fast_resync, object
         # Still watched: a changed key Secret is read again and re-verifies the Model.
         core.patch_namespaced_secret(secret, "llmos-system", {"stringData": {"publicKey": signed_model["stranger"]}})
         objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey", timeout=15)
-    finally:
-        core.delete_namespaced_secret(secret, "llmos-system")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +50,24 @@ def signed_model(tmp_path_factory):
 def _bundle_configmap(core: client.CoreV1Api, namespace: str, name: str, bundle: bytes) -> None:
     core.create_namespaced_config_map(namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name=name), binary_data={"model.sig": base64.b64encode(bundle).decode()}))
+
+
+@contextmanager
+def _key_secret(core: client.CoreV1Api, namespace: str, public_pem: str) -> Iterator[str]:
+    """A Secret ``keys-<namespace>`` holding a trusted public key, in the operator's own namespace (llmos-system for
+    the operator under test; a Tenant's secretRef may name no other), deleted afterwards."""
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    name = f"keys-{namespace}"
+    core.create_namespaced_secret("llmos-system", client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name), string_data={"publicKey": public_pem}))
+    try:
+        yield name
+    finally:
+        core.delete_namespaced_secret(name, "llmos-system")
 
 
 def _signed(objects, name="m"):
@@ -135,20 +155,12 @@ def test_key_rotation_verifies_and_unverifies(objects, namespace, cluster, signe
 
 
 def test_a_trusted_key_can_come_from_a_secret(objects, namespace, cluster, signed_model):
-    # Secrets are read only in the operator's own namespace (llmos-system for the operator under test).
     core = client.CoreV1Api(cluster.api)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    core.create_namespaced_secret("llmos-system", client.V1Secret(
-        metadata=client.V1ObjectMeta(name=f"keys-{namespace}"), string_data={"publicKey": signed_model["release"]}))
-    objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": f"keys-{namespace}"}}])
-    _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
-    _signed(objects)
-    objects.wait_condition("models", "m", "Verified", "True")
-    core.delete_namespaced_secret(f"keys-{namespace}", "llmos-system")
+    with _key_secret(core, namespace, signed_model["release"]) as secret:
+        objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": secret}}])
+        _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
+        _signed(objects)
+        objects.wait_condition("models", "m", "Verified", "True")
 
 
 def test_a_secret_in_another_namespace_is_never_read(objects, namespace, cluster, signed_model):
@@ -192,15 +204,7 @@ def test_a_bundle_configmap_edit_reverifies_the_model_within_seconds(objects, na
 
 def test_a_key_secret_edit_reverifies_the_model_within_seconds(objects, namespace, cluster, signed_model):
     core = client.CoreV1Api(cluster.api)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="llmos-system")))
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    secret = f"keys-{namespace}"
-    core.create_namespaced_secret("llmos-system", client.V1Secret(
-        metadata=client.V1ObjectMeta(name=secret), string_data={"publicKey": signed_model["stranger"]}))
-    try:
+    with _key_secret(core, namespace, signed_model["stranger"]) as secret:
         objects.tenant(trustedKeys=[{"name": "release", "secretRef": {"name": secret}}])
         _bundle_configmap(core, namespace, "m-sig", signed_model["bundle"])
         _signed(objects)
@@ -209,5 +213,3 @@ def test_a_key_secret_edit_reverifies_the_model_within_seconds(objects, namespac
         objects.wait_condition("models", "m", "Verified", "True", timeout=15)
         core.patch_namespaced_secret(secret, "llmos-system", {"stringData": {"publicKey": signed_model["stranger"]}})
         objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey", timeout=15)
-    finally:
-        core.delete_namespaced_secret(secret, "llmos-system")

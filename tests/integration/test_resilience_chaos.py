@@ -69,6 +69,19 @@ def fleet_factory(cluster, namespace):
         fleet.delete()
 
 
+def _kill_and_restart(operator, rng, rounds: int, start: float) -> list[float]:
+    """SIGKILL the operator at seeded moments (0.5–3 s apart) and start it again 0–1 s later, ``rounds`` times; the
+    seconds since ``start`` of each kill."""
+    kills = []
+    for _ in range(rounds):
+        time.sleep(rng.uniform(0.5, 3.0))
+        operator.kill()
+        kills.append(round(time.monotonic() - start, 1))
+        time.sleep(rng.uniform(0.0, 1.0))
+        operator.start()
+    return kills
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. kill -9 during a burst
 
@@ -107,13 +120,7 @@ def test_kill_9_during_a_burst_converges_without_duplicates_orphans_or_overcommi
     with GpuSampler(cluster.api, fleet, class_of) as sampler:
         creator = threading.Thread(target=burst, name="burst")
         creator.start()
-        kills = []
-        for _ in range(BURST_KILL_ROUNDS):
-            time.sleep(rng.uniform(0.5, 3.0))
-            operator.kill()
-            kills.append(round(time.monotonic() - start, 1))
-            time.sleep(rng.uniform(0.0, 1.0))
-            operator.start()
+        kills = _kill_and_restart(operator, rng, BURST_KILL_ROUNDS, start)
         creator.join()
         assert not errors, errors
         mdeps = wait_for(lambda: (lambda ms: ms if len(ms) == BURST_DEPLOYMENTS and fleet.settled(ms) else None)(
@@ -163,13 +170,7 @@ def test_kill_9_during_a_revision_roll_converges_inside_the_quota(cluster, opera
         for ns in fleet.tenants:
             fleet.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "models", "m", {
                 "spec": {"source": {"uri": "hf://kwok/slow-ready", "revision": "r2"}}})
-        kills = []
-        for _ in range(ROLL_KILL_ROUNDS):
-            time.sleep(rng.uniform(0.5, 3.0))
-            operator.kill()
-            kills.append(round(time.monotonic() - start, 1))
-            time.sleep(rng.uniform(0.0, 1.0))
-            operator.start()
+        kills = _kill_and_restart(operator, rng, ROLL_KILL_ROUNDS, start)
 
         def rolled(ms: list[dict]) -> bool:
             return len(ms) == len(plan) and fleet.settled(ms) and all(

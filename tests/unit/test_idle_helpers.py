@@ -30,3 +30,63 @@ def test_requests_are_counted_by_kind():
     assert _kind_of("/apis/llmos.dev/v1alpha1/namespaces/t/modeldeployments/d/status") == "ModelDeployment"
     assert _kind_of("/api/v1/namespaces/t") == "Namespace"
     assert _kind_of("/version") == "other"
+
+
+def _rendered_pod() -> tuple[dict, dict]:
+    """A ReplicaSet and a pod as the API server would hold them for a rendered ModelDeployment (a runtime that
+    exited 4 once, a trust ConfigMap mounted)."""
+    import copy
+
+    from llmos_operator.api import parse_object
+    from llmos_operator.config import default_config
+    from llmos_operator.render import render_children
+
+    cfg = default_config()
+    md = parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment",
+                       "metadata": {"name": "chat", "namespace": "a1", "uid": "u", "generation": 1},
+                       "spec": {"model": "llama", "replicas": 1, "gpu": {"class": "h100", "count": 1}}})
+    model = parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "Model",
+                          "metadata": {"name": "llama", "namespace": "a1", "generation": 1},
+                          "spec": {"source": {"uri": "hf://a/b"}, "signature": {"policy": "Required"}},
+                          "status": {"observedGeneration": 1, "digest": "sha256:" + "0" * 64, "signer": "k"}})
+    children = render_children(md, model, cfg.gpu_class("h100"), cfg, bundle=b"b" * 4000, signer_pem=b"pem",
+                               tenant_keys={"k": b"pem"})
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    template = copy.deepcopy(deployment["spec"]["template"])
+    rs = {"kind": "ReplicaSet", "metadata": {"name": "chat-abc", "namespace": "a1", "resourceVersion": "9",
+                                             "labels": template["metadata"]["labels"],
+                                             "managedFields": [{"manager": "kube-controller-manager"}]},
+          "spec": {"replicas": 1, "template": template}, "status": {"replicas": 1, "readyReplicas": 0}}
+    pod = {"kind": "Pod", "metadata": {**template["metadata"], "name": "chat-abc-x", "namespace": "a1",
+                                       "resourceVersion": "10", "deletionTimestamp": None},
+           "spec": {**template["spec"], "nodeName": "gpu-1"},
+           "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                      "containerStatuses": [{"name": "runtime", "ready": False, "restartCount": 1,
+                                             "image": "ghcr.io/llmos/runtime", "imageID": "sha256:" + "1" * 64,
+                                             "state": {"running": {}},
+                                             "lastState": {"terminated": {"exitCode": 4, "message": "refused"}}}]}}
+    return rs, pod
+
+
+def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
+    import json
+
+    from llmos_operator.handlers.store import SUMMARY, pod_summary, replica_set_summary
+    from llmos_operator.render.rollout import pod_ready, pod_template_hash, rollout_failure, template_digest, \
+        template_hash
+
+    rs, pod = _rendered_pod()
+    rs_s, pod_s = replica_set_summary(rs), pod_summary(pod)
+    assert rs_s[SUMMARY] and pod_s[SUMMARY]
+    assert template_hash(rs_s) == template_hash(rs) and template_digest(rs_s) == template_digest(rs)
+    assert pod_template_hash(pod_s) == pod_template_hash(pod) and pod_ready(pod_s) == pod_ready(pod)
+    deployment = {"status": {}}
+    target = pod_template_hash(pod)
+    assert rollout_failure(deployment, [pod_s], target, 600) == rollout_failure(deployment, [pod], target, 600)
+    assert rollout_failure(deployment, [pod_s], target, 600).endswith("refused")
+    volumes = [v for v in pod["spec"]["volumes"] if v.get("configMap")]
+    assert volumes and [v["configMap"]["name"] for v in pod_s["spec"]["volumes"]] == \
+        [v["configMap"]["name"] for v in volumes]
+    assert rs_s["spec"]["template"]["spec"]["volumes"] == pod_s["spec"]["volumes"]
+    assert "containers" not in rs_s["spec"]["template"]["spec"] and "managedFields" not in rs_s["metadata"]
+    assert len(json.dumps(pod_s)) < len(json.dumps(pod)) / 2 and len(json.dumps(rs_s)) < len(json.dumps(rs)) / 2

@@ -2,10 +2,11 @@
 
 Level-triggered. kopf's watch events only put keys on a work queue (handlers/main.py); worker threads take them:
 
-- ``ADMISSION`` — one admission pass over every Tenant and ModelDeployment: ``quota.admit``, then each changed
-  Tenant ledger is written to ``status.reservations`` with its resourceVersion (a 409 means someone else wrote first:
-  read again and decide again). Only after the ledger is stored are decisions published to the other reconcilers, so
-  no pod ever runs on GPUs that are not recorded, whatever the operator's restarts.
+- ``ADMISSION`` — an admission pass over the tenants whose deployments, Models or Tenant changed since the last
+  one (``AdmissionScope``; all of them after a start, a resync or a namespace relabelled): ``quota.admit``, then
+  each changed Tenant ledger is written to ``status.reservations`` with its resourceVersion (a 409 means someone
+  else wrote first: read again and decide again). Only after the ledger is stored are decisions published to the
+  other reconcilers, so no pod ever runs on GPUs that are not recorded, whatever the operator's restarts.
 - ``("Tenant", name)`` — namespaces, ResourceQuota backstop, NetworkPolicy (re-applied only when what it renders
   changed, or after ``REAPPLY_SECONDS``); then Models of its namespaces when its keys or namespaces changed, and an
   admission pass.
@@ -23,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes.client import ApiException
@@ -77,7 +78,17 @@ from ..render.rollout import (
 )
 from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .kube import Kube, with_owner
-from .store import Informer, Store, metadata_summary, node_summary, without_managed_fields
+from .store import (
+    SUMMARY,
+    Informer,
+    Store,
+    configmap_summary,
+    metadata_summary,
+    node_summary,
+    pod_summary,
+    replica_set_summary,
+    without_managed_fields,
+)
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmos.controller")
@@ -121,6 +132,45 @@ class Verification:
         return self.verified or self.reason == "SignatureDisabled"
 
 
+class AdmissionScope:
+    """What the next admission pass must decide again, as events report it (thread-safe): tenants by name (None:
+    the namespaces no tenant owns), namespaces (whichever tenant owns them when the pass runs), or everything (the
+    first pass, a resync, a namespace relabelled, a Tenant deleted)."""
+
+    @dataclass(frozen=True)
+    class Taken:
+        everything: bool
+        tenants: frozenset
+        namespaces: frozenset
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._everything = True  # nothing is decided yet
+        self._tenants: set[str | None] = set()
+        self._namespaces: set[str] = set()
+
+    def mark(self, *, namespace: str | None = None, tenants: tuple[str | None, ...] = (),
+             everything: bool = False) -> None:
+        with self._lock:
+            self._everything |= everything
+            self._tenants.update(tenants)
+            if namespace is not None:
+                self._namespaces.add(namespace)
+
+    def take(self) -> Taken:
+        with self._lock:
+            taken = self.Taken(self._everything, frozenset(self._tenants), frozenset(self._namespaces))
+            self._everything, self._tenants, self._namespaces = False, set(), set()
+        return taken
+
+    def give_back(self, taken: Taken) -> None:
+        """A pass that failed: what it should have decided is still to decide."""
+        with self._lock:
+            self._everything |= taken.everything
+            self._tenants |= taken.tenants
+            self._namespaces |= taken.namespaces
+
+
 class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig, store: Store | None = None):
         self.kube = kube
@@ -131,6 +181,9 @@ class Controller:
         self._fit_memo: dict[tuple, Any] = {}
         self._series = metrics.TenantSeries()
         self._admission_lock = threading.Lock()
+        self._admission_scope = AdmissionScope()  # what the next admission pass decides again
+        # the tenant gauges as last published: admitted, queued (by tenant), GPUs used, allowed (by tenant and class)
+        self._series_values: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
         self._decisions: dict[str, Decision] = {}
         self._decision_uids: dict[str, str] = {}
         # ModelDeployment key → surge GPUs its rollout wants (render/rollout.py); absent: not known since a restart
@@ -192,12 +245,12 @@ class Controller:
         spec_key = (ns, name)
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
             self._specs.pop(spec_key, None)
-            self.queue.add(ADMISSION)
+            self._admit_again(namespace=ns)
             return
         seen = (meta.get("uid"), meta.get("generation"))
         if self._specs.get(spec_key) != seen:
             self._specs[spec_key] = seen
-            self.queue.add(ADMISSION)
+            self._admit_again(namespace=ns)
             self.queue.add(("ModelDeployment", ns, name))
 
     def model_event(self, event_type: str | None, body: dict) -> None:
@@ -236,6 +289,7 @@ class Controller:
                     keys += [("Model", m["metadata"].get("namespace"), m["metadata"]["name"])
                              for m in self.store["Model"].list()]
                     keys.append(ADMISSION)
+                    self._admission_scope.mark(everything=True)
                     for i, key in enumerate(keys):
                         self.queue.add(key, delay=interval * i / len(keys) + 0.01)
                 except Exception:  # noqa: BLE001 — the next round tries again
@@ -270,17 +324,16 @@ class Controller:
             "Namespace": Informer(kube, "Namespace", label_selector=TENANT_LABEL, on_event=self.namespace_event,
                                   transform=without_managed_fields),
             "Node": Informer(kube, "Node", transform=node_summary),
-            "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=child,
-                            transform=without_managed_fields),
+            "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=child, transform=pod_summary),
             "Deployment": Informer(kube, "Deployment", label_selector=child_selector, on_event=child,
                                    transform=without_managed_fields),
             # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
             "ReplicaSet": Informer(kube, "ReplicaSet", label_selector=child_selector, on_event=child,
-                                   transform=without_managed_fields),
+                                   transform=replica_set_summary),
             "Service": Informer(kube, "Service", label_selector=child_selector, on_event=child,
                                 transform=without_managed_fields),
             "ConfigMap": Informer(kube, "ConfigMap", label_selector=child_selector, on_event=child,
-                                  transform=without_managed_fields),
+                                  transform=configmap_summary),
             "PodDisruptionBudget": Informer(kube, "PodDisruptionBudget", label_selector=child_selector,
                                             on_event=child, transform=without_managed_fields),
             # What Models are verified with, watched so a change re-verifies them: bundle ConfigMaps (any, as tenants
@@ -350,7 +403,7 @@ class Controller:
         owner = ((body.get("metadata") or {}).get("labels") or {}).get(TENANT_LABEL)
         if event_type != "MODIFIED" and owner:
             self.queue.add(("Tenant", owner))
-        self.queue.add(ADMISSION)
+        self._admit_again(everything=True)  # ownership may have moved
 
     def _parse(self, cls: type, raw: dict | None) -> Any:
         """The typed form of a stored object, parsed once per resourceVersion."""
@@ -406,16 +459,31 @@ class Controller:
 
     def reconcile_admission(self) -> None:
         with self._admission_lock:
-            for attempt in range(5):
-                try:
-                    self._admission_pass()
-                    return
-                except Conflict:
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
+            scope = self._admission_scope.take()
+            try:
+                for attempt in range(5):
+                    try:
+                        self._admission_pass(scope)
+                        return
+                    except Conflict:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.05 * (attempt + 1))
+            except BaseException:
+                self._admission_scope.give_back(scope)  # the queue's retry decides it all the same
+                raise
 
-    def _admission_pass(self) -> None:
+    def _admit_again(self, *, namespace: str | None = None, tenants: tuple[str | None, ...] = (),
+                     everything: bool = False) -> None:
+        """Queue an admission pass that decides again what an event touched: the tenant owning ``namespace``, the
+        ``tenants`` named (None: namespaces no tenant owns), or ``everything``."""
+        self._admission_scope.mark(namespace=namespace, tenants=tenants, everything=everything)
+        self.queue.add(ADMISSION)
+
+    def _admission_pass(self, scope: AdmissionScope.Taken) -> None:
+        """Decide the tenants in ``scope`` again (admission never couples tenants: the operator gives ``admit`` no
+        cluster capacity), write their ledgers and backstops, and publish their decisions; every other tenant's
+        decisions stand. Its cost grows with what changed, not with every deployment of the cluster."""
         tenants = self._tenants()
         by_name = {t.metadata.name: t for t in tenants}
         labelled = self._labelled_namespaces()
@@ -423,34 +491,41 @@ class Controller:
         owners = {ns: t for ns, t in owners.items() if labelled.get(ns) == t}
         for tenant_name in set(labelled.values()) - set(by_name):
             self.queue.add(("Tenant", tenant_name))  # its namespaces are still labelled: release them
-        models: dict[tuple[str, str], Model] = {}
-        for raw in self.store["Model"].list():
-            try:
-                m = self._parse(Model, raw)
-                models[(m.metadata.namespace, m.metadata.name)] = m
-            except InvalidObject:
-                continue
-        ledgers = []
-        for t in tenants:
-            ledgers.append(parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()}))
-        ledger = merge_ledgers(ledgers)
+        previous = self._decisions
+        if scope.everything:
+            deciding: set[str | None] = {*by_name, None}
+        else:
+            deciding = set(scope.tenants) | {owners.get(ns) for ns in scope.namespaces}
+            # A decision made under another owner than its namespace's now (ownership moved): both decide again.
+            for key, decision in previous.items():
+                owner = owners.get(key.split("/", 1)[0])
+                if decision.tenant != owner:
+                    deciding |= {decision.tenant, owner}
+        deciding_tenants = [t for t in tenants if t.metadata.name in deciding]
+        ledger = merge_ledgers([parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()})
+                                for t in deciding_tenants])
+        if None in deciding:
+            raws = self.store["ModelDeployment"].list()
+        else:
+            raws = [raw for ns, owner in owners.items() if owner in deciding
+                    for raw in self.store["ModelDeployment"].list(ns)]
         requests, mdeps, refused = [], {}, {}
-        for raw in self.store["ModelDeployment"].list():
-            if raw["metadata"].get("deletionTimestamp"):
+        for raw in raws:
+            owner = owners.get(raw["metadata"].get("namespace") or "")
+            if owner not in deciding or raw["metadata"].get("deletionTimestamp"):
                 continue
             try:
                 mdep = self._parse(ModelDeployment, raw)
             except InvalidObject:
                 continue
             mdeps[mdep.key] = mdep
-            owner = owners.get(mdep.metadata.namespace or "")
             tenant = by_name.get(owner) if owner else None
             refusal = policy.deployment_refusal(mdep, tenant, self.config) if tenant else None
             if refusal is not None:
                 # What the platform does not allow reserves no GPU: not even a candidate.
                 refused[mdep.key] = _refused(mdep, owner, *refusal)
                 continue
-            model = models.get((mdep.metadata.namespace, mdep.spec.model))
+            model = self._model_for_admission(mdep.metadata.namespace or "", mdep.spec.model)
             surge = self._surge_asks.get(mdep.key)
             if tenant is not None and (model is None or not _model_servable(model)):
                 holds = (ledger.get(mdep.key) or {}).get("uid") == mdep.metadata.uid
@@ -465,14 +540,10 @@ class Controller:
                 continue
             requests.append(Request.from_model_deployment(mdep, owner, surge=surge))
         result = admit(
-            requests, ledger, {t.metadata.name: TenantInfo.from_tenant(t) for t in tenants},
+            requests, ledger, {t.metadata.name: TenantInfo.from_tenant(t) for t in deciding_tenants},
             self.config.gpu_classes.keys(),
         )
-        admitted_counts: dict[str, int] = {}
-        queued_counts: dict[str, int] = {}
-        used_gpus: dict[tuple[str, str], int] = {}
-        allowed_gpus: dict[tuple[str, str], int] = {}
-        for tenant in tenants:
+        for tenant in deciding_tenants:
             name = tenant.metadata.name
             status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name),
                                    refused_namespaces=self._refused_namespaces.get(name),
@@ -485,26 +556,47 @@ class Controller:
                         raise Conflict(f"Tenant {name} changed during admission") from None
                     raise
                 self._tenant_events(tenant, status)
+        self._publish_series(by_name, deciding_tenants, result)
+        # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
+        self._write_backstops(deciding_tenants, {ns: t for ns, t in owners.items() if t in deciding}, result)
+        # Publish the decisions and wake the deployments whose decision changed.
+        fresh = {**result.decisions, **refused}
+        decisions = {k: d for k, d in previous.items() if d.tenant not in deciding and k not in fresh}
+        decisions.update(fresh)
+        self._decision_uids = {k: self._decision_uids.get(k, "") for k in decisions}
+        self._decision_uids.update({k: mdeps[k].metadata.uid or "" for k in fresh})
+        self._decisions = decisions
+        for key in {*fresh, *(set(previous) - set(decisions))}:
+            if previous.get(key) != decisions.get(key):
+                ns, name = key.split("/", 1)
+                self.queue.add(("ModelDeployment", ns, name))
+
+    def _model_for_admission(self, namespace: str, name: str) -> Model | None:
+        raw = self.store["Model"].get(name, namespace)
+        try:
+            return self._parse(Model, raw)
+        except InvalidObject:
+            return None  # admission says "not verified"; reconcile_model reports why
+
+    def _publish_series(self, by_name: dict[str, Tenant], decided: list[Tenant], result: Any) -> None:
+        """The per-tenant gauges: those of the tenants just decided, the others' as last decided (a Tenant that is
+        gone loses its series)."""
+        values = self._series_values
+        for series in values:
+            for key in [k for k in series if (k[0] if isinstance(k, tuple) else k) not in by_name]:
+                del series[key]
+        admitted, queued, used_gpus, allowed_gpus = values
+        for tenant in decided:
+            name = tenant.metadata.name
             used = result.usage(name)
-            admitted_counts[name] = result.admitted_count(name)
-            queued_counts[name] = result.queued_count(name)
+            admitted[name] = result.admitted_count(name)
+            queued[name] = result.queued_count(name)
+            for key in [k for k in used_gpus if k[0] == name]:
+                del used_gpus[key], allowed_gpus[key]
             for gpu_class in {*used, *tenant.spec.quota.gpus}:
                 used_gpus[(name, gpu_class)] = used.get(gpu_class, 0)
                 allowed_gpus[(name, gpu_class)] = tenant.spec.quota.gpus.get(gpu_class, 0)
-        self._series.publish(admitted_counts, queued_counts, used_gpus, allowed_gpus)
-        # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
-        self._write_backstops(tenants, owners, result)
-        # Publish the decisions and wake the deployments whose decision changed.
-        previous = self._decisions
-        self._decisions = {**result.decisions, **refused}
-        self._decision_uids = {k: mdeps[k].metadata.uid or "" for k in self._decisions}
-        for key, decision in self._decisions.items():
-            if previous.get(key) != decision:
-                ns, name = key.split("/", 1)
-                self.queue.add(("ModelDeployment", ns, name))
-        for key in set(previous) - set(self._decisions):
-            ns, name = key.split("/", 1)
-            self.queue.add(("ModelDeployment", ns, name))
+        self._series.publish(admitted, queued, used_gpus, allowed_gpus)
 
     def _write_backstops(self, tenants: list[Tenant], owners: dict[str, str], result: Any) -> None:
         """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there (rollout surge
@@ -545,7 +637,7 @@ class Controller:
             self._refused_namespaces.pop(name, None)
             self._refused_keys.pop(name, None)
             self._tenant_applied.pop(name, None)
-            self.queue.add(ADMISSION)
+            self._admit_again(everything=True)  # its namespaces fall to no tenant, or to another
             return
         try:
             tenant = self._parse(Tenant, raw)
@@ -604,7 +696,7 @@ class Controller:
                 for model in self.store["Model"].list(ns):
                     self.queue.add(("Model", ns, model["metadata"]["name"]))
         self._tenant_applied[name] = (digest, applied_at, verified_for)
-        self.queue.add(ADMISSION)
+        self._admit_again(tenants=(name, None))  # None: namespaces it gave up
 
     def _release_namespace(self, namespace: str, tenant: str, why: str) -> None:
         """The tenant is gone from this namespace: no GPUs, no ingress, no llmos pods; its users and data stay."""
@@ -766,7 +858,7 @@ class Controller:
             for t in transitions(old_dict.get("conditions", []), status["conditions"]):
                 warn = t.status != "True" or outcome.reason == "SignatureDisabled"
                 self.kube.event(raw, "Warning" if warn else "Normal", t.reason, t.message)
-            self.queue.add(ADMISSION)
+            self._admit_again(namespace=namespace)
             self._wake_deployments_of(namespace, name)
 
     def _previous_revision_serves(self, model: Model, outcome: Verification) -> bool:
@@ -815,7 +907,7 @@ class Controller:
             decision = None  # a deployment of the same name that was deleted and created again
         if decision is None or decision.generation != mdep.metadata.generation:
             # Nothing is rendered, and no status claims this generation, before admission has decided it.
-            self.queue.add(ADMISSION)
+            self._admit_again(namespace=namespace)
             self._admission_pending(mdep)
             return
         model = self._get_model(namespace, mdep.spec.model)
@@ -823,6 +915,7 @@ class Controller:
         render_error: RenderError | None = None
         write_failure: RenderError | None = None
         deployment = self.store["Deployment"].get(name, namespace)
+        replica_sets = self.store["ReplicaSet"].list(namespace, _owned_by(name))
         pods = self._pods_of(namespace, name)
         plan = hold = None
         fit = scheduling = None
@@ -864,13 +957,20 @@ class Controller:
                     render_error = exc
                 else:
                     desired = next(c for c in children if c["kind"] == "Deployment")
-                    plan = plan_rollout(mdep, desired, RolloutFacts(
+                    facts = RolloutFacts(
                         deployment=deployment, pods=pods,
-                        replica_sets=self.store["ReplicaSet"].list(namespace, _owned_by(name)),
+                        replica_sets=replica_sets,
                         serving_template=mdep.status.serving_template, failed_template=mdep.status.failed_template,
                         surge_granted=decision.surge, surge_asked=decision.surge_wanted,
                         surge_message=decision.surge_message,
-                    ))
+                    )
+                    plan = plan_rollout(mdep, desired, facts)
+                    if plan.phase == ROLLED_BACK:
+                        # The store keeps ReplicaSets without their pod spec: plan again with the one rolled back
+                        # to read whole.
+                        facts = replace(facts, replica_sets=self._whole_replica_set(replica_sets,
+                                                                                    plan.serving_template))
+                        plan = plan_rollout(mdep, desired, facts)
                     for child in children:
                         if child["kind"] == "Deployment":
                             if plan.deployment is None:
@@ -891,12 +991,12 @@ class Controller:
                             deployment = applied
                     if write_failure is None:
                         self._ask_surge(key, plan.surge_wanted)
-                        self._collect_trust_configmaps(namespace, name, children, deployment, pods)
+                        self._collect_trust_configmaps(namespace, name, children, [deployment, *replica_sets, *pods])
         if deployment is not None and decision.admitted and gpu_class is not None:
             fit = self._can_ever_fit(mdep, gpu_class)
             scheduling, termination_messages, adapter_reports = self._pod_facts(namespace, name)
 
-        revision, target = self._revisions(mdep, model, deployment, plan, hold)
+        revision, target = self._revisions(mdep, model, [deployment, *replica_sets], plan)
         tenant = self._stored(Tenant, "Tenant", decision.tenant) if decision.tenant else None
         status = desired_status(
             mdep, self.config, decision=decision, model=model, deployment=deployment, fit=fit,
@@ -940,7 +1040,7 @@ class Controller:
         if gpus is None or self._surge_asks.get(key) == gpus:
             return
         self._surge_asks[key] = gpus
-        self.queue.add(ADMISSION)
+        self._admit_again(namespace=key.split("/", 1)[0])
 
     def _rollout_events(self, raw: dict, mdep: ModelDeployment, before: dict | None, after: dict,
                         plan: Any) -> None:
@@ -957,14 +1057,15 @@ class Controller:
             self.kube.event(raw, "Normal", "RolloutCompleted",
                             f"all replicas serve template {plan.serving_template}")
 
-    def _revisions(self, mdep: ModelDeployment, model: Model | None, deployment: dict | None, plan: Any,
-                   hold: Any) -> tuple[str | None, str | None]:
-        """(what serves, what rolls): the Model digest of a template (its hash when the Model is unsigned)."""
+    @staticmethod
+    def _revisions(mdep: ModelDeployment, model: Model | None, workloads: list[dict | None],
+                   plan: Any) -> tuple[str | None, str | None]:
+        """(what serves, what rolls): the Model digest of a template (its hash when the Model is unsigned), looked
+        up in the Deployment and its ReplicaSets (``workloads``)."""
         def of(template: str | None) -> str | None:
             if template is None:
                 return None
-            for obj in [deployment, *self.store["ReplicaSet"].list(mdep.metadata.namespace,
-                                                                    _owned_by(mdep.metadata.name))]:
+            for obj in workloads:
                 if obj is not None and template_hash(obj) == template:
                     return template_digest(obj) or f"template:{template}"
             return f"template:{template}"
@@ -976,13 +1077,12 @@ class Controller:
             target = of(plan.failed_template) if plan.failed_template else target
         return of(plan.serving_template), target
 
-    def _collect_trust_configmaps(self, namespace: str, name: str, children: list[dict], deployment: dict | None,
-                                  pods: list[dict]) -> None:
+    def _collect_trust_configmaps(self, namespace: str, name: str, children: list[dict],
+                                  users: list[dict | None]) -> None:
         """Delete this deployment's trust ConfigMaps that nothing uses: not the one just rendered, not one named by
-        the Deployment, a ReplicaSet (a rollback may need it) or a pod."""
+        ``users`` (the Deployment, its ReplicaSets — a rollback may need one — and its pods)."""
         used = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
-        templates = [deployment, *self.store["ReplicaSet"].list(namespace, _owned_by(name)), *pods]
-        for obj in templates:
+        for obj in users:
             spec = (obj or {}).get("spec") or {}
             pod_spec = (spec.get("template") or {}).get("spec") or spec
             for volume in pod_spec.get("volumes") or []:
@@ -1013,6 +1113,17 @@ class Controller:
             self._child_applied.clear()
         self._child_applied[key] = (digest, _spec_version(applied), time.monotonic())
         return applied
+
+    def _whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
+        """``replica_sets`` with the one of ``template`` read live, whole (or left out if it is gone)."""
+        out = []
+        for rs in replica_sets:
+            if rs.get(SUMMARY) and template_hash(rs) == template:
+                rs = self.kube.get("ReplicaSet", rs["metadata"]["name"], rs["metadata"].get("namespace"))
+                if rs is None:
+                    continue
+            out.append(rs)
+        return out
 
     def _pods_of(self, namespace: str, name: str) -> list[dict]:
         return self.store["Pod"].list(namespace, _owned_by(name))

@@ -49,6 +49,8 @@ class Informer:
         self.synced = threading.Event()
         self.version = 0  # bumped on every change: lets readers memoize what they compute from the whole kind
         self._objects: dict[tuple[str | None, str], dict] = {}
+        # namespace → {name: object}: a reconcile lists one namespace's objects without scanning every namespace's
+        self._by_namespace: dict[str | None, dict[str, dict]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.relists = 0
@@ -61,9 +63,11 @@ class Informer:
 
     def list(self, namespace: str | None = None, where: Callable[[dict], bool] | None = None) -> list[dict]:
         with self._lock:
-            objs = list(self._objects.values())
-        return [o for o in objs if (namespace is None or o["metadata"].get("namespace") == namespace)
-                and (where is None or where(o))]
+            if namespace is None:
+                objs = list(self._objects.values())
+            else:
+                objs = list(self._by_namespace.get(namespace, {}).values())
+        return objs if where is None else [o for o in objs if where(o)]
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -81,8 +85,14 @@ class Informer:
         with self._lock:
             if event_type == "DELETED":
                 self._objects.pop(key, None)
+                in_namespace = self._by_namespace.get(key[0])
+                if in_namespace is not None:
+                    in_namespace.pop(key[1], None)
+                    if not in_namespace:
+                        del self._by_namespace[key[0]]
             else:
                 self._objects[key] = obj
+                self._by_namespace.setdefault(key[0], {})[key[1]] = obj
             self.version += 1
         if self.on_event is not None:
             try:
@@ -215,6 +225,53 @@ def metadata_summary(obj: dict) -> dict:
 def without_managed_fields(obj: dict) -> dict:
     obj.get("metadata", {}).pop("managedFields", None)
     return obj
+
+
+# The children the store holds one (or more) of per ModelDeployment are kept as the summaries below: at 1,000
+# deployments a full Pod and ReplicaSet are ~35 KB of Python objects each, most of it container specs nobody reads.
+SUMMARY = "llmosSummary"  # set on a summarized object: it is not the whole object (read it live when that matters)
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
+                  "deletionTimestamp", "labels", "annotations", "ownerReferences")
+
+
+def _metadata(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in _KEPT_METADATA if k in meta}
+
+
+def _configmap_volumes(pod_spec: dict) -> list[dict]:
+    """The ConfigMaps a pod (template) mounts: trust ConfigMaps are collected only once nothing names them."""
+    return [{"name": v.get("name"), "configMap": {"name": v["configMap"].get("name")}}
+            for v in pod_spec.get("volumes") or [] if v.get("configMap")]
+
+
+def pod_summary(pod: dict) -> dict:
+    """What the controller reads of a pod: labels and annotations (template hash, adapter report), deletion, node,
+    mounted ConfigMaps, phase, conditions and the containers' states (exit codes, messages, restarts)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    states = [{k: cs[k] for k in ("name", "ready", "started", "restartCount", "state", "lastState") if k in cs}
+              for cs in status.get("containerStatuses") or []]
+    return {"kind": "Pod", SUMMARY: True, "metadata": _metadata(pod),
+            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec)},
+            "status": {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
+                       "containerStatuses": states}}
+
+
+def replica_set_summary(rs: dict) -> dict:
+    """A ReplicaSet without its pod spec (the template's metadata and ConfigMap volumes stay): a rollback, the one
+    reader of a whole old template, reads that ReplicaSet live."""
+    spec = rs.get("spec") or {}
+    template = spec.get("template") or {}
+    return {"kind": "ReplicaSet", SUMMARY: True, "metadata": _metadata(rs),
+            "spec": {"replicas": spec.get("replicas"),
+                     "template": {"metadata": template.get("metadata") or {},
+                                  "spec": {"volumes": _configmap_volumes(template.get("spec") or {})}}},
+            "status": rs.get("status") or {}}
+
+
+def configmap_summary(cm: dict) -> dict:
+    """A child ConfigMap's metadata: trust bundles and adapter lists are written, never read back, by the operator."""
+    return {"kind": "ConfigMap", SUMMARY: True, "metadata": _metadata(cm), "immutable": cm.get("immutable")}
 
 
 class Store:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any
 
@@ -161,23 +162,33 @@ class AdmissionResult:
     decisions: dict[str, Decision]  # "<namespace>/<name>" → decision
     dropped: list[str]  # ledger entries freed because their deployment is gone
 
+    @cached_property
+    def _by_tenant(self) -> tuple[dict[str | None, Ledger], dict[str | None, list[Decision]]]:
+        """The ledger and the decisions grouped by tenant, once: asking per tenant stays linear in the whole."""
+        ledgers: dict[str | None, Ledger] = {}
+        decisions: dict[str | None, list[Decision]] = {}
+        for key, e in self.ledger.items():
+            ledgers.setdefault(self.decisions[deployment_key(key)].tenant, {})[key] = e
+        for d in self.decisions.values():
+            decisions.setdefault(d.tenant, []).append(d)
+        return ledgers, decisions
+
     def ledger_for(self, tenant: str) -> Ledger:
         """The part of the ledger to persist in ``tenant``'s status."""
-        return {k: dict(v) for k, v in self.ledger.items() if self.decisions[deployment_key(k)].tenant == tenant}
+        return {k: dict(v) for k, v in self._by_tenant[0].get(tenant, {}).items()}
 
     def usage(self, tenant: str) -> dict[str, int]:
         """GPU class → GPUs reserved by ``tenant`` (surge reservations included)."""
         used: dict[str, int] = {}
-        for key, e in self.ledger.items():
-            if self.decisions[deployment_key(key)].tenant == tenant:
-                used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
+        for e in self._by_tenant[0].get(tenant, {}).values():
+            used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
         return used
 
     def admitted_count(self, tenant: str) -> int:
-        return sum(1 for d in self.decisions.values() if d.tenant == tenant and d.admitted)
+        return sum(1 for d in self._by_tenant[1].get(tenant, ()) if d.admitted)
 
     def queued_count(self, tenant: str) -> int:
-        return sum(1 for d in self.decisions.values() if d.tenant == tenant and not d.admitted)
+        return sum(1 for d in self._by_tenant[1].get(tenant, ()) if not d.admitted)
 
 
 def admit(

@@ -1,0 +1,80 @@
+"""Admission decides again only what an event touched (issue 13): after any sequence of changes, each followed by
+the scoped pass its events ask for, a full pass over every tenant finds nothing to change — same decisions, same
+ledgers, no write. The controller runs on an in-memory store and a fake API (tests/support/admission_world.py);
+nothing here needs a cluster."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.support.admission_world import World
+
+pytestmark = pytest.mark.unit
+
+
+def _state(world: World) -> tuple:
+    ledgers = {t["metadata"]["name"]: (t.get("status") or {}).get("reservations") or {}
+               for t in world.store["Tenant"].list()}
+    # The message of an admitted decision says what the tenant used when it was admitted; the rest must match.
+    decisions = {k: (d.tenant, d.admitted, d.reason, d.reserved, d.replicas, d.queue_position, d.generation, d.surge)
+                 for k, d in world.controller._decisions.items()}
+    return decisions, ledgers
+
+
+def test_scoped_passes_leave_nothing_for_a_full_pass_to_change():
+    rng = random.Random(1313)
+    world = World()
+    tenants = {f"t{i}": [f"t{i}-a", f"t{i}-b"] for i in range(4)}
+    for name, namespaces in tenants.items():
+        world.tenant(name, namespaces, {"h100": rng.choice((4, 6, 8)), "l4": rng.choice((2, 4))})
+    world.run_admission()  # the first pass decides everything
+    live: list[tuple[str, str]] = []
+    for step in range(120):
+        action = rng.random()
+        if action < 0.5 or not live:
+            ns = rng.choice(rng.choice(list(tenants.values())))
+            name = f"d{step}"
+            world.deploy(ns, name, rng.choice((1, 1, 2)), rng.choice((1, 2)), rng.choice(("h100", "l4")))
+            live.append((ns, name))
+        elif action < 0.7:
+            ns, name = rng.choice(live)
+            spec = world.store["ModelDeployment"].get(name, ns)["spec"]
+            world.deploy(ns, name, rng.choice((0, 1, 2, 3)), spec["gpu"]["count"], spec["gpu"]["class"])
+        elif action < 0.9:
+            ns, name = live.pop(rng.randrange(len(live)))
+            world.delete(ns, name)
+        else:
+            name = rng.choice(list(tenants))
+            world.tenant(name, tenants[name], {"h100": rng.choice((2, 4, 8)), "l4": rng.choice((0, 2, 4))},
+                         priority=rng.choice((0, 10)))
+            world.controller.tenant_event("MODIFIED", world.store["Tenant"].get(name))
+            world.controller._admit_again(tenants=(name, None))  # what reconcile_tenant asks for
+        scoped = world.run_admission()
+        # Only the touched tenant's ledger (and its namespaces' backstops) was written.
+        touched = {w[3] for w in scoped if w[1] == "Tenant"}
+        assert len(touched) <= 1, (step, scoped)
+        state = _state(world)
+        world.controller._admission_scope.mark(everything=True)
+        assert world.run_admission() == [], f"step {step}: a full pass still had something to write"
+        assert _state(world) == state, f"step {step}: a full pass decided otherwise"
+    admitted = [d for d in world.controller._decisions.values() if d.admitted]
+    assert len(admitted) > 10 and len(world.controller._decisions) == len(live)
+
+
+def test_a_failed_pass_gives_its_scope_back():
+    world = World()
+    world.tenant("t0", ["t0-a"], {"h100": 4})
+    world.run_admission()
+    world.deploy("t0-a", "d", 1, 2, "h100")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the API server is away")
+
+    world.kube.patch_status, patch = refuse, world.kube.patch_status
+    with pytest.raises(RuntimeError):
+        world.run_admission()
+    world.kube.patch_status = patch
+    world.run_admission()  # the retry, as the work queue would run it
+    assert world.controller._decisions["t0-a/d"].admitted
