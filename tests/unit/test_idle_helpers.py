@@ -65,7 +65,10 @@ def _rendered_pod() -> tuple[dict, dict]:
                                              "image": "ghcr.io/llmos/runtime", "imageID": "sha256:" + "1" * 64,
                                              "state": {"running": {}},
                                              "lastState": {"terminated": {"exitCode": 4, "message": "refused"}}}]}}
-    return rs, pod
+    deployment = dict(copy.deepcopy(deployment), status={"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                                                           "observedGeneration": 1})
+    deployment["metadata"]["generation"] = 1
+    return rs, pod, deployment
 
 
 def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
@@ -75,12 +78,11 @@ def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
     from llmos_operator.render.rollout import pod_ready, pod_template_hash, rollout_failure, template_digest, \
         template_hash
 
-    rs, pod = _rendered_pod()
+    rs, pod, deployment = _rendered_pod()
     rs_s, pod_s = replica_set_summary(rs), pod_summary(pod)
     assert rs_s[SUMMARY] and pod_s[SUMMARY]
     assert template_hash(rs_s) == template_hash(rs) and template_digest(rs_s) == template_digest(rs)
     assert pod_template_hash(pod_s) == pod_template_hash(pod) and pod_ready(pod_s) == pod_ready(pod)
-    deployment = {"status": {}}
     target = pod_template_hash(pod)
     assert rollout_failure(deployment, [pod_s], target, 600) == rollout_failure(deployment, [pod], target, 600)
     assert rollout_failure(deployment, [pod_s], target, 600).endswith("refused")
@@ -90,3 +92,21 @@ def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
     assert rs_s["spec"]["template"]["spec"]["volumes"] == pod_s["spec"]["volumes"]
     assert "containers" not in rs_s["spec"]["template"]["spec"] and "managedFields" not in rs_s["metadata"]
     assert len(json.dumps(pod_s)) < len(json.dumps(pod)) / 2 and len(json.dumps(rs_s)) < len(json.dumps(rs)) / 2
+
+
+def test_a_deployment_summary_keeps_what_the_controller_reads():
+    import json
+
+    from llmos_operator.handlers.controller import _pod_gpus
+    from llmos_operator.handlers.store import deployment_summary, pod_summary
+    from llmos_operator.render.rollout import deployment_complete, template_digest, template_hash
+
+    _, pod, deployment = _rendered_pod()
+    summary = deployment_summary(deployment)
+    assert _pod_gpus(summary) == _pod_gpus(deployment) == 1
+    assert template_hash(summary) == template_hash(deployment) and template_digest(summary) == template_digest(deployment)
+    pods = [pod_summary(dict(pod, status={"conditions": [{"type": "Ready", "status": "True"}]}))]
+    assert deployment_complete(summary, pods) == deployment_complete(deployment, pods) is True
+    assert summary["spec"]["strategy"] == deployment["spec"]["strategy"]
+    assert summary["spec"]["template"]["spec"]["volumes"] == pod_summary(pod)["spec"]["volumes"]
+    assert len(json.dumps(summary)) < len(json.dumps(deployment)) / 2

@@ -50,6 +50,7 @@ from ..render import (
 )
 from ..render.status import (
     DEGRADED,
+    MODEL_VERIFIED,
     OVER_QUOTA,
     PROGRESSING,
     READY,
@@ -83,6 +84,7 @@ from .store import (
     Informer,
     Store,
     configmap_summary,
+    deployment_summary,
     metadata_summary,
     node_summary,
     pod_summary,
@@ -326,7 +328,7 @@ class Controller:
             "Node": Informer(kube, "Node", transform=node_summary),
             "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=child, transform=pod_summary),
             "Deployment": Informer(kube, "Deployment", label_selector=child_selector, on_event=child,
-                                   transform=without_managed_fields),
+                                   transform=deployment_summary),
             # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
             "ReplicaSet": Informer(kube, "ReplicaSet", label_selector=child_selector, on_event=child,
                                    transform=replica_set_summary),
@@ -1220,11 +1222,13 @@ def adapter_status(wanted: list[str], reports: list[dict]) -> list[dict]:
 
 def _worth_an_event(t: Any) -> bool:
     """Events for what a person acts on, not for every condition a new deployment passes through (they were 7 of the
-    15 API requests a new ModelDeployment cost): admission and verification verdicts, becoming Ready, losing
-    readiness, turning Degraded and recovering. Progressing and kstatus's Reconciling/Stalled repeat Ready; the rollout
-    phases have their own Events."""
+    15 API requests a new ModelDeployment cost): admission and verification verdicts (not a new deployment's
+    "Model verified", which the Model's Event says), becoming Ready, losing readiness, turning Degraded and recovering.
+    Progressing and kstatus's Reconciling/Stalled repeat Ready; the rollout phases have their own Events."""
     if t.type in (PROGRESSING, RECONCILING, STALLED):
         return False
+    if t.type == MODEL_VERIFIED and t.status == "True" and t.old_status is None:
+        return False  # a new deployment of a verified Model: the Model's own Event says so
     if t.type == DEGRADED:
         return t.status == "True" or t.old_status == "True"
     if t.type == READY:

@@ -269,6 +269,21 @@ def replica_set_summary(rs: dict) -> dict:
             "status": rs.get("status") or {}}
 
 
+def deployment_summary(deployment: dict) -> dict:
+    """A child Deployment as the controller reads it: replicas, paused, strategy, progress deadline, the template's
+    metadata (hashes, digest), its ConfigMap volumes and each container's name and resources (GPUs per pod), status."""
+    spec = deployment.get("spec") or {}
+    template = spec.get("template") or {}
+    pod_spec = template.get("spec") or {}
+    return {"kind": "Deployment", SUMMARY: True, "metadata": _metadata(deployment),
+            "spec": {**{k: spec[k] for k in ("replicas", "paused", "strategy", "progressDeadlineSeconds") if k in spec},
+                     "template": {"metadata": template.get("metadata") or {},
+                                  "spec": {"volumes": _configmap_volumes(pod_spec),
+                                           "containers": [{"name": c.get("name"), "resources": c.get("resources")}
+                                                          for c in pod_spec.get("containers") or []]}}},
+            "status": deployment.get("status") or {}}
+
+
 def configmap_summary(cm: dict) -> dict:
     """A child ConfigMap's metadata: trust bundles and adapter lists are written, never read back, by the operator."""
     return {"kind": "ConfigMap", SUMMARY: True, "metadata": _metadata(cm), "immutable": cm.get("immutable")}
