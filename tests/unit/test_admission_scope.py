@@ -78,3 +78,19 @@ def test_a_failed_pass_gives_its_scope_back():
     world.kube.patch_status = patch
     world.run_admission()  # the retry, as the work queue would run it
     assert world.controller._decisions["t0-a/d"].admitted
+
+
+def test_a_deleted_tenant_leaves_no_decision_behind():
+    world = World()
+    world.tenant("t0", ["t0-a"], {"h100": 4})
+    world.tenant("t1", ["t1-a"], {"h100": 4})
+    world.run_admission()
+    world.deploy("t0-a", "d", 1, 2, "h100")
+    world.deploy("t1-a", "e", 1, 2, "h100")
+    world.run_admission()
+    world.delete("t0-a", "d")
+    world.store["Tenant"]._apply("DELETED", world.store["Tenant"].get("t0"))
+    world.controller._admit_again(everything=True)  # what reconcile_tenant asks for when its Tenant is gone
+    world.run_admission()
+    decisions = world.controller._decisions
+    assert set(decisions) == {"t1-a/e"} and decisions["t1-a/e"].admitted

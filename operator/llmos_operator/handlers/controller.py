@@ -563,7 +563,10 @@ class Controller:
         self._write_backstops(deciding_tenants, {ns: t for ns, t in owners.items() if t in deciding}, result)
         # Publish the decisions and wake the deployments whose decision changed.
         fresh = {**result.decisions, **refused}
-        decisions = {k: d for k, d in previous.items() if d.tenant not in deciding and k not in fresh}
+        # A full pass decided every deployment there is: none of the previous decisions stands (those of a deleted
+        # Tenant or deployment would linger otherwise).
+        decisions = {} if scope.everything else {k: d for k, d in previous.items()
+                                                  if d.tenant not in deciding and k not in fresh}
         decisions.update(fresh)
         self._decision_uids = {k: self._decision_uids.get(k, "") for k in decisions}
         self._decision_uids.update({k: mdeps[k].metadata.uid or "" for k in fresh})
