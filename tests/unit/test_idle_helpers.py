@@ -110,3 +110,16 @@ def test_a_deployment_summary_keeps_what_the_controller_reads():
     assert summary["spec"]["strategy"] == deployment["spec"]["strategy"]
     assert summary["spec"]["template"]["spec"]["volumes"] == pod_summary(pod)["spec"]["volumes"]
     assert len(json.dumps(summary)) < len(json.dumps(deployment)) / 2
+
+
+def test_a_child_summary_keeps_what_tells_a_changed_or_foreign_child():
+    from llmos_operator.handlers.controller import _owned_by, _spec_version
+    from llmos_operator.handlers.store import child_summary
+
+    service = {"kind": "Service", "metadata": {"name": "chat", "namespace": "a1", "resourceVersion": "12",
+                                              "labels": {"llmos.dev/model-deployment": "chat"},
+                                              "managedFields": [{"manager": "llmos"}]},
+               "spec": {"ports": [{"port": 8000}], "selector": {"app": "chat"}}, "status": {}}
+    summary = child_summary(service)
+    assert summary["kind"] == "Service" and "spec" not in summary and "managedFields" not in summary["metadata"]
+    assert _spec_version(summary) == _spec_version(service) and _owned_by("chat")(summary)

@@ -83,7 +83,7 @@ from .store import (
     SUMMARY,
     Informer,
     Store,
-    configmap_summary,
+    child_summary,
     deployment_summary,
     metadata_summary,
     node_summary,
@@ -333,11 +333,11 @@ class Controller:
             "ReplicaSet": Informer(kube, "ReplicaSet", label_selector=child_selector, on_event=child,
                                    transform=replica_set_summary),
             "Service": Informer(kube, "Service", label_selector=child_selector, on_event=child,
-                                transform=without_managed_fields),
+                                transform=child_summary),
             "ConfigMap": Informer(kube, "ConfigMap", label_selector=child_selector, on_event=child,
-                                  transform=configmap_summary),
+                                  transform=child_summary),
             "PodDisruptionBudget": Informer(kube, "PodDisruptionBudget", label_selector=child_selector,
-                                            on_event=child, transform=without_managed_fields),
+                                            on_event=child, transform=child_summary),
             # What Models are verified with, watched so a change re-verifies them: bundle ConfigMaps (any, as tenants
             # name them; metadata only: ~100 bytes each) and trusted-key Secrets of the operator's namespace only.
             "BundleConfigMap": Informer(kube, "ConfigMap", metadata_only=True, on_event=self.configmap_event,

@@ -284,9 +284,10 @@ def deployment_summary(deployment: dict) -> dict:
             "status": deployment.get("status") or {}}
 
 
-def configmap_summary(cm: dict) -> dict:
-    """A child ConfigMap's metadata: trust bundles and adapter lists are written, never read back, by the operator."""
-    return {"kind": "ConfigMap", SUMMARY: True, "metadata": _metadata(cm), "immutable": cm.get("immutable")}
+def child_summary(obj: dict) -> dict:
+    """The metadata of a child the operator writes and never reads back (ConfigMaps, Services, PDBs): enough to tell
+    that it exists, whose it is and whether someone changed it since (generation or resourceVersion)."""
+    return {"kind": obj.get("kind"), SUMMARY: True, "metadata": _metadata(obj)}
 
 
 class Store:
