@@ -292,13 +292,8 @@ def _root_digest(model: Path, pub: Path) -> str:
     return "sha256:" + verify_bundle((model / "model.sig").read_bytes(), {"signer.pem": pub.read_bytes()}).root_digest
 
 
-def test_readyz_names_the_verified_digest_and_the_expected_digest_is_accepted(tmp_path, keys, fake_engine):
-    """/readyz carries `sha256:<root digest>` (the form of the Model's status.digest); --expect-digest equal to it
-    serves."""
-    priv, pub = keys
-    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 64}, priv)
-    digest = _root_digest(model, pub)
-    cfg = make_cfg(tmp_path, model, pub, expect_digest=digest, drain_timeout=5)
+def _readyz_then_stop(cfg) -> tuple[dict, int]:
+    """Run a runtime until /readyz answers 200; (that answer, the exit code after SIGTERM)."""
     rt = Runtime(cfg)
     health = f"http://127.0.0.1:{cfg.health_port}"
 
@@ -311,7 +306,16 @@ def test_readyz_names_the_verified_digest_and_the_expected_digest_is_accepted(tm
             rt._on_signal(signal.SIGTERM)
             return body, await asyncio.wait_for(main, 30)
 
-    body, code = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_readyz_names_the_verified_digest_and_the_expected_digest_is_accepted(tmp_path, keys, fake_engine):
+    """/readyz carries `sha256:<root digest>` (the form of the Model's status.digest); --expect-digest equal to it
+    serves."""
+    priv, pub = keys
+    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 64}, priv)
+    digest = _root_digest(model, pub)
+    body, code = _readyz_then_stop(make_cfg(tmp_path, model, pub, expect_digest=digest, drain_timeout=5))
     assert code == 0
     assert body["ready"] is True and body["digest"] == digest
     assert body["verification"]["root_digest"] == digest.removeprefix("sha256:")
@@ -320,21 +324,8 @@ def test_readyz_names_the_verified_digest_and_the_expected_digest_is_accepted(tm
 def test_readyz_digest_is_null_for_an_unsigned_model(tmp_path, keys, fake_engine):
     priv, _pub = keys
     model = signed_dir(tmp_path / "model", {"config.json": b"{}"}, priv)
-    cfg = make_cfg(tmp_path, model, None, drain_timeout=5)
-    rt = Runtime(cfg)
-    health = f"http://127.0.0.1:{cfg.health_port}"
-
-    async def scenario():
-        main = asyncio.create_task(rt.main())
-        async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
-            async with s.get(health + "/readyz") as r:
-                body = await r.json()
-            rt._on_signal(signal.SIGTERM)
-            await asyncio.wait_for(main, 30)
-        return body
-
-    assert asyncio.run(scenario())["digest"] is None
+    body, _code = _readyz_then_stop(make_cfg(tmp_path, model, None, drain_timeout=5))
+    assert body["digest"] is None
 
 
 def test_another_digest_than_expected_exits_4_before_the_engine_starts(tmp_path, keys, fake_engine, capsys):
