@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.test_model_verification import _bundle_configmap, signed_model  # noqa: F401 (fixture)
+from tests.support.tenant import make_user
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -247,10 +248,39 @@ def test_a_gpu_count_beyond_quota_never_claims_the_new_generation(objects, names
     assert objects.get("tenants", namespace)["status"]["reservations"][f"{namespace}/d"]["gpus"] == 1
 
 
-def test_auto_rollback_of_a_revision_that_never_gets_ready_and_a_stop_without_it(objects, namespace, cluster):
+FORGED_IMAGE = "registry.example/tenant/anything:1"
+
+
+def _forge_replica_set(cluster, namespace: str, workdir, name: str) -> None:
+    """With the tenant's own token (admin of the namespace): a ReplicaSet with the labels and pod template
+    annotations of the serving one, another image and no GPU (which the tenant may write), at 0 replicas; the Deployment controller adopts it (its labels
+    match the selector), so it even carries a controller reference to llmos's Deployment."""
+    apps = client.AppsV1Api(cluster.api)
+    template = apps.read_namespaced_deployment(name, namespace).spec.template
+    template.spec.containers[0].image = FORGED_IMAGE
+    for container in template.spec.containers:
+        container.resources = None  # the GPU policy refuses a tenant's ReplicaSet that asks for a GPU
+    labels = {k: v for k, v in template.metadata.labels.items() if k != "app.kubernetes.io/managed-by"}
+    template.metadata.labels = {**labels, "pod-template-hash": "forged"}
+    body = client.V1ReplicaSet(
+        metadata=client.V1ObjectMeta(name=f"{name}-forged", labels=labels),
+        spec=client.V1ReplicaSetSpec(replicas=0, selector=client.V1LabelSelector(match_labels=labels),
+                                     template=template))
+    user = make_user(cluster.api, cluster.name, f"{namespace[:50]}-u", "tenant-admin", admin_of=[namespace],
+                     workdir=workdir)
+    try:
+        client.AppsV1Api(user.api).create_namespaced_replica_set(namespace, body)
+    finally:
+        user.close()
+        client.CoreV1Api(cluster.api).delete_namespace(f"{namespace[:50]}-u")
+
+
+def test_auto_rollback_of_a_revision_that_never_gets_ready_and_a_stop_without_it(objects, namespace, cluster,
+                                                                                   tmp_path):
     """Two deployments of one Model roll to a revision whose pods never turn Ready: with autoRollback the previous
     template is rendered again within progressDeadlineSeconds + 15 s; without it the Deployment is paused. Both keep
-    their old pods serving; a third one's pods crash-loop and it rolls back at once."""
+    their old pods serving; a third one's pods crash-loop and it rolls back at once. A ReplicaSet the tenant forged
+    to look like the serving one (labels, config hash; another image) is never what the rollback copies."""
     objects.tenant(gpus={"h100": 8})
     objects.model(uri=SLOW)
     objects.model("c", uri=SLOW)
@@ -262,6 +292,9 @@ def test_auto_rollback_of_a_revision_that_never_gets_ready_and_a_stop_without_it
         _ready(objects, name)
     serving = {n: _status(objects, n)["revision"] for n in ("back", "stop", "crash")}
     old = {n: _pod_uids(cluster, namespace, n) for n in ("back", "stop", "crash")}
+    apps = client.AppsV1Api(cluster.api)
+    genuine = apps.read_namespaced_deployment("back", namespace).spec.template
+    _forge_replica_set(cluster, namespace, tmp_path, "back")
     started = time.monotonic()
     _bump(objects, "bad", uri="hf://kwok/never-ready")
     objects.patch("models", "c", {"spec": {"source": {"uri": "hf://kwok/crash"}}})
@@ -271,9 +304,11 @@ def test_auto_rollback_of_a_revision_that_never_gets_ready_and_a_stop_without_it
     back = objects.wait_condition("modeldeployments", "back", "Degraded", "True", "RolloutFailed", timeout=75 + 15)
     assert time.monotonic() - started <= 60 + 15 + 15
     assert "rolled back" in back["message"] and serving["back"] in back["message"], back["message"]
+    # rolled back to the template its Deployment made, not to the tenant's look-alike
+    assert apps.read_namespaced_deployment("back", namespace).spec.template.spec.containers[0].image == \
+        genuine.spec.containers[0].image != FORGED_IMAGE
     stop = objects.wait_condition("modeldeployments", "stop", "Degraded", "True", "RolloutFailed", timeout=30)
     assert "stopped" in stop["message"] and "autoRollback is off" in stop["message"], stop["message"]
-    apps = client.AppsV1Api(cluster.api)
     assert apps.read_namespaced_deployment("stop", namespace).spec.paused is True
     for name in ("back", "crash"):
         wait_for(lambda n=name: _status(objects, n).get("revision") == serving[n]

@@ -562,6 +562,11 @@ class ModelDeploymentStatus(ApiModel):
         None, max_length=64, description="Pod template hash (llmos.dev/config-hash) of the last complete rollout: "
         "what a rollback returns to."
     )
+    serving_template_checksum: str | None = Field(
+        None, max_length=80, description="sha256 of the whole pod template of the last complete rollout, as the API "
+        "server stored it: a rollback copies only a ReplicaSet template with this checksum (tenants cannot write "
+        "status, so a ReplicaSet they forge is never rolled back to)."
+    )
     failed_template: str | None = Field(
         None, max_length=64, description="Pod template hash of a rollout that failed; not retried until the spec or "
         "the Model changes."

@@ -965,7 +965,9 @@ class Controller:
                     facts = RolloutFacts(
                         deployment=deployment, pods=pods,
                         replica_sets=replica_sets,
-                        serving_template=mdep.status.serving_template, failed_template=mdep.status.failed_template,
+                        serving_template=mdep.status.serving_template,
+                        serving_checksum=mdep.status.serving_template_checksum,
+                        failed_template=mdep.status.failed_template,
                         surge_granted=decision.surge, surge_asked=decision.surge_wanted,
                         surge_message=decision.surge_message,
                     )

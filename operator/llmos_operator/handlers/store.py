@@ -25,6 +25,7 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
+from ..render.rollout import TEMPLATE_CHECKSUM, template_checksum
 from .kube import Kube, collection_path
 
 MAX_RELIST_BACKOFF = 6.0  # seconds
@@ -258,11 +259,11 @@ def pod_summary(pod: dict) -> dict:
 
 
 def replica_set_summary(rs: dict) -> dict:
-    """A ReplicaSet without its pod spec (the template's metadata and ConfigMap volumes stay): a rollback, the one
-    reader of a whole old template, reads that ReplicaSet live."""
+    """A ReplicaSet without its pod spec (the template's metadata, its checksum and ConfigMap volumes stay): a
+    rollback, the one reader of a whole old template, reads that ReplicaSet live."""
     spec = rs.get("spec") or {}
     template = spec.get("template") or {}
-    return {"kind": "ReplicaSet", SUMMARY: True, "metadata": _metadata(rs),
+    return {"kind": "ReplicaSet", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(rs), "metadata": _metadata(rs),
             "spec": {"replicas": spec.get("replicas"),
                      "template": {"metadata": template.get("metadata") or {},
                                   "spec": {"volumes": _configmap_volumes(template.get("spec") or {})}}},
@@ -271,11 +272,13 @@ def replica_set_summary(rs: dict) -> dict:
 
 def deployment_summary(deployment: dict) -> dict:
     """A child Deployment as the controller reads it: replicas, paused, strategy, progress deadline, the template's
-    metadata (hashes, digest), its ConfigMap volumes and each container's name and resources (GPUs per pod), status."""
+    metadata (hashes, digest), the template's checksum, its ConfigMap volumes and each container's name and resources
+    (GPUs per pod), status."""
     spec = deployment.get("spec") or {}
     template = spec.get("template") or {}
     pod_spec = template.get("spec") or {}
-    return {"kind": "Deployment", SUMMARY: True, "metadata": _metadata(deployment),
+    return {"kind": "Deployment", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(deployment),
+            "metadata": _metadata(deployment),
             "spec": {**{k: spec[k] for k in ("replicas", "paused", "strategy", "progressDeadlineSeconds") if k in spec},
                      "template": {"metadata": template.get("metadata") or {},
                                   "spec": {"volumes": _configmap_volumes(pod_spec),

@@ -23,6 +23,8 @@ admission ledger holds for it). ``plan_rollout`` answers:
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,7 @@ class RolloutFacts:
     pods: Sequence[Mapping[str, Any]] = ()
     replica_sets: Sequence[Mapping[str, Any]] = ()
     serving_template: str | None = None  # status.servingTemplate: the last complete rollout
+    serving_checksum: str | None = None  # status.servingTemplateChecksum: that rollout's whole template
     failed_template: str | None = None  # status.failedTemplate
     surge_granted: int = 0  # surge GPUs the ledger holds for this deployment
     surge_asked: int = 0  # surge GPUs the last admission pass was asked for
@@ -70,6 +73,7 @@ class RolloutPlan:
     updated_ready: int
     ready: int  # ready pods of any template, not terminating
     failure: str | None = None
+    serving_checksum: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -82,6 +86,32 @@ def template_hash(obj: Mapping[str, Any] | None) -> str | None:
         return None
     template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
     return (template.get("annotations") or {}).get(ANNOTATION_CONFIG_HASH)
+
+
+# Where a store summary (which drops the pod spec) keeps the checksum of the whole template it was made from.
+TEMPLATE_CHECKSUM = "llmosTemplateChecksum"
+
+
+def template_checksum(obj: Mapping[str, Any] | None) -> str | None:
+    """sha256 of a Deployment's or ReplicaSet's whole pod template as stored, without the ``pod-template-hash`` label
+    the Deployment controller adds to its ReplicaSets: equal for a Deployment and the ReplicaSets made of it, and, a
+    cryptographic hash over the whole template, not forgeable by a ReplicaSet someone else writes."""
+    if obj is None:
+        return None
+    if TEMPLATE_CHECKSUM in obj:
+        return obj[TEMPLATE_CHECKSUM]
+    template = copy.deepcopy((obj.get("spec") or {}).get("template") or {})
+    labels = (template.get("metadata") or {}).get("labels")
+    if labels:
+        labels.pop("pod-template-hash", None)
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _controlled_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    uid = (owner.get("metadata") or {}).get("uid")
+    return uid is not None and any(ref.get("controller") and ref.get("uid") == uid
+                                   for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def template_digest(obj: Mapping[str, Any] | None) -> str | None:
@@ -138,7 +168,12 @@ def rollout_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, A
                 term = ((cs.get("lastState") or {}).get("terminated") or {})
                 line = (term.get("message") or "").strip()
                 return f"pod {name} crash-loops ({restarts} restarts)" + (f": {line}" if line else "")
-    for cond in (deployment.get("status") or {}).get("conditions") or []:
+    meta, st = deployment.get("metadata") or {}, deployment.get("status") or {}
+    if meta.get("generation") is not None and (st.get("observedGeneration") or 0) < meta["generation"]:
+        # The Deployment controller has not seen the template just applied: its Progressing condition may still be
+        # the previous rollout's deadline, which says nothing about this one.
+        return None
+    for cond in st.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return f"no progress for {deadline_seconds} s (progressDeadlineSeconds)"
     return None
@@ -151,10 +186,15 @@ def _with_strategy(deployment: Mapping[str, Any], surge: int, unavailable: int) 
     return out
 
 
-def _replica_set_of(replica_sets: Sequence[Mapping[str, Any]], template: str | None) -> Mapping[str, Any] | None:
-    if template is None:
+def _replica_set_of(replica_sets: Sequence[Mapping[str, Any]], template: str | None, checksum: str | None,
+                    deployment: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ReplicaSet to roll back to: of ``template``, made by the Deployment controller of ``deployment``, and with
+    the whole template the operator saw complete (``checksum``). A tenant may write ReplicaSets that carry llmos's
+    labels and annotations; none passes the checksum, so none is ever copied into llmos's Deployment."""
+    if template is None or checksum is None:
         return None
-    return next((rs for rs in replica_sets if template_hash(rs) == template), None)
+    return next((rs for rs in replica_sets if template_hash(rs) == template and _controlled_by(rs, deployment)
+                 and template_checksum(rs) == checksum), None)
 
 
 def plan_rollout(mdep: ModelDeployment, desired: Mapping[str, Any], facts: RolloutFacts) -> RolloutPlan:
@@ -171,9 +211,10 @@ def plan_rollout(mdep: ModelDeployment, desired: Mapping[str, Any], facts: Rollo
     counts = {"updated": len(updated), "updated_ready": sum(1 for p in updated if pod_ready(p)),
               "ready": sum(1 for p in pods if pod_ready(p))}
     serving, failed = facts.serving_template, facts.failed_template
+    serving_checksum = facts.serving_checksum
     done = current is not None and deployment_complete(current, facts.pods)
     if done:
-        serving = current_hash
+        serving, serving_checksum = current_hash, template_checksum(current)
         if failed == current_hash:
             failed = None
     granted = facts.surge_granted // count if count else 0
@@ -181,7 +222,8 @@ def plan_rollout(mdep: ModelDeployment, desired: Mapping[str, Any], facts: Rollo
     user_unavailable = rollout.max_unavailable
 
     def plan(phase: str, deployment: dict | None, surge_wanted: int | None, message: str, **kw: Any) -> RolloutPlan:
-        return RolloutPlan(phase, deployment, surge_wanted, message, target, serving, failed, **counts, **kw)
+        return RolloutPlan(phase, deployment, surge_wanted, message, target, serving, failed, **counts,
+                           serving_checksum=serving_checksum, **kw)
 
     release = 0 if terminating == 0 else None  # a terminating pod still holds its GPUs
 
@@ -204,7 +246,7 @@ def plan_rollout(mdep: ModelDeployment, desired: Mapping[str, Any], facts: Rollo
             else None
         if failure is not None:
             failed = target
-            old = _replica_set_of(facts.replica_sets, serving)
+            old = _replica_set_of(facts.replica_sets, serving, serving_checksum, current)
             if rollout.auto_rollback and old is not None:
                 back = _with_strategy(desired, granted, user_unavailable if (granted or user_unavailable) else 1)
                 template = copy.deepcopy(old["spec"]["template"])

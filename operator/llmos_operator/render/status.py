@@ -401,6 +401,8 @@ def desired_status(
         "revision": revision if admitted else None,
         "targetRevision": target_revision if admitted else None,
         "servingTemplate": plan.serving_template if plan is not None else mdep.status.serving_template,
+        "servingTemplateChecksum": plan.serving_checksum if plan is not None
+        else mdep.status.serving_template_checksum,
         "failedTemplate": plan.failed_template if plan is not None else mdep.status.failed_template,
         "endpoint": endpoint_url(mdep, config) if admitted else None,
         "modelDigest": digest if admitted else None,
