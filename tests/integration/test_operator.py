@@ -133,6 +133,46 @@ def test_queued_deployment_is_admitted_within_seconds_of_anothers_deletion(objec
     assert "queuePosition" not in objects.get("modeldeployments", "second")["status"]
 
 
+def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, namespace, cluster):
+    """A deleted deployment's pod that is still terminating (a finalizer holds it here, as a long drain would) still
+    has its GPUs: they stay in the ledger (#releasing) and in the namespace's ResourceQuota, the queued deployment
+    waits, and it is admitted within seconds of the pod being gone."""
+    objects.tenant(gpus={"h100": 4})
+    objects.model()
+    objects.deployment("first", count=4)
+    objects.wait_condition("modeldeployments", "first", "QuotaAdmitted", "True")
+    core = client.CoreV1Api(cluster.api)
+    pods = wait_for(lambda: core.list_namespaced_pod(namespace, label_selector="llmos.dev/model-deployment=first")
+                    .items, message="first's pod")
+    pod = pods[0].metadata.name
+    core.patch_namespaced_pod(pod, namespace, {"metadata": {"finalizers": ["llmos.dev/test-hold"]}})
+    objects.deployment("second", count=4)
+    objects.wait_condition("modeldeployments", "second", "QuotaAdmitted", "False", "QuotaExceeded")
+
+    objects.delete("modeldeployments", "first")
+    wait_for(lambda: core.read_namespaced_pod(pod, namespace).metadata.deletion_timestamp is not None,
+             message="the pod terminating")
+
+    def reservations() -> dict:
+        return (objects.get("tenants", namespace).get("status") or {}).get("reservations") or {}
+
+    wait_for(lambda: f"{namespace}/first" not in reservations(), message="first's own reservation freed")
+    time.sleep(3)  # admission passes run meanwhile (the deletion, the pod's updates): second still waits
+    held = reservations()
+    assert list(held) == [f"{namespace}/first#releasing"], held
+    assert {k: v for k, v in held[f"{namespace}/first#releasing"].items() if k != "uid"} == {
+        "class": "h100", "gpus": 4, "kind": "releasing"}
+    assert objects.condition("modeldeployments", "second", "QuotaAdmitted")["status"] == "False"
+    quota = core.read_namespaced_resource_quota("llmos-gpus", namespace)
+    assert quota.spec.hard.get("requests.nvidia.com/gpu") == "4", quota.spec.hard
+
+    core.patch_namespaced_pod(pod, namespace, {"metadata": {"finalizers": None}})
+    started = time.monotonic()
+    objects.wait_condition("modeldeployments", "second", "QuotaAdmitted", "True", timeout=15)
+    assert time.monotonic() - started < 15
+    assert f"{namespace}/first#releasing" not in objects.get("tenants", namespace)["status"]["reservations"]
+
+
 def test_scale_up_is_admitted_for_the_difference_only(objects, namespace):
     objects.tenant(gpus={"h100": 6})
     objects.model()

@@ -115,6 +115,16 @@ class World:
         self.store["ModelDeployment"]._apply("DELETED", obj)
         self.controller.model_deployment_event("DELETED", obj)
 
+    def pod(self, ns: str, mdep: str, name: str, gpus: int, event: str = "ADDED") -> None:
+        """A pod of ``mdep`` requesting ``gpus`` (a store summary, as the Pod informer keeps it); ``event``
+        DELETED removes it."""
+        obj = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": ns, "labels": {"llmos.dev/model-deployment": mdep}},
+               "spec": {"containers": [{"name": "runtime", "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}]},
+               "status": {"phase": "Running"}}
+        self._put("Pod", obj, event)
+        self.controller.pod_event(event, obj)
+
     def run_admission(self) -> list[tuple]:
         before = len(self.kube.writes)
         self.controller.handle(ADMISSION)

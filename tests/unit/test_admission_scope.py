@@ -94,3 +94,22 @@ def test_a_deleted_tenant_leaves_no_decision_behind():
     world.run_admission()
     decisions = world.controller._decisions
     assert set(decisions) == {"t1-a/e"} and decisions["t1-a/e"].admitted
+
+
+def test_a_departing_pod_keeps_its_gpus_until_its_deletion_runs_a_pass_that_frees_them():
+    world = World()
+    world.tenant("t", ["t-a"], {"h100": 4})
+    world.deploy("t-a", "first", 1, 4, "h100")
+    world.run_admission()
+    world.pod("t-a", "first", "first-0", 4)
+    world.deploy("t-a", "second", 1, 4, "h100")
+    world.run_admission()
+    world.delete("t-a", "first")  # its pod is still terminating
+    world.run_admission()
+    ledger = world.store["Tenant"].get("t")["status"]["reservations"]
+    assert set(ledger) == {"t-a/first#releasing"} and ledger["t-a/first#releasing"]["gpus"] == 4
+    assert not world.controller._decisions["t-a/second"].admitted
+    world.pod("t-a", "first", "first-0", 4, event="DELETED")  # gone: the event asks for a pass of its namespace
+    world.run_admission()
+    ledger = world.store["Tenant"].get("t")["status"]["reservations"]
+    assert set(ledger) == {"t-a/second"} and world.controller._decisions["t-a/second"].admitted

@@ -133,6 +133,45 @@ def test_scale_down_frees_at_once_and_lets_the_queue_in():
     assert down.ledger["a-ns/x"]["gpus"] == 4 and down.decisions["a-ns/y"].admitted
 
 
+def test_a_deleted_deployments_terminating_pods_keep_their_gpus_until_they_are_gone():
+    """A terminating pod still has its GPUs: what it holds stays reserved (#releasing) and the queue waits."""
+    first = run([req("x", gpus=8, t=0), req("y", gpus=8, t=1)])
+    # x is deleted; its pod (8 GPUs) is still terminating
+    draining = run([req("y", gpus=8, t=1)], first.ledger, held_by_pods={"a-ns/x": ("a", 8)})
+    assert not draining.decisions["a-ns/y"].admitted and draining.decisions["a-ns/y"].reason == QUOTA_EXCEEDED
+    assert draining.ledger == {"a-ns/x#releasing": {"class": "h100", "gpus": 8, "uid": "uid-x", "kind": "releasing"}}
+    assert draining.ledger_for("a") == draining.ledger and draining.usage("a") == {"h100": 8}
+    assert parse_ledger(draining.ledger) == draining.ledger  # it round-trips through Tenant status
+    # the pod is gone: the entry goes, y is admitted
+    gone = run([req("y", gpus=8, t=1)], draining.ledger, held_by_pods={})
+    assert gone.decisions["a-ns/y"].admitted and "a-ns/x#releasing" not in gone.ledger
+
+
+def test_a_scale_down_keeps_what_the_departing_replicas_hold_and_never_more_than_was_reserved():
+    first = run([req("x", gpus=2, replicas=4, t=0), req("y", gpus=4, t=1)])
+    down = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=4, t=1)], first.ledger,
+               held_by_pods={"a-ns/x": ("a", 8)})
+    assert down.ledger["a-ns/x"]["gpus"] == 4 and down.ledger["a-ns/x#releasing"]["gpus"] == 4
+    assert not down.decisions["a-ns/y"].admitted
+    # one departing pod left; pods that somehow hold more than was ever reserved add nothing
+    half = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=4, t=1)], down.ledger,
+               held_by_pods={"a-ns/x": ("a", 6)})
+    assert half.ledger["a-ns/x#releasing"]["gpus"] == 2 and not half.decisions["a-ns/y"].admitted
+    more = run([req("x", gpus=2, replicas=2, t=0)], half.ledger, held_by_pods={"a-ns/x": ("a", 20)})
+    assert more.ledger["a-ns/x#releasing"]["gpus"] == 2
+    # pods of a deployment the ledger never held (not admitted: none should run) reserve nothing
+    none = run([req("y", gpus=4, t=1)], {}, held_by_pods={"a-ns/z": ("a", 4)})
+    assert none.decisions["a-ns/y"].admitted and none.ledger == {"a-ns/y": {"class": "h100", "gpus": 4,
+                                                                             "uid": "uid-y"}}
+
+
+def test_a_releasing_entry_does_not_count_as_a_deployment():
+    tns = {"a": TenantInfo(name="a", gpus={"h100": 8}, max_model_deployments=1)}
+    first = run([req("x", gpus=2, t=0)], tns=tns)
+    after = run([req("y", gpus=2, t=1)], first.ledger, tns=tns, held_by_pods={"a-ns/x": ("a", 2)})
+    assert after.decisions["a-ns/y"].admitted and after.usage("a") == {"h100": 4}
+
+
 def test_reasons():
     tns = {"a": TenantInfo("a", {"h100": 8}, max_model_deployments=1), "c": TenantInfo("c", {"h100": 8}, cordoned=True)}
     r = run([req("x", t=0), req("y", t=1), req("u", cls="a100", t=2, ns="a-ns"),

@@ -266,8 +266,11 @@ class Reservation(ApiModel):
     gpus: int = Field(ge=0, description="GPUs reserved (replicas × gpu.count as admitted).")
     uid: str = Field(max_length=64, description="UID of the ModelDeployment the GPUs are reserved for.")
     kind: str | None = Field(
-        None, pattern="^surge$", max_length=8, description="surge: GPUs reserved for a rollout's extra pods (key <namespace>/<name>#surge), freed when "
-        "the rollout ends; absent for the deployment's own reservation."
+        None, pattern="^(surge|releasing)$", max_length=9,
+        description="surge: GPUs reserved for a rollout's extra pods (key <namespace>/<name>#surge), freed when the "
+        "rollout ends; releasing: GPUs that pods of the deployment still hold beyond its reservation (it was deleted "
+        "or scaled down and they are terminating; key <namespace>/<name>#releasing), freed as they go; absent for the "
+        "deployment's own reservation."
     )
 
 

@@ -23,7 +23,8 @@ DEFAULT_CLUSTER = "llmos"
 CONTROLLER_CREDENTIALS_FLAG = "use-service-account-credentials"
 # What KWOK's fake pods do (become ready, slowly, never, crash-loop), chosen per test by the Model's source URI.
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
-STAGES_MARK = "llmos-pod-ready"  # a cluster whose kwok.yaml lacks it was made by an older `llmos dev up`
+# A cluster whose kwok.yaml lacks it was made by an older `llmos dev up` (the newest change to dev/kwok-stages.yaml).
+STAGES_MARK = "llmos.dev/test-hold"
 
 
 class ClusterError(RuntimeError):

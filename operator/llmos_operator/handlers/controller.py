@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..api.types import InvalidObject, Model, ModelDeployment, SignatureSpec, Te
 from ..config import OperatorConfig
 from ..placement import can_ever_fit, summarize_scheduling_failures
 from ..quota import Decision, Request, TenantInfo, admit, deployment_key, ledger_key, merge_ledgers, parse_ledger
-from ..quota import namespace_owners
+from ..quota import is_releasing, namespace_owners
 from ..render import (
     RenderError,
     desired_status,
@@ -191,6 +191,9 @@ class Controller:
         # ModelDeployment key → surge GPUs its rollout wants (render/rollout.py); absent: not known since a restart
         # (admission then keeps whatever surge the ledger holds)
         self._surge_asks: dict[str, int] = {}
+        # Deployments whose departing pods still hold GPUs in a ledger (#releasing): a pod of theirs that goes runs an
+        # admission pass of its namespace, which frees them.
+        self._releasing: set[str] = set()
         # (namespace, model) → (uid, generation, outcome) of the last verification; reconcile_model renews it
         self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._specs: dict[tuple[str, str], tuple[str, int | None]] = {}  # mdep key → (uid, generation)
@@ -307,6 +310,27 @@ class Controller:
         if owner and meta.get("namespace"):
             self.queue.add(("ModelDeployment", meta["namespace"], owner))
 
+    def pod_event(self, event_type: str, pod: dict) -> None:
+        self.child_event(pod)
+        if self._releasing and (event_type == "DELETED" or not _holds_gpus(pod)):
+            meta = pod.get("metadata") or {}
+            key = f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(LABEL_MODEL_DEPLOYMENT)}"
+            if key in self._releasing:
+                self._admit_again(namespace=meta.get("namespace"))
+
+    def _held_by_pods(self, owners: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+        """Deployment key → (tenant, GPUs its unfinished pods request, terminating ones included), in ``owners``'
+        namespaces: what admission keeps reserved while a departing pod still holds it."""
+        resources = {c.resource_name for c in self.config.gpu_classes.values()}
+        held: dict[str, tuple[str, int]] = {}
+        for ns, owner in owners.items():
+            for pod in self.store["Pod"].list(ns):
+                gpus = _gpus_requested(pod, resources) if _holds_gpus(pod) else 0
+                if gpus:
+                    key = f"{ns}/{(pod['metadata'].get('labels') or {}).get(LABEL_MODEL_DEPLOYMENT)}"
+                    held[key] = (owner, held.get(key, (owner, 0))[1] + gpus)
+        return held
+
     # ---------------------------------------------------------------------------------------------------------------
     # Reads: everything from the watch-fed store (handlers/store.py); live GETs only where a stale answer could hand a
     # tenant something (a namespace it may not take)
@@ -326,7 +350,7 @@ class Controller:
             "Namespace": Informer(kube, "Namespace", label_selector=TENANT_LABEL, on_event=self.namespace_event,
                                   transform=without_managed_fields),
             "Node": Informer(kube, "Node", transform=node_summary),
-            "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=child, transform=pod_summary),
+            "Pod": Informer(kube, "Pod", label_selector=child_selector, on_event=self.pod_event, transform=pod_summary),
             "Deployment": Informer(kube, "Deployment", label_selector=child_selector, on_event=child,
                                    transform=deployment_summary),
             # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
@@ -541,10 +565,13 @@ class Controller:
                     refused[mdep.key] = _not_servable(mdep, model, owner)
                 continue
             requests.append(Request.from_model_deployment(mdep, owner, surge=surge))
+        deciding_owners = {ns: t for ns, t in owners.items() if t in deciding}
         result = admit(
             requests, ledger, {t.metadata.name: TenantInfo.from_tenant(t) for t in deciding_tenants},
-            self.config.gpu_classes.keys(),
+            self.config.gpu_classes.keys(), held_by_pods=self._held_by_pods(deciding_owners),
         )
+        self._releasing = {k for k in self._releasing if owners.get(k.split("/", 1)[0]) not in deciding} | {
+            deployment_key(k) for k in result.ledger if is_releasing(k)}
         for tenant in deciding_tenants:
             name = tenant.metadata.name
             status = tenant_status(tenant, self.config, result=result, conflicts=conflicts.get(name),
@@ -560,7 +587,7 @@ class Controller:
                 self._tenant_events(tenant, status)
         self._publish_series(by_name, deciding_tenants, result)
         # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
-        self._write_backstops(deciding_tenants, {ns: t for ns, t in owners.items() if t in deciding}, result)
+        self._write_backstops(deciding_tenants, deciding_owners, result)
         # Publish the decisions and wake the deployments whose decision changed.
         fresh = {**result.decisions, **refused}
         # A full pass decided every deployment there is: none of the previous decisions stands (those of a deleted
@@ -604,13 +631,15 @@ class Controller:
         self._series.publish(admitted, queued, used_gpus, allowed_gpus)
 
     def _write_backstops(self, tenants: list[Tenant], owners: dict[str, str], result: Any) -> None:
-        """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there (rollout surge
-        included, as reserved): never the tenant's total copied into every namespace."""
+        """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there (rollout surge and
+        GPUs of departing pods included, as reserved): never the tenant's total copied into every namespace."""
         wanted: dict[str, dict[str, int]] = {ns: {} for ns in owners}
         for key, entry in result.ledger.items():
             ns = key.split("/", 1)[0]
             gpu_class = self.config.gpu_class(entry["class"])
-            if ns not in wanted or gpu_class is None or result.decisions.get(deployment_key(key)) is None:
+            dk = deployment_key(key)
+            if ns not in wanted or gpu_class is None or (result.decisions.get(dk) is None
+                                                         and dk not in result.releasing_owners):
                 continue
             gpus = entry["gpus"]
             wanted[ns][gpu_class.resource_name] = wanted[ns].get(gpu_class.resource_name, 0) + gpus
@@ -1239,6 +1268,24 @@ def _worth_an_event(t: Any) -> bool:
     if t.type == READY:
         return t.status == "True" or t.old_status == "True"
     return True
+
+
+def _holds_gpus(pod: dict) -> bool:
+    """A pod that has not finished holds its GPUs, terminating or not."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def _gpus_requested(pod: dict, resources: set[str]) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        for name in resources:
+            value = (res.get("requests") or {}).get(name, (res.get("limits") or {}).get(name, 0))
+            try:
+                total += int(value)
+            except (TypeError, ValueError):
+                pass
+    return total
 
 
 def _owned_by(name: str) -> Any:

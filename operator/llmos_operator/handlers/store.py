@@ -248,12 +248,15 @@ def _configmap_volumes(pod_spec: dict) -> list[dict]:
 
 def pod_summary(pod: dict) -> dict:
     """What the controller reads of a pod: labels and annotations (template hash, adapter report), deletion, node,
-    mounted ConfigMaps, phase, conditions and the containers' states (exit codes, messages, restarts)."""
+    mounted ConfigMaps, its containers' resources (the GPUs it holds), phase, conditions and the containers' states
+    (exit codes, messages, restarts)."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     states = [{k: cs[k] for k in ("name", "ready", "started", "restartCount", "state", "lastState") if k in cs}
               for cs in status.get("containerStatuses") or []]
     return {"kind": "Pod", SUMMARY: True, "metadata": _metadata(pod),
-            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec)},
+            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec),
+                     "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
+                                    for c in spec.get("containers") or []]},
             "status": {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
                        "containerStatuses": states}}
 

@@ -32,23 +32,27 @@ from .admission import (
     parse_time,
 )
 from .ledger import (
+    RELEASING,
     SURGE,
     Ledger,
     LedgerError,
     deployment_key,
+    is_releasing,
     is_surge,
     ledger_key,
     merge_ledgers,
     parse_ledger,
     reconcile_ledger,
+    releasing_key,
     split_ledger,
     surge_key,
     usage,
 )
 
 __all__ = [
-    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "QUOTA_EXCEEDED", "REASONS", "RESERVATION_HELD", "SURGE",
-    "TENANT_CORDONED", "deployment_key", "is_surge", "surge_key",
+    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "QUOTA_EXCEEDED", "REASONS", "RELEASING", "RESERVATION_HELD",
+    "SURGE",
+    "TENANT_CORDONED", "deployment_key", "is_releasing", "is_surge", "releasing_key", "surge_key",
     "TOO_MANY_DEPLOYMENTS", "UNKNOWN_GPU_CLASS", "AdmissionResult", "Decision", "Ledger", "LedgerError", "Request",
     "TenantInfo", "admit", "gpu_summary", "ledger_key", "merge_ledgers", "namespace_owners", "parse_ledger",
     "parse_time", "reconcile_ledger", "split_ledger", "usage",

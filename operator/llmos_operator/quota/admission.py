@@ -35,7 +35,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..api.types import ModelDeployment, Tenant
-from .ledger import SURGE, Ledger, deployment_key, entry, is_surge, ledger_key, reconcile_ledger, surge_key
+from .ledger import (
+    RELEASING,
+    SURGE,
+    Ledger,
+    deployment_key,
+    entry,
+    is_releasing,
+    is_surge,
+    ledger_key,
+    reconcile_ledger,
+    releasing_key,
+    surge_key,
+)
 
 ADMITTED = "Admitted"
 QUOTA_EXCEEDED = "QuotaExceeded"
@@ -161,6 +173,9 @@ class AdmissionResult:
     ledger: Ledger  # the new ledger, all tenants together
     decisions: dict[str, Decision]  # "<namespace>/<name>" → decision
     dropped: list[str]  # ledger entries freed because their deployment is gone
+    # Tenant of each deployment that has no decision (deleted, or refused before admission) but whose pods still hold
+    # GPUs: its ``#releasing`` entry belongs to that tenant's ledger.
+    releasing_owners: dict[str, str | None] = field(default_factory=dict)
 
     @cached_property
     def _by_tenant(self) -> tuple[dict[str | None, Ledger], dict[str | None, list[Decision]]]:
@@ -168,7 +183,10 @@ class AdmissionResult:
         ledgers: dict[str | None, Ledger] = {}
         decisions: dict[str | None, list[Decision]] = {}
         for key, e in self.ledger.items():
-            ledgers.setdefault(self.decisions[deployment_key(key)].tenant, {})[key] = e
+            dk = deployment_key(key)
+            decision = self.decisions.get(dk)
+            owner = decision.tenant if decision is not None else self.releasing_owners.get(dk)
+            ledgers.setdefault(owner, {})[key] = e
         for d in self.decisions.values():
             decisions.setdefault(d.tenant, []).append(d)
         return ledgers, decisions
@@ -199,13 +217,17 @@ def admit(
     *,
     capacity: Mapping[str, int] | None = None,
     backfill: bool = False,
+    held_by_pods: Mapping[str, tuple[str | None, int]] | None = None,
 ) -> AdmissionResult:
     """Decide who is admitted. Pure: the same inputs always give the same result.
 
     ``requests``: every existing ModelDeployment (not being deleted) in the namespaces the ledger covers — those
     absent lose their reservation. ``ledger``: the persisted reservations. ``tenants``: by name. ``gpu_classes``:
     names known to the operator configuration. ``capacity``: optional GPU class → GPUs the cluster can give all
-    tenants together (classes absent are unlimited).
+    tenants together (classes absent are unlimited). ``held_by_pods``: deployment key → (tenant, GPUs requested by
+    its pods that have not finished, terminating ones included), for the namespaces the ledger covers; GPUs they hold
+    beyond what the deployment now reserves stay reserved (``#releasing``, at most what the ledger held for it
+    before) until the pods are gone, so that nothing queued is admitted onto GPUs still in use.
     """
     requests = sorted(requests, key=lambda r: r.key)
     if len({r.key for r in requests}) != len(requests):
@@ -250,7 +272,28 @@ def admit(
         if r.surge and r.surge > new_ledger.get(surge_key(r.key), {}).get("gpus", 0):
             surge_growth.append(r)
 
-    tenant_of = {r.key: r.tenant for r in requests}
+    # What departing pods still hold: a deleted deployment's terminating pods, replicas removed by a scale-down or a
+    # lost admission. Bounded by what the ledger held for the deployment before, so it only ever shrinks.
+    before_total: dict[str, int] = {}
+    before_entry: dict[str, Mapping[str, Any]] = {}
+    for key, e in ledger.items():
+        dk = deployment_key(key)
+        before_total[dk] = before_total.get(dk, 0) + e["gpus"]
+        if not is_surge(key) and not is_releasing(key) or dk not in before_entry:
+            before_entry[dk] = e
+    releasing_owners: dict[str, str | None] = {}
+    for key, (owner, gpus) in sorted((held_by_pods or {}).items()):
+        if key not in before_entry:
+            continue
+        reserved_now = new_ledger.get(key, {}).get("gpus", 0) + new_ledger.get(surge_key(key), {}).get("gpus", 0)
+        extra = min(gpus, before_total[key]) - reserved_now
+        if extra > 0:
+            e = before_entry[key]
+            new_ledger[releasing_key(key)] = entry(e["class"], extra, e["uid"], RELEASING)
+            if key not in by_key:
+                releasing_owners[key] = owner
+
+    tenant_of = {**releasing_owners, **{r.key: r.tenant for r in requests}}
     used: dict[tuple[str | None, str], int] = {}
     class_used: dict[str, int] = {}
     deployments: dict[str | None, int] = {}
@@ -259,7 +302,7 @@ def admit(
         pool = (owner, e["class"])
         used[pool] = used.get(pool, 0) + e["gpus"]
         class_used[e["class"]] = class_used.get(e["class"], 0) + e["gpus"]
-        if not is_surge(key):
+        if not is_surge(key) and not is_releasing(key):
             deployments[owner] = deployments.get(owner, 0) + 1
 
     def order(item: tuple[Request, int]) -> tuple:
@@ -369,6 +412,7 @@ def admit(
         ledger=dict(sorted(new_ledger.items())),
         decisions=dict(sorted(decisions.items())),
         dropped=sorted(set(dropped)),
+        releasing_owners=releasing_owners,
     )
 
 

@@ -7,7 +7,10 @@ A ledger is a plain JSON-able dict, persisted by the operator in each Tenant's `
 Keys are ``<namespace>/<name>`` of the ModelDeployment; ``uid`` tells a deleted-and-recreated deployment of the same
 name from the one that holds the reservation. A rollout's surge GPUs are a second entry of the same deployment, key
 ``<namespace>/<name>#surge`` and ``"kind": "surge"``: reserved before the Deployment may surge, freed when the
-rollout ends. The ledger is the only state admission needs: whatever process reads
+rollout ends. GPUs that pods still hold beyond what their deployment now reserves (a deleted deployment's pods that
+are terminating, the replicas a scale-down removes) are a third entry, key ``<namespace>/<name>#releasing`` and
+``"kind": "releasing"``, never more than was reserved before, freed as those pods go: a terminating pod still has
+its GPUs. The ledger is the only state admission needs: whatever process reads
 the latest ledger and the current deployments decides exactly what the previous process would have, so a restarted
 operator never admits twice. Write the ledger *before* creating children of a newly admitted deployment.
 """
@@ -17,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-Ledger = dict[str, dict[str, Any]]  # "<namespace>/<name>" → {"class": str, "gpus": int, "uid": str[, "kind": "surge"]}
+# "<namespace>/<name>[#surge|#releasing]" → {"class": str, "gpus": int, "uid": str[, "kind": "surge"|"releasing"]}
+Ledger = dict[str, dict[str, Any]]
 
 SURGE = "surge"
 SURGE_SUFFIX = "#surge"
+RELEASING = "releasing"
+RELEASING_SUFFIX = "#releasing"
 
 
 class LedgerError(ValueError):
@@ -40,9 +46,22 @@ def is_surge(key: str) -> bool:
     return key.endswith(SURGE_SUFFIX)
 
 
+def releasing_key(key: str) -> str:
+    """The ledger key of the GPUs a deployment's departing pods still hold."""
+    return key + RELEASING_SUFFIX
+
+
+def is_releasing(key: str) -> bool:
+    return key.endswith(RELEASING_SUFFIX)
+
+
 def deployment_key(key: str) -> str:
-    """``<namespace>/<name>`` of a ledger key, whether a deployment's reservation or its surge."""
-    return key[: -len(SURGE_SUFFIX)] if is_surge(key) else key
+    """``<namespace>/<name>`` of a ledger key: a deployment's reservation, its surge or what its pods still hold."""
+    if is_surge(key):
+        return key[: -len(SURGE_SUFFIX)]
+    if is_releasing(key):
+        return key[: -len(RELEASING_SUFFIX)]
+    return key
 
 
 def entry(gpu_class: str, gpus: int, uid: str, kind: str | None = None) -> dict[str, Any]:
@@ -65,8 +84,9 @@ def parse_ledger(raw: Mapping[str, Any] | None) -> Ledger:
             or isinstance(value.get("gpus"), bool)
             or value["gpus"] < 0
             or not isinstance(value.get("uid"), str)
-            or value.get("kind") not in (None, SURGE)
+            or value.get("kind") not in (None, SURGE, RELEASING)
             or (value.get("kind") == SURGE) != is_surge(key)
+            or (value.get("kind") == RELEASING) != is_releasing(key)
         ):
             raise LedgerError(f"malformed ledger entry {key!r}: {value!r}")
         out[key] = entry(value["class"], value["gpus"], value["uid"], value.get("kind"))
