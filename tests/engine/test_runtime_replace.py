@@ -3,9 +3,9 @@
 Two runtimes serving revision 1 sit behind a small local round-robin load balancer that routes only to replicas whose
 /readyz is 200 and retries a request elsewhere only when a replica refused it without doing any work (connection
 refused or 503, what a draining runtime answers). Under a steady stream of completions, chat completions and
-streaming completions, each one is replaced in turn by a runtime serving revision 2: start one more (surge), wait
-until it is ready, SIGTERM the old one (which drains) while a long stream sent straight to it is in flight. Every
-request must succeed.
+streaming completions, each one is replaced in turn by a runtime serving revision 2: start one more (surge; the
+stream is lighter while its engine starts), wait until it is ready, SIGTERM the old one (which drains) while a long
+stream sent straight to it is in flight. Every request must succeed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ pytestmark = pytest.mark.engine
 # The runtime's production default (it fits the pod's 120 s grace period). With 60 s a 400-token stream pinned to a
 # replica failed to finish once while a new engine compiled beside it on 2 cores (1.8-17 tokens/s).
 DRAIN_TIMEOUT = 100.0
+STEADY_PAUSE = 0.1  # s between one worker's requests
+STARTUP_PAUSE = 1.0  # while a new engine starts
 
 
 class PinnedStream(threading.Thread):
@@ -100,15 +102,21 @@ def test_replace_revision_with_zero_failed_requests(test_models: TestModels, lau
         root_v1 = httpx.get(lb.url + "/v1/models", timeout=30).json()["data"][0]["root"]
         assert root_v1 == str(test_models.model_v1)
 
-        load = LoadGenerator(lb.url, "tiny", workers=2, pause=0.1, max_seconds=2000).start()
+        load = LoadGenerator(lb.url, "tiny", workers=2, pause=STEADY_PAUSE, max_seconds=2000).start()
         _wait(lambda: load.stats.ok >= 30, 120, "steady traffic")
 
         new_starts, inflight_at_sigterm, drains, pinned_ok = [], [], [], 0
         for i, o in enumerate(old):
+            # A lighter stream while the new engine starts (at full rate its start-up took 235-338 s instead of about
+            # 90 on the 2 shared cores); the full rate again before and through the SIGTERM and the drain.
+            load.pause = STARTUP_PAUSE
             new = start(f"new-{i}", test_models.model_v2)  # surge one
             lb.add(new.name, new.api, new.health)
             new_starts.append(round(new.wait_ready(timeout=900), 1))  # under load
+            load.pause = STEADY_PAUSE
             _wait(lambda: new.name in lb.ready_names(), 10, f"the load balancer to see {new.name}")
+            sent = load.stats.sent
+            _wait(lambda: load.stats.sent >= sent + 10, 60, "full-rate traffic again")
             pinned = PinnedStream(o.api)
             pinned.start()
             assert pinned.first.wait(120), "the pinned stream did not start"
