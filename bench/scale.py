@@ -103,6 +103,9 @@ class Figures:
     samples_timed_out: int = 0  # latency samples with no child after 30 s (counted as 30 s)
     error: str = ""  # why the size stopped early, if it did
     not_ready_example: str = ""
+    # CPU seconds per process (API server, etcd, controllers, KWOK, the operator, this script) over each timed phase
+    raw_cpu: dict = field(default_factory=dict)
+    llmos_cpu: dict = field(default_factory=dict)
     operator: str = ""  # --operator-from, and the commit when one was exported
     started: str = ""  # UTC
     apply_threads: int = 0
@@ -286,6 +289,64 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def component_cpu(cluster_name: str, operator: Operator | None = None) -> dict[str, float]:
+    """CPU seconds (utime + stime) so far of each control-plane process of the local cluster, the operator and this
+    script: where a phase's CPU went on the shared cores."""
+    tick = os.sysconf("SC_CLK_TCK")
+    marker = f"/clusters/{cluster_name}/"
+    out: dict[str, float] = {}
+
+    def seconds(pid: int | str) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(marker.encode() in a for a in argv):
+                continue
+            exe = Path(argv[0].decode()).name
+            if exe.startswith("kwok") and exe != "kwokctl":
+                exe = "kwok"  # the KWOK controller, whatever kwokctl named its copy
+            if exe in COMPONENTS:
+                out[exe] = out.get(exe, 0.0) + seconds(proc.name)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    if operator is not None and operator.proc is not None and operator.proc.poll() is None:
+        out["operator"] = operator.cpu_seconds()
+    out["bench"] = seconds("self")
+    return out
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
+class ApiServerProfile(threading.Thread):
+    """A CPU profile of the API server (its /debug/pprof) over the first ``seconds`` of a phase, written to
+    ``path``: what the API server spends its cores on, for `go tool pprof -top`."""
+
+    def __init__(self, api, seconds: int, path: Path):
+        super().__init__(daemon=True)
+        self.api, self.seconds, self.path = api, seconds, path
+
+    def run(self) -> None:
+        try:
+            resp = api_get(self.api, "/debug/pprof/profile", {"seconds": str(self.seconds)}, timeout=self.seconds + 60)
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+            self.path.write_bytes(resp.data)
+            log(f"API server profile: {self.path}")
+        except Exception as exc:  # noqa: BLE001 — a profile is extra; the run goes on without it
+            log(f"API server profile failed: {exc}")
 
 
 def _free_port() -> int:
@@ -498,6 +559,12 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
         raw_watch.synced.wait(60)
         bodies = [raw_deployment(raw_ns[t], f"d-{i}") for t, i in spread(size, size.deployments)]
         log(f"raw: creating {len(bodies)} Deployments")
+        cpu0 = component_cpu(name)
+        profile = None
+        if args.profile_dir:
+            profile = ApiServerProfile(new_api(), args.profile_seconds,
+                                       args.profile_dir / f"raw-{size.deployments}.pprof")
+            profile.start()
         start = time.monotonic()
         list(pool.map(lambda b: apps.create_namespaced_deployment(b["metadata"]["namespace"], b), bodies))
         figures.raw_apply_s = time.monotonic() - start
@@ -505,6 +572,7 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
         if not raw.wait(keys, args.timeout, "done"):
             raise SystemExit(f"raw: {len(keys) - len(raw.done)} Deployments not available after {args.timeout} s")
         figures.raw_all_available_s = max(raw.done[k] for k in keys) - start
+        figures.raw_cpu = cpu_between(cpu0, component_cpu(name))
         raw_watch.stopping.set()
         log(f"raw: all available after {figures.raw_all_available_s:.1f} s; deleting them")
         for ns in raw_ns:
@@ -583,11 +651,18 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
 
         log(f"llmos: creating {size.deployments} ModelDeployments")
         burst_offset, burst_t0 = audit_log.stat().st_size, datetime.now(timezone.utc)
+        cpu0 = component_cpu(name, operator)
+        if args.profile_dir:
+            if profile is not None:
+                profile.join()  # the API server makes one CPU profile at a time
+            ApiServerProfile(new_api(), args.profile_seconds,
+                             args.profile_dir / f"llmos-{size.deployments}.pprof").start()
         start = time.monotonic()
         list(pool.map(create, spread(size, size.deployments)))
         figures.llmos_apply_s = time.monotonic() - start
         keys = list(created)
         converged = mdeps.wait(keys, args.timeout, "done")
+        figures.llmos_cpu = cpu_between(cpu0, component_cpu(name, operator))
         children.wait(keys, 5)
         if not converged:
             missing = [k for k in keys if k not in mdeps.done]
@@ -705,6 +780,16 @@ def print_report(results: list[Figures]) -> None:
             print(f"NOT READY: {fig.not_ready} ModelDeployments, e.g. {fig.not_ready_example}")
         if fig.samples_timed_out:
             print(f"{fig.samples_timed_out} latency samples had no child after 30 s (counted as 30 s)")
+        if fig.raw_cpu and fig.llmos_cpu:
+            print("CPU seconds over each timed phase (raw: until all available; llmos: until all Ready):")
+            for comp in (*COMPONENTS, "operator", "bench"):
+                a, b = fig.raw_cpu.get(comp), fig.llmos_cpu.get(comp)
+                ratio = f"{b / a:.2f}×" if a and b is not None else ""
+                print(f"  {comp:40s} {'' if a is None else f'{a:10.1f}'} {'' if b is None else f'{b:10.1f}'}"
+                      f"   {ratio}")
+            ta, tb = sum(fig.raw_cpu.values()), sum(fig.llmos_cpu.values())
+            print(f"  {'all':40s} {ta:10.1f} {tb:10.1f}   {tb / ta:.2f}×  (of {os.cpu_count()} cores: "
+                  f"{ta / fig.raw_all_available_s:.2f} and {tb / fig.llmos_all_ready_s:.2f} busy on average)")
         print(f"burst: the operator's {fig.burst_operator_requests} API calls until all Ready:",
               ", ".join(f"{what} ×{n}" for what, n in fig.burst_top_calls) or "none")
         print("idle: the operator's API calls in the minute:", ", ".join(f"{what} ×{n}" for what, n in
@@ -798,12 +883,18 @@ def main() -> int:
                              "that commit first (default: this checkout)")
     parser.add_argument("--cluster", default="scale", help="local cluster name (recreated for every size)")
     parser.add_argument("--keep", action="store_true", help="leave the last cluster running")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="write a CPU profile of the API server over the first --profile-seconds of each phase "
+                             "here (raw-K.pprof, llmos-K.pprof; read with `go tool pprof -top`)")
+    parser.add_argument("--profile-seconds", type=int, default=30)
     parser.add_argument("--plot", type=Path, default=Path("scale.png"))
     parser.add_argument("--json", type=Path, default=None, help="write the figures of every size run here")
     parser.add_argument("--previous", type=Path, default=None,
                         help="figures of earlier sizes (a --json file) to show with this run's, in the growth table "
                              "and the plot")
     args = parser.parse_args()
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
 
     sys.path[:0] = [str(REPO / "operator"), str(REPO / "runtime")]
     full = Size(args.tenants, args.nodes, args.deployments)

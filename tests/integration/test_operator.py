@@ -90,6 +90,12 @@ def test_admitted_deployment_gets_children_and_pods_only_on_h100_nodes(objects, 
     reasons = {e.reason for e in _events(core, namespace, "chat")}
     assert "Admitted" in reasons
 
+    # One replica needs no PDB ("at most one evicted" would allow evicting it): scaling down removes it.
+    objects.patch("modeldeployments", "chat", {"spec": {"replicas": 1}})
+    policy = client.PolicyV1Api(cluster.api)
+    wait_for(lambda: not any(p.metadata.name == "chat" for p in policy.list_namespaced_pod_disruption_budget(
+        namespace).items), message="the PDB of a deployment scaled down to one replica removed")
+
 
 def test_deleting_a_model_deployment_removes_its_children(objects, namespace, cluster):
     objects.tenant()

@@ -113,3 +113,37 @@ def test_a_departing_pod_keeps_its_gpus_until_its_deletion_runs_a_pass_that_free
     world.run_admission()
     ledger = world.store["Tenant"].get("t")["status"]["reservations"]
     assert set(ledger) == {"t-a/second"} and world.controller._decisions["t-a/second"].admitted
+
+
+def test_admission_pending_is_said_only_when_admission_is_slow(monkeypatch):
+    # Issue 13: a 1,000-deployment burst wrote `AdmissionPending` 1,000 times, each followed within moments by the
+    # decision's own status. Now only a generation still undecided after the grace period gets it.
+    import time
+
+    from llmos_operator.handlers import controller as controller_module
+
+    monkeypatch.setattr(controller_module, "ADMISSION_PENDING_GRACE_SECONDS", 0.2)
+    world = World()
+    world.tenant("t", ["t-a"], {"h100": 4})
+    world.run_admission()
+
+    def reconcile(name: str) -> list[tuple]:
+        before = len(world.kube.writes)
+        world.controller.handle(("ModelDeployment", "t-a", name))
+        return [w for w in world.kube.writes[before:] if w[:2] == ("status", "ModelDeployment")]
+
+    def reasons(name: str) -> list[str]:
+        obj = world.store["ModelDeployment"].get(name, "t-a")
+        return [c["reason"] for c in (obj.get("status") or {}).get("conditions") or []]
+
+    world.deploy("t-a", "quick", 1, 1, "h100")
+    assert reconcile("quick") == []  # undecided, within the grace: nothing written yet
+    world.run_admission()
+    reconcile("quick")
+    assert "AdmissionPending" not in reasons("quick")
+
+    world.deploy("t-a", "slow", 1, 1, "h100")
+    assert reconcile("slow") == []
+    time.sleep(0.25)  # admission has not run: past the grace, the deployment says it waits
+    assert reconcile("slow") == [("status", "ModelDeployment", "t-a", "slow")]
+    assert reasons("slow") == ["AdmissionPending"]

@@ -50,7 +50,9 @@ def test_the_binaries_built_from_source_are_used_and_no_kubeconfig_is_touched():
     assert flags["--wait"] == "90s"
     assert "--kube-audit-policy" not in cmd
     audited = kwokctl_create_command("c", BINS, 90, audit_policy=Path("/p.yaml"))
-    assert audited[-2:] == ["--kube-audit-policy", "/p.yaml"]
+    assert audited[audited.index("--kube-audit-policy") + 1] == "/p.yaml"
+    # never rotated: a 10,000-deployment run writes more than the API server's default 100 MB
+    assert _extra_args(audited)["kube-apiserver=audit-log-maxsize"] == "100000"
 
 
 def test_the_node_wait_grows_with_the_pool():

@@ -54,7 +54,7 @@ def container(**kw):
 
 
 def test_children_kinds_names_and_labels():
-    objs = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
+    objs = render_children(mdep(replicas=2), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
     assert [(o["apiVersion"], o["kind"], _unhashed(o["metadata"]["name"])) for o in objs] == [
         ("v1", "ConfigMap", "chat-trust"), ("v1", "ConfigMap", "chat-adapters"), ("apps/v1", "Deployment", "chat"),
         ("v1", "Service", "chat"), ("policy/v1", "PodDisruptionBudget", "chat")]
@@ -226,7 +226,7 @@ def test_adapters_configmap():
 
 
 def test_service_and_pdb():
-    objs = children()
+    objs = children(d=mdep(replicas=2))
     svc = objs[("Service", "chat")]
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"] == [{"name": "openai", "port": 8000, "targetPort": "openai", "protocol": "TCP",
@@ -235,6 +235,13 @@ def test_service_and_pdb():
     pdb = objs[("PodDisruptionBudget", "chat")]
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"] == objs[("Deployment", "chat")]["spec"]["selector"]
+
+
+def test_no_pdb_for_one_replica():
+    # "At most one pod evicted" allows evicting the only one: a PDB would cost writes and protect nothing.
+    assert ("PodDisruptionBudget", "chat") not in children()
+    assert ("PodDisruptionBudget", "chat") not in children(d=mdep(replicas=3), replicas=1)  # admission granted one
+    assert ("PodDisruptionBudget", "chat") in children(d=mdep(replicas=1), replicas=2)
 
 
 def test_config_changes_flow_through():

@@ -138,6 +138,7 @@ def _log_tails(name: str, lines: int = 20) -> str:
 #   with 250 nodes: 300 plain 1-GPU Deployments were all available 75 s after the apply with the defaults (the
 #   controller-manager's limiter: about 4 Deployments/s), 3 s after the apply ended with the limits lifted.
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+AUDIT_LOG_MAX_MB = 100_000  # the scale benchmark's audit log is never rotated (see kwokctl_create_command)
 
 
 def kwokctl_create_command(name: str, bins: Binaries, timeout: float, audit_policy: Path | None = None) -> list[str]:
@@ -161,7 +162,10 @@ def kwokctl_create_command(name: str, bins: Binaries, timeout: float, audit_poli
         "--wait", f"{int(timeout)}s",
     ]
     if audit_policy is not None:  # the API server then writes logs/audit.log (the scale benchmark counts requests)
-        cmd += ["--kube-audit-policy", str(audit_policy)]
+        # One file for the whole run: the API server otherwise rotates it at 100 MB, which a 10,000-deployment run
+        # passes (its request counts came out 0).
+        cmd += ["--kube-audit-policy", str(audit_policy),
+                "--extra-args", f"kube-apiserver=audit-log-maxsize={AUDIT_LOG_MAX_MB}"]
     return cmd
 
 

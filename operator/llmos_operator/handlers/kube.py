@@ -164,22 +164,24 @@ class Kube:
                 return
             except ApiException:
                 pass  # expired or deleted: post a new one
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=obj.get("apiVersion"), kind=obj.get("kind"), name=meta["name"],
-                namespace=meta.get("namespace"), uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion"),
-            ),
-            type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now,
-            count=1, source=client.V1EventSource(component="llmos-operator"), reporting_component="llmos.dev/operator",
-            reporting_instance="llmos-operator",
-        )
+        stamp = now.isoformat().replace("+00:00", "Z")
+        # A plain dict, not the client's model classes: their serialisation cost more CPU than the request.
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {k: v for k, v in (
+                ("apiVersion", obj.get("apiVersion")), ("kind", obj.get("kind")), ("name", meta["name"]),
+                ("namespace", meta.get("namespace")), ("uid", meta.get("uid")),
+                ("resourceVersion", meta.get("resourceVersion"))) if v is not None},
+            "type": type_, "reason": reason, "message": message[:1024], "firstTimestamp": stamp,
+            "lastTimestamp": stamp, "count": 1, "source": {"component": "llmos-operator"},
+            "reportingComponent": "llmos.dev/operator", "reportingInstance": "llmos-operator",
+        }
         try:
-            metrics.API_REQUESTS.labels("POST", "Event").inc()
-            created = self.core.create_namespaced_event(namespace, body)
+            created = self._call("POST", collection_path("Event", namespace), body=body,
+                                 content_type="application/json")
             with self._events_lock:
-                self._events[series] = (created.metadata.name, 1)
+                self._events[series] = (created["metadata"]["name"], 1)
                 while len(self._events) > 4096:
                     self._events.popitem(last=False)
         except ApiException as exc:

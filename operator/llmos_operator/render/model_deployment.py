@@ -14,7 +14,8 @@ Children (all in the ModelDeployment's namespace, without ownerReferences — th
   for that adapter alone (fail closed, reason reported).
 - apps/v1 Deployment ``<name>``: one container ``runtime`` running ``llmos-runtime serve … -- <vLLM args>``.
 - v1 Service ``<name>``: ClusterIP, port ``openai`` (8000).
-- policy/v1 PodDisruptionBudget ``<name>``: at most one pod evicted at a time.
+- policy/v1 PodDisruptionBudget ``<name>``: at most one pod evicted at a time; only for more than one replica (for
+  one, "at most one" allows every eviction: the object would cost writes and protect nothing).
 
 The Deployment's rollout strategy is the controller's decision (``render/rollout.py``): the surge it reserved in the
 tenant's quota and the user's ``maxUnavailable``, never more.
@@ -446,7 +447,8 @@ def render_children(
     adapter_bundles: Mapping[str, bytes | str] | None = None,
     tenant_keys: Mapping[str, bytes | str] | None = None,
 ) -> list[dict]:
-    """Every child of an admitted ModelDeployment, in apply order: ConfigMaps, Deployment, Service, PDB.
+    """Every child of an admitted ModelDeployment, in apply order: ConfigMaps, Deployment, Service, and a PDB when
+    more than one replica runs.
 
     ``adapter_bundles``: adapter name → its signature bundle, for the adapters whose signature is required.
     ``tenant_keys``: key name → PEM of every key the tenant trusts (adapters may be signed by any of them).
@@ -455,7 +457,7 @@ def render_children(
     served; put it in a condition.
     """
     trust = render_trust_configmap(mdep, model, bundle, signer_pem, tenant_keys)
-    return [
+    children = [
         trust,
         render_adapters_configmap(mdep, model, adapter_bundles),
         render_deployment(
@@ -464,8 +466,10 @@ def render_children(
             tenant_keys=list(tenant_keys or {}), trust_configmap=trust["metadata"]["name"],
         ),
         render_service(mdep, config),
-        render_pdb(mdep),
     ]
+    if (mdep.spec.replicas if replicas is None else replicas) > 1:
+        children.append(render_pdb(mdep))
+    return children
 
 
 def endpoint_url(mdep: ModelDeployment, config: OperatorConfig) -> str:
