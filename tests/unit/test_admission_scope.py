@@ -147,3 +147,33 @@ def test_admission_pending_is_said_only_when_admission_is_slow(monkeypatch):
     time.sleep(0.25)  # admission has not run: past the grace, the deployment says it waits
     assert reconcile("slow") == [("status", "ModelDeployment", "t-a", "slow")]
     assert reasons("slow") == ["AdmissionPending"]
+
+
+def test_what_was_applied_is_remembered_per_deployment_and_forgotten_with_it():
+    # No fixed cap: at 10,000 deployments a cap of 50,000 children was reached, and clearing it re-applied every child.
+    world = World()
+    world.tenant("t", ["t-a"], {"h100": 4})
+    world.deploy("t-a", "d", 1, 1, "h100")
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"}},
+               "spec": {"ports": [{"port": 8000}]}}
+
+    def apply() -> int:
+        before = len(world.kube.writes)
+        world.controller._apply_child(service)
+        return len(world.kube.writes) - before
+
+    def api_apply(obj: dict) -> dict:  # the API server's answer, and the watch reporting it
+        world.kube.writes.append(("apply", obj["kind"], "t-a", "d"))
+        stored = dict(obj, metadata=dict(obj["metadata"], resourceVersion=f"v{len(world.kube.writes)}"))
+        world.store["Service"]._apply("MODIFIED", stored)
+        return stored
+
+    world.kube.apply = api_apply
+
+    assert apply() == 1
+    assert apply() == 0  # the same rendering, the stored child unchanged: nothing written
+    assert list(world.controller._child_applied[("t-a", "d")]) == [("Service", "d")]
+    world.delete("t-a", "d")
+    world.controller.handle(("ModelDeployment", "t-a", "d"))
+    assert ("t-a", "d") not in world.controller._child_applied

@@ -214,9 +214,10 @@ class Controller:
         # again only when the metadata-only informer reports another resourceVersion
         self._contents: dict[tuple[str, str | None, str], tuple[str | None, dict, dict]] = {}
         self._verify_memo: dict[str, Any] = {}  # digest of (bundle, keys) → verify_bundle's result (or its error)
-        # (kind, namespace, name) of a ModelDeployment's child → (digest of what was applied, the stored version it
-        # produced, when)
-        self._child_applied: dict[tuple, tuple[str, Any, float]] = {}
+        # (namespace, ModelDeployment) → {(kind, name) of a child: (digest of what was applied, the stored version it
+        # produced, when)}; dropped with the deployment (a fixed cap, once 50,000, re-applied every child of a
+        # 10,000-deployment fleet whenever it was reached)
+        self._child_applied: dict[tuple[str, str], dict[tuple[str, str], tuple[str, Any, float]]] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Routing
@@ -935,6 +936,7 @@ class Controller:
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             self._surge_asks.pop(ledger_key(namespace, name), None)
             self._waiting_since.pop(ledger_key(namespace, name), None)
+            self._child_applied.pop((namespace, name), None)
             return  # children go with it (owner references); the admission pass frees its GPUs
         try:
             mdep = self._parse(ModelDeployment, raw)
@@ -1161,18 +1163,17 @@ class Controller:
         the spec is put back at once) and was last applied within ``REAPPLY_SECONDS``: a reconcile woken by a pod or
         a status change then writes nothing."""
         meta = child["metadata"]
-        key = (child["kind"], meta.get("namespace"), meta["name"])
+        key = (child["kind"], meta["name"])
+        applied_of = self._child_applied.setdefault((meta["namespace"], meta["labels"][LABEL_MODEL_DEPLOYMENT]), {})
         digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
         informer = self.store.informers.get(child["kind"])
         stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
-        last = self._child_applied.get(key)
+        last = applied_of.get(key)
         if (stored is not None and last is not None and last[0] == digest and last[1] == _spec_version(stored)
                 and time.monotonic() - last[2] < REAPPLY_SECONDS):
             return stored
         applied = self.kube.apply(child)
-        if len(self._child_applied) > 50000:
-            self._child_applied.clear()
-        self._child_applied[key] = (digest, _spec_version(applied), time.monotonic())
+        applied_of[key] = (digest, _spec_version(applied), time.monotonic())
         return applied
 
     def _whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
