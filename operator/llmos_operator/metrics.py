@@ -28,12 +28,15 @@ class TenantSeries:
         self._classes: set[tuple[str, str]] = set()
 
     def publish(self, admitted: dict[str, int], queued: dict[str, int],
-                used: dict[tuple[str, str], int], allowed: dict[tuple[str, str], int]) -> None:
+                used: dict[tuple[str, str], int], allowed: dict[tuple[str, str], int],
+                changed: set[str] | None = None) -> None:
+        """Every tenant's values; only those of ``changed`` tenants (all when None) are set again, and the series of
+        tenants and classes no longer given are removed."""
         tenants, classes = set(admitted), set(used) | set(allowed)
-        for tenant in tenants:
+        for tenant in tenants if changed is None else tenants & changed:
             ADMITTED.labels(tenant).set(admitted[tenant])
             QUEUED.labels(tenant).set(queued.get(tenant, 0))
-        for key in classes:
+        for key in classes if changed is None else (k for k in classes if k[0] in changed):
             GPUS_USED.labels(*key).set(used.get(key, 0))
             GPUS_ALLOWED.labels(*key).set(allowed.get(key, 0))
         for tenant in self._tenants - tenants:

@@ -177,3 +177,28 @@ def test_what_was_applied_is_remembered_per_deployment_and_forgotten_with_it():
     world.delete("t-a", "d")
     world.controller.handle(("ModelDeployment", "t-a", "d"))
     assert ("t-a", "d") not in world.controller._child_applied
+
+
+def test_reconciling_an_unchanged_tenant_asks_no_admission_pass():
+    # A resync reconciles every Tenant every 10 minutes; at 1,000 tenants each of those reconciles ran an admission
+    # pass that listed every deployment, and kept an idle operator at 24 % of a core.
+    from llmos_operator.handlers.controller import ADMISSION
+
+    world = World()
+    world.tenant("t", ["t-a"], {"h100": 4})
+    world.kube.get = lambda kind, name, namespace=None: world.store[kind].get(name, namespace)
+    world.kube.delete = lambda *args, **kwargs: None
+    queue = world.controller.queue
+
+    def reconcile_tenant() -> set:
+        """What the reconcile queued."""
+        while (key := queue.get(timeout=0)) is not None:
+            queue.done(key)
+        world.controller.handle(("Tenant", "t"))
+        return set(queue._queued)
+
+    assert ADMISSION in reconcile_tenant()  # first reconcile: admission decides the tenant
+    world.run_admission()
+    assert ADMISSION not in reconcile_tenant()  # nothing it reads changed
+    world.tenant("t", ["t-a"], {"h100": 8})  # a new quota (generation 2)
+    assert ADMISSION in reconcile_tenant()

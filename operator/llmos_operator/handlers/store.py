@@ -70,6 +70,11 @@ class Informer:
                 objs = list(self._by_namespace.get(namespace, {}).values())
         return objs if where is None else [o for o in objs if where(o)]
 
+    def namespaces(self) -> list[str | None]:
+        """The namespaces that hold at least one object."""
+        with self._lock:
+            return list(self._by_namespace)
+
     def __len__(self) -> int:
         return len(self._objects)
 
