@@ -273,8 +273,7 @@ class Operator:
         raise SystemExit(f"the operator did not answer its liveness probe; see {self.log_path}")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return process_cpu_seconds(self.proc.pid)
 
     def memory_mb(self) -> tuple[float, float]:
         """(peak RSS, current RSS) in MB."""
@@ -291,20 +290,20 @@ class Operator:
                 self.proc.wait()
 
 
+def process_cpu_seconds(pid: int | str) -> float:
+    """utime + stime of a process so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
 def component_cpu(cluster_name: str, operator: Operator | None = None) -> dict[str, float]:
     """CPU seconds (utime + stime) so far of each control-plane process of the local cluster, the operator and this
     script: where a phase's CPU went on the shared cores."""
-    tick = os.sysconf("SC_CLK_TCK")
     marker = f"/clusters/{cluster_name}/"
     out: dict[str, float] = {}
-
-    def seconds(pid: int | str) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -316,12 +315,12 @@ def component_cpu(cluster_name: str, operator: Operator | None = None) -> dict[s
             if exe.startswith("kwok") and exe != "kwokctl":
                 exe = "kwok"  # the KWOK controller, whatever kwokctl named its copy
             if exe in COMPONENTS:
-                out[exe] = out.get(exe, 0.0) + seconds(proc.name)
+                out[exe] = out.get(exe, 0.0) + process_cpu_seconds(proc.name)
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
     if operator is not None and operator.proc is not None and operator.proc.poll() is None:
         out["operator"] = operator.cpu_seconds()
-    out["bench"] = seconds("self")
+    out["bench"] = process_cpu_seconds("self")
     return out
 
 

@@ -504,13 +504,6 @@ class Controller:
         self._ownership_memo = (version, ownership)
         return ownership
 
-    def _namespace_owners(self, tenants: list[Tenant]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        """(namespace → owning tenant, tenant → {namespace: other owner} of its refused claims). A namespace belongs
-        to a tenant only once llmos labelled it for that tenant, i.e. after the namespace checks passed."""
-        current = self._labelled_namespaces()
-        owners, conflicts = namespace_owners(tenants, current)
-        return {ns: t for ns, t in owners.items() if current.get(ns) == t}, conflicts
-
     def _labelled_namespaces(self) -> dict[str, str]:
         labelled = self.store["Namespace"].list()
         return {n["metadata"]["name"]: n["metadata"]["labels"][TENANT_LABEL] for n in labelled
@@ -806,14 +799,12 @@ class Controller:
     # ---------------------------------------------------------------------------------------------------------------
     # Model
 
-    def _tenant_of(self, namespace: str, tenants: list[Tenant] | None = None) -> Tenant | None:
-        if tenants is None:
-            ownership = self._ownership()
-            owner = ownership.owners.get(namespace)
-            return ownership.by_name.get(owner) if owner is not None else None
-        owners, _ = self._namespace_owners(tenants)
-        owner = owners.get(namespace)
-        return next((t for t in tenants if t.metadata.name == owner), None)
+    def _tenant_of(self, namespace: str) -> Tenant | None:
+        """The tenant owning ``namespace`` (a namespace belongs to a tenant only once llmos labelled it for that
+        tenant, i.e. after the namespace checks passed)."""
+        ownership = self._ownership()
+        owner = ownership.owners.get(namespace)
+        return ownership.by_name.get(owner) if owner is not None else None
 
     def _trusted_keys(self, tenant: Tenant | None) -> dict[str, bytes]:
         """The cluster's keys and the tenant's. Keys in Secrets are read only from the operator's own namespace: a
@@ -862,10 +853,10 @@ class Controller:
                     f"namespace and name it in {field}.bundleRef")
         return f"no signature given: set {field}.bundleRef (or policy: Disabled)"
 
-    def verify(self, model: Model, tenants: list[Tenant] | None = None) -> Verification:
+    def verify(self, model: Model) -> Verification:
         from llmos_signing import VerificationError, verify_bundle
 
-        tenant = self._tenant_of(model.metadata.namespace or "", tenants)
+        tenant = self._tenant_of(model.metadata.namespace or "")
         refusal = policy.model_refusal(model, tenant)
         if refusal is not None:
             return Verification(False, *refusal)
@@ -1120,12 +1111,9 @@ class Controller:
         waiting = (mdep.metadata.uid, gen)
         first = self._waiting_since.get(key)
         if first is None or first[0] != waiting:
-            self._waiting_since[key] = (waiting, time.monotonic())
-            self.queue.add(("ModelDeployment", mdep.metadata.namespace, mdep.metadata.name),
-                           delay=ADMISSION_PENDING_GRACE_SECONDS)
-            return
+            first = self._waiting_since[key] = (waiting, time.monotonic())
         left = ADMISSION_PENDING_GRACE_SECONDS - (time.monotonic() - first[1])
-        if left > 0:
+        if left > 0:  # look again when the grace is over (one delayed re-queue per key: the earliest stands)
             self.queue.add(("ModelDeployment", mdep.metadata.namespace, mdep.metadata.name), delay=left)
             return
         old = mdep.status.to_dict()
