@@ -7,7 +7,7 @@ PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export LLMOS_CACHE
 
-.PHONY: venv binaries images podman demo test unit integration engine crds lint clean-cluster
+.PHONY: venv binaries images podman demo test crds lint clean-cluster
 
 $(UV):
 	python3 -m venv $(LLMOS_CACHE)/uv-$(UV_VERSION)
@@ -32,6 +32,11 @@ podman:
 # pulled), tagged with the package version. Cached by content: a second run builds nothing.
 images: podman
 	bash hack/build-images.sh all
+
+# ruff and mypy, as `make test` runs them first
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 crds: venv
 	$(PY) -m llmos_operator.api.crdgen --write

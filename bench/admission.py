@@ -39,7 +39,7 @@ def measure(deployments: int, reps: int) -> dict[str, float]:
     full, scoped = [], []
     for rep in range(reps):
         # A full pass with nothing to change (a resync), then one new deployment decided on its own.
-        world.controller._admission_scope.mark(everything=True)
+        world.manager.ctx.scope.mark(everything=True)
         started = time.perf_counter()
         world.run_admission()
         full.append(time.perf_counter() - started)

@@ -1,7 +1,8 @@
 """Noisy neighbour: does one tenant's churn slow another tenant's admission?
 
 Tenant A owns 50 ModelDeployments and, in the noisy phase, loops `annotate` over them (metadata-only changes, as
-fast as the API server answers; --noise-threads for more loops) while tenant B creates 20 ModelDeployments one after another. B's latency from
+fast as the API server answers; --noise-threads for more loops) while tenant B creates 20 ModelDeployments one
+after another. B's latency from
 create to child apps/v1 Deployment is measured with A quiet and with A noisy, in the same run, and printed side by
 side (goal: noisy p99 within 1.5× of quiet).
 
@@ -102,7 +103,7 @@ def main() -> int:
                     if exc.status != 404:
                         raise
                     if time.monotonic() - start > 60:
-                        raise SystemExit(f"{phase} sample {i}: no Deployment after 60 s")
+                        raise SystemExit(f"{phase} sample {i}: no Deployment after 60 s") from None
                     time.sleep(0.005)
             out.append(time.monotonic() - start)
             custom.delete_namespaced_custom_object(GROUP, VERSION, b_ns, "modeldeployments", mdep_name)

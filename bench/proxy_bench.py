@@ -113,7 +113,7 @@ def _round(url: str, streams: int, tokens: int, watch: list[int]) -> dict:
     events = sum(r[1] for r in results)
     return {
         "ttfb": ttfb, "events": events, "wall": data["wall"], "errors": len(bad),
-        "cpu": [a - b for a, b in zip(after, before)],
+        "cpu": [a - b for a, b in zip(after, before, strict=True)],
     }
 
 

@@ -82,7 +82,7 @@ def main() -> int:
                     if exc.status != 404:
                         raise
                     if time.monotonic() - start > 30:
-                        raise SystemExit(f"sample {i}: no Deployment after 30 s")
+                        raise SystemExit(f"sample {i}: no Deployment after 30 s") from None
                     time.sleep(0.005)
             samples.append(time.monotonic() - start)
             print(f"sample {i + 1:2d}: {samples[-1] * 1000:7.1f} ms")

@@ -46,7 +46,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def log(msg: str) -> None:
-    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class Watcher(threading.Thread):
                     resp.release_conn()
                     if gone:
                         break
-            except Exception as exc:  # a dropped connection: list again (the callbacks are idempotent)
+            except Exception as exc:  # noqa: BLE001 — a dropped connection: list again (the callbacks are idempotent)
                 if not self.stopping.is_set():
                     log(f"watch {self.path}: {exc!r}; listing again")
                     time.sleep(1)
@@ -464,7 +464,7 @@ def signed_model(workdir: Path) -> tuple[bytes, str]:
 def raw_deployment(namespace: str, name: str) -> dict:
     """What llmos would schedule for a 1-GPU h100 replica (its placement), as a plain Deployment."""
     from llmos_operator.config import default_config
-    from llmos_operator.placement import pod_placement
+    from llmos_operator.core.placement import pod_placement
 
     selector = {"app": name}
     return {
@@ -649,7 +649,7 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
                                                    model_deployment(f"md-{i}"))
 
         log(f"llmos: creating {size.deployments} ModelDeployments")
-        burst_offset, burst_t0 = audit_log.stat().st_size, datetime.now(timezone.utc)
+        burst_offset, burst_t0 = audit_log.stat().st_size, datetime.now(UTC)
         cpu0 = component_cpu(name, operator)
         if args.profile_dir:
             if profile is not None:
@@ -677,7 +677,7 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
                                            default=start) - start
         figures.burst_child_p50_ms = statistics.median(delays) * 1000 if delays else math.nan
         figures.burst_child_p99_ms = percentile(delays, 0.99) * 1000
-        count, calls = audit_requests(audit_log, burst_t0, datetime.now(timezone.utc), burst_offset)
+        count, calls = audit_requests(audit_log, burst_t0, datetime.now(UTC), burst_offset)
         figures.burst_operator_requests = count
         figures.burst_top_calls = calls.most_common(8)
         if converged:
@@ -698,11 +698,11 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
             figures.busy_after_ready_s = time.monotonic() - settle_start - 5
             audit_offset = audit_log.stat().st_size
             cpu0, total0 = operator.cpu_seconds(), request_total(api)
-            wall0, t0 = time.monotonic(), datetime.now(timezone.utc)
+            wall0, t0 = time.monotonic(), datetime.now(UTC)
             log(f"idle: measuring {args.idle_seconds} s")
             time.sleep(args.idle_seconds)
             cpu1, total1 = operator.cpu_seconds(), request_total(api)
-            wall1, t1 = time.monotonic(), datetime.now(timezone.utc)
+            wall1, t1 = time.monotonic(), datetime.now(UTC)
             time.sleep(2)  # the audit log's buffered writes
             count, calls = audit_requests(audit_log, t0, t1, audit_offset)
             figures.idle_cpu_pct = (cpu1 - cpu0) / (wall1 - wall0) * 100
@@ -824,7 +824,7 @@ def plot(results: list[Figures], path: Path) -> None:
          [("goal", GOALS["idle_rps"])]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    for ax, (title, series, goals) in zip(axes, panels):
+    for ax, (title, series, goals) in zip(axes, panels, strict=True):
         for label, attr in series:
             ax.plot(xs, [value(r, attr) for r in results], marker="o", label=label)
         for label, level in goals:
@@ -835,7 +835,7 @@ def plot(results: list[Figures], path: Path) -> None:
         ax.set_xscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"llmos scale ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", fontsize=11)
+    fig.suptitle(f"llmos scale ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -913,11 +913,11 @@ def main() -> int:
         results = load_figures(args.previous) if args.previous else []
         for size in sizes:
             figures = Figures(size, operator=args.operator_label, apply_threads=args.apply_threads,
-                              started=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+                              started=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
             results.append(figures)
             try:
                 run_size(figures, args, workdir)
-            except (Exception, SystemExit) as exc:  # keep what was measured, say where it stopped
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 — keep what was measured, say where it stopped
                 figures.error = str(exc) or repr(exc)
                 log(f"{size}: stopped early: {figures.error}")
             if args.json:

@@ -73,7 +73,7 @@ def create(root: Path, files: dict[str, int], block: bytes) -> None:
         return
     if root.exists():
         shutil.rmtree(root)
-    for i, (rel, size) in enumerate(sorted(files.items())):
+    for rel, size in sorted(files.items()):
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         head = hashlib.sha256(rel.encode()).digest()  # every file distinct
@@ -138,7 +138,8 @@ def compute_speed(constructor, chunk: bytes, repeat: int = 256) -> float:
 
 def llmos_cli() -> list[str]:
     script = BIN / "llmos"
-    probe = subprocess.run([str(script), "model", "--help"], capture_output=True, text=True) if script.exists() else None
+    probe = (subprocess.run([str(script), "model", "--help"], capture_output=True, text=True) if script.exists()
+             else None)
     if probe is not None and probe.returncode == 0:
         return [str(script)]
     return [sys.executable, "-m", "llmos_signing.cli"]

@@ -20,7 +20,8 @@ def _dev(args: argparse.Namespace) -> int:
             from .dev.nodes import load_pools
 
             pools = load_pools(Path(args.nodes))
-        kubeconfig = cluster.up(args.name, **({"pools": pools} if pools else {}), node_timeout=args.node_timeout)
+        kubeconfig = (cluster.up(args.name, pools=pools, node_timeout=args.node_timeout) if pools
+                      else cluster.up(args.name, node_timeout=args.node_timeout))
         print(kubeconfig)
         return 0
     if args.dev_command == "down":
@@ -38,16 +39,21 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from .handlers import main as operator_main
+    from .controller import manager
+    from .kube.leader import LeaseNamespaceMissing
 
-    return operator_main.run(
-        config_path=args.config,
-        liveness=args.liveness,
-        metrics_port=args.metrics_port,
-        standalone=args.standalone,
-        lease_name=args.leader_election_id,
-        lease_namespace=args.leader_election_namespace,
-    )
+    try:
+        return manager.run(
+            config_path=args.config,
+            liveness=args.liveness,
+            metrics_port=args.metrics_port,
+            standalone=args.standalone,
+            lease_name=args.leader_election_id,
+            lease_namespace=args.leader_election_namespace,
+        )
+    except LeaseNamespaceMissing as exc:
+        print(f"llmos operator: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,12 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="namespace of that Lease (default: $LLMOS_OPERATOR_NAMESPACE, else llmos-system)")
     op.set_defaults(func=_operator)
 
-    try:
-        from llmos_signing.cli import add_model_commands
-    except ImportError:  # the signing package is part of the same distribution; absent only in a broken install
-        add_model_commands = None
-    if add_model_commands is not None:
-        add_model_commands(sub)
+    from llmos_signing.cli import add_model_commands  # the same distribution: present in every install
+
+    add_model_commands(sub)
     return parser
 
 

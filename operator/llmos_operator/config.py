@@ -134,7 +134,7 @@ class OperatorConfig(_Config):
     @classmethod
     def _name_classes(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
-            out = {}
+            out: dict[str, Any] = {}
             for name, gpu_class in value.items():
                 if isinstance(gpu_class, GPUClass):
                     out[name] = gpu_class.model_copy(update={"name": name})

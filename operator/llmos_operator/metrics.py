@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .kube import client
+
 RECONCILES = Counter("llmos_reconcile_total", "Reconciles by kind and result", ["kind", "result"])
 RECONCILE_SECONDS = Histogram(
     "llmos_reconcile_duration_seconds", "Time of one reconcile", ["kind"],
@@ -12,10 +14,7 @@ RECONCILE_SECONDS = Histogram(
 ADMITTED = Gauge("llmos_tenant_admitted_deployments", "Admitted ModelDeployments", ["tenant"])
 QUEUED = Gauge("llmos_tenant_queued_deployments", "ModelDeployments waiting for quota", ["tenant"])
 GPUS_USED = Gauge("llmos_tenant_gpus_used", "GPUs reserved by admitted deployments", ["tenant", "gpu_class"])
-# What the operator asks the API server, besides its long-lived watches: an idle operator asks nothing.
-API_REQUESTS = Counter("llmos_api_requests_total",
-                       "API requests (reconcilers, informer listings; not watch streams), by HTTP method and kind",
-                       ["method", "kind"])
+API_REQUESTS = client.API_REQUESTS  # what the operator asks the API server (kube/client.py)
 GPUS_ALLOWED = Gauge("llmos_tenant_gpus_allowed", "GPU quota", ["tenant", "gpu_class"])
 
 

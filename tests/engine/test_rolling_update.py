@@ -16,8 +16,8 @@ import base64
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import httpx
 import pytest
@@ -62,7 +62,7 @@ class EndpointSync:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="endpoint-sync", daemon=True)
 
-    def start(self) -> "EndpointSync":
+    def start(self) -> EndpointSync:
         self._thread.start()
         return self
 

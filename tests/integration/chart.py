@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes import client
+
 from tests.support import processes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,14 @@ import yaml
 from kubernetes import client
 
 from tests.integration.chart import (
-    CHART, ChartOperator, Release, forbidden_lines, helm, lease_holder, session_operator_paused, wait,
+    CHART,
+    ChartOperator,
+    Release,
+    forbidden_lines,
+    helm,
+    lease_holder,
+    session_operator_paused,
+    wait,
 )
 from tests.integration.conftest import Objects
 

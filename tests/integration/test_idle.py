@@ -11,8 +11,7 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.integration.test_model_verification import (  # noqa: F401
-    _bundle_configmap, _key_secret, _signed, signed_model)
+from tests.integration.test_model_verification import _bundle_configmap, _key_secret, _signed, signed_model  # noqa: F401
 
 RESYNC_SECONDS = 2
 _SAMPLE = re.compile(r'^(llmos_api_requests_total|llmos_reconcile_total)\{([^}]*)\} ([0-9.e+]+)$', re.M)

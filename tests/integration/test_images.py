@@ -21,7 +21,13 @@ import httpx
 import pytest
 
 from tests.integration.chart import (
-    CHART, Release, free_port, helm, lease_holder, session_operator_paused, wait,
+    CHART,
+    Release,
+    free_port,
+    helm,
+    lease_holder,
+    session_operator_paused,
+    wait,
 )
 from tests.integration.conftest import Objects
 

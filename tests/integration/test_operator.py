@@ -374,7 +374,7 @@ def test_adapter_reports_of_the_runtimes_are_summed_up_in_status(objects, namesp
     pods = core.list_namespaced_pod(namespace, label_selector="llmos.dev/model-deployment=d").items
     reports = [{"loaded": ["sql", "legal"], "failed": {}},
                {"loaded": ["sql"], "failed": {"legal": "verification failed: hash mismatch: adapter_model.safetensors"}}]
-    for pod, report in zip(pods, reports):
+    for pod, report in zip(pods, reports, strict=True):
         core.patch_namespaced_pod(pod.metadata.name, namespace,
                                   {"metadata": {"annotations": {"llmos.dev/adapters": json.dumps(report)}}})
 

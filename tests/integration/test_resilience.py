@@ -29,16 +29,17 @@ def test_a_child_the_api_server_refuses_shows_in_status_and_recovers(objects, na
 
 
 def test_a_repeated_event_is_one_event_with_a_count(cluster, namespace):
-    from llmos_operator.handlers.kube import Kube
+    from llmos_operator.kube.client import Kube
+    from llmos_operator.kube.events import EventRecorder
 
-    kube = Kube(cluster.api)
+    event = EventRecorder(Kube(cluster.api))
     cm = client.CoreV1Api(cluster.api).create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="subject")))
     obj = {"apiVersion": "v1", "kind": "ConfigMap",
            "metadata": {"name": "subject", "namespace": namespace, "uid": cm.metadata.uid}}
     for _ in range(3):
-        kube.event(obj, "Warning", "Flapping", "the same thing again")
-    kube.event(obj, "Normal", "Settled", "something else")
+        event(obj, "Warning", "Flapping", "the same thing again")
+    event(obj, "Normal", "Settled", "something else")
     events = client.CoreV1Api(cluster.api).list_namespaced_event(
         namespace, field_selector="involvedObject.name=subject").items
     assert sorted((e.reason, e.count) for e in events) == [("Flapping", 3), ("Settled", 1)]

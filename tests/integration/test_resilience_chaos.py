@@ -255,13 +255,13 @@ def test_the_operator_rides_out_a_control_plane_restart(component, control_plane
 
 
 def test_an_expired_watch_lists_again_and_reports_what_it_missed(cluster, namespace, control_plane, caplog):
-    """A real 410 Gone from the real API server: an informer (handlers/store.py) is held between two watches while
+    """A real 410 Gone from the real API server: an informer (kube/informer.py) is held between two watches while
     ConfigMaps change and the API server restarts (its new watch cache starts after the informer's last
     resourceVersion); its next watch from that version gets "too old resource version" (410), and it must list again
     and report what it missed — the deletion and the creation — as events. The hold is the only artificial part: a
     hook in the informer's loop, since an informer falling behind the watch cache by itself takes too long here."""
-    from llmos_operator.handlers.kube import Kube
-    from llmos_operator.handlers.store import Informer
+    from llmos_operator.kube.client import Kube
+    from llmos_operator.kube.informer import Informer
 
     core = client.CoreV1Api(cluster.api)
     label = f"llmos-test-410={namespace}"
@@ -314,7 +314,7 @@ def test_a_restart_leaves_the_status_of_ready_deployments_alone(cluster, operato
     """Every status write to 8 Ready deployments is watched while the operator is killed and started again: a
     restart learns nothing new, so none may say anything but Ready=True. (It did: a deployment reconciled before the
     first admission pass after the restart was written Ready=False "waiting for admission", with Warning Events,
-    until the pass ran; handlers/main.py now runs one pass before the workers start.)"""
+    until the pass ran; now a deployment without a decision writes nothing for 5 s and waits for the pass.)"""
     objects.tenant(gpus={"h100": 8})
     objects.model()
     for i in range(8):

@@ -58,7 +58,7 @@ class GpuSampler(threading.Thread):
                 self.max_surges = max(self.max_surges, len(surges))
             time.sleep(0.2)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         self.start()
         return self
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.support.waiting import wait_for
 from tests.support import processes
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "llmos.dev", "v1alpha1"
@@ -35,7 +35,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log_dir: Path, cluster_name: str, *, standalone: bool = True,
                  name: str = "test"):
-        """``standalone=False``: the process first waits for the leader Lease (handlers/leader.py), as a replica of
+        """``standalone=False``: the process first waits for the leader Lease (kube/leader.py), as a replica of
         the chart's Deployment does; ``name`` tells the log files of several processes apart."""
         self.kubeconfig, self.log_dir, self.cluster_name = kubeconfig, log_dir, cluster_name
         self.standalone, self.name = standalone, name

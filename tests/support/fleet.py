@@ -40,7 +40,7 @@ class Fleet:
         self.apps = client.AppsV1Api(self.api)
         self.policy = client.PolicyV1Api(self.api)
         self.tenants = [f"{self.prefix}-t{i}" for i in range(len(self.quotas))]
-        self.quota_of = dict(zip(self.tenants, self.quotas))
+        self.quota_of = dict(zip(self.tenants, self.quotas, strict=True))
 
     # Setup and teardown ------------------------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class Fleet:
     def replay(self, mdeps: list[dict], gpu_classes) -> set[str]:
         """What a single-threaded operator admits when the deployments arrive one at a time in creation order
         (creationTimestamp has 1 s resolution: ties go by namespace/name, as admission orders them)."""
-        from llmos_operator.quota import Request, TenantInfo, admit
+        from llmos_operator.core.quota import Request, TenantInfo, admit
 
         requests = sorted(
             (Request(namespace=m["metadata"]["namespace"], name=m["metadata"]["name"], uid=m["metadata"]["uid"],
@@ -196,7 +196,7 @@ class Fleet:
 
 
 def _parse_time(value: str):
-    from llmos_operator.quota import parse_time
+    from llmos_operator.core.quota import parse_time
 
     return parse_time(value)
 

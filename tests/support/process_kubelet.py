@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -52,7 +52,7 @@ MESSAGE_LIMIT = 4096  # what a kubelet keeps of a termination message
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Endpoint:
 class _PodWorker:
     """Runs one pod (one uid) from its start to its deletion, in a thread of its own."""
 
-    def __init__(self, kubelet: "ProcessKubelet", pod: dict):
+    def __init__(self, kubelet: ProcessKubelet, pod: dict):
         self.kubelet = kubelet
         self.pod = pod  # the newest object seen by the watch
         self.name: str = pod["metadata"]["name"]
@@ -358,7 +358,7 @@ class ProcessKubelet:
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._watch_loop, name="process-kubelet", daemon=True)
 
-    def start(self) -> "ProcessKubelet":
+    def start(self) -> ProcessKubelet:
         self.root.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         return self

@@ -19,7 +19,7 @@ def _state(world: World) -> tuple:
                for t in world.store["Tenant"].list()}
     # The message of an admitted decision says what the tenant used when it was admitted; the rest must match.
     decisions = {k: (d.tenant, d.admitted, d.reason, d.reserved, d.replicas, d.queue_position, d.generation, d.surge)
-                 for k, d in world.controller._decisions.items()}
+                 for k, d in world.decisions.items()}
     return decisions, ledgers
 
 
@@ -49,18 +49,17 @@ def test_scoped_passes_leave_nothing_for_a_full_pass_to_change():
             name = rng.choice(list(tenants))
             world.tenant(name, tenants[name], {"h100": rng.choice((2, 4, 8)), "l4": rng.choice((0, 2, 4))},
                          priority=rng.choice((0, 10)))
-            world.controller.tenant_event("MODIFIED", world.store["Tenant"].get(name))
-            world.controller._admit_again(tenants=(name, None))  # what reconcile_tenant asks for
+            world.manager.ctx.admit_again(tenants=(name, None))  # what the Tenant reconciler asks for
         scoped = world.run_admission()
         # Only the touched tenant's ledger (and its namespaces' backstops) was written.
         touched = {w[3] for w in scoped if w[1] == "Tenant"}
         assert len(touched) <= 1, (step, scoped)
         state = _state(world)
-        world.controller._admission_scope.mark(everything=True)
+        world.manager.ctx.scope.mark(everything=True)
         assert world.run_admission() == [], f"step {step}: a full pass still had something to write"
         assert _state(world) == state, f"step {step}: a full pass decided otherwise"
-    admitted = [d for d in world.controller._decisions.values() if d.admitted]
-    assert len(admitted) > 10 and len(world.controller._decisions) == len(live)
+    admitted = [d for d in world.decisions.values() if d.admitted]
+    assert len(admitted) > 10 and len(world.decisions) == len(live)
 
 
 def test_a_failed_pass_gives_its_scope_back():
@@ -77,7 +76,7 @@ def test_a_failed_pass_gives_its_scope_back():
         world.run_admission()
     world.kube.patch_status = patch
     world.run_admission()  # the retry, as the work queue would run it
-    assert world.controller._decisions["t0-a/d"].admitted
+    assert world.decisions["t0-a/d"].admitted
 
 
 def test_a_deleted_tenant_leaves_no_decision_behind():
@@ -89,10 +88,10 @@ def test_a_deleted_tenant_leaves_no_decision_behind():
     world.deploy("t1-a", "e", 1, 2, "h100")
     world.run_admission()
     world.delete("t0-a", "d")
-    world.store["Tenant"]._apply("DELETED", world.store["Tenant"].get("t0"))
-    world.controller._admit_again(everything=True)  # what reconcile_tenant asks for when its Tenant is gone
+    world.delete(None, "t0", kind="Tenant")
+    world.manager.ctx.admit_again(everything=True)  # what the Tenant reconciler asks for when its Tenant is gone
     world.run_admission()
-    decisions = world.controller._decisions
+    decisions = world.decisions
     assert set(decisions) == {"t1-a/e"} and decisions["t1-a/e"].admitted
 
 
@@ -108,11 +107,11 @@ def test_a_departing_pod_keeps_its_gpus_until_its_deletion_runs_a_pass_that_free
     world.run_admission()
     ledger = world.store["Tenant"].get("t")["status"]["reservations"]
     assert set(ledger) == {"t-a/first#releasing"} and ledger["t-a/first#releasing"]["gpus"] == 4
-    assert not world.controller._decisions["t-a/second"].admitted
+    assert not world.decisions["t-a/second"].admitted
     world.pod("t-a", "first", "first-0", 4, event="DELETED")  # gone: the event asks for a pass of its namespace
     world.run_admission()
     ledger = world.store["Tenant"].get("t")["status"]["reservations"]
-    assert set(ledger) == {"t-a/second"} and world.controller._decisions["t-a/second"].admitted
+    assert set(ledger) == {"t-a/second"} and world.decisions["t-a/second"].admitted
 
 
 def test_admission_pending_is_said_only_when_admission_is_slow(monkeypatch):
@@ -120,16 +119,16 @@ def test_admission_pending_is_said_only_when_admission_is_slow(monkeypatch):
     # decision's own status. Now only a generation still undecided after the grace period gets it.
     import time
 
-    from llmos_operator.handlers import controller as controller_module
+    from llmos_operator.controller import model_deployment
 
-    monkeypatch.setattr(controller_module, "ADMISSION_PENDING_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(model_deployment, "ADMISSION_PENDING_GRACE_SECONDS", 0.2)
     world = World()
     world.tenant("t", ["t-a"], {"h100": 4})
     world.run_admission()
 
     def reconcile(name: str) -> list[tuple]:
         before = len(world.kube.writes)
-        world.controller.handle(("ModelDeployment", "t-a", name))
+        world.manager.handle(("ModelDeployment", "t-a", name))
         return [w for w in world.kube.writes[before:] if w[:2] == ("status", "ModelDeployment")]
 
     def reasons(name: str) -> list[str]:
@@ -158,43 +157,34 @@ def test_what_was_applied_is_remembered_per_deployment_and_forgotten_with_it():
                "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"}},
                "spec": {"ports": [{"port": 8000}]}}
 
+    writer = world.manager.model_deployments.children
+
     def apply() -> int:
         before = len(world.kube.writes)
-        world.controller._apply_child(service)
+        writer.apply(service)
         return len(world.kube.writes) - before
-
-    def api_apply(obj: dict) -> dict:  # the API server's answer, and the watch reporting it
-        world.kube.writes.append(("apply", obj["kind"], "t-a", "d"))
-        stored = dict(obj, metadata=dict(obj["metadata"], resourceVersion=f"v{len(world.kube.writes)}"))
-        world.store["Service"]._apply("MODIFIED", stored)
-        return stored
-
-    world.kube.apply = api_apply
 
     assert apply() == 1
     assert apply() == 0  # the same rendering, the stored child unchanged: nothing written
-    assert list(world.controller._child_applied[("t-a", "d")]) == [("Service", "d")]
     world.delete("t-a", "d")
-    world.controller.handle(("ModelDeployment", "t-a", "d"))
-    assert ("t-a", "d") not in world.controller._child_applied
+    world.manager.handle(("ModelDeployment", "t-a", "d"))  # forgets what it applied for "d"
+    assert apply() == 1
 
 
 def test_reconciling_an_unchanged_tenant_asks_no_admission_pass():
     # A resync reconciles every Tenant every 10 minutes; at 1,000 tenants each of those reconciles ran an admission
     # pass that listed every deployment, and kept an idle operator at 24 % of a core.
-    from llmos_operator.handlers.controller import ADMISSION
+    from llmos_operator.controller.state import ADMISSION
 
     world = World()
     world.tenant("t", ["t-a"], {"h100": 4})
-    world.kube.get = lambda kind, name, namespace=None: world.store[kind].get(name, namespace)
-    world.kube.delete = lambda *args, **kwargs: None
-    queue = world.controller.queue
+    queue = world.manager.queue
 
     def reconcile_tenant() -> set:
         """What the reconcile queued."""
         while (key := queue.get(timeout=0)) is not None:
             queue.done(key)
-        world.controller.handle(("Tenant", "t"))
+        world.manager.handle(("Tenant", "t"))
         return set(queue._queued)
 
     assert ADMISSION in reconcile_tenant()  # first reconcile: admission decides the tenant

@@ -41,7 +41,7 @@ def test_controllers_act_as_their_own_service_accounts():
 
 def test_the_binaries_built_from_source_are_used_and_no_kubeconfig_is_touched():
     cmd = kwokctl_create_command("c", BINS, 90)
-    flags = dict(zip(cmd[3::1], cmd[4::1]))
+    flags = dict(zip(cmd[3::1], cmd[4::1], strict=False))
     assert flags["--kube-apiserver-binary"] == "/b/k8s/kube-apiserver"
     assert flags["--etcd-binary"] == "/b/etcd/etcd"
     assert flags["--kwok-controller-binary"] == "/b/kwok/kwok"

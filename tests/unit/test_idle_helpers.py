@@ -3,9 +3,9 @@ child's spec was changed by someone else, and the kind a request is counted unde
 
 from __future__ import annotations
 
-from llmos_operator.handlers.controller import _spec_version
-from llmos_operator.handlers.kube import _kind_of
-from llmos_operator.handlers.store import metadata_summary
+from llmos_operator.controller.cache import LLMOS_KINDS, owned_by, spec_version
+from llmos_operator.controller.summaries import metadata_summary
+from llmos_operator.kube.client import Kube
 
 
 def test_metadata_summary_keeps_identity_and_version_only():
@@ -16,20 +16,20 @@ def test_metadata_summary_keeps_identity_and_version_only():
                                      "metadata": {"name": "m-sig", "namespace": "t", "resourceVersion": "7"}}
 
 
-def test_spec_version_ignores_status_writes_where_the_kind_has_a_generation():
+def testspec_version_ignores_status_writes_where_the_kind_has_a_generation():
     deployment = {"metadata": {"generation": 3, "resourceVersion": "100"}}
     after_status_write = {"metadata": {"generation": 3, "resourceVersion": "101"}}
-    assert _spec_version(deployment) == _spec_version(after_status_write)
-    assert _spec_version({"metadata": {"generation": 4, "resourceVersion": "102"}}) != _spec_version(deployment)
+    assert spec_version(deployment) == spec_version(after_status_write)
+    assert spec_version({"metadata": {"generation": 4, "resourceVersion": "102"}}) != spec_version(deployment)
     service = {"metadata": {"resourceVersion": "5"}}  # no generation: any change counts
-    assert _spec_version(service) != _spec_version({"metadata": {"resourceVersion": "6"}})
+    assert spec_version(service) != spec_version({"metadata": {"resourceVersion": "6"}})
 
 
 def test_requests_are_counted_by_kind():
-    assert _kind_of("/api/v1/namespaces/t/configmaps/m-sig") == "ConfigMap"
-    assert _kind_of("/apis/llmos.dev/v1alpha1/namespaces/t/modeldeployments/d/status") == "ModelDeployment"
-    assert _kind_of("/api/v1/namespaces/t") == "Namespace"
-    assert _kind_of("/version") == "other"
+    assert Kube(None, kinds=LLMOS_KINDS).kind_of("/api/v1/namespaces/t/configmaps/m-sig") == "ConfigMap"
+    assert Kube(None, kinds=LLMOS_KINDS).kind_of("/apis/llmos.dev/v1alpha1/namespaces/t/modeldeployments/d/status") == "ModelDeployment"
+    assert Kube(None, kinds=LLMOS_KINDS).kind_of("/api/v1/namespaces/t") == "Namespace"
+    assert Kube(None, kinds=LLMOS_KINDS).kind_of("/version") == "other"
 
 
 def _rendered_pod() -> tuple[dict, dict]:
@@ -74,9 +74,14 @@ def _rendered_pod() -> tuple[dict, dict]:
 def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
     import json
 
-    from llmos_operator.handlers.store import SUMMARY, pod_summary, replica_set_summary
-    from llmos_operator.render.rollout import pod_ready, pod_template_hash, rollout_failure, template_digest, \
-        template_hash
+    from llmos_operator.controller.summaries import SUMMARY, pod_summary, replica_set_summary
+    from llmos_operator.core.rollout import (
+        pod_ready,
+        pod_template_hash,
+        rollout_failure,
+        template_digest,
+        template_hash,
+    )
 
     rs, pod, deployment = _rendered_pod()
     rs_s, pod_s = replica_set_summary(rs), pod_summary(pod)
@@ -97,13 +102,13 @@ def test_pod_and_replica_set_summaries_keep_what_rollouts_and_status_read():
 def test_a_deployment_summary_keeps_what_the_controller_reads():
     import json
 
-    from llmos_operator.handlers.controller import _pod_gpus
-    from llmos_operator.handlers.store import deployment_summary, pod_summary
-    from llmos_operator.render.rollout import deployment_complete, template_digest, template_hash
+    from llmos_operator.controller.summaries import deployment_summary, pod_summary
+    from llmos_operator.core.rollout import deployment_complete, template_digest, template_hash
+    from llmos_operator.core.workloads import pod_gpus
 
     _, pod, deployment = _rendered_pod()
     summary = deployment_summary(deployment)
-    assert _pod_gpus(summary) == _pod_gpus(deployment) == 1
+    assert pod_gpus(summary) == pod_gpus(deployment) == 1
     assert template_hash(summary) == template_hash(deployment) and template_digest(summary) == template_digest(deployment)
     pods = [pod_summary(dict(pod, status={"conditions": [{"type": "Ready", "status": "True"}]}))]
     assert deployment_complete(summary, pods) == deployment_complete(deployment, pods) is True
@@ -113,8 +118,7 @@ def test_a_deployment_summary_keeps_what_the_controller_reads():
 
 
 def test_a_child_summary_keeps_what_tells_a_changed_or_foreign_child():
-    from llmos_operator.handlers.controller import _owned_by, _spec_version
-    from llmos_operator.handlers.store import child_summary
+    from llmos_operator.controller.summaries import child_summary
 
     service = {"kind": "Service", "metadata": {"name": "chat", "namespace": "a1", "resourceVersion": "12",
                                               "labels": {"llmos.dev/model-deployment": "chat"},
@@ -122,4 +126,4 @@ def test_a_child_summary_keeps_what_tells_a_changed_or_foreign_child():
                "spec": {"ports": [{"port": 8000}], "selector": {"app": "chat"}}, "status": {}}
     summary = child_summary(service)
     assert summary["kind"] == "Service" and "spec" not in summary and "managedFields" not in summary["metadata"]
-    assert _spec_version(summary) == _spec_version(service) and _owned_by("chat")(summary)
+    assert spec_version(summary) == spec_version(service) and owned_by("chat")(summary)

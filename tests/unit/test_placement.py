@@ -1,10 +1,9 @@
 """Placement: affinity/tolerations/spread from a GPU class, can-ever-fit, scheduler event summaries."""
 
 import pytest
-from kubernetes.client import V1Node, V1NodeSpec, V1NodeStatus, V1ObjectMeta, V1Taint
 
 from llmos_operator.config import GPUClass, default_config
-from llmos_operator.placement import (
+from llmos_operator.core.placement import (
     FITS,
     INSUFFICIENT_GPUS_PER_NODE,
     INSUFFICIENT_RESOURCES,
@@ -93,14 +92,6 @@ def test_cpu_and_memory_requests_count():
     assert can_ever_fit(CLUSTER, L4, 4, {"cpu": "8", "memory": "64Gi"}).fits
     fit = can_ever_fit(CLUSTER, L4, 4, {"cpu": "8", "memory": "256Gi"})
     assert fit.reason == INSUFFICIENT_RESOURCES and "memory=256Gi" in fit.message
-
-
-def test_accepts_kubernetes_client_nodes():
-    n = V1Node(metadata=V1ObjectMeta(name="h", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
-               spec=V1NodeSpec(taints=[V1Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")]),
-               status=V1NodeStatus(allocatable={"nvidia.com/gpu": "8", "cpu": "1", "memory": "1Gi"}))
-    assert can_ever_fit([n], H100, 8).fits
-    assert not can_ever_fit([n], H100, 9).fits
 
 
 def test_tolerates():

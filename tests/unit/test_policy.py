@@ -2,9 +2,9 @@
 
 import pytest
 
-from llmos_operator import policy
 from llmos_operator.api import parse_object
 from llmos_operator.config import config_from_yaml, default_config
+from llmos_operator.core import policy
 
 pytestmark = pytest.mark.unit
 CFG = default_config()

@@ -6,7 +6,8 @@ import pytest
 
 from llmos_operator.api import parse_object
 from llmos_operator.config import config_from_yaml, default_config
-from llmos_operator.render import RenderError, endpoint_url, pod_requests, render_children, selector_string
+from llmos_operator.core.status import endpoint_url
+from llmos_operator.render import RenderError, pod_requests, render_children, selector_string
 
 pytestmark = pytest.mark.unit
 

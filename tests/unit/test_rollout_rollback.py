@@ -12,8 +12,7 @@ import copy
 import pytest
 
 from llmos_operator.api import parse_object
-from llmos_operator.render.common import ANNOTATION_CONFIG_HASH
-from llmos_operator.render.rollout import (
+from llmos_operator.core.rollout import (
     COMPLETE,
     ROLLED_BACK,
     ROLLOUT_STOPPED,
@@ -22,6 +21,7 @@ from llmos_operator.render.rollout import (
     plan_rollout,
     template_checksum,
 )
+from llmos_operator.render.common import ANNOTATION_CONFIG_HASH
 
 pytestmark = pytest.mark.unit
 

@@ -164,7 +164,7 @@ def test_large_files_and_every_reader(tmp_path, key):
     for hash_type, fn, threads in (("sha256", hashlib.sha256, 2), ("blake3", blake3.blake3, 2),
                                    ("blake3", blake3.blake3, 1)):
         got = hashing.hash_tasks(tasks, hash_type, threads=threads)
-        for (s, e), t in zip(bounds, tasks):
+        for (s, e), t in zip(bounds, tasks, strict=True):
             assert got[t.key] == fn(data[s:e]).digest(), (hash_type, threads, s, e)
 
 

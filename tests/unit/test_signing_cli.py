@@ -118,7 +118,10 @@ def test_add_model_commands_plugs_into_another_parser(setup):
 
 def test_module_entry_point(setup):
     model, (alice_priv, alice_pub), _ = setup
-    run_ = lambda *a: subprocess.run([sys.executable, "-m", "llmos_signing.cli", *a], capture_output=True, text=True)
+
+    def run_(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llmos_signing.cli", *a], capture_output=True, text=True)
+
     r = run_("model", "sign", str(model), "--key", str(alice_priv))
     assert r.returncode == 0, r.stderr
     r = run_("model", "verify", str(model), "--key", str(alice_pub))

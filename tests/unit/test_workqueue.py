@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmos_operator.handlers.workqueue import WorkQueue
+from llmos_operator.kube.workqueue import WorkQueue
 
 pytestmark = pytest.mark.unit
 

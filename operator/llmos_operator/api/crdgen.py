@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .types import CATEGORY, GROUP, VERSION, KINDS, Resource
+from .types import CATEGORY, GROUP, KINDS, VERSION, Resource
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OUTPUT_DIRS = ("crds", "helm/llmos/crds")
@@ -210,7 +210,8 @@ def structural_problems(schema: dict, path: str = "") -> list[str]:
     if list_type == "map":
         keys = schema.get("x-kubernetes-list-map-keys") or []
         item = schema.get("items", {})
-        missing = [k for k in keys if k not in item.get("required", []) and "default" not in item.get("properties", {}).get(k, {})]
+        properties = item.get("properties", {})
+        missing = [k for k in keys if k not in item.get("required", []) and "default" not in properties.get(k, {})]
         if not keys or missing:
             problems.append(f"{here}: list-type map needs map keys that items require ({missing or 'none given'})")
     if list_type == "set" and schema.get("items", {}).get("type") in ("object", "array"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -260,7 +261,7 @@ def wait_nodes_ready(kubeconfig: Path, wanted: set[str], timeout: float) -> set[
 
     try:
         while not_ready and time.monotonic() < deadline:
-            listing = json.loads(core.list_node(_preload_content=False).data)
+            listing = json.loads(core.list_node(_preload_content=False).data)  # type: ignore[attr-defined]
             for node in listing["items"]:
                 see(node)
             version = listing["metadata"]["resourceVersion"]
@@ -287,14 +288,34 @@ def down(name: str = DEFAULT_CLUSTER) -> bool:
     """Stop the cluster and remove its state. Returns False when there was nothing to stop."""
     if not cluster_dir(name).exists():
         return False
-    from . import operator_process
-
-    operator_process.stop(name)
+    stop_processes(name)
     bins = binaries(build=False)
     subprocess.run([str(bins.kwokctl), "delete", "cluster", "--name", name], env=_kwok_env(bins),
                    capture_output=True, text=True)
     shutil.rmtree(cluster_dir(name), ignore_errors=True)
     return True
+
+
+def stop_processes(name: str, timeout: float = 15) -> None:
+    """Stop every process started for this cluster: each left its pid in a ``*.pid`` file of the cluster's folder
+    (dev/operator_process.py does), in a process group of its own."""
+    for pid_path in cluster_dir(name).glob("*.pid"):
+        try:
+            pid = int(pid_path.read_text().strip())
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pid_path.unlink(missing_ok=True)
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        pid_path.unlink(missing_ok=True)
 
 
 def status(name: str = DEFAULT_CLUSTER) -> str:

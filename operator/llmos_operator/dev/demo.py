@@ -59,4 +59,4 @@ def gpu_table(name: str) -> str:
             rows.append((t["metadata"]["name"], gpu_class, str(used.get(gpu_class, 0)), str(quota.get(gpu_class, 0)),
                          str(t.get("status", {}).get("admitted", 0)), str(t.get("status", {}).get("queued", 0))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -7,7 +7,6 @@ One per cluster: its pid and log live in the cluster's folder, and `llmos dev do
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -64,18 +63,8 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
 
 
 def stop(name: str, timeout: float = 15) -> bool:
-    pid = running_pid(name)
-    if pid is None:
+    """Stop the cluster's operator process (if it runs)."""
+    if running_pid(name) is None:
         return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    pid_file(name).unlink(missing_ok=True)
+    cluster.stop_processes(name, timeout)
     return True

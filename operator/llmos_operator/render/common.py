@@ -6,22 +6,26 @@ import hashlib
 import json
 from typing import Any
 
-MANAGED_BY = "llmos"
-RUNTIME_APP = "llmos-runtime"
+from ..api.names import (
+    ANNOTATION_ADAPTERS,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_MODEL_DIGEST,
+    LABEL_GATEWAY,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL_DEPLOYMENT,
+    LABEL_NAME,
+    LABEL_TENANT,
+    MANAGED_BY,
+    RUNTIME_APP,
+    RUNTIME_CONTAINER,
+    RUNTIME_SERVICE_ACCOUNT,
+    child_labels,
+    selector_labels,
+    selector_string,
+)
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_MODEL_DEPLOYMENT = "llmos.dev/model-deployment"
-LABEL_TENANT = "llmos.dev/tenant"
-LABEL_GATEWAY = "llmos.dev/gateway"
-
-ANNOTATION_CONFIG_HASH = "llmos.dev/config-hash"
-ANNOTATION_MODEL_DIGEST = "llmos.dev/model-digest"
-# Written by the runtime on its own pod: {"loaded": [names], "failed": {name: reason}}; the operator sums it up.
-ANNOTATION_ADAPTERS = "llmos.dev/adapters"
-# The runtime's identity in a tenant namespace: allowed to read and annotate pods there, nothing else.
-RUNTIME_SERVICE_ACCOUNT = "llmos-runtime"
+labels = child_labels
 
 TRUST_DIR = "/etc/llmos/trust"
 ADAPTERS_DIR = "/etc/llmos/adapters"
@@ -30,26 +34,6 @@ PVC_ROOT = "/mnt/pvc"
 SIGNATURE_FILE = "model.sig"
 SIGNER_KEY_FILE = "signer.pem"
 ADAPTERS_FILE = "adapters.json"
-
-
-def selector_labels(mdep_name: str) -> dict[str, str]:
-    """Labels selecting the pods of one ModelDeployment (immutable in a Deployment: never change them)."""
-    return {LABEL_NAME: RUNTIME_APP, LABEL_MODEL_DEPLOYMENT: mdep_name}
-
-
-def labels(mdep_name: str) -> dict[str, str]:
-    """Labels of every child of a ModelDeployment and of its pods."""
-    return {
-        LABEL_NAME: RUNTIME_APP,
-        LABEL_INSTANCE: mdep_name,
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_MODEL_DEPLOYMENT: mdep_name,
-    }
-
-
-def selector_string(mdep_name: str) -> str:
-    """The pod selector as a string (``status.selector``, used by the scale subresource)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(mdep_name).items()))
 
 
 def trust_configmap_name(mdep_name: str, content_hash: str) -> str:
@@ -78,3 +62,35 @@ def pvc_claim(uri: str) -> tuple[str, str] | None:
         return None
     claim, _, path = uri[len("pvc://"):].partition("/")
     return claim, path
+
+
+__all__ = [  # the names the renderers share (those of api/names.py re-exported)
+    "ANNOTATION_ADAPTERS",
+    "ANNOTATION_CONFIG_HASH",
+    "ANNOTATION_MODEL_DIGEST",
+    "LABEL_GATEWAY",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_MODEL_DEPLOYMENT",
+    "LABEL_NAME",
+    "LABEL_TENANT",
+    "MANAGED_BY",
+    "RUNTIME_APP",
+    "RUNTIME_CONTAINER",
+    "RUNTIME_SERVICE_ACCOUNT",
+    "child_labels",
+    "selector_labels",
+    "selector_string",
+    "labels",
+    "TRUST_DIR",
+    "ADAPTERS_DIR",
+    "CACHE_DIR",
+    "PVC_ROOT",
+    "SIGNATURE_FILE",
+    "SIGNER_KEY_FILE",
+    "ADAPTERS_FILE",
+    "trust_configmap_name",
+    "adapters_configmap_name",
+    "stable_hash",
+    "pvc_claim",
+]

@@ -32,15 +32,18 @@ from llmos_runtime.engine_args import REMOTE_CODE_FLAG, has_flag
 
 from ..api.types import Model, ModelDeployment
 from ..config import GPUClass, OperatorConfig
-from ..placement import pod_placement
+from ..core.errors import RenderError
+from ..core.placement import pod_placement
+from ..core.rollout import idle_strategy
 from .common import (
-    RUNTIME_SERVICE_ACCOUNT,
     ADAPTERS_DIR,
     ADAPTERS_FILE,
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_MODEL_DIGEST,
     CACHE_DIR,
     PVC_ROOT,
+    RUNTIME_CONTAINER,
+    RUNTIME_SERVICE_ACCOUNT,
     SIGNATURE_FILE,
     SIGNER_KEY_FILE,
     TRUST_DIR,
@@ -52,20 +55,11 @@ from .common import (
     trust_configmap_name,
 )
 
-RUNTIME_CONTAINER = "runtime"
 RUNTIME_UID = 1000
 TERMINATION_GRACE_SECONDS = 120  # the runtime drains in-flight requests for up to ~110 s
 PRESTOP_SLEEP_SECONDS = 5  # endpoints drop the pod before it gets SIGTERM
 REVISION_HISTORY_LIMIT = 5
 STARTUP_PERIOD_SECONDS = 10
-
-
-class RenderError(ValueError):
-    """The spec cannot be rendered; ``reason`` (CamelCase) and the message go into a condition."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -261,16 +255,6 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict:
         "timeoutSeconds": timeout,
         "successThreshold": 1,
     }
-
-
-def idle_strategy(mdep: ModelDeployment, surge_replicas: int = 0) -> dict[str, int]:
-    """The strategy of a Deployment whose template llmos is not changing: the surge reserved (none) and the user's
-    maxUnavailable. apps/v1 refuses 0/0, so then maxUnavailable 1 — never used, as llmos changes the template only
-    together with a strategy it chose for that rollout."""
-    unavailable = mdep.spec.rollout.max_unavailable
-    if surge_replicas == 0 and unavailable == 0:
-        unavailable = 1
-    return {"maxSurge": surge_replicas, "maxUnavailable": unavailable}
 
 
 def render_deployment(
@@ -470,8 +454,3 @@ def render_children(
     if (mdep.spec.replicas if replicas is None else replicas) > 1:
         children.append(render_pdb(mdep))
     return children
-
-
-def endpoint_url(mdep: ModelDeployment, config: OperatorConfig) -> str:
-    """The OpenAI-compatible base URL inside the cluster."""
-    return f"http://{mdep.metadata.name}.{mdep.metadata.namespace}.svc:{config.runtime.openai_port}/v1"

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from ..api.names import (
+    EGRESS_POLICY_NAME,
+    LABEL_ALLOW_REMOTE_CODE,
+    LABEL_GATEWAY,
+    LABEL_RELEASED,
+    LABEL_TENANT,
+    NETWORK_POLICY_NAME,
+    RELEASED_POLICY_NAME,
+    RELEASED_QUOTA_NAME,
+    RESOURCE_QUOTA_NAME,
+    RUNTIME_BINDING_NAME,
+    RUNTIME_SERVICE_ACCOUNT,
+)
 from ..api.types import Tenant
 from ..config import OperatorConfig
-from ..policy import LABEL_RELEASED
-from .common import LABEL_GATEWAY, LABEL_TENANT, RUNTIME_SERVICE_ACCOUNT
 
-RESOURCE_QUOTA_NAME = "llmos-gpus"
-NETWORK_POLICY_NAME = "llmos-tenant-isolation"
-EGRESS_POLICY_NAME = "llmos-tenant-egress"
-RUNTIME_BINDING_NAME = "llmos-runtime-pods"
-RELEASED_QUOTA_NAME = "llmos-released-gpus"
-RELEASED_POLICY_NAME = "llmos-released-deny-ingress"
-LABEL_ALLOW_REMOTE_CODE = "llmos.dev/allow-remote-code"  # read by the chart's engine-flag admission policy
 POD_SECURITY = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",

@@ -129,16 +129,3 @@ def merge_ledgers(ledgers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Ledger:
                 raise LedgerError(f"ledger entry {key!r} appears twice with different values")
             out[key] = dict(e)
     return out
-
-
-def split_ledger(ledger: Mapping[str, Mapping[str, Any]], owner: Mapping[str, str]) -> dict[str, Ledger]:
-    """Tenant → its part of the ledger, by the namespace of each key (``owner``: namespace → tenant).
-
-    Entries in namespaces no tenant owns are left out (their GPUs are free).
-    """
-    out: dict[str, Ledger] = {}
-    for key, e in ledger.items():
-        tenant = owner.get(key.split("/", 1)[0])  # a surge key has the same namespace
-        if tenant is not None:
-            out.setdefault(tenant, {})[key] = dict(e)
-    return out

@@ -29,9 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..api.names import ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_DIGEST, RUNTIME_CONTAINER
 from ..api.types import ModelDeployment
-from .common import ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_DIGEST
-from .model_deployment import RUNTIME_CONTAINER, idle_strategy
 
 CRASH_LOOP_RESTARTS = 3
 # Runtime exit codes (docs/runtime.md) that no restart will cure: the revision itself is bad.
@@ -63,7 +62,7 @@ class RolloutFacts:
 @dataclass(frozen=True)
 class RolloutPlan:
     phase: str
-    deployment: dict | None  # the Deployment to apply; None leaves the stored one as it is
+    deployment: dict[str, Any] | None  # the Deployment to apply; None leaves the stored one as it is
     surge_wanted: int | None  # GPUs to reserve for the rollout's surge; 0 frees them; None: keep what is held
     message: str
     target_template: str
@@ -99,7 +98,7 @@ def template_checksum(obj: Mapping[str, Any] | None) -> str | None:
     if obj is None:
         return None
     if TEMPLATE_CHECKSUM in obj:
-        return obj[TEMPLATE_CHECKSUM]
+        return str(obj[TEMPLATE_CHECKSUM])
     template = copy.deepcopy((obj.get("spec") or {}).get("template") or {})
     labels = (template.get("metadata") or {}).get("labels")
     if labels:
@@ -159,7 +158,7 @@ def rollout_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, A
                 continue
             for state in (cs.get("state"), cs.get("lastState")):
                 term = (state or {}).get("terminated") or {}
-                what = FATAL_EXIT_CODES.get(term.get("exitCode"))
+                what = FATAL_EXIT_CODES.get(term.get("exitCode") or 0)
                 if what:
                     line = (term.get("message") or "").strip()
                     return f"pod {name}: the runtime {what}" + (f": {line}" if line else "")
@@ -179,7 +178,7 @@ def rollout_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, A
     return None
 
 
-def _with_strategy(deployment: Mapping[str, Any], surge: int, unavailable: int) -> dict:
+def _with_strategy(deployment: Mapping[str, Any], surge: int, unavailable: int) -> dict[str, Any]:
     out = copy.deepcopy(dict(deployment))
     out["spec"]["strategy"] = {"type": "RollingUpdate",
                                "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
@@ -221,8 +220,10 @@ def plan_rollout(mdep: ModelDeployment, desired: Mapping[str, Any], facts: Rollo
     replicas = (desired.get("spec") or {}).get("replicas", 0)
     user_unavailable = rollout.max_unavailable
 
-    def plan(phase: str, deployment: dict | None, surge_wanted: int | None, message: str, **kw: Any) -> RolloutPlan:
-        return RolloutPlan(phase, deployment, surge_wanted, message, target, serving, failed, **counts,
+    def plan(phase: str, deployment: dict[str, Any] | None, surge_wanted: int | None, message: str,
+             **kw: Any) -> RolloutPlan:
+        return RolloutPlan(phase, deployment, surge_wanted, message, target, serving, failed,
+                           updated=counts["updated"], updated_ready=counts["updated_ready"], ready=counts["ready"],
                            serving_checksum=serving_checksum, **kw)
 
     release = 0 if terminating == 0 else None  # a terminating pod still holds its GPUs
@@ -303,3 +304,13 @@ def _current_strategy(deployment: Mapping[str, Any], mdep: ModelDeployment) -> d
     if isinstance(surge, int) and isinstance(unavailable, int):
         return {"surge": surge, "unavailable": unavailable}
     return _idle(mdep)
+
+
+def idle_strategy(mdep: ModelDeployment, surge_replicas: int = 0) -> dict[str, int]:
+    """The strategy of a Deployment whose template llmos is not changing: the surge reserved (none) and the user's
+    maxUnavailable. apps/v1 refuses 0/0, so then maxUnavailable 1 — never used, as llmos changes the template only
+    together with a strategy it chose for that rollout."""
+    unavailable = mdep.spec.rollout.max_unavailable
+    if surge_replicas == 0 and unavailable == 0:
+        unavailable = 1
+    return {"maxSurge": surge_replicas, "maxUnavailable": unavailable}

@@ -28,7 +28,7 @@ from .admission import (
     TenantInfo,
     admit,
     gpu_summary,
-    namespace_owners,
+    not_a_candidate,
     parse_time,
 )
 from .ledger import (
@@ -44,7 +44,6 @@ from .ledger import (
     parse_ledger,
     reconcile_ledger,
     releasing_key,
-    split_ledger,
     surge_key,
     usage,
 )
@@ -54,6 +53,6 @@ __all__ = [
     "SURGE",
     "TENANT_CORDONED", "deployment_key", "is_releasing", "is_surge", "releasing_key", "surge_key",
     "TOO_MANY_DEPLOYMENTS", "UNKNOWN_GPU_CLASS", "AdmissionResult", "Decision", "Ledger", "LedgerError", "Request",
-    "TenantInfo", "admit", "gpu_summary", "ledger_key", "merge_ledgers", "namespace_owners", "parse_ledger",
-    "parse_time", "reconcile_ledger", "split_ledger", "usage",
+    "TenantInfo", "admit", "gpu_summary", "ledger_key", "merge_ledgers", "not_a_candidate", "parse_ledger",
+    "parse_time", "reconcile_ledger", "usage",
 ]

@@ -3,8 +3,9 @@
 Each :class:`Informer` lists one kind (with a label selector where llmos only cares about its own objects, applied
 by the API server), then watches from the list's resourceVersion; a watch that expires (410 Gone) or breaks lists
 again and reports the difference as events. ``synced`` is set once the first listing is in, so nothing decides on a
-half-known world. Objects are kept as the API server's JSON (dicts), optionally slimmed by a ``transform`` (nodes keep
-only what placement reads).
+half-known world. Objects are kept as the API server's JSON (dicts), optionally slimmed by a ``transform`` (the
+controller keeps summaries of what it reads). ``alive()`` says whether the loop still turns (a listing, a watch
+request or a byte from one within ``watch_timeout`` plus a margin): the liveness probe reports a stuck informer.
 
 ``metadata_only`` informers ask the API server for PartialObjectMetadata (names, labels, resourceVersions; no data):
 the operator learns that a tenant's ConfigMap or a key Secret changed without holding every ConfigMap of the cluster.
@@ -15,6 +16,7 @@ the operator, after every Pod and ConfigMap of the cluster has been sent), and i
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import random
@@ -25,8 +27,7 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from ..render.rollout import TEMPLATE_CHECKSUM, template_checksum
-from .kube import Kube, collection_path
+from .client import Kube
 
 MAX_RELIST_BACKOFF = 6.0  # seconds
 
@@ -54,7 +55,17 @@ class Informer:
         self._by_namespace: dict[str | None, dict[str, dict]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.relists = 0
+        self.last_heard = time.monotonic()  # the loop's heartbeat: a listing, a watch request, a chunk of one
+
+    def alive(self, now: float | None = None) -> bool:
+        """Is the loop running and has it heard from the API server (or retried) recently? A watch ends after
+        ``watch_timeout`` at the latest and its read times out 30 s after that, so silence beyond that plus a
+        margin means the thread is stuck (in an event handler, say)."""
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        return (now if now is not None else time.monotonic()) - self.last_heard < self.watch_timeout + 90
 
     # Reads -----------------------------------------------------------------------------------------------------------
 
@@ -62,7 +73,7 @@ class Informer:
         with self._lock:
             return self._objects.get((namespace, name))
 
-    def list(self, namespace: str | None = None, where: Callable[[dict], bool] | None = None) -> list[dict]:
+    def list(self, namespace: str | None = None, where: Callable[[dict], bool] | None = None) -> builtins.list[dict]:
         with self._lock:
             if namespace is None:
                 objs = list(self._objects.values())
@@ -70,7 +81,7 @@ class Informer:
                 objs = list(self._by_namespace.get(namespace, {}).values())
         return objs if where is None else [o for o in objs if where(o)]
 
-    def namespaces(self) -> list[str | None]:
+    def namespaces(self) -> builtins.list[str | None]:
         """The namespaces that hold at least one object."""
         with self._lock:
             return list(self._by_namespace)
@@ -106,7 +117,7 @@ class Informer:
             except Exception:  # noqa: BLE001 — a handler's bug must not stop the watch
                 log.exception("%s event handler failed", self.kind)
 
-    def _replace(self, items: list[dict]) -> None:
+    def _replace(self, items: builtins.list[dict]) -> None:
         """A fresh listing: report what appeared, changed or vanished since the last one."""
         fresh = {}
         for obj in items:
@@ -124,9 +135,10 @@ class Informer:
     # The loop -------------------------------------------------------------------------------------------------------
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, name=f"llmos-informer-{self.kind}", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self._run, name=f"llmos-informer-{self.kind}", daemon=True)
+        self.last_heard = time.monotonic()
+        self._thread.start()
+        return self._thread
 
     def stop(self) -> None:
         self._stop.set()
@@ -136,14 +148,16 @@ class Informer:
             return "application/json"
         return f"application/json;as={kind};g=meta.k8s.io;v=v1,application/json"
 
-    def _selector(self) -> list[tuple[str, str]]:
+    def _selector(self) -> builtins.list[tuple[str, str]]:
         return [("labelSelector", self.label_selector)] if self.label_selector else []
 
     def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            self.last_heard = time.monotonic()
             try:
-                data = self.kube._call("GET", collection_path(self.kind, self.namespace), query=self._selector(),
+                data = self.kube.call("GET", self.kube.collection_path(self.kind, self.namespace),
+                                      query=self._selector(),
                                        accept=self._accept("PartialObjectMetadataList"))
                 kind = self.kind
                 items = [dict(item, kind=kind) for item in data.get("items") or []]
@@ -152,6 +166,7 @@ class Informer:
                 version = data["metadata"]["resourceVersion"]
                 backoff = 0.5
                 while not self._stop.is_set():
+                    self.last_heard = time.monotonic()
                     version = self._watch(version)
             except WatchExpired:
                 self.relists += 1
@@ -177,7 +192,7 @@ class Informer:
             if event_type == "BOOKMARK":
                 continue
             obj["kind"] = self.kind  # also for PartialObjectMetadata
-            self._apply(event_type, obj)
+            self._apply(str(event_type), obj)
         return version
 
     def _stream(self, version: str) -> Iterator[dict]:
@@ -185,7 +200,7 @@ class Informer:
                  ("timeoutSeconds", str(self.watch_timeout)), *self._selector()]
         api = self.kube.api
         method, url, headers, body, post = api.param_serialize(
-            "GET", collection_path(self.kind, self.namespace), query_params=query,
+            "GET", self.kube.collection_path(self.kind, self.namespace), query_params=query,
             header_params={"Accept": self._accept("PartialObjectMetadata")},
             auth_settings=["BearerToken"],
         )
@@ -200,6 +215,7 @@ class Informer:
             for chunk in raw.stream(65536, decode_content=True):
                 if self._stop.is_set():
                     return
+                self.last_heard = time.monotonic()
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -207,98 +223,6 @@ class Informer:
                         yield json.loads(line)
         finally:
             raw.release_conn()
-
-
-def node_summary(node: dict) -> dict:
-    """What placement reads of a node; the rest (images, conditions, managed fields) is dropped."""
-    return {
-        "kind": "Node",
-        "metadata": {"name": node["metadata"]["name"], "labels": node["metadata"].get("labels") or {},
-                     "resourceVersion": node["metadata"].get("resourceVersion")},
-        "spec": {"taints": (node.get("spec") or {}).get("taints") or [],
-                 "unschedulable": (node.get("spec") or {}).get("unschedulable", False)},
-        "status": {"allocatable": (node.get("status") or {}).get("allocatable") or {}},
-    }
-
-
-def metadata_summary(obj: dict) -> dict:
-    """What a metadata-only informer keeps: enough to tell that an object exists and changed."""
-    meta = obj.get("metadata") or {}
-    return {"kind": obj.get("kind"), "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
-                                                  "resourceVersion": meta.get("resourceVersion")}}
-
-
-def without_managed_fields(obj: dict) -> dict:
-    obj.get("metadata", {}).pop("managedFields", None)
-    return obj
-
-
-# The children the store holds one (or more) of per ModelDeployment are kept as the summaries below: at 1,000
-# deployments a full Pod and ReplicaSet are ~35 KB of Python objects each, most of it container specs nobody reads.
-SUMMARY = "llmosSummary"  # set on a summarized object: it is not the whole object (read it live when that matters)
-_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
-                  "deletionTimestamp", "labels", "annotations", "ownerReferences")
-
-
-def _metadata(obj: dict) -> dict:
-    meta = obj.get("metadata") or {}
-    return {k: meta[k] for k in _KEPT_METADATA if k in meta}
-
-
-def _configmap_volumes(pod_spec: dict) -> list[dict]:
-    """The ConfigMaps a pod (template) mounts: trust ConfigMaps are collected only once nothing names them."""
-    return [{"name": v.get("name"), "configMap": {"name": v["configMap"].get("name")}}
-            for v in pod_spec.get("volumes") or [] if v.get("configMap")]
-
-
-def pod_summary(pod: dict) -> dict:
-    """What the controller reads of a pod: labels and annotations (template hash, adapter report), deletion, node,
-    mounted ConfigMaps, its containers' resources (the GPUs it holds), phase, conditions and the containers' states
-    (exit codes, messages, restarts)."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    states = [{k: cs[k] for k in ("name", "ready", "started", "restartCount", "state", "lastState") if k in cs}
-              for cs in status.get("containerStatuses") or []]
-    return {"kind": "Pod", SUMMARY: True, "metadata": _metadata(pod),
-            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec),
-                     "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
-                                    for c in spec.get("containers") or []]},
-            "status": {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
-                       "containerStatuses": states}}
-
-
-def replica_set_summary(rs: dict) -> dict:
-    """A ReplicaSet without its pod spec (the template's metadata, its checksum and ConfigMap volumes stay): a
-    rollback, the one reader of a whole old template, reads that ReplicaSet live."""
-    spec = rs.get("spec") or {}
-    template = spec.get("template") or {}
-    return {"kind": "ReplicaSet", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(rs), "metadata": _metadata(rs),
-            "spec": {"replicas": spec.get("replicas"),
-                     "template": {"metadata": template.get("metadata") or {},
-                                  "spec": {"volumes": _configmap_volumes(template.get("spec") or {})}}},
-            "status": rs.get("status") or {}}
-
-
-def deployment_summary(deployment: dict) -> dict:
-    """A child Deployment as the controller reads it: replicas, paused, strategy, progress deadline, the template's
-    metadata (hashes, digest), the template's checksum, its ConfigMap volumes and each container's name and resources
-    (GPUs per pod), status."""
-    spec = deployment.get("spec") or {}
-    template = spec.get("template") or {}
-    pod_spec = template.get("spec") or {}
-    return {"kind": "Deployment", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(deployment),
-            "metadata": _metadata(deployment),
-            "spec": {**{k: spec[k] for k in ("replicas", "paused", "strategy", "progressDeadlineSeconds") if k in spec},
-                     "template": {"metadata": template.get("metadata") or {},
-                                  "spec": {"volumes": _configmap_volumes(pod_spec),
-                                           "containers": [{"name": c.get("name"), "resources": c.get("resources")}
-                                                          for c in pod_spec.get("containers") or []]}}},
-            "status": deployment.get("status") or {}}
-
-
-def child_summary(obj: dict) -> dict:
-    """The metadata of a child the operator writes and never reads back (ConfigMaps, Services, PDBs): enough to tell
-    that it exists, whose it is and whether someone changed it since (generation or resourceVersion)."""
-    return {"kind": obj.get("kind"), SUMMARY: True, "metadata": _metadata(obj)}
 
 
 class Store:
@@ -310,7 +234,7 @@ class Store:
     def __getitem__(self, kind: str) -> Informer:
         return self.informers[kind]
 
-    def start(self) -> list[threading.Thread]:
+    def start(self) -> builtins.list[threading.Thread]:
         return [i.start() for i in self.informers.values()]
 
     def wait_synced(self, timeout: float | None = None) -> bool:
@@ -324,6 +248,11 @@ class Store:
     def stop(self) -> None:
         for informer in self.informers.values():
             informer.stop()
+
+    def stuck(self) -> builtins.list[str]:
+        """The kinds whose informer stopped turning (see ``Informer.alive``)."""
+        now = time.monotonic()
+        return [kind for kind, i in self.informers.items() if not i.alive(now)]
 
     def stats(self) -> dict[str, Any]:
         return {kind: len(i) for kind, i in self.informers.items()}

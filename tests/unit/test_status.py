@@ -1,24 +1,30 @@
-"""Desired status: ModelDeployment conditions from observed facts, Model and Tenant status."""
+"""Status per kind (core/status/): ModelDeployment conditions from observed facts, Model and Tenant status."""
 
 import pytest
 
 from llmos_operator.api import parse_object
 from llmos_operator.api.types import ModelDeploymentStatus, TenantStatus
 from llmos_operator.config import default_config
-from llmos_operator.placement import can_ever_fit
-from llmos_operator.quota import Request, TenantInfo, admit
-from llmos_operator.render import (
-    RenderError,
-    desired_status,
+from llmos_operator.core.errors import RenderError
+from llmos_operator.core.placement import can_ever_fit
+from llmos_operator.core.quota import Request, TenantInfo, admit
+from llmos_operator.core.status import (
+    DeploymentFacts,
     merge_conditions,
     model_status,
     tenant_status,
     transitions,
 )
+from llmos_operator.core.status import desired_status as _desired_status
 
 pytestmark = pytest.mark.unit
 
 CFG = default_config()
+
+
+def desired_status(mdep, config, now=None, **facts):
+    """The ModelDeployment's status from facts given as keywords (the reconciler gathers a DeploymentFacts)."""
+    return _desired_status(mdep, config, DeploymentFacts(**facts), now=now)
 DIGEST = "sha256:" + "0123456789ab" * 5 + "cdef"
 T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -279,22 +285,22 @@ def test_tenant_status_refused_namespace_and_over_quota():
 
 def test_a_new_deployment_gets_events_for_verdicts_and_readiness_only():
     """A new deployment passes through Creating, Starting, Progressing…: Events only for what a person acts on."""
-    from llmos_operator.handlers.controller import _worth_an_event
+    from llmos_operator.core.status import worth_an_event
 
     d = mdep()
     first = desired_status(d, CFG, decision=decide(d), model=model(), deployment=child(0, updated=2, replicas=2),
                            now=T1)
-    worth = [t for t in transitions([], first["conditions"]) if _worth_an_event(t)]
+    worth = [t for t in transitions([], first["conditions"]) if worth_an_event(t)]
     assert {t.type for t in worth} == {"QuotaAdmitted"}  # "Model verified" is the Model's own Event
     unverified = desired_status(mdep(), CFG, decision=decide(d), model=model(verified=False, reason="UntrustedKey"),
                                 deployment=None, now=T1)
     assert ("ModelVerified", "False") in [(t.type, t.status) for t in transitions([], unverified["conditions"])
-                                          if _worth_an_event(t)]
+                                          if worth_an_event(t)]
     d2 = mdep(status={"conditions": first["conditions"]})
     second = desired_status(d2, CFG, decision=decide(d2), model=model(), deployment=child(2), now=T2)
     assert [(t.type, t.status) for t in transitions(first["conditions"], second["conditions"])
-            if _worth_an_event(t)] == [("Ready", "True")]
+            if worth_an_event(t)] == [("Ready", "True")]
     lost = desired_status(mdep(status={"conditions": second["conditions"]}), CFG, decision=decide(d2), model=model(),
                           deployment=child(1), now=T2)
     assert ("Ready", "False") in [(t.type, t.status) for t in transitions(second["conditions"], lost["conditions"])
-                                  if _worth_an_event(t)]
+                                  if worth_an_event(t)]

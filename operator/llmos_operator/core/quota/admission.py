@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cached_property
-from datetime import datetime, timezone
 from typing import Any
 
-from ..api.types import ModelDeployment, Tenant
+from ...api.types import ModelDeployment, Tenant
 from .ledger import (
     RELEASING,
     SURGE,
@@ -62,7 +62,7 @@ REASONS = (
     TOO_MANY_DEPLOYMENTS, RESERVATION_HELD,
 )
 
-_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def parse_time(value: str | datetime | None) -> datetime:
@@ -70,7 +70,7 @@ def parse_time(value: str | datetime | None) -> datetime:
     if value is None:
         return _NEVER
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
@@ -275,12 +275,12 @@ def admit(
     # What departing pods still hold: a deleted deployment's terminating pods, replicas removed by a scale-down or a
     # lost admission. Bounded by what the ledger held for the deployment before, so it only ever shrinks.
     before_total: dict[str, int] = {}
-    before_entry: dict[str, Mapping[str, Any]] = {}
-    for key, e in ledger.items():
+    before_entry: dict[str, Mapping[str, Any]] = {}  # deployment → its main entry before
+    for key, held in ledger.items():
         dk = deployment_key(key)
-        before_total[dk] = before_total.get(dk, 0) + e["gpus"]
+        before_total[dk] = before_total.get(dk, 0) + held["gpus"]
         if not is_surge(key) and not is_releasing(key) or dk not in before_entry:
-            before_entry[dk] = e
+            before_entry[dk] = held
     releasing_owners: dict[str, str | None] = {}
     for key, (owner, gpus) in sorted((held_by_pods or {}).items()):
         if key not in before_entry:
@@ -288,8 +288,8 @@ def admit(
         reserved_now = new_ledger.get(key, {}).get("gpus", 0) + new_ledger.get(surge_key(key), {}).get("gpus", 0)
         extra = min(gpus, before_total[key]) - reserved_now
         if extra > 0:
-            e = before_entry[key]
-            new_ledger[releasing_key(key)] = entry(e["class"], extra, e["uid"], RELEASING)
+            main = before_entry[key]
+            new_ledger[releasing_key(key)] = entry(main["class"], extra, main["uid"], RELEASING)
             if key not in by_key:
                 releasing_owners[key] = owner
 
@@ -305,9 +305,9 @@ def admit(
         if not is_surge(key) and not is_releasing(key):
             deployments[owner] = deployments.get(owner, 0) + 1
 
-    def order(item: tuple[Request, int]) -> tuple:
+    def order(item: tuple[Request, int]) -> tuple[int, datetime, str]:
         r = item[0]
-        priority = tenants[r.tenant].priority if r.tenant in tenants else 0
+        priority = tenants[r.tenant].priority if r.tenant is not None and r.tenant in tenants else 0
         return (-priority, r.created, r.key)
 
     blocked_pools: dict[tuple[str | None, str], str] = {}  # pool → key of the first request that did not fit
@@ -420,8 +420,7 @@ def _frozen(r: Request, held_entry: Mapping[str, Any] | None) -> Decision:
     """A request that may not change now: it keeps what it holds, or waits for the reason it was frozen for."""
     reason, why = r.frozen  # type: ignore[misc]
     if held_entry is None:
-        return Decision(key=r.key, tenant=r.tenant, admitted=False, reason=reason, message=why,
-                        gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0)
+        return not_a_candidate(r, reason, why)
     held = held_entry["gpus"]
     replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
     if held == r.demand:
@@ -431,6 +430,13 @@ def _frozen(r: Request, held_entry: Mapping[str, Any] | None) -> Decision:
         message=f"the {held} {r.gpu_class} GPUs already reserved stay reserved; the change to {_shape(r)} waits: {why}",
         gpu_class=r.gpu_class, requested=r.demand, reserved=held, replicas=replicas,
     )
+
+
+def not_a_candidate(r: Request, reason: str, message: str) -> Decision:
+    """The decision for a deployment that reserves nothing and waits for nothing in the queue: the platform's policy
+    refuses it, or its Model may not be served."""
+    return Decision(key=r.key, tenant=r.tenant, admitted=False, reason=reason, message=message,
+                    gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0, generation=r.generation)
 
 
 def _admitted(r: Request, suffix: str) -> Decision:
@@ -473,33 +479,3 @@ def gpu_summary(used: Mapping[str, int], allowed: Mapping[str, int]) -> str:
     """``"h100 4/8, l4 0/4"``: GPUs used/allowed per class, classes of the quota first, in quota order."""
     classes = list(allowed) + sorted(c for c in used if c not in allowed)
     return ", ".join(f"{c} {used.get(c, 0)}/{allowed.get(c, 0)}" for c in classes)
-
-
-def namespace_owners(
-    tenants: Iterable[Tenant], current: Mapping[str, str] | None = None
-) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Which tenant owns each claimed namespace, and the claims refused.
-
-    ``current``: namespace → value of its ``llmos.dev/tenant`` label, the owner recorded so far; it keeps the
-    namespace while it still claims it. Otherwise the oldest claimant (creation time, then name) wins.
-    Returns (namespace → owner, tenant → {namespace: owner} of the namespaces it claims but does not own).
-    """
-    tenants = list(tenants)
-    claims: dict[str, list[Tenant]] = {}
-    for t in tenants:
-        for ns in t.spec.namespaces:
-            claims.setdefault(ns, []).append(t)
-    owners: dict[str, str] = {}
-    conflicts: dict[str, dict[str, str]] = {}
-    for ns, claimants in sorted(claims.items()):
-        names = {t.metadata.name for t in claimants}
-        recorded = (current or {}).get(ns)
-        if recorded in names:
-            owner = recorded
-        else:
-            owner = min(claimants, key=lambda t: (parse_time(t.metadata.creation_timestamp), t.metadata.name)).metadata.name
-        owners[ns] = owner  # type: ignore[assignment]
-        for t in claimants:
-            if t.metadata.name != owner:
-                conflicts.setdefault(t.metadata.name, {})[ns] = owner  # type: ignore[assignment]
-    return owners, conflicts

@@ -21,7 +21,9 @@ from ..config import GPUClass
 
 HOSTNAME_KEY = "kubernetes.io/hostname"
 # Taints that come and go with a node's health; they do not make a node unfit forever.
-TRANSIENT_TAINT_PREFIXES = ("node.kubernetes.io/", "node.cloudprovider.kubernetes.io/", "ToBeDeletedByClusterAutoscaler")
+TRANSIENT_TAINT_PREFIXES = (
+    "node.kubernetes.io/", "node.cloudprovider.kubernetes.io/", "ToBeDeletedByClusterAutoscaler",
+)
 
 FITS = "Fits"
 NO_NODES_OF_CLASS = "NoNodesOfClass"
@@ -34,7 +36,7 @@ TAINTS_NOT_TOLERATED = "TaintsNotTolerated"
 # Pod placement
 
 
-def node_affinity(gpu_class: GPUClass) -> dict:
+def node_affinity(gpu_class: GPUClass) -> dict[str, Any]:
     """``affinity`` requiring every node label of the class ({} when the class names no labels)."""
     if not gpu_class.node_labels:
         return {}
@@ -48,11 +50,11 @@ def node_affinity(gpu_class: GPUClass) -> dict:
     }
 
 
-def tolerations(gpu_class: GPUClass) -> list[dict]:
+def tolerations(gpu_class: GPUClass) -> list[dict[str, Any]]:
     return [dict(t) for t in gpu_class.tolerations]
 
 
-def topology_spread(selector: Mapping[str, str]) -> list[dict]:
+def topology_spread(selector: Mapping[str, str]) -> list[dict[str, Any]]:
     """Spread replicas across nodes when possible (never refuses to schedule). Counted per revision
     (``pod-template-hash``), so a rollout's new pods spread among themselves."""
     return [
@@ -66,7 +68,7 @@ def topology_spread(selector: Mapping[str, str]) -> list[dict]:
     ]
 
 
-def pod_placement(gpu_class: GPUClass, selector: Mapping[str, str]) -> dict:
+def pod_placement(gpu_class: GPUClass, selector: Mapping[str, str]) -> dict[str, Any]:
     """The placement fields of a pod spec: ``affinity`` (if any), ``tolerations``, ``topologySpreadConstraints``."""
     out: dict[str, Any] = {}
     affinity = node_affinity(gpu_class)
@@ -90,24 +92,9 @@ class Fit:
     max_gpus_per_node: int = 0  # largest allocatable GPU count among them
 
 
-_api_client = None
-
-
-def _as_dict(node: Any) -> Mapping[str, Any]:
-    """A node as a camelCase dict, whether given as a dict or a kubernetes-client V1Node."""
-    if isinstance(node, Mapping):
-        return node
-    global _api_client
-    if _api_client is None:
-        from kubernetes.client import ApiClient
-
-        _api_client = ApiClient()
-    return _api_client.sanitize_for_serialization(node)
-
-
 def _quantity(value: Any) -> Decimal:
     try:
-        return parse_quantity(value)
+        return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
         return Decimal(0)
 
@@ -129,7 +116,7 @@ def tolerates(tolerations_: Iterable[Mapping[str, Any]], taint: Mapping[str, Any
     return False
 
 
-def _blocking_taints(node: Mapping[str, Any], tolerations_: list[dict]) -> list[Mapping[str, Any]]:
+def _blocking_taints(node: Mapping[str, Any], tolerations_: list[dict[str, Any]]) -> list[Mapping[str, Any]]:
     out = []
     for taint in (node.get("spec") or {}).get("taints") or []:
         if taint.get("effect") not in ("NoSchedule", "NoExecute"):
@@ -147,7 +134,7 @@ def _describe_class(gpu_class: GPUClass) -> str:
 
 
 def can_ever_fit(
-    nodes: Iterable[Any],
+    nodes: Iterable[Mapping[str, Any]],
     gpu_class: GPUClass,
     gpus_per_pod: int,
     requests: Mapping[str, Any] | None = None,
@@ -160,8 +147,7 @@ def can_ever_fit(
             wanted[name] = _quantity(value)
     what = _describe_class(gpu_class)
     of_class = []
-    for raw in nodes:
-        node = _as_dict(raw)
+    for node in nodes:
         labels = (node.get("metadata") or {}).get("labels") or {}
         if all(labels.get(k) == v for k, v in gpu_class.node_labels.items()):
             of_class.append(node)

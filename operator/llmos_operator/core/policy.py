@@ -8,15 +8,13 @@ Nothing here talks to the API server: callers pass what they read. Each check re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from llmos_runtime.engine_args import refused_args
 
-from .api.types import Model, ModelDeployment, Tenant
-from .config import OperatorConfig
-
-LABEL_TENANT = "llmos.dev/tenant"
-LABEL_RELEASED = "llmos.dev/released"  # on a namespace a Tenant gave up (or whose Tenant was deleted)
-ANNOTATION_ADOPT = "llmos.dev/adopt"  # set by the platform: this existing namespace may be taken by that tenant
+from ..api.names import ANNOTATION_ADOPT, LABEL_RELEASED, LABEL_TENANT
+from ..api.types import Model, ModelDeployment, Tenant
+from ..config import OperatorConfig
 
 Refusal = tuple[str, str]
 
@@ -26,7 +24,8 @@ def protected_namespace(namespace: str, config: OperatorConfig) -> bool:
     return namespace == "default" or namespace.startswith("kube-") or namespace == config.operator_namespace
 
 
-def namespace_refusal(namespace: str, tenant: str, existing: Mapping | None, config: OperatorConfig) -> str | None:
+def namespace_refusal(namespace: str, tenant: str, existing: Mapping[str, Any] | None,
+                      config: OperatorConfig) -> str | None:
     """Why ``tenant`` may not take ``namespace`` (None: it may). ``existing``: the Namespace object as read now, or
     None if there is none (llmos will create it for the tenant)."""
     if protected_namespace(namespace, config):

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from kubernetes.client import ApiException
 from prometheus_client import Gauge
+
+from .client import Kube
 
 log = logging.getLogger("llmos.leader")
 
@@ -77,7 +80,27 @@ class _StandbyLiveness:
             self.server.server_close()
 
 
-def wait_until_leader(*, namespace: str | None = None, lease_name: str = DEFAULT_LEASE_NAME,
+class LeaseNamespaceMissing(RuntimeError):
+    """The namespace that should hold the leader Lease does not exist."""
+
+
+def check_lease_namespace(kube: Kube, namespace: str) -> None:
+    """Refuse to start, once and clearly, when the Lease's namespace is missing: the election library would retry
+    its 404 for ever, logging a dump each time."""
+    try:
+        found = kube.get("Namespace", namespace)
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            return  # not allowed to look: the election itself will tell
+        raise
+    if found is None:
+        raise LeaseNamespaceMissing(
+            f"the leader Lease's namespace {namespace!r} does not exist: create it (kubectl create namespace "
+            f"{namespace}), name another with --leader-election-namespace or ${NAMESPACE_ENV}, or run one replica "
+            "without leader election (--standalone)")
+
+
+def wait_until_leader(kube: Kube, *, namespace: str | None = None, lease_name: str = DEFAULT_LEASE_NAME,
                       liveness: str | None = None, timings: LeaseTimings = LeaseTimings()) -> None:
     """Block until this process holds the Lease ``namespace/lease_name``; keep renewing it in a background thread
     afterwards, and end the process if a renewal fails for ``renew_deadline``. The Kubernetes client must be
@@ -89,6 +112,7 @@ def wait_until_leader(*, namespace: str | None = None, lease_name: str = DEFAULT
     logging.getLogger("leaderelection").addFilter(
         lambda record: "yet to finish lease_duration" not in record.getMessage())
     namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+    check_lease_namespace(kube, namespace)
     me = identity()
     became_leader = threading.Event()
 

@@ -27,7 +27,7 @@ class WorkQueue:
         self._queued: set[Hashable] = set()        # keys in _ready
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, key) heap; stale entries skipped
         self._due: dict[Hashable, float] = {}      # key → when its one delayed re-queue is due (earliest wins)
-        self._processing: set[Hashable] = set()
+        self._processing: dict[Hashable, float] = {}  # key → when a worker took it
         self._dirty: set[Hashable] = set()         # added while processing: requeue when done
         self._failures: dict[Hashable, int] = {}
         self._seq = itertools.count()
@@ -114,7 +114,7 @@ class WorkQueue:
                 wait = self._promote_due()
                 key = self._pop()
                 if key is not None:
-                    self._processing.add(key)
+                    self._processing[key] = time.monotonic()
                     return key
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -126,7 +126,7 @@ class WorkQueue:
         """Mark a key processed. On error it is retried after a back-off, returned here (seconds)."""
         retry_in = None
         with self._cond:
-            self._processing.discard(key)
+            self._processing.pop(key, None)
             if error:
                 n = self._failures.get(key, 0)
                 self._failures[key] = n + 1
@@ -140,6 +140,14 @@ class WorkQueue:
                     self._push(key)
             self._cond.notify_all()
         return retry_in
+
+    def longest_processing(self) -> tuple[Hashable, float] | None:
+        """The key a worker has held longest, and for how many seconds (None: all workers idle)."""
+        with self._cond:
+            if not self._processing:
+                return None
+            key, since = min(self._processing.items(), key=lambda item: item[1])
+        return key, time.monotonic() - since
 
     def close(self) -> None:
         with self._cond:

@@ -1,0 +1,69 @@
+"""Every name llmos puts on objects or reads from them, once: labels, annotations, container, child and condition
+names. The chart's admission policies (helm/llmos/templates/) repeat some of them as literals; tests/unit/test_names.py
+checks that they agree."""
+
+from __future__ import annotations
+
+# Who made an object ---------------------------------------------------------------------------------------------
+MANAGED_BY = "llmos"
+RUNTIME_APP = "llmos-runtime"
+FIELD_MANAGER = "llmos"  # server-side apply field manager of the operator
+
+# Labels -----------------------------------------------------------------------------------------------------------
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_MODEL_DEPLOYMENT = "llmos.dev/model-deployment"  # on every child of a ModelDeployment and on its pods
+LABEL_TENANT = "llmos.dev/tenant"  # on a namespace: the tenant llmos gave it to
+LABEL_RELEASED = "llmos.dev/released"  # on a namespace a Tenant gave up (or whose Tenant was deleted)
+LABEL_GATEWAY = "llmos.dev/gateway"  # on a namespace whose pods may call every tenant's models
+LABEL_ALLOW_REMOTE_CODE = "llmos.dev/allow-remote-code"  # read by the chart's engine-flag admission policy
+
+# Annotations ------------------------------------------------------------------------------------------------------
+ANNOTATION_ADOPT = "llmos.dev/adopt"  # set by the platform: this existing namespace may be taken by that tenant
+ANNOTATION_CONFIG_HASH = "llmos.dev/config-hash"  # on a pod template: what the pods were made from
+ANNOTATION_MODEL_DIGEST = "llmos.dev/model-digest"  # on a pod template: the verified weights it serves
+# Written by the runtime on its own pod: {"loaded": [names], "failed": {name: reason}}; the operator sums it up.
+ANNOTATION_ADAPTERS = "llmos.dev/adapters"
+
+# Containers and identities ----------------------------------------------------------------------------------------
+RUNTIME_CONTAINER = "runtime"
+# The runtime's identity in a tenant namespace: allowed to read and annotate pods there, nothing else.
+RUNTIME_SERVICE_ACCOUNT = "llmos-runtime"
+
+# A Tenant's children in each of its namespaces --------------------------------------------------------------------
+RESOURCE_QUOTA_NAME = "llmos-gpus"
+NETWORK_POLICY_NAME = "llmos-tenant-isolation"
+EGRESS_POLICY_NAME = "llmos-tenant-egress"
+RUNTIME_BINDING_NAME = "llmos-runtime-pods"
+# What a released namespace keeps
+RELEASED_QUOTA_NAME = "llmos-released-gpus"
+RELEASED_POLICY_NAME = "llmos-released-deny-ingress"
+
+# Conditions -------------------------------------------------------------------------------------------------------
+READY = "Ready"
+QUOTA_ADMITTED = "QuotaAdmitted"
+MODEL_VERIFIED = "ModelVerified"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+RECONCILING = "Reconciling"  # kstatus: a change is being made (admitted, verified, rolled out)
+STALLED = "Stalled"  # kstatus: no progress without someone changing something
+VERIFIED = "Verified"  # the Model's condition
+NAMESPACES_READY = "NamespacesReady"  # the Tenant's: every namespace it lists is its own
+OVER_QUOTA = "OverQuota"  # the Tenant's: reservations above a quota that was lowered
+
+
+def selector_labels(mdep_name: str) -> dict[str, str]:
+    """Labels selecting the pods of one ModelDeployment (immutable in a Deployment: never change them)."""
+    return {LABEL_NAME: RUNTIME_APP, LABEL_MODEL_DEPLOYMENT: mdep_name}
+
+
+def child_labels(mdep_name: str) -> dict[str, str]:
+    """Labels of every child of a ModelDeployment and of its pods."""
+    return {LABEL_NAME: RUNTIME_APP, LABEL_INSTANCE: mdep_name, LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_MODEL_DEPLOYMENT: mdep_name}
+
+
+def selector_string(mdep_name: str) -> str:
+    """The pod selector as a string (``status.selector``, used by the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(mdep_name).items()))

@@ -1,0 +1,119 @@
+"""Writing a ModelDeployment's children: server-side apply of what was rendered (skipped when the same rendering was
+applied and nobody changed the stored child since), the Events of a rollout's phases, trust ConfigMaps collected once
+nothing names them, and the one live read of a whole ReplicaSet a rollback needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from kubernetes.client import ApiException
+
+from ..api.names import LABEL_MODEL_DEPLOYMENT
+from ..api.types import ModelDeployment
+from ..core.errors import RenderError
+from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
+from ..render.common import trust_configmap_name
+from .cache import owned_by, spec_version
+from .state import Context
+from .summaries import SUMMARY
+
+# What is applied is applied again, unchanged, this often at most (a safety net for hand edits nobody watches).
+REAPPLY_SECONDS = float(os.environ.get("LLMOS_REAPPLY_SECONDS", "3600"))
+
+
+class ChildWriter:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        # (namespace, ModelDeployment) → {(kind, name) of a child: (digest of what was applied, the stored version it
+        # produced, when)}; dropped with the deployment (a fixed cap, once 50,000, re-applied every child of a
+        # 10,000-deployment fleet whenever it was reached)
+        self._applied: dict[tuple[str, str], dict[tuple[str, str], tuple[str, Any, float]]] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._applied.pop((namespace, name), None)
+
+    def apply(self, child: dict) -> dict:
+        """Server-side apply a ModelDeployment's child, unless the same rendering was applied already and the stored
+        child has not been changed since (its generation, or resourceVersion for kinds without one; a hand edit of
+        the spec is put back at once) and was last applied within ``REAPPLY_SECONDS``: a reconcile woken by a pod or
+        a status change then writes nothing."""
+        meta = child["metadata"]
+        key = (child["kind"], meta["name"])
+        owner = (meta["namespace"], meta["labels"][LABEL_MODEL_DEPLOYMENT])
+        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        informer = self.ctx.cache.store.informers.get(child["kind"])
+        stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
+        with self._lock:
+            last = self._applied.get(owner, {}).get(key)
+        if (stored is not None and last is not None and last[0] == digest and last[1] == spec_version(stored)
+                and time.monotonic() - last[2] < REAPPLY_SECONDS):
+            return stored
+        applied = self.ctx.kube.apply(child)
+        with self._lock:
+            self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
+        return applied
+
+    def write_failure(self, child: dict, exc: ApiException, key: Hashable) -> RenderError:
+        """The API server refused a child (quota, admission policy, "range is full"): its words and when llmos
+        tries again, for the status."""
+        try:
+            detail = json.loads(exc.body or "{}").get("message") or exc.reason
+        except ValueError:
+            detail = exc.reason
+        retry_in = self.ctx.queue.next_backoff(key)
+        return RenderError("ChildWriteFailed",
+                           f"the API server refused {child['kind']} {child['metadata']['name']} (HTTP {exc.status}): "
+                           f"{detail}; llmos tries again in {retry_in:.0f} s (failures so far: "
+                           f"{self.ctx.queue.failures(key)})")
+
+    def rollout_events(self, raw: dict, mdep: ModelDeployment, before: dict | None, after: dict,
+                       plan: RolloutPlan) -> None:
+        """An Event per rollout phase: started (with the surge reserved), completed, rolled back, stopped."""
+        old_hash, new_hash = template_hash(before), template_hash(after)
+        events = self.ctx.events
+        if plan.phase == ROLLED_BACK and old_hash != new_hash:
+            events(raw, "Warning", "RolledBack", plan.message)
+        elif plan.phase == ROLLOUT_STOPPED and not ((before or {}).get("spec") or {}).get("paused"):
+            events(raw, "Warning", "RolloutStopped", plan.message)
+        elif before is not None and old_hash != new_hash and plan.phase == ROLLING_OUT:
+            events(raw, "Normal", "RolloutStarted", plan.message)
+        elif plan.phase == COMPLETE and plan.serving_template != mdep.status.serving_template \
+                and mdep.status.serving_template is not None:
+            events(raw, "Normal", "RolloutCompleted", f"all replicas serve template {plan.serving_template}")
+
+    def collect_trust_configmaps(self, namespace: str, name: str, children: list[dict],
+                                 users: list[dict | None]) -> None:
+        """Delete this deployment's trust ConfigMaps that nothing uses: not the one just rendered, not one named by
+        ``users`` (the Deployment, its ReplicaSets — a rollback may need one — and its pods)."""
+        used = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
+        for obj in users:
+            spec = (obj or {}).get("spec") or {}
+            pod_spec = (spec.get("template") or {}).get("spec") or spec
+            for volume in pod_spec.get("volumes") or []:
+                if volume.get("configMap"):
+                    used.add(volume["configMap"].get("name"))
+        prefix = trust_configmap_name(name, "")
+        for cm in self.ctx.cache["ConfigMap"].list(namespace, owned_by(name)):
+            cm_name = cm["metadata"]["name"]
+            if cm_name.startswith(prefix) and cm_name not in used:
+                self.ctx.kube.delete("ConfigMap", cm_name, namespace, uid=cm["metadata"].get("uid"))
+
+    def whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
+        """``replica_sets`` with the one of ``template`` read live, whole (or left out if it is gone)."""
+        out = []
+        for rs in replica_sets:
+            if rs.get(SUMMARY) and template_hash(rs) == template:
+                whole = self.ctx.kube.get("ReplicaSet", rs["metadata"]["name"], rs["metadata"].get("namespace"))
+                if whole is None:
+                    continue
+                rs = whole
+            out.append(rs)
+        return out

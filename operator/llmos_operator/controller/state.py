@@ -1,0 +1,203 @@
+"""What the reconcilers tell each other, in one place with one lock, forgotten when its object goes.
+
+- admission → deployments: the decisions of the last pass (``decision``), published only after the ledger they rest
+  on is stored in the Tenants' status;
+- deployments → admission: the surge GPUs each rollout wants (``ask_surge``);
+- admission → triggers: which deployments' departing pods still hold GPUs (``releasing``);
+- models → deployments: the last verification of each Model (``verification``);
+- tenants → admission: the namespaces and keys each tenant may not have, shown in its status;
+- what each namespace's GPU backstop allows, as last written.
+
+And :class:`AdmissionScope`, what the next admission pass must decide again, as events report it. Everything a
+reconciler keeps only for itself (what it last applied, memos) stays in that reconciler.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import OperatorConfig
+from ..core.quota import Decision
+from ..core.verification import Verification
+from ..kube.client import Kube
+from ..kube.events import EventRecorder
+from ..kube.workqueue import WorkQueue
+from .cache import Cache
+
+ADMISSION: tuple[str] = ("admission",)
+
+
+class AdmissionScope:
+    """What the next admission pass must decide again (thread-safe): tenants by name (None: the namespaces no
+    tenant owns), namespaces (whichever tenant owns them when the pass runs), or everything (the first pass, a
+    resync, a namespace relabelled, a Tenant deleted)."""
+
+    @dataclass(frozen=True)
+    class Taken:
+        everything: bool
+        tenants: frozenset
+        namespaces: frozenset
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._everything = True  # nothing is decided yet
+        self._tenants: set[str | None] = set()
+        self._namespaces: set[str] = set()
+
+    def mark(self, *, namespace: str | None = None, tenants: tuple[str | None, ...] = (),
+             everything: bool = False) -> None:
+        with self._lock:
+            self._everything |= everything
+            self._tenants.update(tenants)
+            if namespace is not None:
+                self._namespaces.add(namespace)
+
+    def take(self) -> Taken:
+        with self._lock:
+            taken = self.Taken(self._everything, frozenset(self._tenants), frozenset(self._namespaces))
+            self._everything, self._tenants, self._namespaces = False, set(), set()
+        return taken
+
+    def give_back(self, taken: Taken) -> None:
+        """A pass that failed: what it should have decided is still to decide."""
+        with self._lock:
+            self._everything |= taken.everything
+            self._tenants |= taken.tenants
+            self._namespaces |= taken.namespaces
+
+
+class SharedState:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decisions: dict[str, tuple[str, Decision]] = {}  # deployment key → (its uid, decision)
+        self._surge_asks: dict[str, int] = {}  # absent: not known since a restart (admission keeps what is held)
+        self._releasing: frozenset[str] = frozenset()
+        self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
+        self._refusals: dict[str, tuple[dict[str, str], list[str]]] = {}  # tenant → (namespaces, keys) refused
+        self._backstops: dict[str, dict[str, int]] = {}  # namespace → {GPU resource: GPUs} as last written
+
+    # Decisions ------------------------------------------------------------------------------------------------------
+
+    def decisions(self) -> dict[str, tuple[str, Decision]]:
+        with self._lock:
+            return dict(self._decisions)
+
+    def publish_decisions(self, decisions: dict[str, tuple[str, Decision]]) -> None:
+        with self._lock:
+            self._decisions = decisions
+
+    def decision(self, key: str, uid: str | None) -> Decision | None:
+        """The decision for the deployment ``key`` with this uid (not one of a deleted namesake)."""
+        with self._lock:
+            found = self._decisions.get(key)
+        return found[1] if found is not None and found[0] == (uid or "") else None
+
+    # Surge ----------------------------------------------------------------------------------------------------------
+
+    def ask_surge(self, key: str, gpus: int) -> bool:
+        """Record what a rollout wants for its surge; True if that changed."""
+        with self._lock:
+            if self._surge_asks.get(key) == gpus:
+                return False
+            self._surge_asks[key] = gpus
+            return True
+
+    def surge_ask(self, key: str) -> int | None:
+        with self._lock:
+            return self._surge_asks.get(key)
+
+    # Departing pods -------------------------------------------------------------------------------------------------
+
+    @property
+    def releasing(self) -> frozenset[str]:
+        return self._releasing
+
+    def set_releasing(self, keys: set[str]) -> None:
+        with self._lock:
+            self._releasing = frozenset(keys)
+
+    # Verifications --------------------------------------------------------------------------------------------------
+
+    def remember_verification(self, namespace: str, name: str, uid: str | None, generation: int | None,
+                              outcome: Verification) -> None:
+        with self._lock:
+            self._verified[(namespace, name)] = (uid, generation, outcome)
+
+    def verification(self, namespace: str, name: str, uid: str | None, generation: int | None) -> Verification | None:
+        with self._lock:
+            found = self._verified.get((namespace, name))
+        return found[2] if found is not None and found[:2] == (uid, generation) else None
+
+    # Tenants' refusals ----------------------------------------------------------------------------------------------
+
+    def set_refusals(self, tenant: str, namespaces: dict[str, str], keys: list[str]) -> None:
+        with self._lock:
+            self._refusals[tenant] = (namespaces, keys)
+
+    def refusals(self, tenant: str) -> tuple[dict[str, str], list[str]]:
+        with self._lock:
+            return self._refusals.get(tenant, ({}, []))
+
+    # Backstops ------------------------------------------------------------------------------------------------------
+
+    def backstop(self, namespace: str) -> dict[str, int] | None:
+        with self._lock:
+            return self._backstops.get(namespace)
+
+    def set_backstop(self, namespace: str, reserved: dict[str, int] | None) -> None:
+        with self._lock:
+            if reserved is None:
+                self._backstops.pop(namespace, None)
+            else:
+                self._backstops[namespace] = reserved
+
+    # Forgetting -----------------------------------------------------------------------------------------------------
+
+    def forget_model_deployment(self, key: str) -> None:
+        with self._lock:
+            self._surge_asks.pop(key, None)
+
+    def forget_model(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._verified.pop((namespace, name), None)
+
+    def forget_tenant(self, tenant: str) -> None:
+        with self._lock:
+            self._refusals.pop(tenant, None)
+
+
+@dataclass
+class Context:
+    """What every reconciler works with: the API, Events, configuration, the work queue, the cache and the shared
+    state."""
+
+    kube: Kube
+    events: EventRecorder
+    config: OperatorConfig
+    queue: WorkQueue
+    cache: Cache
+    state: SharedState = field(default_factory=SharedState)
+    scope: AdmissionScope = field(default_factory=AdmissionScope)
+
+    def admit_again(self, *, namespace: str | None = None, tenants: tuple[str | None, ...] = (),
+                    everything: bool = False) -> None:
+        """Queue an admission pass that decides again what an event touched: the tenant owning ``namespace``, the
+        ``tenants`` named (None: namespaces no tenant owns), or ``everything``."""
+        self.scope.mark(namespace=namespace, tenants=tenants, everything=everything)
+        self.queue.add(ADMISSION)
+
+    def wake(self, kind: str, *key: Any) -> None:
+        self.queue.add((kind, *key))
+
+    def wake_later(self, delay: float, kind: str, *key: Any) -> None:
+        self.queue.add((kind, *key), delay=delay)
+
+
+def fairness_group(key: Hashable) -> Hashable:
+    """Work is served round-robin across namespaces, so one tenant's burst of events cannot delay another's."""
+    if isinstance(key, tuple) and len(key) == 3:
+        return key[1]
+    return ""

@@ -1,0 +1,129 @@
+"""Which watch event wakes which key. Informer threads call these after the store changed; they only queue keys
+(and mark what the next admission pass decides again), never read the API or write.
+
+Only what matters wakes anything: a ModelDeployment, Model or Tenant event that changes neither its generation nor
+its existence (status writes, a `kubectl annotate` loop) causes no work at all.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_TENANT
+from ..core.workloads import holds_gpus
+from .state import Context
+
+
+class Triggers:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        # object key → (uid, generation, deleting) of the last event acted on; dropped with the object
+        self._seen: dict[tuple, tuple] = {}
+
+    def _changed(self, key: tuple, event_type: str, meta: dict) -> bool:
+        """Is this event more than a status write or a metadata edit of an object llmos already acted on?"""
+        with self._lock:
+            if event_type == "DELETED":
+                self._seen.pop(key, None)
+                return True
+            seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+            if self._seen.get(key) == seen:
+                return False
+            self._seen[key] = seen
+            return True
+
+    # The three kinds ------------------------------------------------------------------------------------------------
+
+    def model_deployment(self, event_type: str, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        if event_type == "DELETED":
+            self.ctx.cache.forget("ModelDeployment", ns, name)
+        if self._changed(("ModelDeployment", ns, name), event_type, meta):
+            self.ctx.admit_again(namespace=ns)
+            self.ctx.wake("ModelDeployment", ns, name)
+
+    def model(self, event_type: str, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        if event_type == "DELETED":
+            self.ctx.cache.forget("Model", ns, name)
+            self.ctx.state.forget_model(ns or "", name or "")
+        if self._changed(("Model", ns, name), event_type, meta):
+            self.ctx.wake("Model", ns, name)
+
+    def tenant(self, event_type: str, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        if event_type == "DELETED":
+            self.ctx.cache.forget("Tenant", None, meta.get("name"))
+        if self._changed(("Tenant", meta.get("name")), event_type, meta):
+            self.ctx.wake("Tenant", meta.get("name"))
+
+    def namespace(self, event_type: str, body: dict) -> None:
+        """A namespace gained, lost or changed its tenant label: ownership (and so admission) may differ."""
+        owner = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_TENANT)
+        if event_type != "MODIFIED" and owner:
+            self.ctx.wake("Tenant", owner)
+        self.ctx.admit_again(everything=True)  # ownership may have moved
+
+    # Children -------------------------------------------------------------------------------------------------------
+
+    def child(self, event_type: str, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+        if owner and meta.get("namespace"):
+            self.ctx.wake("ModelDeployment", meta["namespace"], owner)
+
+    def pod(self, event_type: str, pod: dict) -> None:
+        self.child(event_type, pod)
+        releasing = self.ctx.state.releasing
+        if releasing and (event_type == "DELETED" or not holds_gpus(pod)):
+            meta = pod.get("metadata") or {}
+            key = f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(LABEL_MODEL_DEPLOYMENT)}"
+            if key in releasing:
+                self.ctx.admit_again(namespace=meta.get("namespace"))
+
+    # What Models are verified with ----------------------------------------------------------------------------------
+
+    def bundle_configmap(self, event_type: str, meta_obj: dict) -> None:
+        """A ConfigMap changed: re-verify the Models whose bundle (or an adapter's) it holds, and refresh the
+        deployments serving those adapters."""
+        meta = meta_obj["metadata"]
+        ns, name = meta.get("namespace"), meta.get("name")
+        if not self.ctx.cache.content_changed("ConfigMap", ns, name, meta.get("resourceVersion")):
+            return  # the version llmos already read
+        for raw in self.ctx.cache["Model"].list(ns):
+            spec = raw.get("spec") or {}
+            model_bundle = ((spec.get("signature") or {}).get("bundleRef") or {}).get("name") == name
+            adapter_bundle = any(((a.get("signature") or {}).get("bundleRef") or {}).get("name") == name
+                                 for a in spec.get("adapters") or [])
+            if model_bundle:
+                self.ctx.wake("Model", ns, raw["metadata"]["name"])
+            if adapter_bundle:
+                self.deployments_of_model(ns or "", raw["metadata"]["name"])
+
+    def key_secret(self, event_type: str, meta_obj: dict) -> None:
+        """A Secret of the operator's namespace changed: re-verify the Models of every tenant trusting a key in it."""
+        meta = meta_obj["metadata"]
+        name = meta.get("name")
+        if not self.ctx.cache.content_changed("Secret", meta.get("namespace"), name, meta.get("resourceVersion")):
+            return
+        labelled = self.ctx.cache.labelled_namespaces()
+        for raw in self.ctx.cache["Tenant"].list():
+            keys = (raw.get("spec") or {}).get("trustedKeys") or []
+            if any((k.get("secretRef") or {}).get("name") == name for k in keys):
+                for ns, owner in labelled.items():
+                    if owner == raw["metadata"]["name"]:
+                        self.models_in(ns)
+
+    # Fan-out helpers the reconcilers use too ------------------------------------------------------------------------
+
+    def deployments_of_model(self, namespace: str, model_name: str) -> None:
+        for mdep in self.ctx.cache["ModelDeployment"].list(namespace):
+            if (mdep.get("spec") or {}).get("model") == model_name:
+                self.ctx.wake("ModelDeployment", namespace, mdep["metadata"]["name"])
+
+    def models_in(self, namespace: str) -> None:
+        for model in self.ctx.cache["Model"].list(namespace):
+            self.ctx.wake("Model", namespace, model["metadata"]["name"])

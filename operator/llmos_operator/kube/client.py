@@ -1,0 +1,176 @@
+"""The operator's few ways of talking to the API server: server-side apply, create, delete guarded by uid, status
+patches guarded by resourceVersion, reads. Synchronous (the kubernetes client's connection pool); workers call them
+from threads. Knows no llmos kind: the caller names the extra kinds it needs (``Kube(api, kinds=...)``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiException
+from prometheus_client import Counter
+
+log = logging.getLogger("llmos.kube")
+
+# What the operator asks the API server, besides its long-lived watches: an idle operator asks nothing.
+API_REQUESTS = Counter("llmos_api_requests_total",
+                       "API requests (reconcilers, informer listings; not watch streams), by HTTP method and kind",
+                       ["method", "kind"])
+
+KindPath = tuple[str, str, bool]  # (API path prefix, plural, namespaced)
+
+CORE_KINDS: dict[str, KindPath] = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "Event": ("/api/v1", "events", True),
+    "Node": ("/api/v1", "nodes", False),
+    "Pod": ("/api/v1", "pods", True),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "Secret": ("/api/v1", "secrets", True),
+    "Service": ("/api/v1", "services", True),
+    "ResourceQuota": ("/api/v1", "resourcequotas", True),
+    "LimitRange": ("/api/v1", "limitranges", True),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "ReplicationController": ("/api/v1", "replicationcontrollers", True),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+    "ReplicaSet": ("/apis/apps/v1", "replicasets", True),
+    "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
+    "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
+    "Job": ("/apis/batch/v1", "jobs", True),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
+}
+
+
+class Kube:
+    """Thin wrapper over one ApiClient."""
+
+    def __init__(self, api: client.ApiClient, kinds: Mapping[str, KindPath] | None = None,
+                 field_manager: str = "llmos"):
+        self.api = api
+        self.field_manager = field_manager
+        self.kinds: dict[str, KindPath] = {**CORE_KINDS, **(kinds or {})}
+        self._kind_of_plural = {plural: kind for kind, (_, plural, _) in self.kinds.items()}
+
+    # Paths ----------------------------------------------------------------------------------------------------------
+
+    def object_path(self, kind: str, name: str, namespace: str | None = None, subresource: str | None = None) -> str:
+        prefix, plural, namespaced = self.kinds[kind]
+        path = f"{prefix}/namespaces/{namespace}/{plural}/{name}" if namespaced else f"{prefix}/{plural}/{name}"
+        return f"{path}/{subresource}" if subresource else path
+
+    def collection_path(self, kind: str, namespace: str | None = None) -> str:
+        prefix, plural, namespaced = self.kinds[kind]
+        return f"{prefix}/namespaces/{namespace}/{plural}" if (namespaced and namespace) else f"{prefix}/{plural}"
+
+    def kind_of(self, path: str) -> str:
+        """The kind a request path is about (for metrics): the last plural in it."""
+        for part in reversed(path.split("?")[0].split("/")):
+            if part in self._kind_of_plural:
+                return self._kind_of_plural[part]
+        return "other"
+
+    # Requests -------------------------------------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, *, body: Any = None, query: list | None = None,
+             content_type: str | None = None, accept: str = "application/json") -> Any:
+        API_REQUESTS.labels(method, self.kind_of(path)).inc()
+        headers = {"Accept": accept}
+        if content_type:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, post = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, headers, body, post, _request_timeout=30)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def apply(self, obj: dict, force: bool = True) -> dict:
+        """Server-side apply: idempotent, and puts back any field llmos owns that someone edited by hand."""
+        meta = obj["metadata"]
+        path = self.object_path(obj["kind"], meta["name"], meta.get("namespace"))
+        query = [("fieldManager", self.field_manager), ("force", "true" if force else "false")]
+        return self.call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
+
+    def create(self, obj: dict) -> dict:
+        """POST: refused with 409 AlreadyExists when an object of that name is there (whoever made it)."""
+        meta = obj["metadata"]
+        return self.call("POST", self.collection_path(obj["kind"], meta.get("namespace")), body=obj,
+                         query=[("fieldManager", self.field_manager)], content_type="application/json")
+
+    def replace(self, obj: dict) -> dict:
+        """PUT with the object's resourceVersion: the whole object is what we send (no field of another manager
+        survives), and a 409 if it changed since it was read."""
+        meta = obj["metadata"]
+        return self.call("PUT", self.object_path(obj["kind"], meta["name"], meta.get("namespace")), body=obj,
+                         query=[("fieldManager", self.field_manager)], content_type="application/json")
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        try:
+            return self.call("GET", self.object_path(kind, name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        items = self.call("GET", self.collection_path(kind, namespace), query=query).get("items", [])
+        return [dict(item, kind=kind) for item in items]
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, *, uid: str | None = None,
+               propagation: str = "Background") -> bool:
+        """Delete; with ``uid`` only that very object (a precondition: another object of the same name stays).
+        False when there was nothing to delete or the uid did not match."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.call("DELETE", self.object_path(kind, name, namespace), body=body, content_type="application/json")
+        except ApiException as exc:
+            if exc.status == 404 or (uid and exc.status == 409):
+                return False
+            raise
+        return True
+
+    def merge_patch(self, kind: str, name: str, namespace: str | None, patch: dict,
+                    subresource: str | None = None) -> dict:
+        return self.call("PATCH", self.object_path(kind, name, namespace, subresource), body=patch,
+                         content_type="application/merge-patch+json")
+
+    def patch_status(self, kind: str, name: str, namespace: str | None, status: dict,
+                     resource_version: str | None = None) -> dict:
+        """JSON merge patch of .status; with resource_version the API server refuses it (409) if the object
+        changed since it was read — the optimistic concurrency admission relies on."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.merge_patch(kind, name, namespace, body, "status")
+
+
+def owner_reference(obj: Mapping[str, Any], controller: bool = True) -> dict:
+    return {
+        "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"], "controller": controller, "blockOwnerDeletion": True,
+    }
+
+
+def with_owner(child: dict, owner: Mapping[str, Any]) -> dict:
+    child = dict(child)
+    child["metadata"] = dict(child["metadata"], ownerReferences=[owner_reference(owner)])
+    return child
+
+
+def controller_uid(obj: Mapping[str, Any] | None) -> str | None:
+    """The uid of the object's controller (the ownerReference with ``controller: true``), if any."""
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
