@@ -47,6 +47,7 @@ class World:
 
     def tenant(self, name: str, namespaces: list[str], quota: dict[str, int], priority: int = 0, **kw) -> None:
         old = self.api.get("Tenant", name)
+        kw.setdefault("policy", {"allowUnsignedModels": True})  # its Models are unsigned (no keys in this world)
         obj = builders.tenant(name, namespaces, quota, priority=priority, **kw)
         if old is not None:
             obj["status"] = old.get("status") or {}
@@ -70,12 +71,33 @@ class World:
     def delete(self, ns: str, name: str, kind: str = "ModelDeployment") -> None:
         self.api.delete(kind, name, ns)
 
-    def pod(self, ns: str, mdep: str, name: str, gpus: int, event: str = "ADDED") -> None:
-        """A pod of ``mdep`` requesting ``gpus``; ``event`` DELETED removes it."""
+    def node(self, name: str, gpu_class: str = "h100") -> None:
+        labels = self.config.gpu_classes[gpu_class].node_labels
+        product = next(iter(labels.values()))
+        self.api.put(builders.gpu_node(name, product=product))
+
+    def pod(self, ns: str, mdep: str, name: str, gpus: int, event: str = "ADDED", *,
+            gpu_class: str = "h100") -> None:
+        """A running pod of ``mdep`` holding ``gpus`` on a node of ``gpu_class``, through llmos's own chain (the
+        Deployment the operator would have made, controlled by the ModelDeployment, and a ReplicaSet of it); it has
+        a finalizer, so deleting its ModelDeployment leaves it terminating, as a draining pod is. ``event`` DELETED
+        removes it for good."""
         if event == "DELETED":
+            self.api.merge_patch("Pod", name, ns, {"metadata": {"finalizers": None}})
             self.api.delete("Pod", name, ns)
             return
-        self.api.put(builders.pod(ns, name, gpus=gpus, labels={"llmos.dev/model-deployment": mdep}))
+        node = f"node-{gpu_class}"
+        if self.api.get("Node", node) is None:
+            self.node(node, gpu_class)
+        owner = self.api.get("ModelDeployment", mdep, ns)
+        labels = {"llmos.dev/model-deployment": mdep, "app.kubernetes.io/managed-by": "llmos"}
+        deployment = self.api.get("Deployment", mdep, ns) or self.api.put(builders.workload(
+            "Deployment", ns, mdep, labels=labels, owner=builders.owner_ref(owner, "llmos.dev/v1alpha1")))
+        rs = self.api.get("ReplicaSet", f"{mdep}-rs", ns) or self.api.put(builders.workload(
+            "ReplicaSet", ns, f"{mdep}-rs", labels=labels, owner=builders.owner_ref(deployment, "apps/v1")))
+        obj = builders.pod(ns, name, gpus=gpus, labels=labels, node=node, owner=builders.owner_ref(rs, "apps/v1"))
+        obj["metadata"]["finalizers"] = ["llmos.dev/test-hold"]
+        self.api.put(obj)
 
     # Running the controller ----------------------------------------------------------------------------------------
 

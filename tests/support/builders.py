@@ -62,3 +62,21 @@ def gpu_node(name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpus: int = 8) -
                                                   "nvidia.com/gpu.count": str(gpus)}},
             "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
             "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "64", "memory": "512Gi", "pods": "110"}}}
+
+
+def owner_ref(owner: dict, api_version: str) -> dict:
+    """A controller ownerReference to ``owner`` (as stored: it has a uid)."""
+    return {"apiVersion": api_version, "kind": owner["kind"], "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def workload(kind: str, ns: str, name: str, *, labels: dict | None = None, owner: dict | None = None,
+             replicas: int = 1) -> dict:
+    """A Deployment or ReplicaSet with an empty pod template (what GPU pod accounting reads is its metadata)."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels or {}}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": meta,
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels or {}},
+                     "template": {"metadata": {"labels": labels or {}}, "spec": {"containers": []}}},
+            "status": {}}

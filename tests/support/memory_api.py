@@ -57,6 +57,7 @@ class MemoryAPI:
         self.kinds = {**CORE_KINDS, **LLMOS_KINDS}
         self.collection_path = Kube.collection_path.__get__(self)  # type: ignore[attr-defined]
         self.object_path = Kube.object_path.__get__(self)  # type: ignore[attr-defined]
+        self.write_owned = Kube.write_owned.__get__(self)  # type: ignore[attr-defined]  # the real logic, on this API
 
     # Watch ---------------------------------------------------------------------------------------------------------
 
@@ -126,6 +127,8 @@ class MemoryAPI:
             raise _error(404, "NotFound")
         if obj["metadata"].get("resourceVersion") not in (None, old["metadata"]["resourceVersion"]):
             raise _error(409, "Conflict", "the object has been modified")
+        if obj["metadata"].get("uid") not in (None, old["metadata"]["uid"]):
+            raise _error(409, "Conflict", "Precondition failed: UID in precondition")
         new = copy.deepcopy(obj)
         new["metadata"] = {**new["metadata"], "uid": old["metadata"]["uid"]}
         new.setdefault("status", old.get("status"))

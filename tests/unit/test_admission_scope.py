@@ -106,10 +106,13 @@ def test_a_departing_pod_keeps_its_gpus_until_its_deletion_runs_a_pass_that_free
     world.delete("t-a", "first")  # its pod is still terminating
     world.run_admission()
     ledger = world.store["Tenant"].get("t")["status"]["reservations"]
-    assert set(ledger) == {"t-a/first#releasing"} and ledger["t-a/first#releasing"]["gpus"] == 4
+    # Counted by the pod, with the class of the node it runs on.
+    assert ledger == {"t-a/first-0#pod": {"class": "h100", "gpus": 4, "uid": ledger["t-a/first-0#pod"]["uid"],
+                                          "kind": "pod"}}
     assert not world.decisions["t-a/second"].admitted
-    world.pod("t-a", "first", "first-0", 4, event="DELETED")  # gone: the event asks for a pass of its namespace
-    world.run_admission()
+    world.pod("t-a", "first", "first-0", 4, event="DELETED")
+    world.handle("GPUPods", "t-a")  # the pod's event queues this; it asks admission to count again
+    world.drain()
     ledger = world.store["Tenant"].get("t")["status"]["reservations"]
     assert set(ledger) == {"t-a/second"} and world.decisions["t-a/second"].admitted
 
@@ -154,7 +157,9 @@ def test_what_was_applied_is_remembered_per_deployment_and_forgotten_with_it():
     world.tenant("t", ["t-a"], {"h100": 4})
     world.deploy("t-a", "d", 1, 1, "h100")
     service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"}},
+               "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"},
+                            "ownerReferences": [{"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment",
+                                                 "name": "d", "uid": "uid-mdep-t-a-d", "controller": True}]},
                "spec": {"ports": [{"port": 8000}]}}
 
     writer = world.manager.model_deployments.children

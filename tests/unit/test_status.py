@@ -249,7 +249,8 @@ def test_tenant_status():
     assert st["admitted"] == 1 and st["queued"] == 1
     assert st["gpuSummary"] == "h100 4/8, l4 0/4"
     assert st["reservations"] == {"a1/gone": None, "a1/chat": {"class": "h100", "gpus": 4, "uid": "u"}}
-    ready, namespaces, over = st["conditions"]
+    ready, namespaces, over, isolated = st["conditions"]
+    assert isolated["type"] == "Isolated" and isolated["status"] == "True"
     assert ready["status"] == "True" and ready["observedGeneration"] == 2
     assert (namespaces["type"], namespaces["status"]) == ("NamespacesReady", "True")
     assert (over["type"], over["status"]) == ("OverQuota", "False")
@@ -257,12 +258,12 @@ def test_tenant_status():
 
     conflict = tenant_status(t, CFG, conflicts={"a1": "b"}, now=T1)
     assert "reservations" not in conflict  # no admission result: the ledger is left alone
-    ready, namespaces, _ = conflict["conditions"]
+    ready, namespaces, _, _ = conflict["conditions"]
     assert ready["reason"] == "NamespaceConflict" and "a1 (owned by tenant b)" in ready["message"]
     assert namespaces["status"] == "False" and namespaces["reason"] == "NamespaceConflict"
 
     t.spec.quota.gpus["a100"] = 2
-    ready, _, _ = tenant_status(t, CFG, now=T1)["conditions"]
+    ready, _, _, _ = tenant_status(t, CFG, now=T1)["conditions"]
     assert ready["reason"] == "UnknownGPUClass" and "a100" in ready["message"]
 
 
@@ -274,7 +275,8 @@ def test_tenant_status_refused_namespace_and_over_quota():
     result = admit([Request.from_model_deployment(x, "a")], {k: v.to_dict() for k, v in t.status.reservations.items()},
                    {"a": TenantInfo.from_tenant(t)}, {"h100", "l4"})
     st = tenant_status(t, CFG, result=result, refused_namespaces={"old": "namespace old already exists"}, now=T1)
-    ready, namespaces, over = st["conditions"]
+    ready, namespaces, over, isolated = st["conditions"]
+    assert isolated["type"] == "Isolated" and isolated["status"] == "True"
     assert namespaces["reason"] == "NamespaceRefused" and "old already exists" in namespaces["message"]
     assert ready["status"] == "False" and ready["reason"] == "NamespaceRefused"
     # The quota was lowered to 2 while 4 are reserved: the deployment keeps them, the tenant says so.

@@ -51,6 +51,8 @@ STALLED = "Stalled"  # kstatus: no progress without someone changing something
 VERIFIED = "Verified"  # the Model's condition
 NAMESPACES_READY = "NamespacesReady"  # the Tenant's: every namespace it lists is its own
 OVER_QUOTA = "OverQuota"  # the Tenant's: reservations above a quota that was lowered
+ISOLATED = "Isolated"  # the Tenant's: every GPU pod of its namespaces belongs to an admitted ModelDeployment
+CHILD_CONFLICT = "ChildConflict"  # reason: an object in the way of a child is not llmos's
 
 
 def selector_labels(mdep_name: str) -> dict[str, str]:

@@ -264,12 +264,15 @@ class Reservation(ApiModel):
 
     class_: str = Field(alias="class", max_length=63, description="GPU class.")
     gpus: int = Field(ge=0, description="GPUs reserved (replicas × gpu.count as admitted).")
-    uid: str = Field(max_length=64, description="UID of the ModelDeployment the GPUs are reserved for.")
+    uid: str = Field(max_length=64, description="UID of the ModelDeployment the GPUs are reserved for (of the pod, "
+                     "for kind pod).")
     kind: str | None = Field(
-        None, pattern="^(surge|releasing)$", max_length=9,
+        None, pattern="^(surge|releasing|pod)$", max_length=9,
         description="surge: GPUs reserved for a rollout's extra pods (key <namespace>/<name>#surge), freed when the "
-        "rollout ends; releasing: GPUs that pods of the deployment still hold beyond its reservation (it was deleted "
-        "or scaled down and they are terminating; key <namespace>/<name>#releasing), freed as they go; absent for the "
+        "rollout ends; releasing: GPUs that pods of the deployment still hold beyond its reservation (scaled down or "
+        "no longer admitted, and they are terminating; key <namespace>/<name>#releasing), freed as they go; pod: GPUs "
+        "a pod holds that no live ModelDeployment accounts for (its deployment was deleted, or an intruder the "
+        "operator removes; key <namespace>/<pod>#pod, class of its node), freed when the pod is gone; absent for the "
         "deployment's own reservation."
     )
 

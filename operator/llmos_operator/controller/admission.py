@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from .. import metrics
-from ..api.names import LABEL_MODEL_DEPLOYMENT, OVER_QUOTA
+from ..api.names import CHILD_CONFLICT, OVER_QUOTA
 from ..api.types import InvalidObject, Model, ModelDeployment, Tenant
 from ..core import policy
 from ..core.ownership import Ownership
@@ -37,9 +37,9 @@ from ..core.quota import (
 )
 from ..core.status import model_servable, model_serving, status_changed, tenant_status, transitions
 from ..core.status.model import verified_condition
-from ..core.workloads import gpus_requested, holds_gpus
-from ..kube.client import with_owner
+from ..kube.client import Gone, NotOwned, with_owner
 from ..render import render_resource_quota
+from .gpu_pods import GPUPodReconciler
 from .state import AdmissionScope, Context
 
 log = logging.getLogger("llmos.controller.admission")
@@ -57,8 +57,8 @@ class _Candidates:
 
 
 class Admission:
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, ctx: Context, gpu_pods: GPUPodReconciler):
+        self.ctx, self.gpu_pods = ctx, gpu_pods
         self._lock = threading.Lock()
         self._series = metrics.TenantSeries()
         # the tenant gauges as last published: admitted, queued (by tenant), GPUs used, allowed (by tenant and class)
@@ -104,14 +104,20 @@ class Admission:
         ledger = merge_ledgers([parse_ledger({k: v.to_dict() for k, v in t.status.reservations.items()})
                                 for t in deciding_tenants])
         candidates = self._candidates(deciding, ownership, ledger)
+        pods = self.gpu_pods.account(deciding_owners)
         result = admit(
             candidates.requests, ledger, {t.metadata.name: TenantInfo.from_tenant(t) for t in deciding_tenants},
-            self.ctx.config.gpu_classes.keys(), held_by_pods=self._held_by_pods(deciding_owners),
+            self.ctx.config.gpu_classes.keys(), held_by_pods=pods.held, strays=pods.strays,
         )
         releasing = {k for k in self.ctx.state.releasing if ownership.owners.get(k.split("/", 1)[0]) not in deciding}
         self.ctx.state.set_releasing(releasing | {deployment_key(k) for k in result.ledger if is_releasing(k)})
+        intruders: dict[str, list[str]] = {}
+        for intruder in pods.intruders:
+            owner = deciding_owners.get(intruder.namespace)
+            if owner is not None:
+                intruders.setdefault(owner, []).append(f"{intruder.namespace}/{intruder.name} ({intruder.why})")
         for tenant in deciding_tenants:
-            self._write_tenant_status(tenant, ownership, result)
+            self._write_tenant_status(tenant, ownership, result, intruders.get(tenant.metadata.name, []))
         self._publish_series(ownership.by_name, deciding_tenants, result)
         # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
         self._write_backstops(deciding_tenants, deciding_owners, result)
@@ -144,6 +150,9 @@ class Admission:
                    ledger: Mapping[str, Any], out: _Candidates) -> None:
         request = Request.from_model_deployment(mdep, owner, surge=self.ctx.state.surge_ask(mdep.key))
         refusal = policy.deployment_refusal(mdep, tenant, self.ctx.config) if tenant else None
+        conflict = self.ctx.state.child_conflict(mdep.key, mdep.metadata.uid)
+        if refusal is None and conflict is not None:
+            refusal = (CHILD_CONFLICT, f"{conflict[1]}; no GPUs are reserved until it is gone")
         if refusal is not None:
             # What the platform does not allow reserves no GPU: not even a candidate.
             out.refused[mdep.key] = not_a_candidate(request, *refusal)
@@ -168,24 +177,13 @@ class Admission:
         except InvalidObject:
             return None  # admission says "not verified"; the Model reconciler reports why
 
-    def _held_by_pods(self, owners: Mapping[str, str]) -> dict[str, tuple[str, int]]:
-        """Deployment key → (tenant, GPUs its unfinished pods request, terminating ones included), in ``owners``'
-        namespaces: what admission keeps reserved while a departing pod still holds it."""
-        resources = {c.resource_name for c in self.ctx.config.gpu_classes.values()}
-        held: dict[str, tuple[str, int]] = {}
-        for ns, owner in owners.items():
-            for pod in self.ctx.cache["Pod"].list(ns):
-                gpus = gpus_requested(pod, resources) if holds_gpus(pod) else 0
-                if gpus:
-                    key = f"{ns}/{(pod['metadata'].get('labels') or {}).get(LABEL_MODEL_DEPLOYMENT)}"
-                    held[key] = (owner, held.get(key, (owner, 0))[1] + gpus)
-        return held
-
-    def _write_tenant_status(self, tenant: Tenant, ownership: Ownership, result: AdmissionResult) -> None:
+    def _write_tenant_status(self, tenant: Tenant, ownership: Ownership, result: AdmissionResult,
+                             intruders: list[str]) -> None:
         name = tenant.metadata.name
         refused_namespaces, refused_keys = self.ctx.state.refusals(name)
         status = tenant_status(tenant, self.ctx.config, result=result, conflicts=ownership.conflicts.get(name),
-                               refused_namespaces=refused_namespaces, refused_keys=refused_keys)
+                               refused_namespaces=refused_namespaces, refused_keys=refused_keys,
+                               intruders=intruders, child_conflicts=self.ctx.state.tenant_conflicts(name))
         if not status_changed(tenant.status.to_dict(), status):
             return
         try:
@@ -197,7 +195,7 @@ class Admission:
         raw = {"apiVersion": tenant.api_version, "kind": "Tenant",
                "metadata": {"name": name, "uid": tenant.metadata.uid, "namespace": None}}
         for t in transitions([c.to_dict() for c in tenant.status.conditions], status.get("conditions", [])):
-            good = (t.status == "True") != (t.type == OVER_QUOTA)
+            good = (t.status == "True") != (t.type == OVER_QUOTA)  # OverQuota=True is the bad news
             self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
 
     def _publish(self, scope: AdmissionScope.Taken, deciding: set[str | None],
@@ -245,17 +243,29 @@ class Admission:
             gpu_class = self.ctx.config.gpu_class(entry["class"])
             dk = deployment_key(key)
             if ns not in wanted or gpu_class is None or (result.decisions.get(dk) is None
-                                                         and dk not in result.releasing_owners):
+                                                         and dk not in result.held_owners):
                 continue
             wanted[ns][gpu_class.resource_name] = wanted[ns].get(gpu_class.resource_name, 0) + entry["gpus"]
         by_name = {t.metadata.name: t for t in tenants}
+        conflicts: dict[str, dict[str, str]] = {t.metadata.name: {} for t in tenants}
         for ns, reserved in sorted(wanted.items()):
-            if self.ctx.state.backstop(ns) == reserved:
+            known = self.ctx.state.backstop(ns)
+            if known is not None and known[0] == reserved:
                 continue
             tenant = by_name[owners[ns]]
-            quota = render_resource_quota(tenant, ns, self.ctx.config, reserved)
-            self.ctx.kube.apply(with_owner(quota, tenant_ref(tenant)))
-            self.ctx.state.set_backstop(ns, reserved)
+            quota = with_owner(render_resource_quota(tenant, ns, self.ctx.config, reserved), tenant_ref(tenant))
+            try:
+                written = self.ctx.kube.write_owned(quota, tenant.metadata.uid or "",
+                                                    known[1] if known is not None else None)
+            except NotOwned as exc:
+                conflicts[tenant.metadata.name][f"{ns}/ResourceQuota"] = f"namespace {ns}: {exc}"
+                continue
+            except Gone:
+                self.ctx.state.set_backstop(ns, None)
+                raise
+            self.ctx.state.set_backstop(ns, reserved, written)
+        for name, found in conflicts.items():
+            self.ctx.state.set_tenant_conflicts(name, "backstop", found)
 
 
 def tenant_ref(tenant: Tenant) -> dict:

@@ -22,8 +22,9 @@ from .summaries import (
     child_summary,
     deployment_summary,
     metadata_summary,
+    namespace_summary,
     node_summary,
-    pod_summary,
+    pods_worth_keeping,
     replica_set_summary,
     without_managed_fields,
 )
@@ -40,16 +41,18 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
     """The informers, each calling ``on[<store name>]`` (when given) after its store changed."""
     children = LABEL_MODEL_DEPLOYMENT  # llmos's children only, selected by the API server
 
-    def informer(name: str, kind: str, transform: Callable[[dict], dict], **kw: Any) -> Informer:
+    def informer(name: str, kind: str, transform: Callable[[dict], dict | None], **kw: Any) -> Informer:
         return Informer(kube, kind, on_event=on.get(name), transform=transform, **kw)
 
     return Store({
         "Tenant": informer("Tenant", "Tenant", without_managed_fields),
         "Model": informer("Model", "Model", without_managed_fields),
         "ModelDeployment": informer("ModelDeployment", "ModelDeployment", without_managed_fields),
-        "Namespace": informer("Namespace", "Namespace", without_managed_fields, label_selector=LABEL_TENANT),
+        # Every namespace (a few thousand at most): tenants' and released ones, whose GPU pods are watched.
+        "Namespace": informer("Namespace", "Namespace", namespace_summary),
         "Node": informer("Node", "Node", node_summary),
-        "Pod": informer("Pod", "Pod", pod_summary, label_selector=children),
+        # llmos's pods, and every pod asking for a GPU: an intruder carries no llmos label.
+        "Pod": informer("Pod", "Pod", pods_worth_keeping(c.resource_name for c in config.gpu_classes.values())),
         "Deployment": informer("Deployment", "Deployment", deployment_summary, label_selector=children),
         # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
         "ReplicaSet": informer("ReplicaSet", "ReplicaSet", replica_set_summary, label_selector=children),

@@ -18,6 +18,7 @@ from ..api.names import LABEL_MODEL_DEPLOYMENT
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
+from ..kube.client import controller_uid
 from ..render.common import trust_configmap_name
 from .cache import owned_by, spec_version
 from .state import Context
@@ -41,10 +42,12 @@ class ChildWriter:
             self._applied.pop((namespace, name), None)
 
     def apply(self, child: dict) -> dict:
-        """Server-side apply a ModelDeployment's child, unless the same rendering was applied already and the stored
-        child has not been changed since (its generation, or resourceVersion for kinds without one; a hand edit of
-        the spec is put back at once) and was last applied within ``REAPPLY_SECONDS``: a reconcile woken by a pod or
-        a status change then writes nothing."""
+        """Write a ModelDeployment's child (its ownerReference names the deployment): created, or replaced whole if
+        it is the deployment's own (``Kube.write_owned``: raises NotOwned for an object in the way that is not,
+        Gone if it vanished meanwhile) — unless the same rendering was written already and the stored child has not
+        been changed since (its generation, or resourceVersion for kinds without one; a hand edit of the spec is
+        put back at once) and was last written within ``REAPPLY_SECONDS``: a reconcile woken by a pod or a status
+        change then writes nothing."""
         meta = child["metadata"]
         key = (child["kind"], meta["name"])
         owner = (meta["namespace"], meta["labels"][LABEL_MODEL_DEPLOYMENT])
@@ -54,9 +57,9 @@ class ChildWriter:
         with self._lock:
             last = self._applied.get(owner, {}).get(key)
         if (stored is not None and last is not None and last[0] == digest and last[1] == spec_version(stored)
-                and time.monotonic() - last[2] < REAPPLY_SECONDS):
+                and controller_uid(stored) == controller_uid(child) and time.monotonic() - last[2] < REAPPLY_SECONDS):
             return stored
-        applied = self.ctx.kube.apply(child)
+        applied = self.ctx.kube.write_owned(child, controller_uid(child) or "", stored)
         with self._lock:
             self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
         return applied

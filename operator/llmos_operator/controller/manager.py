@@ -25,7 +25,7 @@ from kubernetes.client import ApiException
 
 from .. import metrics
 from ..config import OperatorConfig
-from ..kube.client import Kube
+from ..kube.client import Gone, Kube
 from ..kube.events import EventRecorder
 from ..kube.health import Health
 from ..kube.informer import Store
@@ -33,6 +33,7 @@ from ..kube.workqueue import WorkQueue, run_workers
 from .admission import Admission, Conflict
 from .cache import Cache, build_store
 from .children import ChildWriter
+from .gpu_pods import GPUPodReconciler
 from .model import ModelReconciler
 from .model_deployment import ChildWriteFailed, ModelDeploymentReconciler
 from .state import ADMISSION, Context, fairness_group
@@ -60,13 +61,14 @@ class Manager:
         self.store = store if store is not None else build_store(kube, config, {
             "Tenant": self.triggers.tenant, "Model": self.triggers.model,
             "ModelDeployment": self.triggers.model_deployment, "Namespace": self.triggers.namespace,
-            "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.child,
+            "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.replica_set,
             "Service": self.triggers.child, "ConfigMap": self.triggers.child,
             "PodDisruptionBudget": self.triggers.child, "BundleConfigMap": self.triggers.bundle_configmap,
             "KeySecret": self.triggers.key_secret,
         })
         self.ctx.cache.store = self.store
-        self.admission = Admission(self.ctx)
+        self.gpu_pods = GPUPodReconciler(self.ctx)
+        self.admission = Admission(self.ctx, self.gpu_pods)
         self.tenants = TenantReconciler(self.ctx, self.triggers)
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
@@ -90,13 +92,15 @@ class Manager:
                 self.models.reconcile(key[1], key[2])  # type: ignore[index]
             elif kind == "ModelDeployment":
                 self.model_deployments.reconcile(key[1], key[2])  # type: ignore[index]
+            elif kind == "GPUPods":
+                self.gpu_pods.reconcile(key[1])  # type: ignore[index]
             result = "ok"
         finally:
             metrics.RECONCILES.labels(kind, result).inc()
             metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - start)
 
     def on_error(self, key: Hashable, exc: BaseException, retry_in: float | None) -> None:
-        if isinstance(exc, (Conflict, ChildWriteFailed)):
+        if isinstance(exc, (Conflict, ChildWriteFailed, Gone)):
             log.info("%s: %s; retrying in %.1f s", key, exc, retry_in or 0)
         elif isinstance(exc, ApiException):
             log.warning("%s: API error %s %s; retrying in %.1f s", key, exc.status, exc.reason, retry_in or 0)

@@ -20,7 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 from kubernetes.client import ApiException
 
-from ..api.names import ANNOTATION_ADAPTERS, RECONCILING, RUNTIME_CONTAINER
+from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, RECONCILING, RUNTIME_CONTAINER
 from ..api.types import Model, ModelDeployment, Tenant
 from ..config import GPUClass
 from ..core import policy
@@ -43,7 +43,7 @@ from ..core.status import (
     worth_an_event,
 )
 from ..core.workloads import pod_gpus
-from ..kube.client import with_owner
+from ..kube.client import NotOwned, controller_uid, with_owner
 from ..render import pod_requests, render_children
 from .cache import owned_by
 from .children import ChildWriter
@@ -94,6 +94,7 @@ class ModelDeploymentReconciler:
         mdep = self.ctx.cache.stored(ModelDeployment, name, namespace)
         if mdep is None:
             return  # invalid (logged)
+        self._recheck_conflict(mdep)
         decision = self.ctx.state.decision(key, mdep.metadata.uid)
         if decision is None or decision.generation != mdep.metadata.generation:
             # Nothing is rendered, and no status claims this generation, before admission has decided it.
@@ -106,8 +107,22 @@ class ModelDeploymentReconciler:
         status = self._report(raw, mdep, decision, seen)
         if seen.write_failed:
             raise ChildWriteFailed(str(seen.render_error))  # the queue backs off, as the status says
-        if seen.deployment is not None and not is_true(status["conditions"], "Ready"):
+        if (seen.deployment is not None or decision.reason == CHILD_CONFLICT) and not is_true(status["conditions"],
+                                                                                               "Ready"):
             self.ctx.wake_later(NOT_READY_RECHECK_SECONDS, "ModelDeployment", namespace, name)
+
+    def _recheck_conflict(self, mdep: ModelDeployment) -> None:
+        """A child was in the way: is the object that was in the way gone (or now the deployment's own)? Then
+        admission may reserve GPUs for it again."""
+        conflict = self.ctx.state.child_conflict(mdep.key, mdep.metadata.uid)
+        if conflict is None:
+            return
+        (kind, name), ns = conflict[0], mdep.metadata.namespace or ""
+        obstacle = self.ctx.cache[kind].get(name, ns) if kind in self.ctx.cache.store.informers else None
+        obstacle = obstacle or self.ctx.kube.get(kind, name, ns)
+        if obstacle is None or controller_uid(obstacle) == mdep.metadata.uid:
+            self.ctx.state.clear_child_conflict(mdep.key)
+            self.ctx.admit_again(namespace=ns)
 
     def _forget(self, namespace: str, name: str) -> None:
         key = ledger_key(namespace, name)
@@ -201,9 +216,15 @@ class ModelDeploymentReconciler:
         return plan
 
     def _write(self, raw: dict, mdep: ModelDeployment, child: dict, seen: _Observed) -> bool:
-        """Apply one child; False (and the failure in ``seen``) when the API server refused it."""
+        """Write one child; False (and the failure in ``seen``) when the API server refused it or an object that is
+        not the deployment's own is in the way (then admission frees its GPUs: nothing runs until it is gone)."""
         try:
             applied = self.children.apply(with_owner(child, raw))
+        except NotOwned as exc:
+            seen.render_error = RenderError(CHILD_CONFLICT, str(exc))
+            self.ctx.state.set_child_conflict(mdep.key, mdep.metadata.uid, (exc.kind, exc.name), str(exc))
+            self.ctx.admit_again(namespace=mdep.metadata.namespace)
+            return False
         except ApiException as exc:
             if exc.status == 409:
                 raise

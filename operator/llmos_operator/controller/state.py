@@ -77,7 +77,13 @@ class SharedState:
         self._releasing: frozenset[str] = frozenset()
         self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._refusals: dict[str, tuple[dict[str, str], list[str]]] = {}  # tenant → (namespaces, keys) refused
-        self._backstops: dict[str, dict[str, int]] = {}  # namespace → {GPU resource: GPUs} as last written
+        # namespace → ({GPU resource: GPUs}, the ResourceQuota as written) of its backstop, as last written
+        self._backstops: dict[str, tuple[dict[str, int], dict[str, Any]]] = {}
+        # tenant → {what: why} of objects in the way of its children (its namespaces' policies, quotas, runtime
+        # identity) that are not its own: nothing is written into them; its status says so
+        self._tenant_conflicts: dict[str, dict[str, str]] = {}
+        # deployment key → (its uid, (kind, name) of the object in the way of a child, why): not even a candidate
+        self._child_conflicts: dict[str, tuple[str, tuple[str, str], str]] = {}
 
     # Decisions ------------------------------------------------------------------------------------------------------
 
@@ -143,22 +149,51 @@ class SharedState:
 
     # Backstops ------------------------------------------------------------------------------------------------------
 
-    def backstop(self, namespace: str) -> dict[str, int] | None:
+    def backstop(self, namespace: str) -> tuple[dict[str, int], dict[str, Any]] | None:
         with self._lock:
             return self._backstops.get(namespace)
 
-    def set_backstop(self, namespace: str, reserved: dict[str, int] | None) -> None:
+    def set_backstop(self, namespace: str, reserved: dict[str, int] | None,
+                     written: dict[str, Any] | None = None) -> None:
         with self._lock:
-            if reserved is None:
+            if reserved is None or written is None:
                 self._backstops.pop(namespace, None)
             else:
-                self._backstops[namespace] = reserved
+                self._backstops[namespace] = (reserved, written)
+
+    def set_tenant_conflicts(self, tenant: str, source: str, conflicts: dict[str, str]) -> None:
+        """What ``source`` (its reconciler, admission's backstops) found in the way of the tenant's children."""
+        with self._lock:
+            mine = {k: v for k, v in self._tenant_conflicts.get(tenant, {}).items() if not k.startswith(source + ":")}
+            mine.update({f"{source}:{k}": v for k, v in conflicts.items()})
+            self._tenant_conflicts[tenant] = mine
+
+    def tenant_conflicts(self, tenant: str) -> list[str]:
+        with self._lock:
+            return sorted(self._tenant_conflicts.get(tenant, {}).values())
+
+    # Children in the way ----------------------------------------------------------------------------------------
+
+    def set_child_conflict(self, key: str, uid: str | None, obstacle: tuple[str, str], why: str) -> None:
+        with self._lock:
+            self._child_conflicts[key] = (uid or "", obstacle, why)
+
+    def child_conflict(self, key: str, uid: str | None) -> tuple[tuple[str, str], str] | None:
+        """(kind, name) of an object in the way of the deployment's children that is not its own, and why."""
+        with self._lock:
+            found = self._child_conflicts.get(key)
+        return (found[1], found[2]) if found is not None and found[0] == (uid or "") else None
+
+    def clear_child_conflict(self, key: str) -> None:
+        with self._lock:
+            self._child_conflicts.pop(key, None)
 
     # Forgetting -----------------------------------------------------------------------------------------------------
 
     def forget_model_deployment(self, key: str) -> None:
         with self._lock:
             self._surge_asks.pop(key, None)
+            self._child_conflicts.pop(key, None)
 
     def forget_model(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -167,6 +202,7 @@ class SharedState:
     def forget_tenant(self, tenant: str) -> None:
         with self._lock:
             self._refusals.pop(tenant, None)
+            self._tenant_conflicts.pop(tenant, None)
 
 
 @dataclass

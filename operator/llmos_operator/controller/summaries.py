@@ -4,7 +4,11 @@ summarised object carries ``SUMMARY``: it is not the whole object; read it live 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+from ..api.names import LABEL_MODEL_DEPLOYMENT
 from ..core.rollout import TEMPLATE_CHECKSUM, template_checksum
+from ..core.workloads import gpus_requested
 
 
 def node_summary(node: dict) -> dict:
@@ -48,18 +52,44 @@ def _configmap_volumes(pod_spec: dict) -> list[dict]:
 
 
 def pod_summary(pod: dict) -> dict:
-    """What the controller reads of a pod: labels and annotations (template hash, adapter report), deletion, node,
-    mounted ConfigMaps, its containers' resources (the GPUs it holds), phase, conditions and the containers' states
+    """What the controller reads of a pod: labels and annotations (template hash, adapter report), owners, deletion,
+    node (or the node selector and required affinity, to tell the GPU class it asks for), mounted ConfigMaps, its
+    containers' and init containers' resources (the GPUs it holds), phase, conditions and the containers' states
     (exit codes, messages, restarts)."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     states = [{k: cs[k] for k in ("name", "ready", "started", "restartCount", "state", "lastState") if k in cs}
               for cs in status.get("containerStatuses") or []]
+    placement = {k: spec[k] for k in ("nodeSelector", "affinity") if spec.get(k)}
     return {"kind": "Pod", SUMMARY: True, "metadata": _metadata(pod),
-            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec),
+            "spec": {"nodeName": spec.get("nodeName"), "volumes": _configmap_volumes(spec), **placement,
                      "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
-                                    for c in spec.get("containers") or []]},
+                                    for c in spec.get("containers") or []],
+                     "initContainers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
+                                        for c in spec.get("initContainers") or []]},
             "status": {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
                        "containerStatuses": states}}
+
+
+def pods_worth_keeping(gpu_resources: Iterable[str]) -> Callable[[dict], dict | None]:
+    """The Pod store's filter and summary: llmos's pods, and every pod that requests a GPU resource (an intruder
+    carries no llmos label); other pods are not kept."""
+    resources = tuple(gpu_resources)
+
+    def keep(pod: dict) -> dict | None:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if LABEL_MODEL_DEPLOYMENT in labels or gpus_requested(pod, resources):
+            return pod_summary(pod)
+        return None
+
+    return keep
+
+
+def namespace_summary(ns: dict) -> dict:
+    """A namespace's name, labels (tenant, released), annotations (adopt) and phase."""
+    meta = ns.get("metadata") or {}
+    return {"kind": "Namespace", "metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion", "labels",
+                                                                   "annotations", "deletionTimestamp") if k in meta},
+            "status": {"phase": (ns.get("status") or {}).get("phase")}}
 
 
 def replica_set_summary(rs: dict) -> dict:

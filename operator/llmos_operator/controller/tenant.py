@@ -18,7 +18,8 @@ from kubernetes.client import ApiException
 from ..api.names import LABEL_MANAGED_BY, MANAGED_BY
 from ..api.types import Tenant
 from ..core import policy
-from ..kube.client import with_owner
+from ..core.gpu_pods import controller_of
+from ..kube.client import Gone, NotOwned, with_owner
 from ..render import render_released_namespace, render_tenant_children
 from ..render.tenant import RELEASED_CHILDREN, TENANT_CHILDREN
 from .state import Context
@@ -38,6 +39,8 @@ class TenantReconciler:
         self._applied: dict[str, tuple[str | None, float, tuple | None]] = {}
         # tenant → what its last reconcile asked admission to decide on
         self._admission_inputs: dict[str, tuple] = {}
+        # (namespace, kind, name) → a Tenant child as last written (its uid guards the next write)
+        self._written: dict[tuple[str | None, str, str], dict] = {}
 
     def reconcile(self, name: str) -> None:
         raw = self.ctx.cache["Tenant"].get(name)
@@ -56,7 +59,8 @@ class TenantReconciler:
         self._reverify_models(name, verified_for)
         # Admission decides again when what it reads of this tenant changed (spec, namespaces, refusals shown in its
         # status), not on every reconcile: a resync reconciles every Tenant, and its own full pass covers them.
-        inputs = (*verified_for, tuple(sorted(refused.items())), tuple(refused_keys))
+        inputs = (*verified_for, tuple(sorted(refused.items())), tuple(refused_keys),
+                  tuple(self.ctx.state.tenant_conflicts(name)))
         if self._admission_inputs.get(name) != inputs:
             self._admission_inputs[name] = inputs
             self.ctx.admit_again(tenants=(name, None))  # None: namespaces it gave up
@@ -102,13 +106,33 @@ class TenantReconciler:
         digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
         last_digest, applied_at, models_for = self._applied.get(name, (None, 0.0, None))
         if digest != last_digest or reclaimed or time.monotonic() - applied_at > REAPPLY_SECONDS:
-            for child in children:
-                self.ctx.kube.apply(child)
+            self._write(tenant, children)
             applied_at = time.monotonic()
         for ns in reclaimed:
             for kind, child_name in RELEASED_CHILDREN:
                 self.ctx.kube.delete(kind, child_name, ns)
         self._applied[name] = (digest, applied_at, models_for)
+
+    def _write(self, tenant: Tenant, children: list[dict]) -> None:
+        """Namespaces get their labels (server-side apply: a namespace is never the tenant's object); every other
+        child is written only as the Tenant's own (``Kube.write_owned``): an object of its name that is not is left
+        alone and named in the Tenant's status."""
+        name, conflicts = tenant.metadata.name, {}
+        for child in children:
+            meta = child["metadata"]
+            if child["kind"] == "Namespace":
+                self.ctx.kube.apply(child)
+                continue
+            key = (meta.get("namespace"), child["kind"], meta["name"])
+            try:
+                self._written[key] = self.ctx.kube.write_owned(child, tenant.metadata.uid or "", self._written.get(key))
+            except NotOwned as exc:
+                conflicts[f"{key[0]}/{key[1]}/{key[2]}"] = f"namespace {key[0]}: {exc}"
+                self._written.pop(key, None)
+            except Gone:
+                self._written.pop(key, None)
+                raise
+        self.ctx.state.set_tenant_conflicts(name, "tenant", conflicts)
 
     def _release_given_up(self, name: str, owned: list[str]) -> None:
         for ns, owner in self.ctx.cache.ownership().labelled.items():
@@ -148,10 +172,15 @@ class TenantReconciler:
                 return  # deleted meanwhile (the store had not heard yet)
             raise
         for dep in kube.list("Deployment", namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
-            # A live read: the store holds only deployments labelled with their ModelDeployment.
-            kube.delete("Deployment", dep["metadata"]["name"], namespace)
+            # A live read: the store holds only deployments labelled with their ModelDeployment. Only llmos's own
+            # (controlled by a ModelDeployment), by uid.
+            if (controller_of(dep) or ("",))[0] == "ModelDeployment":
+                kube.delete("Deployment", dep["metadata"]["name"], namespace, uid=dep["metadata"].get("uid"))
         for kind, child_name in TENANT_CHILDREN:
-            kube.delete(kind, child_name, namespace)
+            found = kube.get(kind, child_name, namespace)
+            if found is not None and (controller_of(found) or ("", ""))[:2] == ("Tenant", tenant):
+                kube.delete(kind, child_name, namespace, uid=found["metadata"].get("uid"))
+            self._written.pop((namespace, kind, child_name), None)
         self.ctx.state.set_backstop(namespace, None)
         self.ctx.events({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace,
                                                                               "namespace": namespace}},

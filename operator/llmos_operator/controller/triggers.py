@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_TENANT
-from ..core.workloads import holds_gpus
+from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_RELEASED, LABEL_TENANT
+from ..core.workloads import gpus_requested, holds_gpus
 from .state import Context
 
 
@@ -20,6 +20,11 @@ class Triggers:
         self._lock = threading.Lock()
         # object key → (uid, generation, deleting) of the last event acted on; dropped with the object
         self._seen: dict[tuple, tuple] = {}
+        # (kind, uid) → what GPU pod accounting read of a pod or ReplicaSet at its last event
+        self._fingerprints: dict[tuple, tuple] = {}
+        self._gpu_resources = tuple({c.resource_name for c in ctx.config.gpu_classes.values()})
+        # namespace → (tenant label, released label), for the labelled ones
+        self._namespaces: dict[str | None, tuple[str | None, str | None]] = {}
 
     def _changed(self, key: tuple, event_type: str, meta: dict) -> bool:
         """Is this event more than a status write or a metadata edit of an object llmos already acted on?"""
@@ -61,8 +66,18 @@ class Triggers:
             self.ctx.wake("Tenant", meta.get("name"))
 
     def namespace(self, event_type: str, body: dict) -> None:
-        """A namespace gained, lost or changed its tenant label: ownership (and so admission) may differ."""
-        owner = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_TENANT)
+        """A namespace gained, lost or changed its tenant (or released) label: ownership, and so admission, may
+        differ. Other namespaces' events (every namespace is watched) cause no work."""
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        marks = None if event_type == "DELETED" else (labels.get(LABEL_TENANT), labels.get(LABEL_RELEASED))
+        with self._lock:
+            before = self._namespaces.pop(meta.get("name"), None)
+            if marks is not None and marks != (None, None):
+                self._namespaces[meta.get("name")] = marks
+        if (before or (None, None)) == (marks or (None, None)):
+            return
+        owner = (marks or before or (None, None))[0]
         if event_type != "MODIFIED" and owner:
             self.ctx.wake("Tenant", owner)
         self.ctx.admit_again(everything=True)  # ownership may have moved
@@ -77,12 +92,37 @@ class Triggers:
 
     def pod(self, event_type: str, pod: dict) -> None:
         self.child(event_type, pod)
+        if gpus_requested(pod, self._gpu_resources):
+            self._gpu_pods_changed(event_type, pod, ((pod.get("spec") or {}).get("nodeName"),
+                                                     (pod.get("status") or {}).get("phase")))
         releasing = self.ctx.state.releasing
         if releasing and (event_type == "DELETED" or not holds_gpus(pod)):
             meta = pod.get("metadata") or {}
             key = f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(LABEL_MODEL_DEPLOYMENT)}"
             if key in releasing:
                 self.ctx.admit_again(namespace=meta.get("namespace"))
+
+    def replica_set(self, event_type: str, rs: dict) -> None:
+        self.child(event_type, rs)
+        self._gpu_pods_changed(event_type, rs, ())
+
+    def _gpu_pods_changed(self, event_type: str, obj: dict, extra: tuple) -> None:
+        """Judge a tenant or released namespace's GPU pods again when a pod or ReplicaSet changed what its
+        accounting reads: existence, owners, deletion, node, phase (not every status write)."""
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace")
+        labels = ((self.ctx.cache["Namespace"].get(ns or "") or {}).get("metadata") or {}).get("labels") or {}
+        if LABEL_TENANT not in labels and LABEL_RELEASED not in labels:
+            return
+        key = (obj.get("kind"), meta.get("uid"))
+        seen = None if event_type == "DELETED" else (
+            repr(meta.get("ownerReferences")), bool(meta.get("deletionTimestamp")), *extra)
+        with self._lock:
+            before = self._fingerprints.pop(key, None)
+            if seen is not None:
+                self._fingerprints[key] = seen
+        if before != seen:
+            self.ctx.wake("GPUPods", ns)
 
     # What Models are verified with ----------------------------------------------------------------------------------
 

@@ -47,6 +47,24 @@ CORE_KINDS: dict[str, KindPath] = {
 }
 
 
+class NotOwned(Exception):
+    """An object of the name a write needs exists and is not the writer's: nothing was written to it."""
+
+    def __init__(self, obj: Mapping[str, Any], owner_uid: str):
+        meta = obj.get("metadata") or {}
+        self.kind, self.name, self.namespace = str(obj.get("kind")), str(meta.get("name")), meta.get("namespace")
+        holder = controller_uid(obj)
+        managers = sorted({m.get("manager", "?") for m in meta.get("managedFields") or []})
+        who = (f"controlled by uid {holder}" if holder else "controlled by nothing") + (
+            f", written by {', '.join(managers)}" if managers else "")
+        super().__init__(f"{self.kind} {self.name} exists and is not llmos's ({who}; llmos would own it as "
+                         f"{owner_uid}): llmos writes nothing into it; delete or rename it")
+
+
+class Gone(Exception):
+    """The object a write was meant for was deleted or replaced meanwhile: read again and decide again."""
+
+
 class Kube:
     """Thin wrapper over one ApiClient."""
 
@@ -99,6 +117,36 @@ class Kube:
         query = [("fieldManager", self.field_manager), ("force", "true" if force else "false")]
         return self.call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
 
+    def write_owned(self, obj: dict, owner_uid: str, stored: Mapping[str, Any] | None = None) -> dict:
+        """Write ``obj`` only as an object ``owner_uid`` controls: created if absent, else replaced whole (PUT) with
+        the stored object's uid as a precondition — never merged into an object someone else made, nor into one that
+        replaced ours meanwhile, and no field another writer added survives (annotations others keep on it, such as
+        the Deployment controller's revision, stay). ``stored``: the object as the caller last saw it (None: not
+        known to exist). Raises NotOwned when an object of that name is someone else's (nothing is written), Gone
+        when ours vanished or was replaced between the read and the write."""
+        meta = obj["metadata"]
+        if stored is None:
+            try:
+                return self.create(obj)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            stored = self.get(obj["kind"], meta["name"], meta.get("namespace"))
+            if stored is None:
+                raise Gone(f"{obj['kind']} {meta['name']} was deleted while llmos created it") from None
+        if controller_uid(stored) != owner_uid:
+            raise NotOwned(dict(stored, kind=obj["kind"]), owner_uid)
+        theirs = {k: v for k, v in ((stored.get("metadata") or {}).get("annotations") or {}).items()
+                  if k not in (meta.get("annotations") or {})}
+        whole = dict(obj, metadata=dict(meta, uid=stored["metadata"]["uid"],
+                                        annotations={**theirs, **(meta.get("annotations") or {})}))
+        try:
+            return self.replace(whole)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Gone(f"{obj['kind']} {meta['name']} was deleted or replaced meanwhile") from None
+            raise
+
     def create(self, obj: dict) -> dict:
         """POST: refused with 409 AlreadyExists when an object of that name is there (whoever made it)."""
         meta = obj["metadata"]
@@ -106,8 +154,8 @@ class Kube:
                          query=[("fieldManager", self.field_manager)], content_type="application/json")
 
     def replace(self, obj: dict) -> dict:
-        """PUT with the object's resourceVersion: the whole object is what we send (no field of another manager
-        survives), and a 409 if it changed since it was read."""
+        """PUT: the whole object is what we send (no field of another manager survives); a uid or resourceVersion
+        in its metadata is a precondition (409 when the stored object is another one, or changed)."""
         meta = obj["metadata"]
         return self.call("PUT", self.object_path(obj["kind"], meta["name"], meta.get("namespace")), body=obj,
                          query=[("fieldManager", self.field_manager)], content_type="application/json")

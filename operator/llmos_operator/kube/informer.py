@@ -4,8 +4,10 @@ Each :class:`Informer` lists one kind (with a label selector where llmos only ca
 by the API server), then watches from the list's resourceVersion; a watch that expires (410 Gone) or breaks lists
 again and reports the difference as events. ``synced`` is set once the first listing is in, so nothing decides on a
 half-known world. Objects are kept as the API server's JSON (dicts), optionally slimmed by a ``transform`` (the
-controller keeps summaries of what it reads). ``alive()`` says whether the loop still turns (a listing, a watch
-request or a byte from one within ``watch_timeout`` plus a margin): the liveness probe reports a stuck informer.
+controller keeps summaries of what it reads); a transform that returns None keeps the object out of the store (a
+filter the API server cannot apply, such as "pods that request GPUs"). ``alive()`` says whether the loop still turns
+(a listing, a watch request or a byte from one within ``watch_timeout`` plus a margin): the liveness probe reports a
+stuck informer.
 
 ``metadata_only`` informers ask the API server for PartialObjectMetadata (names, labels, resourceVersions; no data):
 the operator learns that a tenant's ConfigMap or a key Secret changed without holding every ConfigMap of the cluster.
@@ -42,7 +44,7 @@ class WatchExpired(Exception):
 
 class Informer:
     def __init__(self, kube: Kube, kind: str, *, label_selector: str | None = None,
-                 on_event: EventHandler | None = None, transform: Callable[[dict], dict] | None = None,
+                 on_event: EventHandler | None = None, transform: Callable[[dict], dict | None] | None = None,
                  watch_timeout: int = 300, namespace: str | None = None, metadata_only: bool = False):
         self.kube, self.kind, self.label_selector = kube, kind, label_selector
         self.namespace, self.metadata_only = namespace, metadata_only
@@ -96,12 +98,19 @@ class Informer:
         return meta.get("namespace"), meta["name"]
 
     def _apply(self, event_type: str, obj: dict) -> None:
-        if self.transform is not None and event_type != "DELETED":
-            obj = self.transform(obj)
         key = self._key(obj)
+        if self.transform is not None and event_type != "DELETED":
+            kept = self.transform(obj)
+            if kept is None:  # not one this store keeps (any more)
+                with self._lock:
+                    if key not in self._objects:
+                        return
+                event_type = "DELETED"
+            else:
+                obj = kept
         with self._lock:
             if event_type == "DELETED":
-                self._objects.pop(key, None)
+                obj = self._objects.pop(key, obj)
                 in_namespace = self._by_namespace.get(key[0])
                 if in_namespace is not None:
                     in_namespace.pop(key[1], None)

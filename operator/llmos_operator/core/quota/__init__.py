@@ -25,6 +25,7 @@ from .admission import (
     AdmissionResult,
     Decision,
     Request,
+    Stray,
     TenantInfo,
     admit,
     gpu_summary,
@@ -32,16 +33,19 @@ from .admission import (
     parse_time,
 )
 from .ledger import (
+    POD,
     RELEASING,
     SURGE,
     Ledger,
     LedgerError,
     deployment_key,
+    is_pod,
     is_releasing,
     is_surge,
     ledger_key,
     merge_ledgers,
     parse_ledger,
+    pod_key,
     reconcile_ledger,
     releasing_key,
     surge_key,
@@ -49,9 +53,9 @@ from .ledger import (
 )
 
 __all__ = [
-    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "QUOTA_EXCEEDED", "REASONS", "RELEASING", "RESERVATION_HELD",
-    "SURGE",
-    "TENANT_CORDONED", "deployment_key", "is_releasing", "is_surge", "releasing_key", "surge_key",
+    "ADMITTED", "INSUFFICIENT_CAPACITY", "NO_TENANT", "POD", "QUOTA_EXCEEDED", "REASONS", "RELEASING",
+    "RESERVATION_HELD", "SURGE", "TENANT_CORDONED", "Stray", "deployment_key", "is_pod", "is_releasing", "is_surge",
+    "pod_key", "releasing_key", "surge_key",
     "TOO_MANY_DEPLOYMENTS", "UNKNOWN_GPU_CLASS", "AdmissionResult", "Decision", "Ledger", "LedgerError", "Request",
     "TenantInfo", "admit", "gpu_summary", "ledger_key", "merge_ledgers", "not_a_candidate", "parse_ledger",
     "parse_time", "reconcile_ledger", "usage",

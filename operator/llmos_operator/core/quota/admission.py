@@ -24,6 +24,9 @@ returns the new ledger and one :class:`Decision` per deployment. Rules:
   order, only to deployments that are admitted and only from the tenant's unused quota: deployments of one tenant
   roll one after another as the reservations allow.
 - Each decision records the ModelDeployment ``generation`` it was made for.
+- **Stray pods**: GPUs held by pods that no live deployment accounts for (``strays``: a deleted deployment's pods
+  still terminating, an intruder being removed) are counted against their tenant, with the class of the node they
+  run on, before anything is admitted: nothing queued is admitted onto GPUs still in use.
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ from typing import Any
 
 from ...api.types import ModelDeployment, Tenant
 from .ledger import (
+    POD,
     RELEASING,
     SURGE,
     Ledger,
     deployment_key,
     entry,
+    is_pod,
     is_releasing,
     is_surge,
     ledger_key,
+    pod_key,
     reconcile_ledger,
     releasing_key,
     surge_key,
@@ -139,6 +145,22 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Stray:
+    """A pod holding GPUs that no live ModelDeployment accounts for (core/gpu_pods.py says which)."""
+
+    namespace: str
+    pod: str
+    uid: str
+    tenant: str | None
+    gpu_class: str
+    gpus: int
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.pod)
+
+
+@dataclass(frozen=True)
 class Decision:
     """Admission's answer for one deployment.
 
@@ -173,9 +195,9 @@ class AdmissionResult:
     ledger: Ledger  # the new ledger, all tenants together
     decisions: dict[str, Decision]  # "<namespace>/<name>" → decision
     dropped: list[str]  # ledger entries freed because their deployment is gone
-    # Tenant of each deployment that has no decision (deleted, or refused before admission) but whose pods still hold
-    # GPUs: its ``#releasing`` entry belongs to that tenant's ledger.
-    releasing_owners: dict[str, str | None] = field(default_factory=dict)
+    # Tenant of each ledger entry whose key has no decision (a deleted deployment's ``#releasing``, a ``#pod``), by
+    # its deployment_key: that tenant's ledger holds it.
+    held_owners: dict[str, str | None] = field(default_factory=dict)
 
     @cached_property
     def _by_tenant(self) -> tuple[dict[str | None, Ledger], dict[str | None, list[Decision]]]:
@@ -185,7 +207,7 @@ class AdmissionResult:
         for key, e in self.ledger.items():
             dk = deployment_key(key)
             decision = self.decisions.get(dk)
-            owner = decision.tenant if decision is not None else self.releasing_owners.get(dk)
+            owner = decision.tenant if decision is not None else self.held_owners.get(dk)
             ledgers.setdefault(owner, {})[key] = e
         for d in self.decisions.values():
             decisions.setdefault(d.tenant, []).append(d)
@@ -218,6 +240,7 @@ def admit(
     capacity: Mapping[str, int] | None = None,
     backfill: bool = False,
     held_by_pods: Mapping[str, tuple[str | None, int]] | None = None,
+    strays: Iterable[Stray] = (),
 ) -> AdmissionResult:
     """Decide who is admitted. Pure: the same inputs always give the same result.
 
@@ -227,11 +250,14 @@ def admit(
     tenants together (classes absent are unlimited). ``held_by_pods``: deployment key → (tenant, GPUs requested by
     its pods that have not finished, terminating ones included), for the namespaces the ledger covers; GPUs they hold
     beyond what the deployment now reserves stay reserved (``#releasing``, at most what the ledger held for it
-    before) until the pods are gone, so that nothing queued is admitted onto GPUs still in use.
+    before) until the pods are gone, so that nothing queued is admitted onto GPUs still in use. ``strays``: pods
+    holding GPUs that no live deployment accounts for, each a ``#pod`` entry of its tenant (recomputed every pass: a
+    ``#pod`` entry of the ledger given is kept only if its pod is among them).
     """
     requests = sorted(requests, key=lambda r: r.key)
     if len({r.key for r in requests}) != len(requests):
         raise ValueError("two requests with the same namespace/name")
+    ledger = {k: v for k, v in ledger.items() if not is_pod(k)}  # recomputed below from ``strays``
     kept, dropped = reconcile_ledger(ledger, {r.key: r.uid for r in requests})
 
     new_ledger: Ledger = {}
@@ -281,19 +307,28 @@ def admit(
         before_total[dk] = before_total.get(dk, 0) + held["gpus"]
         if not is_surge(key) and not is_releasing(key) or dk not in before_entry:
             before_entry[dk] = held
-    releasing_owners: dict[str, str | None] = {}
+    held_owners: dict[str, str | None] = {}
     for key, (owner, gpus) in sorted((held_by_pods or {}).items()):
         if key not in before_entry:
             continue
         reserved_now = new_ledger.get(key, {}).get("gpus", 0) + new_ledger.get(surge_key(key), {}).get("gpus", 0)
         extra = min(gpus, before_total[key]) - reserved_now
-        if extra > 0:
-            main = before_entry[key]
-            new_ledger[releasing_key(key)] = entry(main["class"], extra, main["uid"], RELEASING)
-            if key not in by_key:
-                releasing_owners[key] = owner
+        if extra <= 0:
+            continue
+        # Never another class than the GPUs were reserved as: the live deployment's (its class is immutable), else
+        # what the entry held before.
+        previous = ledger.get(releasing_key(key)) or before_entry[key]
+        gpu_class, uid = ((by_key[key].gpu_class, by_key[key].uid) if key in by_key
+                          else (previous["class"], previous["uid"]))
+        new_ledger[releasing_key(key)] = entry(gpu_class, extra, uid, RELEASING)
+        if key not in by_key:
+            held_owners[key] = owner
+    for stray in strays:
+        if stray.gpus > 0:
+            new_ledger[stray.key] = entry(stray.gpu_class, stray.gpus, stray.uid, POD)
+            held_owners[deployment_key(stray.key)] = stray.tenant
 
-    tenant_of = {**releasing_owners, **{r.key: r.tenant for r in requests}}
+    tenant_of = {**held_owners, **{r.key: r.tenant for r in requests}}
     used: dict[tuple[str | None, str], int] = {}
     class_used: dict[str, int] = {}
     deployments: dict[str | None, int] = {}
@@ -302,7 +337,7 @@ def admit(
         pool = (owner, e["class"])
         used[pool] = used.get(pool, 0) + e["gpus"]
         class_used[e["class"]] = class_used.get(e["class"], 0) + e["gpus"]
-        if not is_surge(key) and not is_releasing(key):
+        if not is_surge(key) and not is_releasing(key) and not is_pod(key):
             deployments[owner] = deployments.get(owner, 0) + 1
 
     def order(item: tuple[Request, int]) -> tuple[int, datetime, str]:
@@ -412,7 +447,7 @@ def admit(
         ledger=dict(sorted(new_ledger.items())),
         decisions=dict(sorted(decisions.items())),
         dropped=sorted(set(dropped)),
-        releasing_owners=releasing_owners,
+        held_owners=held_owners,
     )
 
 

@@ -10,7 +10,10 @@ name from the one that holds the reservation. A rollout's surge GPUs are a secon
 rollout ends. GPUs that pods still hold beyond what their deployment now reserves (a deleted deployment's pods that
 are terminating, the replicas a scale-down removes) are a third entry, key ``<namespace>/<name>#releasing`` and
 ``"kind": "releasing"``, never more than was reserved before, freed as those pods go: a terminating pod still has
-its GPUs. The ledger is the only state admission needs: whatever process reads
+its GPUs. GPU pods of a tenant's namespaces that no live ModelDeployment accounts for (a deleted deployment's pods,
+an intruder the operator is removing) are entries of their own, key ``<namespace>/<pod>#pod`` and ``"kind": "pod"``,
+with the class of the node the pod runs on (or asks for) and the pod's uid: counted against the tenant until the pod
+is gone. No entry ever changes class. The ledger is the only state admission needs: whatever process reads
 the latest ledger and the current deployments decides exactly what the previous process would have, so a restarted
 operator never admits twice. Write the ledger *before* creating children of a newly admitted deployment.
 """
@@ -20,13 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# "<namespace>/<name>[#surge|#releasing]" → {"class": str, "gpus": int, "uid": str[, "kind": "surge"|"releasing"]}
+# "<namespace>/<name>[#surge|#releasing|#pod]" → {"class": str, "gpus": int, "uid": str[, "kind": <the suffix>]}
 Ledger = dict[str, dict[str, Any]]
 
 SURGE = "surge"
 SURGE_SUFFIX = "#surge"
 RELEASING = "releasing"
 RELEASING_SUFFIX = "#releasing"
+POD = "pod"
+POD_SUFFIX = "#pod"
+KINDS = (None, SURGE, RELEASING, POD)
 
 
 class LedgerError(ValueError):
@@ -55,12 +61,21 @@ def is_releasing(key: str) -> bool:
     return key.endswith(RELEASING_SUFFIX)
 
 
+def pod_key(namespace: str, pod: str) -> str:
+    """The ledger key of the GPUs a pod holds that no live ModelDeployment accounts for."""
+    return f"{namespace}/{pod}{POD_SUFFIX}"
+
+
+def is_pod(key: str) -> bool:
+    return key.endswith(POD_SUFFIX)
+
+
 def deployment_key(key: str) -> str:
-    """``<namespace>/<name>`` of a ledger key: a deployment's reservation, its surge or what its pods still hold."""
-    if is_surge(key):
-        return key[: -len(SURGE_SUFFIX)]
-    if is_releasing(key):
-        return key[: -len(RELEASING_SUFFIX)]
+    """``<namespace>/<name>`` of a ledger key: a deployment's reservation, its surge or what its pods still hold (for
+    a pod entry: ``<namespace>/<pod>``)."""
+    for suffix in (SURGE_SUFFIX, RELEASING_SUFFIX, POD_SUFFIX):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
     return key
 
 
@@ -84,9 +99,10 @@ def parse_ledger(raw: Mapping[str, Any] | None) -> Ledger:
             or isinstance(value.get("gpus"), bool)
             or value["gpus"] < 0
             or not isinstance(value.get("uid"), str)
-            or value.get("kind") not in (None, SURGE, RELEASING)
+            or value.get("kind") not in KINDS
             or (value.get("kind") == SURGE) != is_surge(key)
             or (value.get("kind") == RELEASING) != is_releasing(key)
+            or (value.get("kind") == POD) != is_pod(key)
         ):
             raise LedgerError(f"malformed ledger entry {key!r}: {value!r}")
         out[key] = entry(value["class"], value["gpus"], value["uid"], value.get("kind"))

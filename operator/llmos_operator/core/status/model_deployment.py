@@ -14,6 +14,7 @@ from typing import Any
 
 from ...api.names import (
     ANNOTATION_MODEL_DIGEST,
+    CHILD_CONFLICT,
     DEGRADED,
     MODEL_VERIFIED,
     PROGRESSING,
@@ -150,8 +151,9 @@ def _verdict(mdep: ModelDeployment, facts: DeploymentFacts, check: ModelCheck,
     if decision is None:
         return (False, "Pending", "waiting for admission"), (True, "Pending", "waiting for admission"), AS_EXPECTED
     if not decision.admitted:
+        degraded = (True, decision.reason, decision.message) if decision.reason == CHILD_CONFLICT else AS_EXPECTED
         return ((False, decision.reason, decision.message), (False, decision.reason, "not admitted: no pods run"),
-                AS_EXPECTED)
+                degraded)
     if check.verified is None:
         return (False, check.reason, check.message), (True, check.reason, check.message), AS_EXPECTED
     if rollout is None:

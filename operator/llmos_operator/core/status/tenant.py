@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...api.names import NAMESPACES_READY, OVER_QUOTA, READY
+from ...api.names import ISOLATED, NAMESPACES_READY, OVER_QUOTA, READY
 from ...api.types import Tenant
 from ...config import OperatorConfig
 from ..quota import AdmissionResult, gpu_summary
@@ -20,12 +20,17 @@ def tenant_status(
     conflicts: Mapping[str, str] | None = None,
     refused_namespaces: Mapping[str, str] | None = None,
     refused_keys: Sequence[str] | None = None,
+    intruders: Sequence[str] = (),
+    child_conflicts: Sequence[str] = (),
     now: str | None = None,
 ) -> dict[str, Any]:
     """Status of a Tenant. ``result``: the latest admission pass (None: leave usage and the ledger as they are).
     ``conflicts``: namespace → the other tenant that owns it (from ``quota.namespace_owners``).
     ``refused_namespaces``: namespace → why the tenant may not take it (``policy.namespace_refusal``).
-    ``refused_keys``: trusted keys the operator refused to read, with why."""
+    ``refused_keys``: trusted keys the operator refused to read, with why. ``intruders``: GPU pods of its namespaces
+    that no admitted ModelDeployment accounts for ("<namespace>/<pod> (why)"), which the operator is removing.
+    ``child_conflicts``: objects in the way of its children (network policies, quotas, runtime identity) that are
+    not its own, into which llmos writes nothing."""
     now = now or now_rfc3339()
     gen = tenant.metadata.generation
     name = tenant.metadata.name
@@ -60,6 +65,13 @@ def tenant_status(
                                "below the quota (running deployments keep their GPUs until they shrink)", gen)
     else:
         over_quota = condition(OVER_QUOTA, False, "WithinQuota", "reservations are within the quota", gen)
+    if intruders:
+        listed = ", ".join(intruders[:5]) + (f" and {len(intruders) - 5} more" if len(intruders) > 5 else "")
+        isolated = condition(ISOLATED, False, "IntruderPods",
+                             f"GPU pods no admitted ModelDeployment accounts for, counted against the quota and being "
+                             f"removed: {listed}", gen)
+    else:
+        isolated = condition(ISOLATED, True, "NoIntruders", "every GPU pod belongs to an admitted ModelDeployment", gen)
     if problems:
         ready = condition(READY, False, problems[0][0], namespaces["message"], gen)
     elif unknown:
@@ -68,11 +80,15 @@ def tenant_status(
             READY, False, "UnknownGPUClass",
             f"quota names GPU classes that are not configured: {', '.join(unknown)} (known: {known})", gen,
         )
+    elif child_conflicts:
+        ready = condition(READY, False, "ChildConflict", "; ".join(child_conflicts), gen)
     elif refused_keys:
         ready = condition(READY, False, "TrustedKeyRefused", "; ".join(refused_keys), gen)
     elif over:
         ready = condition(READY, False, "OverQuota", over_quota["message"], gen)
+    elif intruders:
+        ready = condition(READY, False, "IntruderPods", isolated["message"], gen)
     else:
         ready = condition(READY, True, "Reconciled", f"{len(tenant.spec.namespaces)} namespaces ready", gen)
-    out["conditions"] = merge_conditions(tenant.status.conditions, [ready, namespaces, over_quota], now)
+    out["conditions"] = merge_conditions(tenant.status.conditions, [ready, namespaces, over_quota, isolated], now)
     return out
