@@ -259,9 +259,8 @@ def test_signed_fetch_downloads_only_the_signed_files_and_verifies_while_writing
 
 
 def test_signed_fetch_of_a_half_uploaded_object_fails_and_leaves_nothing(tmp_path, signer):
-    from llmos_signing import VerificationError
-
     from llmos_runtime.sources import resolve_source_verified
+    from llmos_signing import VerificationError
 
     files = {"config.json": b"{}", "model.safetensors": b"w" * 5000}
     signed = _signed_manifest(tmp_path, files, signer)

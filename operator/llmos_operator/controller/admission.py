@@ -116,6 +116,8 @@ class Admission:
             owner = deciding_owners.get(intruder.namespace)
             if owner is not None:
                 intruders.setdefault(owner, []).append(f"{intruder.namespace}/{intruder.name} ({intruder.why})")
+        for ns, owner in deciding_owners.items():  # removed, still terminating: still reported
+            intruders.setdefault(owner, []).extend(self.ctx.state.removed_intruders(ns).values())
         for tenant in deciding_tenants:
             self._write_tenant_status(tenant, ownership, result, intruders.get(tenant.metadata.name, []))
         self._publish_series(ownership.by_name, deciding_tenants, result)

@@ -67,6 +67,8 @@ class GPUPodReconciler:
         accounting = self.account({namespace: tenant}, live=True)
         for intruder in accounting.intruders:
             self._remove(intruder, tenant)
+        present = {pod["metadata"].get("uid") for pod in self.ctx.cache["Pod"].list(namespace)}
+        self.ctx.state.removed_intruders(namespace, present)  # forgets those that are gone
         counted = frozenset((s.uid, s.gpu_class, s.gpus) for s in accounting.strays) | frozenset(
             (key, gpus) for key, (_, gpus) in accounting.held.items())
         with self._lock:
@@ -87,6 +89,7 @@ class GPUPodReconciler:
         removed = kube.delete("Pod", intruder.name, ns, uid=intruder.uid)
         if not removed:
             return
+        self.ctx.state.removed_intruder(ns, intruder.uid, f"{ns}/{intruder.name} ({intruder.why}; removed)")
         held = f"{intruder.gpus} {intruder.gpu_class or 'unknown-class'} GPUs"
         log.warning("removed intruder pod %s/%s (%s): %s", ns, intruder.name, held, intruder.why)
         self.ctx.events({"apiVersion": "v1", "kind": "Pod", "metadata": {

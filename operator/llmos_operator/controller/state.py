@@ -79,6 +79,8 @@ class SharedState:
         self._refusals: dict[str, tuple[dict[str, str], list[str]]] = {}  # tenant → (namespaces, keys) refused
         # namespace → ({GPU resource: GPUs}, the ResourceQuota as written) of its backstop, as last written
         self._backstops: dict[str, tuple[dict[str, int], dict[str, Any]]] = {}
+        # namespace → {pod uid: "<namespace>/<pod> (why)"} of intruders removed whose pods are still terminating
+        self._removed_intruders: dict[str, dict[str, str]] = {}
         # tenant → {what: why} of objects in the way of its children (its namespaces' policies, quotas, runtime
         # identity) that are not its own: nothing is written into them; its status says so
         self._tenant_conflicts: dict[str, dict[str, str]] = {}
@@ -187,6 +189,25 @@ class SharedState:
     def clear_child_conflict(self, key: str) -> None:
         with self._lock:
             self._child_conflicts.pop(key, None)
+
+    # Intruders removed ------------------------------------------------------------------------------------------
+
+    def removed_intruder(self, namespace: str, uid: str, description: str) -> None:
+        with self._lock:
+            self._removed_intruders.setdefault(namespace, {})[uid] = description
+
+    def removed_intruders(self, namespace: str, present: set[str] | None = None) -> dict[str, str]:
+        """The intruders removed in ``namespace`` whose pods still exist (``present``: the uids of its GPU pods now;
+        the others are forgotten)."""
+        with self._lock:
+            mine = self._removed_intruders.get(namespace, {})
+            if present is not None:
+                mine = {uid: d for uid, d in mine.items() if uid in present}
+                if mine:
+                    self._removed_intruders[namespace] = mine
+                else:
+                    self._removed_intruders.pop(namespace, None)
+            return dict(mine)
 
     # Forgetting -----------------------------------------------------------------------------------------------------
 

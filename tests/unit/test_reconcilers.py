@@ -1,0 +1,141 @@
+"""Each reconciler on the in-memory API (tests/support/memory_api.py), through the manager's public interface: queue
+keys are handled, then what the API holds is checked. The real control plane runs the same code in
+tests/integration; these pin the decisions without one."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import builders
+from tests.support.admission_world import World
+
+pytestmark = pytest.mark.unit
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def world_with(quota: dict[str, int] | None = None) -> World:
+    world = World()
+    world.tenant("t", ["t-a"], quota or {"h100": 8})
+    world.drain()
+    return world
+
+
+def test_tenant_reconciler_writes_its_children_as_its_own():
+    world = world_with()
+    ns = world.api.get("Namespace", "t-a")
+    assert ns["metadata"]["labels"]["llmos.dev/tenant"] == "t"
+    for kind, name in (("NetworkPolicy", "llmos-tenant-isolation"), ("NetworkPolicy", "llmos-tenant-egress"),
+                       ("ServiceAccount", "llmos-runtime"), ("RoleBinding", "llmos-runtime-pods")):
+        child = world.api.get(kind, name, "t-a")
+        assert child is not None, (kind, name)
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-tenant-t"
+    assert conditions(world.api.get("Tenant", "t"))["Ready"]["status"] == "True"
+
+
+def test_a_tenant_child_in_the_way_is_left_alone_and_named():
+    world = World()
+    world.api.put(builders.namespace("t-a", "t"))
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "llmos-tenant-egress", "namespace": "t-a"},
+              "spec": {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]}}
+    world.api.put(policy)
+    world.tenant("t", ["t-a"], {"h100": 8})
+    world.drain()
+    kept = world.api.get("NetworkPolicy", "llmos-tenant-egress", "t-a")
+    assert kept["spec"]["egress"] == [{}] and "ownerReferences" not in kept["metadata"]  # nothing written into it
+    ready = conditions(world.api.get("Tenant", "t"))["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "ChildConflict"
+    assert "NetworkPolicy llmos-tenant-egress exists and is not llmos's" in ready["message"]
+
+
+def test_model_reconciler_reports_an_unsigned_model_only_where_the_tenant_allows_it():
+    world = world_with()
+    model = world.api.get("Model", "m", "t-a")
+    assert conditions(model)["Verified"]["reason"] == "SignatureDisabled"
+    world.tenant("t", ["t-a"], {"h100": 8}, policy={"allowUnsignedModels": False})
+    world.drain()
+    verified = conditions(world.api.get("Model", "m", "t-a"))["Verified"]
+    assert verified["status"] == "False" and verified["reason"] != "SignatureDisabled"
+
+
+def test_model_deployment_reconciler_renders_children_once_admitted():
+    world = world_with()
+    world.deploy("t-a", "chat", 2, 4, "h100")
+    world.drain()
+    deployment = world.api.get("Deployment", "chat", "t-a")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-mdep-t-a-chat"
+    assert conditions(world.api.get("ModelDeployment", "chat", "t-a"))["QuotaAdmitted"]["status"] == "True"
+    assert world.api.get("Tenant", "t")["status"]["reservations"]["t-a/chat"]["gpus"] == 8
+    quota = world.api.get("ResourceQuota", "llmos-gpus", "t-a")
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
+
+
+def test_a_deployment_in_the_way_gets_no_write_and_no_gpus_until_it_is_gone():
+    # Issue 18, attack 2: the tenant makes a Deployment named like the ModelDeployment first; the operator must not
+    # merge its pod template (GPUs, under the operator's identity) into it.
+    world = world_with()
+    planted = builders.workload("Deployment", "t-a", "chat", labels={"app": "mine"}, replicas=0)
+    planted["spec"]["template"]["spec"]["initContainers"] = [{"name": "inject", "image": "evil"}]
+    world.api.put(planted)
+    before = world.api.get("Deployment", "chat", "t-a")
+    world.deploy("t-a", "chat", 1, 4, "h100")
+    world.drain()
+    assert world.api.get("Deployment", "chat", "t-a") == before  # not a field written
+    mdep = world.api.get("ModelDeployment", "chat", "t-a")
+    degraded, admitted = conditions(mdep)["Degraded"], conditions(mdep)["QuotaAdmitted"]
+    assert degraded["status"] == "True" and degraded["reason"] == "ChildConflict"
+    assert admitted["status"] == "False" and "Deployment chat exists and is not llmos's" in admitted["message"]
+    assert "t-a/chat" not in (world.api.get("Tenant", "t")["status"].get("reservations") or {})
+    world.api.delete("Deployment", "chat", "t-a")  # the tenant gives up
+    world.handle("ModelDeployment", "t-a", "chat")  # its re-check (queued every 15 s while in conflict)
+    world.drain()
+    ours = world.api.get("Deployment", "chat", "t-a")
+    assert ours["metadata"]["ownerReferences"][0]["uid"] == "uid-mdep-t-a-chat"
+    assert "initContainers" not in ours["spec"]["template"]["spec"]
+    assert world.api.get("Tenant", "t")["status"]["reservations"]["t-a/chat"]["gpus"] == 4
+
+
+def test_an_intruder_is_counted_by_its_nodes_class_reported_and_removed():
+    world = world_with({"h100": 8})
+    world.deploy("t-a", "batch", 1, 4, "h100")
+    world.drain()
+    world.pod("t-a", "batch", "batch-0", 4)
+    rs = world.api.get("ReplicaSet", "batch-rs", "t-a")
+    rs["metadata"]["ownerReferences"] = []  # orphaned (issue 18, attack 1)
+    world.api.put(rs)
+    writes = world.handle("GPUPods", "t-a")
+    assert ("delete", "Pod", "t-a", "batch-0") in writes and ("delete", "ReplicaSet", "t-a", "batch-rs") in writes
+    assert "IntruderRemoved" in world.api.reasons("batch-0")
+    world.drain()
+    tenant = world.api.get("Tenant", "t")
+    # Terminating (its finalizer holds it): still counted, as h100, next to batch's own reservation.
+    assert tenant["status"]["reservations"]["t-a/batch-0#pod"]["class"] == "h100"
+    assert tenant["status"]["usage"]["gpus"]["h100"] == 8
+    world.pod("t-a", "batch", "batch-0", 4, event="DELETED")
+    world.handle("GPUPods", "t-a")
+    world.drain()
+    assert "t-a/batch-0#pod" not in world.api.get("Tenant", "t")["status"]["reservations"]
+
+
+def test_a_bare_gpu_pod_in_a_tenant_namespace_is_removed_and_the_tenant_says_so():
+    world = world_with()
+    world.node("node-h100")
+    sneaky = builders.pod("t-a", "sneaky", gpus=2, node="node-h100")
+    sneaky["metadata"]["finalizers"] = ["llmos.dev/test-hold"]  # terminates slowly, as a draining pod does
+    world.api.put(sneaky)
+    writes = world.handle("GPUPods", "t-a")
+    assert ("delete", "Pod", "t-a", "sneaky") in writes
+    world.drain()
+    tenant = world.api.get("Tenant", "t")
+    isolated = conditions(tenant)["Isolated"]
+    assert isolated["status"] == "False" and "t-a/sneaky" in isolated["message"] and "removed" in isolated["message"]
+    assert tenant["status"]["reservations"]["t-a/sneaky#pod"]["gpus"] == 2
+    world.api.merge_patch("Pod", "sneaky", "t-a", {"metadata": {"finalizers": None}})
+    world.api.delete("Pod", "sneaky", "t-a")
+    world.handle("GPUPods", "t-a")
+    world.drain()
+    assert conditions(world.api.get("Tenant", "t"))["Isolated"]["status"] == "True"
