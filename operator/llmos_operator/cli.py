@@ -13,15 +13,14 @@ def _dev(args: argparse.Namespace) -> int:
     from .dev import cluster
 
     if args.dev_command == "up":
-        pools = None
-        if args.nodes:
-            from pathlib import Path
+        from pathlib import Path
 
-            from .dev.nodes import load_pools
+        from .dev.nodes import load_pools, per_class_resources
 
-            pools = load_pools(Path(args.nodes))
-        kubeconfig = (cluster.up(args.name, pools=pools, node_timeout=args.node_timeout) if pools
-                      else cluster.up(args.name, node_timeout=args.node_timeout))
+        pools = load_pools(Path(args.nodes) if args.nodes else None)
+        if args.per_class_gpu_resources:
+            pools = per_class_resources(pools)
+        kubeconfig = cluster.up(args.name, pools=pools, node_timeout=args.node_timeout)
         print(kubeconfig)
         return 0
     if args.dev_command == "down":
@@ -72,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default="llmos", help="cluster name (default: llmos)")
         if name == "up":
             p.add_argument("--nodes", help="YAML file of node pools (default: 4×8 H100, 4×4 L4, 2 CPU nodes)")
+            p.add_argument("--per-class-gpu-resources", action="store_true",
+                           help="GPU nodes advertise nvidia.com/<pool> (nvidia.com/h100, nvidia.com/l4) instead of "
+                                "nvidia.com/gpu, as the device plugin's resource renaming does: give the operator's "
+                                "GPU classes the same resourceName")
             p.add_argument("--node-timeout", type=float, default=None, metavar="SECONDS",
                            help="how long to wait for the nodes to turn Ready (default: 60 s + 0.5 s per node "
                                 "beyond 100)")

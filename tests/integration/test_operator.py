@@ -141,7 +141,7 @@ def test_queued_deployment_is_admitted_within_seconds_of_anothers_deletion(objec
 
 def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, namespace, cluster):
     """A deleted deployment's pod that is still terminating (a finalizer holds it here, as a long drain would) still
-    has its GPUs: they stay in the ledger (#releasing) and in the namespace's ResourceQuota, the queued deployment
+    has its GPUs: they stay in the ledger (a #pod entry) and in the namespace's ResourceQuota, the queued deployment
     waits, and it is admitted within seconds of the pod being gone."""
     objects.tenant(gpus={"h100": 4})
     objects.model()
@@ -165,9 +165,10 @@ def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, nam
     wait_for(lambda: f"{namespace}/first" not in reservations(), message="first's own reservation freed")
     time.sleep(3)  # admission passes run meanwhile (the deletion, the pod's updates): second still waits
     held = reservations()
-    assert list(held) == [f"{namespace}/first#releasing"], held
-    assert {k: v for k, v in held[f"{namespace}/first#releasing"].items() if k != "uid"} == {
-        "class": "h100", "gpus": 4, "kind": "releasing"}
+    # Its deployment is gone: the pod's GPUs are counted by the pod, with the class of the node it runs on.
+    assert list(held) == [f"{namespace}/{pod}#pod"], held
+    assert {k: v for k, v in held[f"{namespace}/{pod}#pod"].items() if k != "uid"} == {
+        "class": "h100", "gpus": 4, "kind": "pod"}
     assert objects.condition("modeldeployments", "second", "QuotaAdmitted")["status"] == "False"
     quota = core.read_namespaced_resource_quota("llmos-gpus", namespace)
     assert quota.spec.hard.get("requests.nvidia.com/gpu") == "4", quota.spec.hard
@@ -176,7 +177,7 @@ def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, nam
     started = time.monotonic()
     objects.wait_condition("modeldeployments", "second", "QuotaAdmitted", "True", timeout=15)
     assert time.monotonic() - started < 15
-    assert f"{namespace}/first#releasing" not in objects.get("tenants", namespace)["status"]["reservations"]
+    assert f"{namespace}/{pod}#pod" not in objects.get("tenants", namespace)["status"]["reservations"]
 
 
 def test_scale_up_is_admitted_for_the_difference_only(objects, namespace):

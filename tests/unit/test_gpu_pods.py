@@ -81,7 +81,7 @@ def test_a_link_not_seen_yet_is_unknown_until_read_live():
     pod, _ = chain()
     assert verdict(pod, lambda k, n: None, {f"{NS}/batch": "m1"}).kind == UNKNOWN
     seen = verdict(pod, lambda k, n: None, {f"{NS}/batch": "m1"}, complete=True)
-    assert seen.kind == INTRUDER and "does not exist" in seen.why
+    assert seen.kind == DEPARTING and "gone" in seen.why  # the garbage collector removes it
 
 
 def test_the_class_of_a_stray_is_its_nodes_or_what_it_asks_for():

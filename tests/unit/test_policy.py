@@ -24,9 +24,10 @@ def mdep(image=None, extra_args=()):
                          "spec": {"model": "m", "gpu": {"class": "h100", "count": 1}, "engine": engine}})
 
 
-def model(policy_="Required"):
+def model(policy_="Required", adapters=()):
     return parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "Model", "metadata": {"name": "m", "namespace": "a1"},
-                         "spec": {"source": {"uri": "hf://org/m"}, "signature": {"policy": policy_}}})
+                         "spec": {"source": {"uri": "hf://org/m"}, "signature": {"policy": policy_},
+                                  "adapters": list(adapters)}})
 
 
 @pytest.mark.parametrize("ns", ["default", "kube-system", "kube-public", "llmos-system"])
@@ -54,6 +55,16 @@ def test_unsigned_models_only_where_the_platform_allows():
     assert policy.model_refusal(model("Disabled"), None)[0] == "SignatureRequired"
     assert policy.model_refusal(model("Disabled"), tenant(allowUnsignedModels=True)) is None
     assert policy.model_refusal(model(), tenant()) is None
+
+
+def test_an_unsigned_adapter_follows_the_same_rule_as_its_model():
+    # Issue 18, attack 3: an adapter with signature policy Disabled under a signed model.
+    unsigned = {"name": "sql", "source": {"uri": "hf://org/sql"}, "signature": {"policy": "Disabled"}}
+    signed = {"name": "chat", "source": {"uri": "hf://org/chat"}}  # no signature of its own: the Model's policy
+    reason, message = policy.model_refusal(model(adapters=[signed, unsigned]), tenant())
+    assert reason == "SignatureRequired" and "spec.adapters[1].signature.policy (adapter sql)" in message
+    assert policy.model_refusal(model(adapters=[signed, unsigned]), tenant(allowUnsignedModels=True)) is None
+    assert policy.model_refusal(model(adapters=[signed]), tenant()) is None
 
 
 def test_images_default_to_the_operators_runtime_image_only():

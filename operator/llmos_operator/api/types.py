@@ -547,7 +547,12 @@ class AdapterStatus(ApiModel):
     name: str = Field(max_length=63, description="Adapter name.")
     loaded_replicas: int = Field(0, ge=0, description="Pods whose engine has the adapter loaded.")
     failed_replicas: int = Field(0, ge=0, description="Pods that refused or failed to load it.")
-    message: str | None = Field(None, max_length=1024, description="Why it failed, from one of those pods.")
+    signature: str | None = Field(
+        None, max_length=64, description="The operator's verification of its signature bundle: Verified, "
+        "SignatureDisabled (served unverified: the tenant allows it), or why not (the runtimes refuse it then).")
+    signer: str | None = Field(None, max_length=253, description="The trusted key that signed it, when Verified.")
+    message: str | None = Field(None, max_length=1024, description="Why it failed, from one of those pods, or why "
+                                "its signature does not verify.")
 
 
 class ModelDeploymentStatus(ApiModel):

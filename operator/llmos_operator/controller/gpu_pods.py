@@ -65,8 +65,10 @@ class GPUPodReconciler:
             return
         tenant = self.ctx.cache.ownership().owners.get(namespace)
         accounting = self.account({namespace: tenant}, live=True)
-        for intruder in accounting.intruders:
-            self._remove(intruder, tenant)
+        stored = self.ctx.cache["Namespace"].get(namespace) or {}
+        if (stored.get("status") or {}).get("phase") != "Terminating":  # else everything in it is going anyway
+            for intruder in accounting.intruders:
+                self._remove(intruder, tenant)
         present = {pod["metadata"].get("uid") for pod in self.ctx.cache["Pod"].list(namespace)}
         self.ctx.state.removed_intruders(namespace, present)  # forgets those that are gone
         counted = frozenset((s.uid, s.gpu_class, s.gpus) for s in accounting.strays) | frozenset(

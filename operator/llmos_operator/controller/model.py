@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -87,7 +88,7 @@ class ModelReconciler:
         return outcome
 
     def verify(self, model: Model) -> Verification:
-        from llmos_signing import VerificationError, verify_bundle
+        from llmos_signing import VerificationError
 
         tenant = self.ctx.cache.ownership().tenant_of(model.metadata.namespace or "")
         refusal = policy.model_refusal(model, tenant)
@@ -104,7 +105,20 @@ class ModelReconciler:
         if not keys:
             return Verification(False, "NoTrustedKeys", "the tenant trusts no key (spec.trustedKeys of its Tenant) "
                                 "and the operator configuration names none", bundle=bundle)
-        # Same bundle, same keys: same answer (a resync re-checks every Model; this keeps it cheap).
+        signed = self.check_bundle(bundle, keys)
+        if isinstance(signed, VerificationError):
+            return Verification(False, signed.reason, str(signed), bundle=bundle, keys=keys)
+        return Verification(
+            True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
+            digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
+            file_count=signed.file_count, bundle=bundle, signer_pem=keys[signed.signer], keys=keys,
+        )
+
+    def check_bundle(self, bundle: bytes, keys: dict[str, bytes]) -> Any:
+        """``verify_bundle``'s answer (its result, or the VerificationError): same bundle, same keys, same answer, so
+        a resync that re-checks every Model stays cheap."""
+        from llmos_signing import VerificationError, verify_bundle
+
         memo_key = hashlib.sha256(json.dumps([bundle.hex(), sorted((k, v.hex()) for k, v in keys.items())])
                                   .encode()).hexdigest()
         signed = self._verify_memo.get(memo_key)
@@ -114,13 +128,32 @@ class ModelReconciler:
             except VerificationError as exc:
                 signed = exc
             self._verify_memo[memo_key] = signed
+        return signed
+
+    def check_adapter(self, model: Model, index: int, keys: dict[str, bytes]) -> tuple[bytes | None, dict[str, Any]]:
+        """An adapter's bundle (None when it has none to hand the runtime) and its verification for the
+        ModelDeployment's status: ``{"signature": reason, "signer"?, "message"?}``. The runtime verifies the files
+        against that bundle again before loading them; an adapter without a signature of its own follows the
+        Model's policy."""
+        from llmos_signing import VerificationError
+
+        adapter = model.spec.adapters[index]
+        sig = adapter.signature if adapter.signature is not None else None
+        policy_ = sig.policy if sig is not None else model.spec.signature.policy
+        if policy_ == "Disabled":
+            return None, {"signature": "SignatureDisabled", "message": "served without verification (the tenant's "
+                                                                      "policy allows unsigned weights)"}
+        if sig is None:
+            return None, {"signature": "SignatureRequired",
+                          "message": f"spec.adapters[{index}].signature of Model {model.metadata.name} is not set: "
+                                     "the runtime refuses the adapter"}
+        bundle = self.read_bundle(model.metadata.namespace or "", sig, f"spec.adapters[{index}].signature")
+        if isinstance(bundle, str):
+            return None, {"signature": "BundleUnavailable", "message": bundle}
+        signed = self.check_bundle(bundle, keys)
         if isinstance(signed, VerificationError):
-            return Verification(False, signed.reason, str(signed), bundle=bundle, keys=keys)
-        return Verification(
-            True, "Verified", f"signed by {signed.signer} ({signed.file_count} files)",
-            digest=f"sha256:{signed.root_digest}", signer=signed.signer, key_hint=signed.key_hint,
-            file_count=signed.file_count, bundle=bundle, signer_pem=keys[signed.signer], keys=keys,
-        )
+            return bundle, {"signature": signed.reason, "message": str(signed)}
+        return bundle, {"signature": "Verified", "signer": signed.signer}
 
     def trusted_keys(self, tenant: Tenant | None) -> dict[str, bytes]:
         """The cluster's keys and the tenant's. Keys in Secrets are read only from the operator's own namespace: a

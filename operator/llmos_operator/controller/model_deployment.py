@@ -75,7 +75,7 @@ class _Observed:
     hold: tuple[str, str] | None = None
     render_error: RenderError | None = None
     write_failed: bool = False
-    facts: dict[str, Any] = field(default_factory=dict)
+    adapter_checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # adapter → its signature's verification
 
 
 class ModelDeploymentReconciler:
@@ -180,7 +180,7 @@ class ModelDeploymentReconciler:
                 mdep, model, seen.gpu_class, self.ctx.config, replicas=decision.replicas,
                 bundle=outcome.bundle if outcome.verified else None,
                 signer_pem=outcome.signer_pem if outcome.verified else None,
-                adapter_bundles=self._adapter_bundles(mdep, model), tenant_keys=outcome.keys,
+                adapter_bundles=self._adapter_bundles(mdep, model, outcome.keys, seen), tenant_keys=outcome.keys,
             )
         except RenderError as exc:
             seen.render_error = exc
@@ -244,17 +244,18 @@ class ModelDeploymentReconciler:
         if gpus is not None and self.ctx.state.ask_surge(key, gpus):
             self.ctx.admit_again(namespace=key.split("/", 1)[0])
 
-    def _adapter_bundles(self, mdep: ModelDeployment, model: Model) -> dict[str, bytes]:
-        """Signature bundles of the adapters this deployment serves (the runtime verifies each before loading)."""
+    def _adapter_bundles(self, mdep: ModelDeployment, model: Model, keys: dict[str, bytes] | None,
+                         seen: _Observed) -> dict[str, bytes]:
+        """Signature bundles of the adapters this deployment serves (the runtime verifies each before loading), and
+        each one's verification for the status (in ``seen``)."""
         out = {}
-        declared = {a.name: (i, a) for i, a in enumerate(model.spec.adapters)}
+        declared = {a.name: i for i, a in enumerate(model.spec.adapters)}
         for name in mdep.spec.adapters:
-            index, adapter = declared.get(name, (0, None))
-            sig = adapter.signature if adapter is not None else None
-            if sig is None or sig.policy == "Disabled":
-                continue
-            bundle = self.models.read_bundle(mdep.metadata.namespace or "", sig, f"spec.adapters[{index}].signature")
-            if isinstance(bundle, bytes):
+            if name not in declared:
+                continue  # render_children refuses it (UnknownAdapter)
+            bundle, check = self.models.check_adapter(model, declared[name], keys or {})
+            seen.adapter_checks[name] = check
+            if bundle is not None:
                 out[name] = bundle
         return out
 
@@ -276,8 +277,8 @@ class ModelDeploymentReconciler:
             quota_limit=tenant.spec.quota.gpus.get(mdep.spec.gpu.class_, 0) if tenant is not None else None,
         )
         status = desired_status(mdep, self.ctx.config, facts)
-        status["adapters"] = (adapter_status(mdep.spec.adapters, adapter_reports) if seen.deployment is not None
-                              else [])
+        status["adapters"] = (adapter_status(mdep.spec.adapters, adapter_reports, seen.adapter_checks)
+                              if seen.deployment is not None else [])
         status["remoteCode"] = True if seen.deployment is not None and policy.remote_code(mdep) else None
         old = mdep.status.to_dict()
         if status_changed(old, status):

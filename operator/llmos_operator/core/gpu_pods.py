@@ -77,7 +77,7 @@ def _deleting(obj: Obj) -> bool:
 def verdict(pod: Obj, lookup: Lookup, live_deployments: Mapping[str, str], *, complete: bool = False) -> Verdict:
     """How ``pod`` is accounted for. ``live_deployments``: "<namespace>/<name>" → uid of every ModelDeployment that
     exists and is not being deleted. ``complete``: ``lookup`` reads the API server itself, so an object it does not
-    find does not exist (a pod whose controller does not exist is an intruder), rather than not seen yet."""
+    find does not exist (the garbage collector removes a pod whose controller is gone), rather than not seen yet."""
     ns = (pod.get("metadata") or {}).get("namespace") or ""
     owner = controller_of(pod)
     if _deleting(pod):
@@ -86,8 +86,8 @@ def verdict(pod: Obj, lookup: Lookup, live_deployments: Mapping[str, str], *, co
         return Verdict(INTRUDER, f"controlled by {owner[0]} {owner[1]}" if owner else "no controller", owner=owner)
     rs = lookup("ReplicaSet", owner[1])
     if rs is None or rs["metadata"].get("uid") != owner[2]:
-        if complete:
-            return Verdict(INTRUDER, f"its ReplicaSet {owner[1]} (uid {owner[2]}) does not exist", owner=owner)
+        if complete:  # a dependent whose owner is gone: the garbage collector deletes it
+            return Verdict(DEPARTING, f"its ReplicaSet {owner[1]} is gone", owner=owner)
         return Verdict(UNKNOWN, missing=("ReplicaSet", owner[1]), owner=owner)
     if _deleting(rs):
         return Verdict(DEPARTING, f"its ReplicaSet {owner[1]} is being deleted", owner=owner)

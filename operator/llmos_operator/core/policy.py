@@ -53,13 +53,21 @@ def refused_keys(tenant: Tenant, config: OperatorConfig) -> dict[str, str]:
 
 
 def model_refusal(model: Model, tenant: Tenant | None) -> Refusal | None:
-    """A Model the platform does not let this tenant serve, whatever its signature."""
-    if model.spec.signature.policy == "Disabled" and not (tenant and tenant.spec.policy.allow_unsigned_models):
-        owner = tenant.metadata.name if tenant else "(none)"
-        return ("SignatureRequired",
-                f"spec.signature.policy is Disabled but tenant {owner} may serve only signed models "
-                "(the platform sets Tenant spec.policy.allowUnsignedModels): sign the weights and set "
-                "spec.signature.bundleRef")
+    """A Model the platform does not let this tenant serve, whatever its signature: one unsigned (policy Disabled)
+    where the tenant may serve only signed weights — the base model or any of its adapters (an adapter without a
+    signature of its own follows the Model's policy)."""
+    if tenant is not None and tenant.spec.policy.allow_unsigned_models:
+        return None
+    owner = tenant.metadata.name if tenant else "(none)"
+    why = (f"tenant {owner} may serve only signed weights (the platform sets Tenant "
+           "spec.policy.allowUnsignedModels)")
+    if model.spec.signature.policy == "Disabled":
+        return ("SignatureRequired", f"spec.signature.policy is Disabled but {why}: sign the weights and set "
+                                     "spec.signature.bundleRef")
+    for i, adapter in enumerate(model.spec.adapters):
+        if adapter.signature is not None and adapter.signature.policy == "Disabled":
+            return ("SignatureRequired", f"spec.adapters[{i}].signature.policy (adapter {adapter.name}) is Disabled "
+                                         f"but {why}: sign the adapter and set spec.adapters[{i}].signature.bundleRef")
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,10 @@ class NodePool:
     gpu_memory_mib: int = 0
     cpu: str = "64"
     memory: str = "512Gi"
+    # The extended resource the node advertises its GPUs as. nvidia.com/gpu for every class is the device plugin's
+    # default; a per-class name (the device plugin's resource renaming, e.g. nvidia.com/h100) lets each namespace's
+    # ResourceQuota tell the classes apart (docs/security.md, "A per-class backstop").
+    gpu_resource: str = GPU_RESOURCE
 
 
 DEFAULT_POOLS = (
@@ -27,6 +31,12 @@ DEFAULT_POOLS = (
     NodePool("l4", 4, gpus=4, product="NVIDIA-L4", gpu_memory_mib=23034, cpu="48", memory="192Gi"),
     NodePool("cpu", 2),
 )
+
+
+def per_class_resources(pools: tuple[NodePool, ...]) -> tuple[NodePool, ...]:
+    """The pools with each GPU pool's GPUs advertised as ``nvidia.com/<pool name>`` (``llmos dev up
+    --per-class-gpu-resources``); the operator's GPU classes must name the same ``resourceName``."""
+    return tuple(replace(p, gpu_resource=f"nvidia.com/{p.name}") if p.gpus else p for p in pools)
 
 
 def load_pools(path: Path | None) -> tuple[NodePool, ...]:
@@ -67,7 +77,7 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
                     "nvidia.com/gpu.count": str(pool.gpus),
                     "nvidia.com/gpu.memory": str(pool.gpu_memory_mib),
                 })
-                capacity[GPU_RESOURCE] = str(pool.gpus)
+                capacity[pool.gpu_resource] = str(pool.gpus)
                 taints.append(dict(GPU_TAINT))
             nodes.append({
                 "apiVersion": "v1",

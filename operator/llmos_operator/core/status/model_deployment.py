@@ -285,16 +285,21 @@ def _counts(mdep: ModelDeployment, config: OperatorConfig, facts: DeploymentFact
     }
 
 
-def adapter_status(wanted: Sequence[str], reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per wanted adapter: on how many pods it is loaded, on how many it failed and why (from the runtimes'
+def adapter_status(wanted: Sequence[str], reports: Sequence[Mapping[str, Any]],
+                   checks: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per wanted adapter: its signature's verification by the operator (``checks``: {"signature": reason,
+    "signer"?, "message"?}), on how many pods it is loaded, on how many it failed and why (from the runtimes'
     reports, one per pod: {"loaded": [names], "failed": {name: reason}})."""
     out = []
     for name in wanted:
         loaded = sum(1 for r in reports if name in (r.get("loaded") or []))
         reasons = [str((r.get("failed") or {})[name]) for r in reports if name in (r.get("failed") or {})]
-        entry: dict[str, Any] = {"name": name, "loadedReplicas": loaded, "failedReplicas": len(reasons)}
-        if reasons:
-            entry["message"] = reasons[0][:1024]
+        check = (checks or {}).get(name) or {}
+        entry: dict[str, Any] = {"name": name, "loadedReplicas": loaded, "failedReplicas": len(reasons),
+                                 **{k: check[k] for k in ("signature", "signer") if check.get(k)}}
+        message = reasons[0] if reasons else (check.get("message") if check.get("signature") != "Verified" else None)
+        if message:
+            entry["message"] = str(message)[:1024]
         out.append(entry)
     return out
 
