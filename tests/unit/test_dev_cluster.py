@@ -9,6 +9,7 @@ from pathlib import Path
 from llmos_operator.cli import build_parser
 from llmos_operator.dev import cluster
 from llmos_operator.dev.cluster import Binaries, kwokctl_create_command, node_is_ready, node_wait_timeout
+from llmos_operator.dev.nodes import DEFAULT_POOLS, node_manifests
 
 BINS = Binaries(Path("/b/k8s"), Path("/b/etcd"), Path("/b/kwok"), Path("/b/helm"))
 
@@ -74,4 +75,15 @@ def test_dev_up_takes_a_node_timeout(monkeypatch):
     monkeypatch.setattr(cluster, "up", lambda name, **kw: seen.update(name=name, **kw) or Path("/k"))
     args = build_parser().parse_args(["dev", "up", "--name", "x", "--node-timeout", "300"])
     assert args.func(args) == 0
-    assert seen == {"name": "x", "node_timeout": 300.0}
+    assert seen == {"name": "x", "node_timeout": 300.0, "pools": DEFAULT_POOLS}
+
+
+def test_dev_up_can_advertise_gpus_per_class(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cluster, "up", lambda name, **kw: seen.update(name=name, **kw) or Path("/k"))
+    args = build_parser().parse_args(["dev", "up", "--per-class-gpu-resources"])
+    assert args.func(args) == 0
+    resources = {p.name: p.gpu_resource for p in seen["pools"] if p.gpus}
+    assert resources == {"h100": "nvidia.com/h100", "l4": "nvidia.com/l4"}
+    nodes = {n["metadata"]["labels"]["llmos.dev/pool"]: n["status"]["allocatable"] for n in node_manifests(seen["pools"])}
+    assert nodes["h100"]["nvidia.com/h100"] == "8" and "nvidia.com/gpu" not in nodes["h100"]

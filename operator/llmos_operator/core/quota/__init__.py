@@ -12,7 +12,8 @@ How a handler uses it (one admission pass, under a lock, after any ModelDeployme
 4. Write each ModelDeployment's conditions from its Decision (see ``render.status``).
 """
 
-from .admission import (
+from .admission import admit
+from .decisions import (
     ADMITTED,
     INSUFFICIENT_CAPACITY,
     NO_TENANT,
@@ -27,7 +28,6 @@ from .admission import (
     Request,
     Stray,
     TenantInfo,
-    admit,
     gpu_summary,
     not_a_candidate,
     parse_time,

@@ -32,12 +32,27 @@ returns the new ledger and one :class:`Decision` per deployment. Rules:
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from functools import cached_property
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from ...api.types import ModelDeployment, Tenant
+from .decisions import (
+    INSUFFICIENT_CAPACITY,
+    NO_TENANT,
+    QUOTA_EXCEEDED,
+    TENANT_CORDONED,
+    TOO_MANY_DEPLOYMENTS,
+    UNKNOWN_GPU_CLASS,
+    AdmissionResult,
+    Decision,
+    Request,
+    Stray,
+    TenantInfo,
+    admitted_decision,
+    frozen_decision,
+    quota_message,
+    waiting_decision,
+)
 from .ledger import (
     POD,
     RELEASING,
@@ -48,187 +63,12 @@ from .ledger import (
     is_pod,
     is_releasing,
     is_surge,
-    ledger_key,
-    pod_key,
     reconcile_ledger,
     releasing_key,
     surge_key,
 )
 
-ADMITTED = "Admitted"
-QUOTA_EXCEEDED = "QuotaExceeded"
-INSUFFICIENT_CAPACITY = "InsufficientCapacity"
-UNKNOWN_GPU_CLASS = "UnknownGPUClass"
-NO_TENANT = "NoTenant"
-TENANT_CORDONED = "TenantCordoned"
-TOO_MANY_DEPLOYMENTS = "TooManyDeployments"
-RESERVATION_HELD = "ReservationHeld"  # frozen: the reservation is kept as it is, the change waits
-REASONS = (
-    ADMITTED, QUOTA_EXCEEDED, INSUFFICIENT_CAPACITY, UNKNOWN_GPU_CLASS, NO_TENANT, TENANT_CORDONED,
-    TOO_MANY_DEPLOYMENTS, RESERVATION_HELD,
-)
-
-_NEVER = datetime.max.replace(tzinfo=UTC)
-
-
-def parse_time(value: str | datetime | None) -> datetime:
-    """An RFC 3339 timestamp as Kubernetes writes it (``2026-01-02T03:04:05Z``); None sorts last."""
-    if value is None:
-        return _NEVER
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True)
-class TenantInfo:
-    """What admission needs of a Tenant."""
-
-    name: str
-    gpus: Mapping[str, int] = field(default_factory=dict)
-    max_model_deployments: int | None = None
-    priority: int = 0
-    cordoned: bool = False
-
-    @classmethod
-    def from_tenant(cls, tenant: Tenant) -> TenantInfo:
-        return cls(
-            name=tenant.metadata.name,
-            gpus=dict(tenant.spec.quota.gpus),
-            max_model_deployments=tenant.spec.quota.max_model_deployments,
-            priority=tenant.spec.priority,
-            cordoned=tenant.spec.cordoned,
-        )
-
-
-@dataclass(frozen=True)
-class Request:
-    """A ModelDeployment as admission sees it."""
-
-    namespace: str
-    name: str
-    uid: str
-    tenant: str | None  # owner of the namespace, None if no tenant owns it
-    gpu_class: str
-    replicas: int
-    gpus_per_replica: int
-    created: datetime = _NEVER
-    generation: int | None = None  # of the ModelDeployment: the decision is for this spec
-    surge: int | None = None  # GPUs its rollout wants above the reservation; None: unknown, keep what is held
-    frozen: tuple[str, str] | None = None  # (reason, message): keep the reservation as it is, ask for nothing
-
-    @property
-    def key(self) -> str:
-        return ledger_key(self.namespace, self.name)
-
-    @property
-    def demand(self) -> int:
-        return self.replicas * self.gpus_per_replica
-
-    @classmethod
-    def from_model_deployment(cls, mdep: ModelDeployment, tenant: str | None, *, surge: int | None = None,
-                              frozen: tuple[str, str] | None = None) -> Request:
-        meta = mdep.metadata
-        return cls(
-            generation=meta.generation,
-            surge=surge,
-            frozen=frozen,
-            namespace=meta.namespace or "",
-            name=meta.name,
-            uid=meta.uid or "",
-            tenant=tenant,
-            gpu_class=mdep.spec.gpu.class_,
-            replicas=mdep.spec.replicas,
-            gpus_per_replica=mdep.spec.gpu.count,
-            created=parse_time(meta.creation_timestamp),
-        )
-
-
-@dataclass(frozen=True)
-class Stray:
-    """A pod holding GPUs that no live ModelDeployment accounts for (core/gpu_pods.py says which)."""
-
-    namespace: str
-    pod: str
-    uid: str
-    tenant: str | None
-    gpu_class: str
-    gpus: int
-
-    @property
-    def key(self) -> str:
-        return pod_key(self.namespace, self.pod)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Admission's answer for one deployment.
-
-    ``admitted``: it holds a reservation and may run ``replicas`` replicas (render the Deployment with that many).
-    ``reason``: ``Admitted`` when the whole spec is admitted, else why (part of) it waits; a deployment can be
-    admitted and still wait for a scale-up (``admitted`` and ``reason == QuotaExceeded``).
-    """
-
-    key: str
-    tenant: str | None
-    admitted: bool
-    reason: str
-    message: str
-    gpu_class: str
-    requested: int  # GPUs the spec asks for
-    reserved: int  # GPUs reserved after this decision
-    replicas: int  # replicas the reservation pays for
-    queue_position: int | None = None  # 1-based, among the waiting requests of the same tenant and class
-    generation: int | None = None  # the ModelDeployment generation this decision is for
-    surge: int = 0  # surge GPUs reserved for its rollout
-    surge_wanted: int = 0  # surge GPUs asked for (more than ``surge`` while the rollout waits for quota)
-    surge_message: str = ""  # why the surge waits
-
-    @property
-    def complete(self) -> bool:
-        """The whole spec is admitted."""
-        return self.reason == ADMITTED
-
-
-@dataclass(frozen=True)
-class AdmissionResult:
-    ledger: Ledger  # the new ledger, all tenants together
-    decisions: dict[str, Decision]  # "<namespace>/<name>" → decision
-    dropped: list[str]  # ledger entries freed because their deployment is gone
-    # Tenant of each ledger entry whose key has no decision (a deleted deployment's ``#releasing``, a ``#pod``), by
-    # its deployment_key: that tenant's ledger holds it.
-    held_owners: dict[str, str | None] = field(default_factory=dict)
-
-    @cached_property
-    def _by_tenant(self) -> tuple[dict[str | None, Ledger], dict[str | None, list[Decision]]]:
-        """The ledger and the decisions grouped by tenant, once: asking per tenant stays linear in the whole."""
-        ledgers: dict[str | None, Ledger] = {}
-        decisions: dict[str | None, list[Decision]] = {}
-        for key, e in self.ledger.items():
-            dk = deployment_key(key)
-            decision = self.decisions.get(dk)
-            owner = decision.tenant if decision is not None else self.held_owners.get(dk)
-            ledgers.setdefault(owner, {})[key] = e
-        for d in self.decisions.values():
-            decisions.setdefault(d.tenant, []).append(d)
-        return ledgers, decisions
-
-    def ledger_for(self, tenant: str) -> Ledger:
-        """The part of the ledger to persist in ``tenant``'s status."""
-        return {k: dict(v) for k, v in self._by_tenant[0].get(tenant, {}).items()}
-
-    def usage(self, tenant: str) -> dict[str, int]:
-        """GPU class → GPUs reserved by ``tenant`` (surge reservations included)."""
-        used: dict[str, int] = {}
-        for e in self._by_tenant[0].get(tenant, {}).values():
-            used[e["class"]] = used.get(e["class"], 0) + e["gpus"]
-        return used
-
-    def admitted_count(self, tenant: str) -> int:
-        return sum(1 for d in self._by_tenant[1].get(tenant, ()) if d.admitted)
-
-    def queued_count(self, tenant: str) -> int:
-        return sum(1 for d in self._by_tenant[1].get(tenant, ()) if not d.admitted)
+Pool = tuple[str | None, str]  # (tenant, GPU class)
 
 
 def admit(
@@ -257,260 +97,215 @@ def admit(
     requests = sorted(requests, key=lambda r: r.key)
     if len({r.key for r in requests}) != len(requests):
         raise ValueError("two requests with the same namespace/name")
-    ledger = {k: v for k, v in ledger.items() if not is_pod(k)}  # recomputed below from ``strays``
-    kept, dropped = reconcile_ledger(ledger, {r.key: r.uid for r in requests})
+    run = _Pass(requests, {k: v for k, v in ledger.items() if not is_pod(k)}, tenants, gpu_classes, capacity or {},
+                backfill)
+    waiting = run.keep_reservations()
+    surge_growth = run.keep_surge()
+    run.keep_what_pods_hold(held_by_pods or {}, strays)
+    run.count_usage()
+    for r, held in sorted(waiting, key=run.order):
+        run.decide(r, held)
+    for r in sorted(surge_growth, key=lambda r: run.order((r, 0))):
+        run.grant_surge(r)
+    return run.result()
 
-    new_ledger: Ledger = {}
-    decisions: dict[str, Decision] = {}
-    waiting: list[tuple[Request, int]] = []  # (request, GPUs it holds already)
-    for r in requests:
-        held_entry = kept.get(r.key)
-        if held_entry is not None and held_entry["class"] != r.gpu_class:
-            # The class changed (the CRD forbids it; be safe anyway): the old reservation buys nothing now.
-            dropped.append(r.key)
-            held_entry = None
-        held = held_entry["gpus"] if held_entry else 0
-        if r.frozen is not None:
-            decisions[r.key] = _frozen(r, held_entry)
-            if held_entry is not None:
-                new_ledger[r.key] = dict(held_entry)
-        elif held_entry is not None and r.demand <= held:
-            new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
-            decisions[r.key] = _admitted(r, "")
-        else:
-            if held_entry is not None:
-                new_ledger[r.key] = entry(r.gpu_class, held, r.uid)
-            waiting.append((r, held))
 
-    # Surge already reserved stays reserved (and counts as used) until its rollout no longer wants it.
-    by_key = {r.key: r for r in requests}
-    surge_growth: list[Request] = []
-    for key, e in kept.items():
-        if not is_surge(key):
-            continue
-        r = by_key[deployment_key(key)]
-        if r.gpu_class != e["class"] or r.surge == 0:
-            dropped.append(key)
-            continue
-        gpus = e["gpus"] if r.surge is None else min(e["gpus"], r.surge)
-        new_ledger[key] = entry(r.gpu_class, gpus, r.uid, SURGE)
-    for r in requests:
-        if r.surge and r.surge > new_ledger.get(surge_key(r.key), {}).get("gpus", 0):
-            surge_growth.append(r)
+class _Pass:
+    """One admission pass: the new ledger and the decisions, built phase by phase (see ``admit``)."""
 
-    # What departing pods still hold: a deleted deployment's terminating pods, replicas removed by a scale-down or a
-    # lost admission. Bounded by what the ledger held for the deployment before, so it only ever shrinks.
-    before_total: dict[str, int] = {}
-    before_entry: dict[str, Mapping[str, Any]] = {}  # deployment → its main entry before
-    for key, held in ledger.items():
-        dk = deployment_key(key)
-        before_total[dk] = before_total.get(dk, 0) + held["gpus"]
-        if not is_surge(key) and not is_releasing(key) or dk not in before_entry:
-            before_entry[dk] = held
-    held_owners: dict[str, str | None] = {}
-    for key, (owner, gpus) in sorted((held_by_pods or {}).items()):
-        if key not in before_entry:
-            continue
-        reserved_now = new_ledger.get(key, {}).get("gpus", 0) + new_ledger.get(surge_key(key), {}).get("gpus", 0)
-        extra = min(gpus, before_total[key]) - reserved_now
-        if extra <= 0:
-            continue
-        # Never another class than the GPUs were reserved as: the live deployment's (its class is immutable), else
-        # what the entry held before.
-        previous = ledger.get(releasing_key(key)) or before_entry[key]
-        gpu_class, uid = ((by_key[key].gpu_class, by_key[key].uid) if key in by_key
-                          else (previous["class"], previous["uid"]))
-        new_ledger[releasing_key(key)] = entry(gpu_class, extra, uid, RELEASING)
-        if key not in by_key:
-            held_owners[key] = owner
-    for stray in strays:
-        if stray.gpus > 0:
-            new_ledger[stray.key] = entry(stray.gpu_class, stray.gpus, stray.uid, POD)
-            held_owners[deployment_key(stray.key)] = stray.tenant
+    def __init__(self, requests: list[Request], ledger: Mapping[str, Mapping[str, Any]],
+                 tenants: Mapping[str, TenantInfo], gpu_classes: Collection[str], capacity: Mapping[str, int],
+                 backfill: bool):
+        self.requests, self.ledger, self.tenants = requests, ledger, tenants
+        self.gpu_classes, self.capacity, self.backfill = gpu_classes, capacity, backfill
+        self.by_key = {r.key: r for r in requests}
+        self.kept, self.dropped = reconcile_ledger(ledger, {r.key: r.uid for r in requests})
+        self.new_ledger: Ledger = {}
+        self.decisions: dict[str, Decision] = {}
+        self.held_owners: dict[str, str | None] = {}
+        self.used: dict[Pool, int] = {}
+        self.class_used: dict[str, int] = {}
+        self.deployments: dict[str | None, int] = {}
+        self.blocked_pools: dict[Pool, str] = {}  # pool → key of the first request that did not fit
+        self.blocked_classes: dict[str, str] = {}
+        self.queue_length: dict[Pool, int] = {}
 
-    tenant_of = {**held_owners, **{r.key: r.tenant for r in requests}}
-    used: dict[tuple[str | None, str], int] = {}
-    class_used: dict[str, int] = {}
-    deployments: dict[str | None, int] = {}
-    for key, e in new_ledger.items():
-        owner = tenant_of[deployment_key(key)]
-        pool = (owner, e["class"])
-        used[pool] = used.get(pool, 0) + e["gpus"]
-        class_used[e["class"]] = class_used.get(e["class"], 0) + e["gpus"]
-        if not is_surge(key) and not is_releasing(key) and not is_pod(key):
-            deployments[owner] = deployments.get(owner, 0) + 1
+    def keep_reservations(self) -> list[tuple[Request, int]]:
+        """What each request keeps of its reservation: all of it (frozen), its new smaller demand (decided), or what
+        it held while it waits for more; returns those that wait, with the GPUs they hold."""
+        waiting: list[tuple[Request, int]] = []
+        for r in self.requests:
+            held_entry = self.kept.get(r.key)
+            if held_entry is not None and held_entry["class"] != r.gpu_class:
+                # The class changed (the CRD forbids it; be safe anyway): the old reservation buys nothing now.
+                self.dropped.append(r.key)
+                held_entry = None
+            held = held_entry["gpus"] if held_entry else 0
+            if r.frozen is not None:
+                self.decisions[r.key] = frozen_decision(r, held_entry)
+                if held_entry is not None:
+                    self.new_ledger[r.key] = dict(held_entry)
+            elif held_entry is not None and r.demand <= held:
+                self.new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
+                self.decisions[r.key] = admitted_decision(r, "")
+            else:
+                if held_entry is not None:
+                    self.new_ledger[r.key] = entry(r.gpu_class, held, r.uid)
+                waiting.append((r, held))
+        return waiting
 
-    def order(item: tuple[Request, int]) -> tuple[int, datetime, str]:
+    def keep_surge(self) -> list[Request]:
+        """Surge already reserved stays reserved (and counts as used) until its rollout no longer wants it; returns
+        the requests whose rollout wants more."""
+        for key, e in self.kept.items():
+            if not is_surge(key):
+                continue
+            r = self.by_key[deployment_key(key)]
+            if r.gpu_class != e["class"] or r.surge == 0:
+                self.dropped.append(key)
+                continue
+            gpus = e["gpus"] if r.surge is None else min(e["gpus"], r.surge)
+            self.new_ledger[key] = entry(r.gpu_class, gpus, r.uid, SURGE)
+        return [r for r in self.requests
+                if r.surge and r.surge > self.new_ledger.get(surge_key(r.key), {}).get("gpus", 0)]
+
+    def keep_what_pods_hold(self, held_by_pods: Mapping[str, tuple[str | None, int]], strays: Iterable[Stray]) -> None:
+        """What departing pods still hold stays reserved: a deployment's pods beyond its reservation (scale-down,
+        lost admission: ``#releasing``, bounded by what the ledger held for it before, of the class it was reserved
+        as), and strays (``#pod``, of their node's class)."""
+        before_total: dict[str, int] = {}
+        before_entry: dict[str, Mapping[str, Any]] = {}  # deployment → its main entry before
+        for key, held in self.ledger.items():
+            dk = deployment_key(key)
+            before_total[dk] = before_total.get(dk, 0) + held["gpus"]
+            if not is_surge(key) and not is_releasing(key) or dk not in before_entry:
+                before_entry[dk] = held
+        for key, (owner, gpus) in sorted(held_by_pods.items()):
+            if key not in before_entry:
+                continue
+            reserved_now = (self.new_ledger.get(key, {}).get("gpus", 0)
+                            + self.new_ledger.get(surge_key(key), {}).get("gpus", 0))
+            extra = min(gpus, before_total[key]) - reserved_now
+            if extra <= 0:
+                continue
+            previous = self.ledger.get(releasing_key(key)) or before_entry[key]
+            r = self.by_key.get(key)
+            gpu_class, uid = (r.gpu_class, r.uid) if r is not None else (previous["class"], previous["uid"])
+            self.new_ledger[releasing_key(key)] = entry(gpu_class, extra, uid, RELEASING)
+            if r is None:
+                self.held_owners[key] = owner
+        for stray in strays:
+            if stray.gpus > 0:
+                self.new_ledger[stray.key] = entry(stray.gpu_class, stray.gpus, stray.uid, POD)
+                self.held_owners[deployment_key(stray.key)] = stray.tenant
+
+    def count_usage(self) -> None:
+        tenant_of = {**self.held_owners, **{r.key: r.tenant for r in self.requests}}
+        for key, e in self.new_ledger.items():
+            owner = tenant_of[deployment_key(key)]
+            pool = (owner, e["class"])
+            self.used[pool] = self.used.get(pool, 0) + e["gpus"]
+            self.class_used[e["class"]] = self.class_used.get(e["class"], 0) + e["gpus"]
+            if not is_surge(key) and not is_releasing(key) and not is_pod(key):
+                self.deployments[owner] = self.deployments.get(owner, 0) + 1
+
+    def order(self, item: tuple[Request, int]) -> tuple[int, datetime, str]:
+        """The queue: tenant priority (higher first), then creation time, then namespace/name."""
         r = item[0]
-        priority = tenants[r.tenant].priority if r.tenant is not None and r.tenant in tenants else 0
+        priority = self.tenants[r.tenant].priority if r.tenant is not None and r.tenant in self.tenants else 0
         return (-priority, r.created, r.key)
 
-    blocked_pools: dict[tuple[str | None, str], str] = {}  # pool → key of the first request that did not fit
-    blocked_classes: dict[str, str] = {}
-    queue_length: dict[tuple[str | None, str], int] = {}
-    for r, held in sorted(waiting, key=order):
-        tenant = tenants.get(r.tenant) if r.tenant is not None else None
-        pool = (r.tenant, r.gpu_class)
-        holds = r.key in new_ledger  # admitted before (possibly with 0 GPUs): it keeps its reservation
-        delta = r.demand - held
-        if tenant is None:
-            decisions[r.key] = _refused(r, held, holds, NO_TENANT, f"namespace {r.namespace} belongs to no Tenant")
-            continue
-        if tenant.cordoned:
-            decisions[r.key] = _refused(
-                r, held, holds, TENANT_CORDONED, f"tenant {tenant.name} is cordoned: nothing new is admitted"
-            )
-            continue
-        if r.gpu_class not in gpu_classes:
-            known = ", ".join(sorted(gpu_classes)) or "none"
-            decisions[r.key] = _refused(
-                r, held, holds, UNKNOWN_GPU_CLASS, f"GPU class {r.gpu_class!r} is not configured (known: {known})"
-            )
-            continue
-        is_new = not holds
-        limit_deployments = tenant.max_model_deployments
-        if is_new and limit_deployments is not None and deployments.get(r.tenant, 0) >= limit_deployments:
-            decisions[r.key] = _refused(
-                r, held, holds, TOO_MANY_DEPLOYMENTS,
-                f"tenant {tenant.name} already has {deployments.get(r.tenant, 0)} admitted ModelDeployments, "
-                f"its limit (quota.maxModelDeployments) is {limit_deployments}",
-            )
-            continue
-        limit = tenant.gpus.get(r.gpu_class, 0)
-        in_use = used.get(pool, 0)
-        cap = (capacity or {}).get(r.gpu_class)
-        reason = message = None
-        if pool in blocked_pools and not backfill:
-            reason = QUOTA_EXCEEDED
-            message = _quota_message(r, held, tenant.name, in_use, limit) + f"; waits behind {blocked_pools[pool]}"
-        elif in_use + delta > limit:
-            reason = QUOTA_EXCEEDED
-            message = _quota_message(r, held, tenant.name, in_use, limit)
-            blocked_pools.setdefault(pool, r.key)
-        elif r.gpu_class in blocked_classes and not backfill:
-            reason = INSUFFICIENT_CAPACITY
-            message = (
-                f"needs {delta} {r.gpu_class} GPUs; waits behind {blocked_classes[r.gpu_class]} "
-                f"for the cluster's {r.gpu_class} capacity"
-            )
-        elif cap is not None and class_used.get(r.gpu_class, 0) + delta > cap:
-            reason = INSUFFICIENT_CAPACITY
-            message = (
-                f"needs {delta} {r.gpu_class} GPUs but all tenants together hold "
-                f"{class_used.get(r.gpu_class, 0)} of the cluster's {cap}"
-            )
-            blocked_classes.setdefault(r.gpu_class, r.key)
+    def decide(self, r: Request, held: int) -> None:
+        """Admit a waiting request if its tenant's quota (and the class's capacity) allows, in queue order."""
+        holds = r.key in self.new_ledger  # admitted before (possibly with 0 GPUs): it keeps its reservation
+        refusal = self._refusal(r, held, holds)
+        if refusal is not None:
+            self.decisions[r.key] = waiting_decision(r, held, holds, *refusal)
+            return
+        tenant = self.tenants[r.tenant or ""]
+        pool, limit, delta = (r.tenant, r.gpu_class), tenant.gpus.get(r.gpu_class, 0), r.demand - held
+        reason, message = self._wait_reason(r, held, tenant, pool, limit, delta)
         if reason is not None:
-            position = queue_length[pool] = queue_length.get(pool, 0) + 1
-            decisions[r.key] = _refused(r, held, holds, reason, f"{message} (queue position {position})", position)
+            position = self.queue_length[pool] = self.queue_length.get(pool, 0) + 1
+            self.decisions[r.key] = waiting_decision(r, held, holds, reason, f"{message} (queue position {position})",
+                                                     position)
             if reason == INSUFFICIENT_CAPACITY:
-                blocked_pools.setdefault(pool, r.key)  # keep order inside the tenant too
-            continue
-        new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
-        used[pool] = in_use + delta
-        class_used[r.gpu_class] = class_used.get(r.gpu_class, 0) + delta
-        if is_new:
-            deployments[r.tenant] = deployments.get(r.tenant, 0) + 1
-        decisions[r.key] = _admitted(r, f" (tenant {tenant.name} now uses {used[pool]} of {limit})")
+                self.blocked_pools.setdefault(pool, r.key)  # keep order inside the tenant too
+            return
+        self.new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
+        self.used[pool] = self.used.get(pool, 0) + delta
+        self.class_used[r.gpu_class] = self.class_used.get(r.gpu_class, 0) + delta
+        if not holds:
+            self.deployments[r.tenant] = self.deployments.get(r.tenant, 0) + 1
+        self.decisions[r.key] = admitted_decision(r, f" (tenant {tenant.name} now uses {self.used[pool]} of {limit})")
 
-    # New surge, after every other admission of the pass, all or nothing, in queue order.
-    for r in sorted(surge_growth, key=lambda r: order((r, 0))):
-        decision = decisions[r.key]
+    def _refusal(self, r: Request, held: int, holds: bool) -> tuple[str, str] | None:
+        """Why a request cannot be admitted whatever the quota: no tenant, cordoned, unknown class, too many."""
+        tenant = self.tenants.get(r.tenant) if r.tenant is not None else None
+        if tenant is None:
+            return NO_TENANT, f"namespace {r.namespace} belongs to no Tenant"
+        if tenant.cordoned:
+            return TENANT_CORDONED, f"tenant {tenant.name} is cordoned: nothing new is admitted"
+        if r.gpu_class not in self.gpu_classes:
+            known = ", ".join(sorted(self.gpu_classes)) or "none"
+            return UNKNOWN_GPU_CLASS, f"GPU class {r.gpu_class!r} is not configured (known: {known})"
+        limit = tenant.max_model_deployments
+        if not holds and limit is not None and self.deployments.get(r.tenant, 0) >= limit:
+            return (TOO_MANY_DEPLOYMENTS,
+                    f"tenant {tenant.name} already has {self.deployments.get(r.tenant, 0)} admitted ModelDeployments, "
+                    f"its limit (quota.maxModelDeployments) is {limit}")
+        return None
+
+    def _wait_reason(self, r: Request, held: int, tenant: TenantInfo, pool: Pool, limit: int,
+                     delta: int) -> tuple[str | None, str]:
+        """Why a request waits for quota or capacity (None: it fits now)."""
+        in_use = self.used.get(pool, 0)
+        cap = self.capacity.get(r.gpu_class)
+        if pool in self.blocked_pools and not self.backfill:
+            return QUOTA_EXCEEDED, (quota_message(r, held, tenant.name, in_use, limit)
+                                    + f"; waits behind {self.blocked_pools[pool]}")
+        if in_use + delta > limit:
+            self.blocked_pools.setdefault(pool, r.key)
+            return QUOTA_EXCEEDED, quota_message(r, held, tenant.name, in_use, limit)
+        if r.gpu_class in self.blocked_classes and not self.backfill:
+            return INSUFFICIENT_CAPACITY, (f"needs {delta} {r.gpu_class} GPUs; waits behind "
+                                           f"{self.blocked_classes[r.gpu_class]} for the cluster's {r.gpu_class} "
+                                           "capacity")
+        if cap is not None and self.class_used.get(r.gpu_class, 0) + delta > cap:
+            self.blocked_classes.setdefault(r.gpu_class, r.key)
+            return INSUFFICIENT_CAPACITY, (f"needs {delta} {r.gpu_class} GPUs but all tenants together hold "
+                                           f"{self.class_used.get(r.gpu_class, 0)} of the cluster's {cap}")
+        return None, ""
+
+    def grant_surge(self, r: Request) -> None:
+        """New surge, after every other admission of the pass, all or nothing, in queue order."""
+        decision = self.decisions[r.key]
         sk = surge_key(r.key)
-        held = new_ledger.get(sk, {}).get("gpus", 0)
-        tenant = tenants.get(r.tenant) if r.tenant is not None else None
+        held = self.new_ledger.get(sk, {}).get("gpus", 0)
+        tenant = self.tenants.get(r.tenant) if r.tenant is not None else None
         if not decision.admitted or tenant is None or r.surge is None:
-            continue
+            return
         pool = (r.tenant, r.gpu_class)
-        limit = tenant.gpus.get(r.gpu_class, 0)
-        in_use = used.get(pool, 0)
-        cap = (capacity or {}).get(r.gpu_class)
+        limit, in_use = tenant.gpus.get(r.gpu_class, 0), self.used.get(pool, 0)
+        cap = self.capacity.get(r.gpu_class)
         delta = r.surge - held
         if in_use + delta > limit:
             why = (f"a rollout surge of {r.surge} {r.gpu_class} GPUs waits: tenant {tenant.name} uses {in_use} of its "
                    f"{limit} {r.gpu_class} GPUs")
-        elif cap is not None and class_used.get(r.gpu_class, 0) + delta > cap:
+        elif cap is not None and self.class_used.get(r.gpu_class, 0) + delta > cap:
             why = (f"a rollout surge of {r.surge} {r.gpu_class} GPUs waits: all tenants together hold "
-                   f"{class_used.get(r.gpu_class, 0)} of the cluster's {cap}")
+                   f"{self.class_used.get(r.gpu_class, 0)} of the cluster's {cap}")
         else:
-            new_ledger[sk] = entry(r.gpu_class, r.surge, r.uid, SURGE)
-            used[pool] = in_use + delta
-            class_used[r.gpu_class] = class_used.get(r.gpu_class, 0) + delta
-            continue
-        decisions[r.key] = replace(decision, surge_message=why)
-    for key, decision in decisions.items():
-        r = by_key[key]
-        decisions[key] = replace(decision, generation=r.generation,
-                                 surge=new_ledger.get(surge_key(key), {}).get("gpus", 0),
-                                 surge_wanted=r.surge or 0)
-    return AdmissionResult(
-        ledger=dict(sorted(new_ledger.items())),
-        decisions=dict(sorted(decisions.items())),
-        dropped=sorted(set(dropped)),
-        held_owners=held_owners,
-    )
+            self.new_ledger[sk] = entry(r.gpu_class, r.surge, r.uid, SURGE)
+            self.used[pool] = in_use + delta
+            self.class_used[r.gpu_class] = self.class_used.get(r.gpu_class, 0) + delta
+            return
+        self.decisions[r.key] = replace(decision, surge_message=why)
 
-
-def _frozen(r: Request, held_entry: Mapping[str, Any] | None) -> Decision:
-    """A request that may not change now: it keeps what it holds, or waits for the reason it was frozen for."""
-    reason, why = r.frozen  # type: ignore[misc]
-    if held_entry is None:
-        return not_a_candidate(r, reason, why)
-    held = held_entry["gpus"]
-    replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
-    if held == r.demand:
-        return replace(_admitted(r, f"; {why}"), reserved=held)
-    return Decision(
-        key=r.key, tenant=r.tenant, admitted=True, reason=RESERVATION_HELD,
-        message=f"the {held} {r.gpu_class} GPUs already reserved stay reserved; the change to {_shape(r)} waits: {why}",
-        gpu_class=r.gpu_class, requested=r.demand, reserved=held, replicas=replicas,
-    )
-
-
-def not_a_candidate(r: Request, reason: str, message: str) -> Decision:
-    """The decision for a deployment that reserves nothing and waits for nothing in the queue: the platform's policy
-    refuses it, or its Model may not be served."""
-    return Decision(key=r.key, tenant=r.tenant, admitted=False, reason=reason, message=message,
-                    gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0, generation=r.generation)
-
-
-def _admitted(r: Request, suffix: str) -> Decision:
-    return Decision(
-        key=r.key, tenant=r.tenant, admitted=True, reason=ADMITTED,
-        message=f"{r.demand} {r.gpu_class} GPUs reserved ({_shape(r)}){suffix}",
-        gpu_class=r.gpu_class, requested=r.demand, reserved=r.demand, replicas=r.replicas,
-    )
-
-
-def _refused(
-    r: Request, held: int, holds: bool, reason: str, message: str, position: int | None = None
-) -> Decision:
-    """A request that (partly) waits. If it ``holds`` a reservation (of ``held`` GPUs) it keeps running on it."""
-    replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
-    if holds:
-        message = (
-            f"scale-up to {r.replicas} replicas waits: {message}; "
-            f"meanwhile {replicas} replicas run on the {held} GPUs already reserved"
-        )
-    return Decision(
-        key=r.key, tenant=r.tenant, admitted=holds, reason=reason, message=message, gpu_class=r.gpu_class,
-        requested=r.demand, reserved=held, replicas=replicas, queue_position=position,
-    )
-
-
-def _shape(r: Request) -> str:
-    return f"{r.replicas} × {r.gpus_per_replica}"
-
-
-def _quota_message(r: Request, held: int, tenant: str, in_use: int, limit: int) -> str:
-    need = f"{r.demand - held} more" if held else str(r.demand)  # held > 0 only for a scale-up
-    return (
-        f"needs {need} {r.gpu_class} GPUs ({_shape(r)}) but tenant {tenant} uses {in_use} of its "
-        f"{limit} {r.gpu_class} GPUs"
-    )
-
-
-def gpu_summary(used: Mapping[str, int], allowed: Mapping[str, int]) -> str:
-    """``"h100 4/8, l4 0/4"``: GPUs used/allowed per class, classes of the quota first, in quota order."""
-    classes = list(allowed) + sorted(c for c in used if c not in allowed)
-    return ", ".join(f"{c} {used.get(c, 0)}/{allowed.get(c, 0)}" for c in classes)
+    def result(self) -> AdmissionResult:
+        decisions = {key: replace(d, generation=self.by_key[key].generation,
+                                  surge=self.new_ledger.get(surge_key(key), {}).get("gpus", 0),
+                                  surge_wanted=self.by_key[key].surge or 0)
+                     for key, d in self.decisions.items()}
+        return AdmissionResult(ledger=dict(sorted(self.new_ledger.items())), decisions=dict(sorted(decisions.items())),
+                               dropped=sorted(set(self.dropped)), held_owners=self.held_owners)
