@@ -73,7 +73,8 @@ class Manager:
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
         self.workers: list[threading.Thread] = []
-        self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS)
+        self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
+                             sync_within=STORE_SYNC_TIMEOUT)
 
     @property
     def queue(self) -> WorkQueue:

@@ -5,8 +5,9 @@ only judges."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .informer import Store
 from .workqueue import WorkQueue
@@ -18,9 +19,14 @@ class Health:
     queue: WorkQueue
     workers: Sequence[threading.Thread] = ()
     stuck_after: float = 300.0  # seconds one key may hold a worker before the process counts as stuck
+    sync_within: float = 300.0  # seconds from the start the first listing of every kind may take
+    started: float = field(default_factory=time.monotonic)
 
     def informer_problems(self) -> list[str]:
-        unsynced = [kind for kind, i in self.store.informers.items() if not i.synced.is_set()]
+        """Informers not synced once the start-up's time is up, or no longer turning. A process still listing is
+        alive: a liveness probe must not restart an operator that is slow to list 10,000 objects."""
+        starting = time.monotonic() - self.started < self.sync_within
+        unsynced = [] if starting else [kind for kind, i in self.store.informers.items() if not i.synced.is_set()]
         stuck = self.store.stuck()
         out = []
         if unsynced:

@@ -65,7 +65,9 @@ class Informer:
         """Is the loop running and has it heard from the API server (or retried) recently? A watch ends after
         ``watch_timeout`` at the latest and its read times out 30 s after that, so silence beyond that plus a
         margin means the thread is stuck (in an event handler, say)."""
-        if self._thread is None or not self._thread.is_alive():
+        if self._thread is None:
+            return True  # not started yet: starting is not being stuck
+        if not self._thread.is_alive():
             return False
         return (now if now is not None else time.monotonic()) - self.last_heard < self.watch_timeout + 90
 
