@@ -283,8 +283,9 @@ class ModelDeploymentReconciler:
         old = mdep.status.to_dict()
         if status_changed(old, status):
             self.ctx.kube.patch_status("ModelDeployment", mdep.metadata.name, mdep.metadata.namespace, status)
+            served_before = bool(old.get("servingTemplate"))
             for t in transitions(old.get("conditions", []), status["conditions"]):
-                if worth_an_event(t):
+                if worth_an_event(t, served_before):
                     good = (t.status == "True") != (t.type == "Degraded")
                     self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
         return status
