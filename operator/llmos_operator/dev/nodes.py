@@ -20,6 +20,8 @@ class NodePool:
     gpu_memory_mib: int = 0
     cpu: str = "64"
     memory: str = "512Gi"
+    # A kubelet reports its disk; tenant pods get an ephemeral-storage request from the tenant LimitRange.
+    ephemeral_storage: str = "1Ti"
 
 
 DEFAULT_POOLS = (
@@ -58,7 +60,8 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
                 "type": "kwok",
                 "llmos.dev/pool": pool.name,
             }
-            capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
+            capacity = {"cpu": pool.cpu, "memory": pool.memory, "ephemeral-storage": pool.ephemeral_storage,
+                        "pods": "110"}
             taints = []
             if pool.gpus:
                 labels.update({
