@@ -198,7 +198,7 @@ def test_tenant_has_no_rights_on_quotas_and_limit_ranges(tenant_admin, tenant_na
 
 def test_the_runtimes_identity_is_llmos_alone(tenant_admin, tenant_namespaces):
     """A tenant pod running as llmos-runtime, a token of it (kubectl create token, or a legacy token Secret) would
-    speak as the runtime of a model pod."""
+    speak as the runtime of a model pod; rights granted to it would be code-in-a-model-pod's rights."""
     ns = tenant_namespaces[1]
     as_runtime = pod_spec(serviceAccountName="llmos-runtime")
     for obj in (workload("Pod", "as-runtime", pod=as_runtime), workload("Deployment", "as-runtime", pod=as_runtime)):
@@ -214,6 +214,12 @@ def test_the_runtimes_identity_is_llmos_alone(tenant_admin, tenant_namespaces):
     rc, err = create(tenant_admin, ns, secret)
     assert rc != 0
     assert_refused_by(err, CHILDREN, "a token Secret of llmos-runtime")
+    grant = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "runtime-edit"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+             "subjects": [{"kind": "ServiceAccount", "name": "llmos-runtime", "namespace": ns}]}
+    rc, err = create(tenant_admin, ns, grant)
+    assert rc != 0
+    assert_refused_by(err, CHILDREN, "it grants llmos-runtime")
     out = tenant_admin.kubectl("create", "token", "default", "-n", ns)  # control: its own accounts' tokens
     assert out.returncode == 0, out.stderr
 

@@ -132,5 +132,8 @@ llmos.cel.marks: why the object in CEL variable .o is llmos's, as words for a me
 ? 'its pods run as {{ .runtime }}, the llmos runtime\'s service account' :
 (request.resource.resource == 'secrets' && {{ $o }}.?type.orValue('') == 'kubernetes.io/service-account-token' &&
  {{ $o }}.metadata.?annotations[?'kubernetes.io/service-account.name'].orValue('') == '{{ .runtime }}')
-? 'a token Secret of {{ .runtime }}, the llmos runtime\'s service account' : ''
+? 'a token Secret of {{ .runtime }}, the llmos runtime\'s service account' :
+(request.resource.resource == 'rolebindings' && {{ $o }}.?subjects.orValue([]).exists(s,
+ s.kind == 'ServiceAccount' && s.name == '{{ .runtime }}'))
+? 'it grants {{ .runtime }}, the llmos runtime\'s service account (code in a model pod), more rights' : ''
 {{- end -}}

@@ -81,7 +81,7 @@ def render_resource_quota(tenant: Tenant, namespace: str, config: OperatorConfig
 
 
 def _quantity(value: int | str) -> Decimal:
-    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+    return Decimal(parse_quantity(value))
 
 
 def _format(amount: Decimal, *, cpu: bool = False) -> str:
@@ -224,8 +224,8 @@ def render_tenant_children(
         out += [
             render_namespace(tenant, ns),
             render_resource_quota(tenant, ns, config, (reserved or {}).get(ns)),
+            render_limit_range(tenant, ns, config),  # first: a pod that names no requests meets the quota below
             render_tenant_quota(tenant, ns, config),
-            render_limit_range(tenant, ns, config),
             render_network_policy(tenant, ns, config),
             render_egress_policy(tenant, ns, config),
         ]
