@@ -193,8 +193,49 @@ class TrustedKey(ApiModel):
     secret_ref: SecretKeyRef | None = Field(None, description="A Secret key holding the PEM-encoded public key.")
 
 
+# A Kubernetes quantity (resource.Quantity), not negative; [.] and [+-] rather than escapes so that the same text
+# is a Python and a CEL string.
+_DECIMAL = r"(([0-9]+([.][0-9]*)?)|([.][0-9]+))"
+QUANTITY = rf"^{_DECIMAL}(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?{_DECIMAL}))?$"
+QUANTITY_MAX_LENGTH = 32
+
+
+def _is_quantity(value: int | str | None) -> bool:
+    if value is None or isinstance(value, int):
+        return value is None or value >= 0
+    return len(value) <= QUANTITY_MAX_LENGTH and re.match(QUANTITY, value) is not None
+
+
+def _quantity_rule(json_name: str, attr: str) -> Rule:
+    """``self.<json_name>``, an int-or-string, is a non-negative quantity (an integer, or 500m, 64Gi, 1.5, …)."""
+    return Rule(
+        rule=f"!has(self.{json_name}) || (type(self.{json_name}) == int ? self.{json_name} >= 0 : "
+        f"size(self.{json_name}) <= {QUANTITY_MAX_LENGTH} && self.{json_name}.matches('{QUANTITY}'))",
+        message=f"{json_name} must be a non-negative quantity, e.g. 8, 500m or 64Gi",
+        field_path=f".{json_name}",
+        check=lambda q: _is_quantity(getattr(q, attr)),
+    )
+
+
+def _quantity_field(description: str) -> Any:
+    return Field(None, description=description,
+                 json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": QUANTITY_MAX_LENGTH})
+
+
+def _count_field(what: str) -> Any:
+    return Field(None, ge=0, le=1_000_000, description=f"At most this many {what} in each of its namespaces, llmos's "
+                 "own included (unset: the operator's default, tenancy.quota in its configuration).")
+
+
 class TenantQuota(ApiModel):
-    """What a tenant may use."""
+    """What a tenant may use: GPUs in total, and in each of its namespaces CPU, memory and object counts (a
+    ResourceQuota llmos writes beside the GPU one; unset fields take the operator's defaults)."""
+
+    __rules__ = (
+        _quantity_rule("cpu", "cpu"),
+        _quantity_rule("memory", "memory"),
+        _quantity_rule("ephemeralStorage", "ephemeral_storage"),
+    )
 
     gpus: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
@@ -204,6 +245,25 @@ class TenantQuota(ApiModel):
     max_model_deployments: int | None = Field(
         None, ge=0, description="At most this many admitted ModelDeployments (unset: no limit)."
     )
+    cpu: int | str | None = _quantity_field(
+        "CPU requests of the tenant's own pods in each namespace; llmos adds what its model pods may take under the "
+        "GPU quota (runtime.cpuPerGPU per GPU).")
+    memory: int | str | None = _quantity_field(
+        "Memory requests of the tenant's own pods in each namespace; llmos adds what its model pods may take under "
+        "the GPU quota (runtime.memoryGiBPerGPU per GPU).")
+    ephemeral_storage: int | str | None = _quantity_field(
+        "Ephemeral-storage requests of the tenant's own pods in each namespace; llmos adds its model pods' share.")
+    pods: int | None = Field(
+        None, ge=0, le=1_000_000, description="Pods of the tenant's own in each namespace; llmos adds one per GPU of "
+        "the GPU quota for its model pods (unset: the operator's default).")
+    services: int | None = _count_field("Services")
+    config_maps: int | None = _count_field("ConfigMaps")
+    secrets: int | None = _count_field("Secrets")
+    persistent_volume_claims: int | None = _count_field("PersistentVolumeClaims")
+    replication_controllers: int | None = _count_field("ReplicationControllers")
+    load_balancers: int | None = Field(
+        None, ge=0, le=1_000_000, description="LoadBalancer Services in each namespace, where the platform allows "
+        "them at all (chart value isolation.services.allowLoadBalancers; unset: the operator's default).")
 
 
 class TenantPolicy(ApiModel):
@@ -221,6 +281,10 @@ class TenantPolicy(ApiModel):
     )
     allow_remote_code: bool = Field(
         False, description="Allow --trust-remote-code in engine.extraArgs (runs Python shipped with the weights)."
+    )
+    allow_exec: bool = Field(
+        False, description="Allow kubectl exec, attach and port-forward into pods of the tenant's namespaces (they "
+        "read a model pod's memory and secrets; the operator labels the namespaces llmos.dev/allow-exec=true)."
     )
 
 
