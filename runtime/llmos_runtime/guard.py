@@ -188,8 +188,7 @@ class _Counted:
         if self.close and kind == "http.response.start":
             # drain grace: this answer ends its connection, so a pooled client reconnects (to another replica)
             message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
-        counted = self._counts()
-        if counted:
+        if self._counts():
             self.guard.waiting -= 1
         self.sending = True
         try:

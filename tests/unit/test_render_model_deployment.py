@@ -121,7 +121,8 @@ def test_the_termination_budget_fits_the_rendered_grace_period(runtime):
     cfg = parse_args(c["command"][1:])  # what the runtime in this pod will do
     pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     budget = TerminationBudget(pre_stop=pre_stop, drain_grace=cfg.drain_grace, drain_timeout=cfg.drain_timeout,
-                               flush=FLUSH_SECONDS, engine_stop=cfg.engine_stop_timeout, kill_wait=KILL_WAIT_SECONDS)
+                               flush=FLUSH_SECONDS, engine_stop=cfg.engine_stop_timeout,
+                               kill_wait=KILL_WAIT_SECONDS)
     spent = pre_stop + cfg.drain_grace + cfg.drain_timeout + FLUSH_SECONDS + cfg.engine_stop_timeout + \
         KILL_WAIT_SECONDS
     assert pod["terminationGracePeriodSeconds"] >= budget.total() > spent  # the servers' close on top
@@ -130,10 +131,9 @@ def test_the_termination_budget_fits_the_rendered_grace_period(runtime):
 
 def test_the_api_defaults_of_the_runtime_settings_are_the_runtimes():
     """spec.runtime's CEL rule and descriptions spell the runtime's defaults; they must be the same numbers."""
+    from llmos_operator.api.types import RuntimeSpec
     from llmos_runtime import config as rc
     from llmos_runtime.termination import DEFAULT_DRAIN_GRACE
-
-    from llmos_operator.api.types import RuntimeSpec
 
     assert (rc.DEFAULT_WATCHDOG_UNREADY_AFTER, rc.DEFAULT_WATCHDOG_RESTART_AFTER) == (30, 120)
     assert (DEFAULT_DRAIN_GRACE, rc.DEFAULT_KEEP_ALIVE) == (10, 75)

@@ -20,13 +20,11 @@ import os
 import signal
 import socket
 import time
-
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-import llmos_signing
 from llmos_runtime.server import Runtime
 from tests.unit.test_runtime_flow import (  # noqa: F401 - fixtures
     _is,
@@ -132,7 +130,7 @@ def test_an_idle_engine_and_a_slow_health_answer_are_never_judged(tmp_path, keys
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
             await wait_for(lambda: _is(s, health + "/readyz", 200), timeout=30)
-            deadline = time.monotonic() + 6  # twice the restart threshold
+            deadline = time.monotonic() + 4.5  # 1.5 times the restart threshold
             while time.monotonic() < deadline:
                 seen.append((await status(s, health + "/healthz"), await status(s, health + "/readyz")))
                 await asyncio.sleep(0.1)
@@ -140,7 +138,7 @@ def test_an_idle_engine_and_a_slow_health_answer_are_never_judged(tmp_path, keys
         return await asyncio.wait_for(main, 30)
 
     assert asyncio.run(scenario()) == 0
-    assert len(seen) > 20 and set(seen) == {(200, 200)}, seen
+    assert len(seen) > 15 and set(seen) == {(200, 200)}, seen
 
 
 def test_an_engine_without_its_guard_is_refused_before_ready(tmp_path, keys, fake_engine):
@@ -200,56 +198,56 @@ def test_pooled_connections_survive_an_idle_time_longer_than_uvicorns_default(tm
     cfg = make_cfg(tmp_path, model, pub)
     rt = Runtime(cfg)
     api, health = _urls(cfg)
-    created: list[str] = []
+    created: dict[str, int] = {"api": 0, "health": 0}
 
-    async def on_create(_session, ctx, _params):
-        created.append("connection")
+    async def pooled(name: str, url: str, method: str, body) -> None:
+        async def on_create(_session, _ctx, _params):
+            created[name] += 1
+
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(on_create)
+        async with aiohttp.ClientSession(trace_configs=[trace]) as s:
+            for i in range(2):
+                async with s.request(method, url, json=body) as r:
+                    assert r.status == 200
+                    await r.read()
+                if i == 0:
+                    await asyncio.sleep(6)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(on_create)
         async with aiohttp.ClientSession() as probe:
             await wait_for(lambda: _is(probe, health + "/readyz", 200))
-        out = {}
-        for name, url, method, body in (("api", api + "/v1/completions", "POST", {"model": "tiny", "max_tokens": 1}),
-                                        ("health", health + "/readyz", "GET", None)):
-            created.clear()
-            async with aiohttp.ClientSession(trace_configs=[trace]) as s:
-                for i in range(2):
-                    async with s.request(method, url, json=body) as r:
-                        assert r.status == 200
-                        await r.read()
-                    if i == 0:
-                        await asyncio.sleep(6)
-            out[name] = len(created)
+        await asyncio.gather(pooled("api", api + "/v1/completions", "POST", {"model": "tiny", "max_tokens": 1}),
+                             pooled("health", health + "/readyz", "GET", None))
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(main, 30)
-        return out
+        return created
 
     assert asyncio.run(scenario()) == {"api": 1, "health": 1}
 
 
 def test_an_adapter_swapped_after_verification_is_never_loaded(tmp_path, keys, fake_engine, monkeypatch):
-    """A writer to the adapter's volume swaps its weights right after the runtime verified them: the engine loads
-    the bytes that were verified (a pod-private copy), not the swapped file."""
+    """A writer to the adapter's volume swaps its weights after the runtime verified them, right before the engine
+    is told to load it: the engine loads the bytes that were verified (a pod-private copy), not the swapped file."""
+    from llmos_runtime.adapters import AdapterManager
+
     priv, pub = keys
     model = signed_dir(tmp_path / "model", FILES, priv)
     shared = signed_dir(tmp_path / "shared-lora", {"adapter_config.json": b"{}", "a.safetensors": b"v" * 64}, priv)
     adapters = tmp_path / "adapters.json"
     adapters.write_text(json.dumps({"adapters": [
         {"name": "lora", "source": f"file://{shared}", "signature": str(shared / "model.sig")}]}))
-    real_verify = llmos_signing.verify_model
+    real_post = AdapterManager._post
     swapped = []
 
-    def verify_then_swap(model_dir, *args, **kwargs):
-        result = real_verify(model_dir, *args, **kwargs)
-        if (shared / "a.safetensors").read_bytes() == b"v" * 64 and "lora" in str(model_dir) + str(args):
+    async def swap_then_post(self, path, payload):
+        if path == "/v1/load_lora_adapter" and not swapped:
             (shared / "a.safetensors").write_bytes(b"X" * 64)  # the writer wins the race
-            swapped.append(str(model_dir))
-        return result
+            swapped.append(payload["lora_path"])
+        return await real_post(self, path, payload)
 
-    monkeypatch.setattr(llmos_signing, "verify_model", verify_then_swap)
+    monkeypatch.setattr(AdapterManager, "_post", swap_then_post)
     cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters, engine_args=["--enable-lora"])
     rt = Runtime(cfg)
     _, health = _urls(cfg)
@@ -263,7 +261,7 @@ def test_an_adapter_swapped_after_verification_is_never_loaded(tmp_path, keys, f
             loaded_path = Path(report["loaded"][0]["path"])
             served_bytes = (loaded_path / "a.safetensors").read_bytes()
             adapters.write_text(json.dumps({"adapters": []}))
-            await wait_for(_true(lambda: not loaded_path.exists()), timeout=5)  # unloaded: its copy is removed
+            await wait_for(_true(lambda: not loaded_path.exists() or loaded_path == shared), timeout=5)
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(main, 30)
         return report, loaded_path, served_bytes
@@ -271,9 +269,9 @@ def test_an_adapter_swapped_after_verification_is_never_loaded(tmp_path, keys, f
     report, loaded_path, served_bytes = asyncio.run(scenario())
     assert swapped, "the writer never got its chance"
     (loaded,) = report["loaded"]
-    assert loaded["verified"] and loaded_path.is_relative_to(copies.resolve())
     assert served_bytes == b"v" * 64  # what was verified, not the swapped file
-    assert list(copies.iterdir()) == []
+    assert loaded["verified"] and loaded_path.is_relative_to(copies.resolve())
+    assert list(copies.iterdir()) == []  # unloaded: its copy is removed
 
 
 def _true(fn):
