@@ -308,6 +308,27 @@ def test_adapters_verify_against_any_trusted_key_without_a_model_signature(tmp_p
     assert path.parent == (tmp_path / "cache" / "adapters").resolve() and summary["file_count"] == 1
 
 
+def test_an_adapter_larger_than_the_limit_is_not_copied(tmp_path, keys):
+    """Adapters are copied into pod-private storage (the pod's emptyDir) before verification: at most
+    --adapter-max-bytes each, counted while copying; nothing is left of a copy that stopped."""
+    from llmos_runtime.adapters import AdapterSpec
+    from llmos_runtime.verify import load_trusted_keys
+
+    priv, pub = keys
+    lora = signed_dir(tmp_path / "lora", {"adapter_config.json": b"{}", "a.safetensors": b"a" * 4096}, priv)
+    cfg = make_cfg(tmp_path, tmp_path, None, adapter_max_bytes=1000)
+    cfg.trusted_keys = [pub]
+    rt = Runtime(cfg)
+    rt.weights.trusted_keys = load_trusted_keys(cfg.trusted_keys)
+    with pytest.raises(RuntimeError, match=r"larger than the 1000 bytes allowed for a copy \(--adapter-max-bytes\)"):
+        asyncio.run(rt.weights.prepare_adapter(AdapterSpec("lora", f"file://{lora}", lora / "model.sig")))
+    assert list((tmp_path / "cache" / "adapters").iterdir()) == []
+    cfg.adapter_max_bytes = 8192
+    path, summary = asyncio.run(rt.weights.prepare_adapter(AdapterSpec("lora", f"file://{lora}", lora / "model.sig")))
+    assert summary["file_count"] == 2 and sorted(p.name for p in path.iterdir()) == ["a.safetensors",
+                                                                                     "adapter_config.json"]
+
+
 def test_an_engine_that_cannot_be_spawned_exits_5_with_a_message(tmp_path, keys, monkeypatch):
     priv, pub = keys
     model = signed_dir(tmp_path / "model", FILES, priv)
