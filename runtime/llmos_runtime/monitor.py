@@ -32,6 +32,7 @@ class EngineMonitor:
         self.on_dead = on_dead  # (termination message) -> None
         self.watchdog = Watchdog(cfg.watchdog_unready_after, cfg.watchdog_restart_after, time.monotonic())
         self._warned_blind = False
+        self._sources = "none seen yet"  # what the last progress sample was made of (logged with a verdict)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.cfg.watchdog_restart_after)
@@ -62,6 +63,7 @@ class EngineMonitor:
                     text = await r.text() if r.status == 200 else ""
                 engine_pending, counters = read_engine_metrics(text)
                 pending = max(waiting or 0, engine_pending or 0)
+                self._sources = f"vLLM running+waiting {engine_pending}, guard waiting {waiting}"
                 self.watchdog.progress(time.monotonic(), pending, counters)
                 if counters is None and not self._warned_blind:
                     self._warned_blind = True
@@ -93,7 +95,7 @@ class EngineMonitor:
             if healthy:
                 log.warning("engine ok again (was: %s): ready", s.engine_problem)
             else:
-                log.error("%s: not ready", verdict.reason)
+                log.error("%s: not ready (last sample: %s)", verdict.reason, self._sources)
             s.engine_healthy, s.engine_problem = healthy, None if healthy else verdict.reason
             s.publish()
         elif not healthy:

@@ -68,13 +68,15 @@ class Watchdog:
 
     def verdict(self, now: float) -> Verdict:
         stalled, silent, bad = self.stalled_for(now), now - self.last_answer, now - self.last_ok
+        # Silence first: an engine that answers nothing gives no progress samples either, so its stall clock only
+        # repeats what was last seen before it went quiet.
+        if silent >= self.unready_after:
+            level = DEAD if silent >= self.dead_after else UNREADY
+            return Verdict(level, "silent", f"engine did not answer /health for {silent:.0f}s")
         if stalled >= self.unready_after:
             level = DEAD if stalled >= self.dead_after else UNREADY
             return Verdict(level, "hung", f"engine hung: {self.pending} request(s) in flight and no token "
                            f"generated for {stalled:.0f}s")
-        if silent >= self.unready_after:
-            level = DEAD if silent >= self.dead_after else UNREADY
-            return Verdict(level, "silent", f"engine did not answer /health for {silent:.0f}s")
         if self.unhealthy is not None:
             level = DEAD if bad >= self.dead_after else UNREADY
             return Verdict(level, "unhealthy", f"engine reports unhealthy for {bad:.0f}s: {self.unhealthy}")

@@ -75,6 +75,21 @@ def test_no_health_answer_at_all_is_unready_then_dead():
     assert wd.verdict(125.0).level == DEAD
 
 
+def test_a_silent_engine_is_judged_silent_even_with_work_pending():
+    """vLLM's API server stopped right after a request came in: no answers, no samples any more. Its stall clock
+    started a moment before the last answer; what is known after that is the silence, which decides — the stale
+    stall clock never restarts the pod before the silence has lasted the restart threshold."""
+    wd = Watchdog(N, M, now=0.0)
+    wd.progress(9.0, 1, (5.0, 0.0, 0.0, 0.0, 0.0))  # a request appears
+    wd.health(9.5, True)  # the last answer; then nothing answers any more
+    assert wd.verdict(9.0 + N).state == "hung"  # stalled 30 s, silent 29.5 s
+    assert wd.verdict(9.5 + N).state == "silent"
+    v = wd.verdict(9.0 + M)  # stalled 120 s, but silent 119.5 s
+    assert (v.level, v.state) == (UNREADY, "silent")
+    v = wd.verdict(9.5 + M)
+    assert (v.level, v.state, v.reason) == (DEAD, "silent", "engine did not answer /health for 120s")
+
+
 def test_an_unhealthy_answer_is_unready_at_once_and_dead_if_it_lasts():
     wd = Watchdog(N, M, now=0.0)
     wd.health(10.0, True)
