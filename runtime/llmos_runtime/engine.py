@@ -14,6 +14,8 @@ from typing import Sequence
 
 import aiohttp
 
+from .termination import KILL_WAIT_SECONDS
+
 log = logging.getLogger(__name__)
 
 
@@ -160,7 +162,7 @@ class Engine:
             code = await self.proc.wait()
         # Leftovers (workers whose parent has gone) are killed in any case, and the runtime returns only once they
         # are gone (a SIGKILLed process runs on while it exits): the engine never outlives its runtime.
-        alive = await asyncio.to_thread(kill_same, tree, 5.0)
+        alive = await asyncio.to_thread(kill_same, tree, KILL_WAIT_SECONDS)
         if alive:
-            log.warning("engine processes %s still alive 5 s after SIGKILL", alive)
+            log.warning("engine processes %s still alive %g s after SIGKILL", alive, KILL_WAIT_SECONDS)
         return code

@@ -90,6 +90,64 @@ def test_command_variants():
     assert engine == ["--tensor-parallel-size", "2", "--enable-lora", "--max-loras", "2"]
 
 
+def test_runtime_settings_are_rendered_only_when_set():
+    assert not {"--watchdog-unready-after", "--watchdog-restart-after", "--drain-grace", "--keep-alive"} & set(
+        container()["command"])
+    d = mdep(runtime={"watchdogUnreadySeconds": 10, "watchdogRestartSeconds": 60, "drainGraceSeconds": 20,
+                      "keepAliveSeconds": 350})
+    cmd = container(d=d)["command"]
+    runtime_args = cmd[:cmd.index("--")]
+    for flag, value in (("--watchdog-unready-after", "10"), ("--watchdog-restart-after", "60"),
+                        ("--drain-grace", "20"), ("--keep-alive", "350")):
+        assert runtime_args[runtime_args.index(flag) + 1] == value
+    # what the runtime parses from the rendered command is what the spec says
+    from llmos_runtime.cli import parse_args
+
+    cfg = parse_args(cmd[1:])
+    assert (cfg.watchdog_unready_after, cfg.watchdog_restart_after, cfg.drain_grace, cfg.keep_alive) == \
+        (10.0, 60.0, 20.0, 350)
+
+
+@pytest.mark.parametrize("runtime", [{}, {"drainGraceSeconds": 0}, {"drainGraceSeconds": 600},
+                                     {"drainGraceSeconds": 45, "keepAliveSeconds": 30}])
+def test_the_termination_budget_fits_the_rendered_grace_period(runtime):
+    """preStop + drain grace + drain + flush + engine stop (+ kill wait, close) of the runtime that the rendered
+    command starts — its defaults or the flags rendered — fits terminationGracePeriodSeconds."""
+    from llmos_runtime.cli import parse_args
+    from llmos_runtime.termination import FLUSH_SECONDS, KILL_WAIT_SECONDS, TerminationBudget
+
+    d = mdep(runtime=runtime)
+    pod = deployment(d=d)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    cfg = parse_args(c["command"][1:])  # what the runtime in this pod will do
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    budget = TerminationBudget(pre_stop=pre_stop, drain_grace=cfg.drain_grace, drain_timeout=cfg.drain_timeout,
+                               flush=FLUSH_SECONDS, engine_stop=cfg.engine_stop_timeout,
+                               kill_wait=KILL_WAIT_SECONDS)
+    spent = pre_stop + cfg.drain_grace + cfg.drain_timeout + FLUSH_SECONDS + cfg.engine_stop_timeout + \
+        KILL_WAIT_SECONDS
+    assert pod["terminationGracePeriodSeconds"] >= budget.total() > spent  # the servers' close on top
+    assert cfg.drain_grace == runtime.get("drainGraceSeconds", 10)
+
+
+def test_the_api_defaults_of_the_runtime_settings_are_the_runtimes():
+    """spec.runtime's CEL rule and descriptions spell the runtime's defaults; they must be the same numbers."""
+    from llmos_operator.api.types import RuntimeSpec
+    from llmos_runtime import config as rc
+    from llmos_runtime.termination import DEFAULT_DRAIN_GRACE
+
+    assert (rc.DEFAULT_WATCHDOG_UNREADY_AFTER, rc.DEFAULT_WATCHDOG_RESTART_AFTER) == (30, 120)
+    assert (DEFAULT_DRAIN_GRACE, rc.DEFAULT_KEEP_ALIVE) == (10, 75)
+    for field, default in (("watchdog_unready_seconds", 30), ("watchdog_restart_seconds", 120),
+                           ("drain_grace_seconds", 10), ("keep_alive_seconds", 75)):
+        assert f"(default {default})" in RuntimeSpec.model_fields[field].description
+    with pytest.raises(ValueError, match="watchdogRestartSeconds must be greater"):
+        RuntimeSpec.model_validate({"watchdogUnreadySeconds": 200})
+    with pytest.raises(ValueError, match="watchdogRestartSeconds must be greater"):
+        RuntimeSpec.model_validate({"watchdogUnreadySeconds": 40, "watchdogRestartSeconds": 40})
+    assert RuntimeSpec.model_validate({"watchdogRestartSeconds": 31}).watchdog_restart_seconds == 31
+
+
 def test_deployment_spec():
     d = deployment(replicas=3)
     spec = d["spec"]
@@ -99,7 +157,8 @@ def test_deployment_spec():
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     assert spec["progressDeadlineSeconds"] == 2400
     pod = spec["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 120
+    # preStop 5 + drain grace 10 + drain 100 + flush 1 + engine stop 15 + kill wait 5 + close 2
+    assert pod["terminationGracePeriodSeconds"] == 138
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -113,8 +172,8 @@ def test_container():
     c = container()
     assert c["name"] == "runtime" and c["image"] == "ghcr.io/llmos/runtime:0.1.0"
     # No HF_HUB_OFFLINE here: the runtime downloads hf:// sources itself, then starts vLLM offline.
-    assert c["env"][:1] == [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
-    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][1:]}
+    # nor VLLM_ALLOW_RUNTIME_LORA_UPDATING: the runtime sets it for the engine only where adapters are served
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert downward == {"LLMOS_POD_NAME": "metadata.name", "LLMOS_POD_NAMESPACE": "metadata.namespace"}
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("openai", 8000), ("health", 8081)]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}

@@ -576,6 +576,38 @@ class RolloutSpec(ApiModel):
     )
 
 
+class RuntimeSpec(ApiModel):
+    """How each model pod judges its engine and stops (unset: the runtime's defaults, docs/runtime.md)."""
+
+    __rules__ = (
+        Rule(
+            rule="(has(self.watchdogRestartSeconds) ? self.watchdogRestartSeconds : 120)"
+            " > (has(self.watchdogUnreadySeconds) ? self.watchdogUnreadySeconds : 30)",
+            message="watchdogRestartSeconds must be greater than watchdogUnreadySeconds (defaults 120 and 30)",
+            field_path=".watchdogRestartSeconds",
+            check=lambda s: (s.watchdog_restart_seconds or 120) > (s.watchdog_unready_seconds or 30),
+        ),
+    )
+
+    watchdog_unready_seconds: int | None = Field(
+        None, ge=5, le=3600, description="Requests in flight and no token generated (or no answer from the engine) "
+        "for this long: the pod leaves the Service's endpoints until the engine moves again (default 30).",
+    )
+    watchdog_restart_seconds: int | None = Field(
+        None, ge=10, le=86400, description="Requests in flight and no token generated (or no answer from the engine) "
+        "for this long: the container is restarted, its termination message saying why (default 120).",
+    )
+    drain_grace_seconds: int | None = Field(
+        None, ge=0, le=600, description="After SIGTERM, new requests are still served this long (answers close "
+        "their connection) while load balancers learn the pod is going; at least the time endpoint removal takes "
+        "to reach them (default 10). terminationGracePeriodSeconds grows with it.",
+    )
+    keep_alive_seconds: int | None = Field(
+        None, ge=1, le=3600, description="Idle keep-alive of client connections on the pod's ports; longer than the "
+        "load balancers' in front (default 75).",
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """A deployment of a Model on GPUs of one class."""
 
@@ -602,6 +634,9 @@ class ModelDeploymentSpec(ApiModel):
     )
     rollout: RolloutSpec = Field(
         default_factory=RolloutSpec, description="Rollout settings.", json_schema_extra={"default": {}}
+    )
+    runtime: RuntimeSpec = Field(
+        default_factory=RuntimeSpec, description="The model pods' runtime: engine watchdog, drain, keep-alive."
     )
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmos_runtime.engine_args import REMOTE_CODE_FLAG, has_flag
+from llmos_runtime.termination import TerminationBudget
 
 from ..api.types import Model, ModelDeployment
 from ..config import GPUClass, OperatorConfig
@@ -56,8 +57,6 @@ from .common import (
 )
 
 RUNTIME_UID = 1000
-TERMINATION_GRACE_SECONDS = 120  # the runtime drains in-flight requests for up to ~110 s
-PRESTOP_SLEEP_SECONDS = 5  # endpoints drop the pod before it gets SIGTERM
 REVISION_HISTORY_LIMIT = 5
 STARTUP_PERIOD_SECONDS = 10
 
@@ -135,6 +134,12 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
         cmd += ["--allow-engine-flag", flag]
     if has_flag(mdep.spec.engine.extra_args, REMOTE_CODE_FLAG):
         cmd += ["--allow-remote-code"]  # admission let it through: the tenant's policy allows remote code
+    serving = mdep.spec.runtime
+    for flag, value in (("--watchdog-unready-after", serving.watchdog_unready_seconds),
+                        ("--watchdog-restart-after", serving.watchdog_restart_seconds),
+                        ("--drain-grace", serving.drain_grace_seconds), ("--keep-alive", serving.keep_alive_seconds)):
+        if value is not None:
+            cmd += [flag, str(value)]
     cmd += [
         "--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}",
         "--cache-dir", CACHE_DIR,
@@ -143,6 +148,13 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
         "--",
     ]
     return cmd + engine_args(mdep, model)
+
+
+def termination_budget(mdep: ModelDeployment) -> TerminationBudget:
+    """The pod's stop timeline (llmos_runtime.termination): preStop, drain grace, drain, flush, engine stop; the
+    rendered terminationGracePeriodSeconds is its total."""
+    grace = mdep.spec.runtime.drain_grace_seconds
+    return TerminationBudget() if grace is None else TerminationBudget(drain_grace=float(grace))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -280,6 +292,7 @@ def render_deployment(
     selector = selector_labels(name)
     requests = pod_requests(mdep, gpu_class, config)
     pvc_volumes, pvc_mounts = _pvc_volumes(mdep, model)
+    budget = termination_budget(mdep)
 
     if trust_configmap is None:
         trust_configmap = render_trust_configmap(mdep, model, bundle, signer_pem)["metadata"]["name"]
@@ -304,8 +317,8 @@ def render_deployment(
         "image": mdep.spec.engine.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
         "command": runtime_command(mdep, model, config, tenant_keys),
+        # The runtime sets the engine's environment itself (runtime LoRA updates only where adapters are served).
         "env": [
-            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             # The runtime reports its loaded adapters in an annotation of its own pod.
             {"name": "LLMOS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "LLMOS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -326,11 +339,13 @@ def render_deployment(
         "startupProbe": _http_probe(
             "/healthz", STARTUP_PERIOD_SECONDS, -(-runtime.startup_timeout_seconds // STARTUP_PERIOD_SECONDS), 5
         ),
-        # The runtime debounces itself (its engine health poll turns /readyz red after 3 failed polls, ~9 s, and
-        # /healthz after 15, ~45 s; startup phases have budgets): the kubelet acts on its answer promptly.
+        # The runtime judges its engine itself (its watchdog turns /readyz red for a hung or silent engine after
+        # 30 s, /healthz after 120 s, never for a slow answer under load; startup phases have budgets): the kubelet
+        # acts on its answer promptly.
         "readinessProbe": _http_probe("/readyz", 5, 2, 3),
         "livenessProbe": _http_probe("/healthz", 10, 3, 5),
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        # endpoints start dropping the pod before it gets SIGTERM (then it serves on for the drain grace)
+        "lifecycle": {"preStop": {"sleep": {"seconds": round(budget.pre_stop)}}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
@@ -340,7 +355,7 @@ def render_deployment(
         # it to that annotation); a pod without adapters needs no API access at all.
         "automountServiceAccountToken": bool(mdep.spec.adapters),
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": budget.grace_period_seconds(),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_UID,
