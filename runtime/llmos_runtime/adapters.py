@@ -31,9 +31,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -335,7 +336,7 @@ class AdapterManager:
     async def _unload(self, name: str) -> None:
         try:
             status, text = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             log.error("unloading adapter %s failed: %s (will retry)", name, e)
             return
         if status in (200, 404):  # 404: the engine does not have it (any more)
@@ -395,7 +396,7 @@ class AdapterManager:
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self.reconcile()

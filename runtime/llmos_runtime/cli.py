@@ -1,7 +1,8 @@
 """``llmos-runtime``: the container entrypoint of a model pod.
 
     llmos-runtime serve --source URI [--revision REV] --served-name NAME
-        [--signature PATH --trusted-key PUB.pem ... [--expect-digest sha256:HEX]] [--adapters-file PATH] [--cache-dir DIR]
+        [--signature PATH --trusted-key PUB.pem ... [--expect-digest sha256:HEX]] [--adapters-file PATH]
+        [--cache-dir DIR]
         [--port 8000] [--health-port 8081] [--drain-timeout SECONDS] [--termination-log PATH]
         [--pvc-root DIR] [--verify-mode in-place|copy] [--allow-engine-flag FLAG ...] [--allow-remote-code]
         [--fetch-budget S] [--verify-budget S] [--load-budget S] [--engine-health-interval S]
@@ -17,8 +18,8 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import config as C
 from . import termination as T
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="fetch, verify and serve a model with vLLM",
         description="Fetch and verify the model, start vLLM on the API port with the runtime's guard (inference API "
-        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
+        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's "
+        "OpenAI-compatible server.",
     )
     s.add_argument("--source", required=True, help="file:///abs, pvc://claim/path, s3://bucket/prefix, "
                    "gs://bucket/prefix or hf://org/name")

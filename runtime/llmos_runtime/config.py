@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from . import termination as T
 from .engine_args import DEFAULT_ALLOWED_FLAGS, has_flag, is_flag, normalise_flag, refused_args

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable
+from collections.abc import Awaitable
 
 import aiohttp
 
@@ -48,7 +48,7 @@ class Drain:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
                 async with s.get(self.engine.url + INFLIGHT_PATH, headers=self.headers) as r:
                     return int((await r.json())["inflight"]) if r.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             return None
 
     async def run(self) -> float:
@@ -83,7 +83,7 @@ class Drain:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.force.wait(), max(0.0, seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _wait(self, aw: Awaitable[None], what: str) -> None:

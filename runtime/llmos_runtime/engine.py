@@ -9,8 +9,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import aiohttp
 
@@ -127,13 +127,13 @@ class Engine:
                     async with session.get(self.url + "/health", headers=self.headers) as r:
                         if r.status == 200:
                             return time.monotonic() - self.started_at
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"engine not healthy after {timeout:.0f}s")
                 try:
                     await asyncio.wait_for(self.proc.wait(), poll)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def stop(self, timeout: float) -> int | None:
@@ -150,7 +150,7 @@ class Engine:
         try:
             code = await asyncio.wait_for(self.proc.wait(), timeout)
             log.info("engine exited with code %s", code)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("engine did not exit within %.0fs; killing it", timeout)
             code = None
         if code is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -38,7 +39,7 @@ def is_loopback(remote: str | None) -> bool:
 
 class HealthServer:
     def __init__(self, state: RuntimeState, *, engine_url: Callable[[], str | None],
-                 adapters: Callable[[], "AdapterManager | None"], engine_headers: dict[str, str] | None = None):
+                 adapters: Callable[[], AdapterManager | None], engine_headers: dict[str, str] | None = None):
         self.state = state
         self._engine_url = engine_url
         self._adapters = adapters

@@ -58,7 +58,8 @@ def changes(before: Snapshot, after: Snapshot) -> str | None:
     """One line naming the first difference, or None."""
     added = sorted(set(after) - set(before))
     if added:
-        return f"file added after verification: {added[0]}" + (f" (and {len(added) - 1} more)" if len(added) > 1 else "")
+        more = f" (and {len(added) - 1} more)" if len(added) > 1 else ""
+        return f"file added after verification: {added[0]}{more}"
     removed = sorted(set(before) - set(after))
     if removed:
         return f"file removed after verification: {removed[0]}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -48,7 +48,7 @@ class EngineMonitor:
             try:
                 async with session.get(self.url + "/health", headers=self.headers) as r:
                     self.watchdog.health(time.monotonic(), r.status == 200, f"/health answered HTTP {r.status}")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # no answer: the silence clock runs on
             except aiohttp.ClientError as e:  # refused: nothing listens
                 self.watchdog.health(time.monotonic(), False, f"/health: {type(e).__name__}")
@@ -69,7 +69,7 @@ class EngineMonitor:
                     self._warned_blind = True
                     log.warning("the engine exports no token counters (--disable-log-stats?): the watchdog judges "
                                 "only its /health answers")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                 log.debug("engine progress unavailable: %s", e)
             await self._pace(started)
 

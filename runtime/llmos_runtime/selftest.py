@@ -13,8 +13,6 @@ Otherwise the runtime refuses to serve (exit 5, the termination message names th
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
 from .guard import GUARD_HEADER, GUARD_REFUSED, INFLIGHT_PATH
@@ -45,6 +43,6 @@ async def guard_problem(url: str, headers: dict[str, str], timeout: float = 30.0
                         return f"GET {path} with the runtime's token answered HTTP {r.status}"
                     if path == INFLIGHT_PATH and "inflight" not in await r.json(content_type=None):
                         return f"GET {path} with the runtime's token did not reach the guard"
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as e:
         return f"the engine did not answer the guard's self-test: {type(e).__name__}: {e}"
     return None

@@ -20,8 +20,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -167,7 +168,7 @@ class Runtime:
         while True:
             try:
                 await asyncio.wait_for(dirty.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             dirty.clear()
             await in_thread(reporter.report, self.adapters.loaded(), self.adapters.failures())

@@ -16,10 +16,11 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .fetch import fetch_signed, summary
@@ -150,7 +151,8 @@ class GCSFetcher:
 
 
 class HFFetcher:
-    """``hf://org/name`` (at ``--revision``) with huggingface_hub (``HF_TOKEN``/``HF_ENDPOINT`` from the environment)."""
+    """``hf://org/name`` (at ``--revision``) with huggingface_hub (``HF_TOKEN``/``HF_ENDPOINT`` from the
+    environment)."""
 
     def __init__(self, snapshot_download: Callable[..., Any] | None = None):
         self._snapshot_download = snapshot_download

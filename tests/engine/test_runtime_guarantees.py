@@ -131,8 +131,8 @@ def served(test_models: TestModels, launcher: Launcher, tmp_path_factory):
     adapters = root / "adapters"
     adapters.mkdir()
     (adapters / "adapters.json").write_text(
-        '{"adapters": [{"name": "lora-a", "source": "file://%s", "signature": "%s"}]}'
-        % (test_models.adapter, test_models.adapter / "model.sig"))
+        f'{{"adapters": [{{"name": "lora-a", "source": "file://{test_models.adapter}", '
+        f'"signature": "{test_models.adapter / "model.sig"}"}}]}}')
     adapters_file = adapters / "adapters.json"
     rp = launcher.start(
         "guarantees", source=f"file://{current}", signature=v1 / "model.sig",
@@ -323,7 +323,7 @@ def test_400_streams_saturating_the_engine_never_fail_healthz(served):
                         "stream": True}) as r:
                     body = await r.read()
                     ok = r.status == 200 and body.rstrip().endswith(b"data: [DONE]")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 ok = False
                 stats["errors"].append(repr(e))
             stats["streams"] += 1
@@ -335,7 +335,7 @@ def test_400_streams_saturating_the_engine_never_fail_healthz(served):
             try:
                 async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:  # the kubelet's probe timeout
                     probes[name].append((r.status, time.monotonic() - t))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 probes[name].append((None, time.monotonic() - t))
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t)))
 

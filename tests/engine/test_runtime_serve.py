@@ -309,7 +309,7 @@ class PooledClient:
 
         asyncio.run(go())
 
-    def start(self) -> "PooledClient":
+    def start(self) -> PooledClient:
         self._t.start()
         return self
 

@@ -96,7 +96,7 @@ class RoundRobinLB:
     def _routable(self, b: Backend, now: float) -> bool:
         return b.ready or (b.unready_since is not None and now - b.unready_since < self.propagation_delay)
 
-    def start(self) -> "RoundRobinLB":
+    def start(self) -> RoundRobinLB:
         self._thread = threading.Thread(target=self._run, name="test-lb", daemon=True)
         self._thread.start()
         if not self._started.wait(30):
@@ -140,7 +140,7 @@ class RoundRobinLB:
         try:
             async with self._check_session.get(b.health + "/readyz") as r:
                 ready = r.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             ready = False
         if b.ready and not ready:
             b.unready_since = time.monotonic()
