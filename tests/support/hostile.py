@@ -183,8 +183,10 @@ def model_deployment(name: str, args: list[str] | None = None, *, replicas: int 
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
 
 
+# It declares an adapter, so that its deployments have an adapters ConfigMap (there only where adapters are declared).
 UNSIGNED_MODEL = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Model", "metadata": {"name": "m"},
-                  "spec": {"source": {"uri": "hf://org/m"}, "signature": {"policy": "Disabled"}}}
+                  "spec": {"source": {"uri": "hf://org/m"}, "signature": {"policy": "Disabled"},
+                           "adapters": [{"name": "sql", "source": {"uri": "hf://org/sql"}}]}}
 
 
 def serve(cluster, creds: Credentials, namespace: str, name: str, *, replicas: int = 2, count: int = 8) -> None:

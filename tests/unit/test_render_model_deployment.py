@@ -41,8 +41,8 @@ def children(m=None, d=None, **kw):
 
 
 def _unhashed(name):
-    """``chat-trust-<content hash>`` → ``chat-trust``."""
-    return "chat-trust" if name.startswith("chat-trust-") else name
+    """``llama-trust-<content hash>`` (the Model's) → ``llama-trust``."""
+    return "llama-trust" if name.startswith("llama-trust-") else name
 
 
 def deployment(**kw):
@@ -57,14 +57,25 @@ def container(**kw):
 def test_children_kinds_names_and_labels():
     objs = render_children(mdep(replicas=2), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
     assert [(o["apiVersion"], o["kind"], _unhashed(o["metadata"]["name"])) for o in objs] == [
-        ("v1", "ConfigMap", "chat-trust"), ("v1", "ConfigMap", "chat-adapters"), ("apps/v1", "Deployment", "chat"),
+        ("v1", "ConfigMap", "llama-trust"), ("apps/v1", "Deployment", "chat"),
         ("v1", "Service", "chat"), ("policy/v1", "PodDisruptionBudget", "chat")]
+    trust, *own = objs
+    # The trust ConfigMap is the Model's (shared by its deployments); the rest the deployment's.
+    assert trust["metadata"]["labels"] == {"app.kubernetes.io/name": "llmos-runtime",
+                                           "app.kubernetes.io/managed-by": "llmos", "llmos.dev/model": "llama"}
     for o in objs:
         assert o["metadata"]["namespace"] == "team-a"
+        assert "ownerReferences" not in o["metadata"]
+    for o in own:
         assert o["metadata"]["labels"] == {
             "app.kubernetes.io/name": "llmos-runtime", "app.kubernetes.io/instance": "chat",
             "app.kubernetes.io/managed-by": "llmos", "llmos.dev/model-deployment": "chat"}
-        assert "ownerReferences" not in o["metadata"]
+    # An adapters ConfigMap only where the Model declares adapters (loaded live: there whether any is served or not).
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
+    assert ("ConfigMap", "chat-adapters") in children(m=m)
+    # Nothing to carry for an unsigned Model without adapters: no trust ConfigMap, no volume.
+    unsigned = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)
+    assert [k for k in unsigned if k[0] == "ConfigMap"] == []
 
 
 def test_command_is_exactly_the_runtime_cli():
@@ -73,7 +84,7 @@ def test_command_is_exactly_the_runtime_cli():
     assert container(d=d, m=model(quantization="awq"))["command"] == [
         "llmos-runtime", "serve", "--source", "hf://meta/llama-3-8b", "--revision", "main", "--served-name", "llama",
         "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
-        "--expect-digest", DIGEST, "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
+        "--expect-digest", DIGEST, "--cache-dir", "/var/cache/llmos",
         "--port", "8000", "--health-port", "8081", "--",
         "--tensor-parallel-size", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
         "--quantization", "awq", "--enforce-eager"]
@@ -195,16 +206,20 @@ def test_container():
 
 
 def test_volumes_and_mounts():
-    c = container()
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
+    c = container(m=m)
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["trust"] == {"name": "trust", "mountPath": "/etc/llmos/trust", "readOnly": True}
     assert mounts["adapters"]["mountPath"] == "/etc/llmos/adapters"
     assert mounts["cache"]["mountPath"] == "/var/cache/llmos"
     assert "dshm" in mounts  # tensor parallel 2 needs shared memory
-    volumes = {v["name"]: v for v in deployment()["spec"]["template"]["spec"]["volumes"]}
-    trust = children()[("ConfigMap", "chat-trust")]["metadata"]["name"]
-    assert volumes["trust"]["configMap"]["name"] == trust and trust.startswith("chat-trust-")
+    assert c["command"][c["command"].index("--adapters-file") + 1] == "/etc/llmos/adapters/adapters.json"
+    volumes = {v["name"]: v for v in deployment(m=m)["spec"]["template"]["spec"]["volumes"]}
+    trust = children(m=m)[("ConfigMap", "llama-trust")]["metadata"]["name"]
+    assert volumes["trust"]["configMap"]["name"] == trust and trust.startswith("llama-trust-")
     assert volumes["adapters"]["configMap"]["name"] == "chat-adapters"
+    assert "adapters" not in {m["name"] for m in container()["volumeMounts"]}
+    assert "--adapters-file" not in container()["command"]
     assert volumes["cache"] == {"name": "cache", "emptyDir": {}}
     single = container(d=mdep(gpu={"class": "h100", "count": 1}))
     assert "dshm" not in {m["name"] for m in single["volumeMounts"]}
@@ -247,16 +262,17 @@ def test_template_hash_rolls_on_a_new_model_revision_only():
 
 
 def test_trust_configmap():
-    cm = children()[("ConfigMap", "chat-trust")]
+    cm = children()[("ConfigMap", "llama-trust")]
     assert cm["data"] == {"model.sig": BUNDLE.decode(), "signer.pem": PEM.decode()}
     assert cm["immutable"] is True and cm["metadata"]["annotations"] == {"llmos.dev/model-digest": DIGEST}
     # Named by content: another bundle is another ConfigMap, and the pods name the one made with them.
     other = children(bundle=BUNDLE + b" ")
-    assert other[("ConfigMap", "chat-trust")]["metadata"]["name"] != cm["metadata"]["name"]
-    binary = children(bundle=b"\xff\x00")[("ConfigMap", "chat-trust")]
+    assert other[("ConfigMap", "llama-trust")]["metadata"]["name"] != cm["metadata"]["name"]
+    binary = children(bundle=b"\xff\x00")[("ConfigMap", "llama-trust")]
     assert binary["binaryData"] == {"model.sig": "/wA="}
-    disabled = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)
-    assert disabled[("ConfigMap", "chat-trust")]["data"] == {}
+    # Another deployment of the same Model revision mounts the same one.
+    again = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
+    assert cm["metadata"]["name"] in {o["metadata"]["name"] for o in again}
     with pytest.raises(RenderError) as info:
         children(bundle=None)
     assert info.value.reason == "SignatureUnavailable"
@@ -278,7 +294,7 @@ def test_adapters_configmap():
     unsigned = model(signature={"policy": "Disabled"}, adapters=[{"name": "fr", "source": {"uri": "hf://a/fr"}}])
     cm = children(m=unsigned, d=mdep(adapters=["fr"]), bundle=None, signer_pem=None)[("ConfigMap", "chat-adapters")]
     assert json.loads(cm["data"]["adapters.json"])["adapters"][0]["signature"] is None
-    empty = children()[("ConfigMap", "chat-adapters")]
+    empty = children(m=m)[("ConfigMap", "chat-adapters")]
     assert json.loads(empty["data"]["adapters.json"]) == {"adapters": []}
     with pytest.raises(RenderError) as info:
         children(m=m, d=mdep(adapters=["de"]))
@@ -306,12 +322,13 @@ def test_no_pdb_for_one_replica():
 
 def test_config_changes_flow_through():
     cfg = config_from_yaml("runtime: {image: 'r/rt:2', openaiPort: 9000, healthPort: 9001, cpuPerGPU: 0}\n")
-    objs = render_children(mdep(), model(), cfg.gpu_class("h100"), cfg, bundle=BUNDLE, signer_pem=PEM)
-    c = objs[2]["spec"]["template"]["spec"]["containers"][0]
+    objs = {o["kind"]: o for o in render_children(mdep(), model(), cfg.gpu_class("h100"), cfg, bundle=BUNDLE,
+                                                     signer_pem=PEM)}
+    c = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "r/rt:2" and c["command"][c["command"].index("--port") + 1] == "9000"
     assert [p["containerPort"] for p in c["ports"]] == [9000, 9001]
     assert "cpu" not in c["resources"]["requests"]
-    assert objs[3]["spec"]["ports"][0]["port"] == 9000
+    assert objs["Service"]["spec"]["ports"][0]["port"] == 9000
 
 
 def test_helpers():
@@ -348,7 +365,7 @@ def test_pods_without_adapters_get_no_token_and_adapters_trust_every_tenant_key(
     cmd = pod["containers"][0]["command"]
     keys = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--trusted-key"]
     assert keys == ["/etc/llmos/trust/signer.pem", "/etc/llmos/trust/key-release.pem", "/etc/llmos/trust/key-team.pem"]
-    assert objs[("ConfigMap", "chat-trust")]["data"]["key-team.pem"] == "TEAM-PEM"
+    assert objs[("ConfigMap", "llama-trust")]["data"]["key-team.pem"] == "TEAM-PEM"
 
 
 def test_runtime_is_told_the_platforms_engine_policy_and_verify_mode():

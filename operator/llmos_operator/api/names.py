@@ -14,6 +14,7 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MODEL_DEPLOYMENT = "llmos.dev/model-deployment"  # on every child of a ModelDeployment and on its pods
+LABEL_MODEL = "llmos.dev/model"  # on a Model's trust ConfigMaps (shared by its deployments)
 LABEL_TENANT = "llmos.dev/tenant"  # on a namespace: the tenant llmos gave it to
 LABEL_RELEASED = "llmos.dev/released"  # on a namespace a Tenant gave up (or whose Tenant was deleted)
 LABEL_GATEWAY = "llmos.dev/gateway"  # on a namespace whose pods may call every tenant's models

@@ -14,13 +14,12 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from ..api.names import LABEL_MODEL_DEPLOYMENT
+from ..api.names import LABEL_MODEL
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
 from ..kube.client import controller_uid
-from ..render.common import trust_configmap_name
-from .cache import owned_by, spec_version
+from .cache import spec_version
 from .state import Context
 from .summaries import SUMMARY
 
@@ -50,7 +49,7 @@ class ChildWriter:
         change then writes nothing."""
         meta = child["metadata"]
         key = (child["kind"], meta["name"])
-        owner = (meta["namespace"], meta["labels"][LABEL_MODEL_DEPLOYMENT])
+        owner = (meta["namespace"], meta["ownerReferences"][0]["name"])  # a deployment, or a Model (trust)
         digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
         informer = self.ctx.cache.store.informers.get(child["kind"])
         stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
@@ -92,22 +91,24 @@ class ChildWriter:
                 and mdep.status.serving_template is not None:
             events(raw, "Normal", "RolloutCompleted", f"all replicas serve template {plan.serving_template}")
 
-    def collect_trust_configmaps(self, namespace: str, name: str, children: list[dict],
-                                 users: list[dict | None]) -> None:
-        """Delete this deployment's trust ConfigMaps that nothing uses: not the one just rendered, not one named by
-        ``users`` (the Deployment, its ReplicaSets — a rollback may need one — and its pods)."""
+    def collect_trust_configmaps(self, namespace: str, model: str, children: list[dict]) -> None:
+        """Delete the Model's trust ConfigMaps that nothing uses: not the one just rendered, not one a Deployment,
+        ReplicaSet (a rollback may need one) or pod of the namespace mounts — whichever deployment of the Model it
+        belongs to."""
+        cache = self.ctx.cache
+        mine = [cm for cm in cache["ConfigMap"].list(namespace)
+                if (cm["metadata"].get("labels") or {}).get(LABEL_MODEL) == model]
+        if len(mine) <= 1:
+            return  # the one in use (the common case: nothing to read further)
         used = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
-        for obj in users:
-            spec = (obj or {}).get("spec") or {}
-            pod_spec = (spec.get("template") or {}).get("spec") or spec
-            for volume in pod_spec.get("volumes") or []:
-                if volume.get("configMap"):
-                    used.add(volume["configMap"].get("name"))
-        prefix = trust_configmap_name(name, "")
-        for cm in self.ctx.cache["ConfigMap"].list(namespace, owned_by(name)):
-            cm_name = cm["metadata"]["name"]
-            if cm_name.startswith(prefix) and cm_name not in used:
-                self.ctx.kube.delete("ConfigMap", cm_name, namespace, uid=cm["metadata"].get("uid"))
+        for kind in ("Deployment", "ReplicaSet", "Pod"):
+            for obj in cache[kind].list(namespace):
+                spec = obj.get("spec") or {}
+                pod_spec = (spec.get("template") or {}).get("spec") or spec
+                used |= {v["configMap"].get("name") for v in pod_spec.get("volumes") or [] if v.get("configMap")}
+        for cm in mine:
+            if cm["metadata"]["name"] not in used:
+                self.ctx.kube.delete("ConfigMap", cm["metadata"]["name"], namespace, uid=cm["metadata"].get("uid"))
 
     def whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
         """``replica_sets`` with the one of ``template`` read live, whole (or left out if it is gone)."""

@@ -20,7 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 from kubernetes.client import ApiException
 
-from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, RECONCILING, RUNTIME_CONTAINER
+from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, LABEL_MODEL, RECONCILING, RUNTIME_CONTAINER
 from ..api.types import Model, ModelDeployment, Tenant
 from ..config import GPUClass
 from ..core import policy
@@ -43,7 +43,7 @@ from ..core.status import (
     worth_an_event,
 )
 from ..core.workloads import pod_gpus
-from ..kube.client import NotOwned, controller_uid, with_owner
+from ..kube.client import Gone, NotOwned, controller_uid, with_owner
 from ..render import pod_requests, render_children
 from .cache import owned_by
 from .children import ChildWriter
@@ -195,7 +195,7 @@ class ModelDeploymentReconciler:
                 return
         self._ask_surge(mdep.key, seen.plan.surge_wanted)
         ns, name = mdep.metadata.namespace or "", mdep.metadata.name
-        self.children.collect_trust_configmaps(ns, name, children, [seen.deployment, *seen.replica_sets, *seen.pods])
+        self.children.collect_trust_configmaps(ns, model.metadata.name, children)
         pdb = self.ctx.cache["PodDisruptionBudget"].get(name, ns)
         if not any(c["kind"] == "PodDisruptionBudget" for c in children) and pdb is not None:
             self.ctx.kube.delete("PodDisruptionBudget", name, ns, uid=pdb["metadata"].get("uid"))  # down to one
@@ -218,8 +218,14 @@ class ModelDeploymentReconciler:
     def _write(self, raw: dict, mdep: ModelDeployment, child: dict, seen: _Observed) -> bool:
         """Write one child; False (and the failure in ``seen``) when the API server refused it or an object that is
         not the deployment's own is in the way (then admission frees its GPUs: nothing runs until it is gone)."""
+        # A Model's trust ConfigMap is the Model's (its deployments share it); everything else the deployment's.
+        owner = raw
+        if (child["metadata"].get("labels") or {}).get(LABEL_MODEL):
+            owner = self.ctx.cache["Model"].get(mdep.spec.model, mdep.metadata.namespace) or {}
+            if not owner.get("metadata", {}).get("uid"):
+                raise Gone(f"Model {mdep.spec.model} is gone")
         try:
-            applied = self.children.apply(with_owner(child, raw))
+            applied = self.children.apply(with_owner(child, owner))
         except NotOwned as exc:
             seen.render_error = RenderError(CHILD_CONFLICT, str(exc))
             self.ctx.state.set_child_conflict(mdep.key, mdep.metadata.uid, (exc.kind, exc.name), str(exc))
