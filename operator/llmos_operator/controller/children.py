@@ -9,16 +9,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
+from cachetools import LRUCache
 from kubernetes.client import ApiException
 
 from ..api.names import LABEL_MODEL
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
-from ..kube.client import controller_uid
+from ..kube.client import controller_uid, with_owner
 from .cache import spec_version
 from .state import Context
 from .summaries import SUMMARY
@@ -35,22 +36,25 @@ class ChildWriter:
         # produced, when)}; dropped with the deployment (a fixed cap, once 50,000, re-applied every child of a
         # 10,000-deployment fleet whenever it was reached)
         self._applied: dict[tuple[str, str], dict[tuple[str, str], tuple[str, Any, float]]] = {}
+        # id of a rendered object → (the object, its digest); the object is kept so that its id is not reused
+        self._digests: LRUCache = LRUCache(maxsize=20_000)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._applied.pop((namespace, name), None)
 
-    def apply(self, child: dict) -> dict:
+    def apply(self, child: dict, owner_obj: Mapping[str, Any]) -> dict:
         """Write a ModelDeployment's child (its ownerReference names the deployment): created, or replaced whole if
         it is the deployment's own (``Kube.write_owned``: raises NotOwned for an object in the way that is not,
         Gone if it vanished meanwhile) — unless the same rendering was written already and the stored child has not
         been changed since (its generation, or resourceVersion for kinds without one; a hand edit of the spec is
         put back at once) and was last written within ``REAPPLY_SECONDS``: a reconcile woken by a pod or a status
-        change then writes nothing."""
+        change then writes nothing. ``owner_obj``: the deployment, or the Model (its trust ConfigMap)."""
+        digest = self._digest(child)  # of the rendering, before the owner is added: the same owner per name
+        child = with_owner(child, owner_obj)
         meta = child["metadata"]
         key = (child["kind"], meta["name"])
-        owner = (meta["namespace"], meta["ownerReferences"][0]["name"])  # a deployment, or a Model (trust)
-        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        owner = (meta["namespace"], owner_obj["metadata"]["name"])
         informer = self.ctx.cache.store.informers.get(child["kind"])
         stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
         with self._lock:
@@ -62,6 +66,18 @@ class ChildWriter:
         with self._lock:
             self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
         return applied
+
+    def _digest(self, child: dict) -> str:
+        """sha256 of a rendering, once per rendered object (the renderings of an unchanged spec are reused:
+        controller/model_deployment.py)."""
+        with self._lock:
+            known = self._digests.get(id(child))
+        if known is not None and known[0] is child:
+            return known[1]
+        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            self._digests[id(child)] = (child, digest)
+        return digest
 
     def write_failure(self, child: dict, exc: ApiException, key: Hashable) -> RenderError:
         """The API server refused a child (quota, admission policy, "range is full"): its words and when llmos
