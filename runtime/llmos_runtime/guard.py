@@ -24,6 +24,8 @@ Per request it decides:
 - The in-flight count (``GET /llmos/inflight``, runtime token only): inference requests in flight, and how many of
   them wait on the engine (the body is in, no answer is being written: a client reading slowly, or still sending
   its body, is not the engine's delay). The runtime's watchdog and drain read it.
+- API keys (access.py), when the runtime enforces them: 401 without a valid key, 403 for a model the key may not
+  call, 429 over a limit; the answers' usage metered per key and model (``GET /llmos/metering``, runtime token).
 - WebSocket (vLLM's ``/v1/realtime`` audio endpoint) is refused: the handshake is closed (HTTP 403); llmos serves
   text models.
 
@@ -40,6 +42,7 @@ import re
 TOKEN_HEADER = "x-llmos-runtime-token"
 DRAINING_HEADER = "X-LLMOS-Draining"
 INFLIGHT_PATH = "/llmos/inflight"
+METERING_PATH = "/llmos/metering"
 ENV_DIR = "LLMOS_GUARD_DIR"
 ENV_TOKEN = "LLMOS_GUARD_TOKEN"
 SERVING_MARKER = "serving"
@@ -80,6 +83,7 @@ RUNTIME_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/v1/load_lora_adapter"),
     ("POST", "/v1/unload_lora_adapter"),
     ("GET", INFLIGHT_PATH),
+    ("GET", METERING_PATH),
     ("GET", "/metrics"),
     ("GET", "/health"),  # the runtime's health poll must see the engine, not the replica's readiness
 )
@@ -111,6 +115,9 @@ class InferenceOnly:
         self._closing = os.path.join(d, CLOSING_MARKER) if d else None
         self._draining = os.path.join(d, DRAINING_MARKER) if d else None
         self._token = (token if token is not None else os.environ.get(ENV_TOKEN, "")).encode()
+        from .access import Access
+
+        self.access = Access.from_env(d)
         self.inflight = 0
         self.waiting = 0  # of those, requests whose body is in and whose answer is not being written
 
@@ -134,6 +141,8 @@ class InferenceOnly:
             if path == INFLIGHT_PATH:
                 body = json.dumps({"inflight": self.inflight, "waiting": self.waiting}).encode()
                 return await _respond(send, 200, body)
+            if path == METERING_PATH:
+                return await _respond(send, 200, self.access.meter.exposition() if self.access else b"")
             return await self.app(scope, receive, send)
         if not is_inference_route(method, path):
             return await _respond(send, 404, error_body(
@@ -168,6 +177,8 @@ class _Counted:
         g = self.guard
         g.inflight += 1
         try:
+            if g.access is not None and g.access.needs_key(scope["method"], scope["path"]):
+                return await g.access.handle(scope, self.receive, self.send, g.app)
             return await g.app(scope, self.receive, self.send)
         finally:
             g.inflight -= 1
