@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any
 
+from .answers import respond as _refuse
 from .keys import TABLE_FILE, KeyTable, key_hash
 from .limits import LocalLimiter, Refused
 from .metering import NO_KEY, OTHER_MODEL, Meter, scan_stream_chunk, usage_of, usage_tokens
@@ -243,12 +244,3 @@ class _Answer:
         prompt, completion = usage_tokens(self.usage)
         self.meter.record(self.tenant, self.key, self.model, self.code, prompt, completion)
         return prompt + completion
-
-
-async def _refuse(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
-    from .guard import GUARD_HEADER, GUARD_REFUSED
-
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (GUARD_HEADER.lower().encode(), GUARD_REFUSED), *headers]})
-    await send({"type": "http.response.body", "body": body})

@@ -39,6 +39,11 @@ import json
 import os
 import re
 
+from .answers import GUARD_HEADER, GUARD_REFUSED
+from .answers import respond as _respond
+
+__all__ = ["GUARD_HEADER", "GUARD_REFUSED", "InferenceOnly"]
+
 TOKEN_HEADER = "x-llmos-runtime-token"
 DRAINING_HEADER = "X-LLMOS-Draining"
 INFLIGHT_PATH = "/llmos/inflight"
@@ -48,8 +53,6 @@ ENV_TOKEN = "LLMOS_GUARD_TOKEN"
 SERVING_MARKER = "serving"
 CLOSING_MARKER = "closing"
 DRAINING_MARKER = "draining"
-GUARD_HEADER = "X-LLMOS-Guard"
-GUARD_REFUSED = b"refused"
 
 # The inference API of vLLM 0.32's OpenAI-compatible server: (methods, path pattern). Nothing else is served.
 INFERENCE_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = tuple(
@@ -96,13 +99,6 @@ def is_inference_route(method: str, path: str) -> bool:
 def error_body(message: str, code: int, err_type: str) -> bytes:
     """An OpenAI-style error object, like the engine's own."""
     return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}}).encode()
-
-
-async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (GUARD_HEADER.lower().encode(), GUARD_REFUSED), *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 class InferenceOnly:

@@ -131,10 +131,22 @@ class TenantPolicy(ApiModel):
     allow_remote_code: bool = Field(
         False, description="Allow --trust-remote-code in engine.extraArgs (runs Python shipped with the weights)."
     )
+    require_api_keys: bool = Field(
+        False, description="Refuse ModelDeployments with access.apiKeys Disabled (every model needs a key)."
+    )
     allow_exec: bool = Field(
         False, description="Allow kubectl exec, attach and port-forward into pods of the tenant's namespaces (they "
         "read a model pod's memory and secrets; the operator labels the namespaces llmos.dev/allow-exec=true)."
     )
+
+
+class UsageLimits(ApiModel):
+    """Limits on what is asked of the tenant's models, over all its keys and namespaces (unset: none)."""
+
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(None, ge=1, le=10_000_000_000,
+                                          description="Prompt plus completion tokens per minute.")
+    concurrent_requests: int | None = Field(None, ge=1, le=1_000_000, description="Requests at once.")
 
 
 class TenantSpec(ApiModel):
@@ -169,6 +181,9 @@ class TenantSpec(ApiModel):
     policy: TenantPolicy = Field(
         default_factory=TenantPolicy, description="What the platform allows this tenant.",
         json_schema_extra={"default": {}},
+    )
+    limits: UsageLimits = Field(
+        default_factory=UsageLimits, description="Rate and concurrency limits over all the tenant's API keys."
     )
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_TENANT
+from ..api.names import API_KEY_SECRET_TYPE, LABEL_MODEL_DEPLOYMENT, LABEL_TENANT
 from ..api.types import GROUP, KINDS, VERSION, InvalidObject, Resource, Tenant, parse_as
 from ..config import OperatorConfig
+from ..core.api_keys import summarize_key_secret
 from ..core.ownership import Ownership, ownership
 from ..kube.client import KindPath, Kube
 from ..kube.informer import Informer, Store
@@ -65,6 +66,10 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
         "BundleConfigMap": informer("BundleConfigMap", "ConfigMap", metadata_summary, metadata_only=True),
         "KeySecret": informer("KeySecret", "Secret", metadata_summary, metadata_only=True,
                               namespace=config.operator_namespace),
+        # API keys (Secrets of type llmos.dev/api-key, selected by the API server): kept as their hash, never
+        # their plain text (core/api_keys.py).
+        "ApiKeySecret": informer("ApiKeySecret", "Secret", summarize_key_secret,
+                                 field_selector=f"type={API_KEY_SECRET_TYPE}"),
     })
 
 

@@ -31,6 +31,8 @@ from ..kube.health import Health
 from ..kube.informer import Store
 from ..kube.workqueue import WorkQueue, run_workers
 from .admission import Admission, Conflict
+from .api_keys import KIND as API_KEYS
+from .api_keys import ApiKeysReconciler
 from .cache import Cache, build_store
 from .children import ChildWriter
 from .gpu_pods import GPUPodReconciler
@@ -64,7 +66,7 @@ class Manager:
             "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.replica_set,
             "Service": self.triggers.child, "ConfigMap": self.triggers.child,
             "PodDisruptionBudget": self.triggers.child, "BundleConfigMap": self.triggers.bundle_configmap,
-            "KeySecret": self.triggers.key_secret,
+            "KeySecret": self.triggers.key_secret, "ApiKeySecret": self.triggers.api_key_secret,
         })
         self.ctx.cache.store = self.store
         self.gpu_pods = GPUPodReconciler(self.ctx)
@@ -72,6 +74,7 @@ class Manager:
         self.tenants = TenantReconciler(self.ctx, self.triggers)
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
+        self.api_keys = ApiKeysReconciler(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
                              sync_within=STORE_SYNC_TIMEOUT)
@@ -93,6 +96,8 @@ class Manager:
                 self.models.reconcile(key[1], key[2])  # type: ignore[index]
             elif kind == "ModelDeployment":
                 self.model_deployments.reconcile(key[1], key[2])  # type: ignore[index]
+            elif kind == API_KEYS:
+                self.api_keys.reconcile(key[1])  # type: ignore[index]
             elif kind == "GPUPods":
                 self.gpu_pods.reconcile(key[1])  # type: ignore[index]
             result = "ok"

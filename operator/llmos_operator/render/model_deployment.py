@@ -36,6 +36,7 @@ from ..config import GPUClass, OperatorConfig
 from ..core.errors import RenderError
 from ..core.placement import pod_placement
 from ..core.rollout import idle_strategy
+from .access import access_flags, keys_required
 from .common import (
     ADAPTERS_DIR,
     ADAPTERS_FILE,
@@ -140,6 +141,7 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
                         ("--drain-grace", serving.drain_grace_seconds), ("--keep-alive", serving.keep_alive_seconds)):
         if value is not None:
             cmd += [flag, str(value)]
+    cmd += access_flags(mdep, config)
     cmd += [
         "--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}",
         "--cache-dir", CACHE_DIR,
@@ -352,8 +354,8 @@ def render_deployment(
     pod_spec: dict[str, Any] = {
         "serviceAccountName": RUNTIME_SERVICE_ACCOUNT,
         # A token only where the runtime reports adapters on its own pod (an admission policy of the chart limits
-        # it to that annotation); a pod without adapters needs no API access at all.
-        "automountServiceAccountToken": bool(mdep.spec.adapters),
+        # it to that annotation) or watches its namespace's API keys (the runtime role names that one ConfigMap).
+        "automountServiceAccountToken": bool(mdep.spec.adapters) or keys_required(mdep),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": budget.grace_period_seconds(),
         "securityContext": {
