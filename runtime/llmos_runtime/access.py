@@ -95,7 +95,8 @@ class Access:
         self.served_name = served_name
         self.limiter = limiter if limiter is not None else LocalLimiter()
         self.meter = meter if meter is not None else Meter()
-        self._known: frozenset[str] = frozenset()
+        self._prefix = os.urandom(6).hex() + "-"  # request ids unique across replicas (concurrency leases)
+        self._count = 0
 
     @classmethod
     def from_env(cls, guard_dir: str) -> Access | None:
@@ -148,7 +149,10 @@ class Access:
                 f"API key {entry.id} may not call model {model!r} (allowed: {', '.join(sorted(entry.models or ()))})",
                 "permission_error", "model_not_allowed"))
         replicas = table.replicas.get(self.served_name, 1)
-        refused: Refused | None = await self.limiter.admit(entry, table.tenant, table.tenant_limits, replicas)
+        self._count += 1
+        request_id = f"{self._prefix}{self._count}"
+        refused: Refused | None = await self.limiter.admit(entry, table.tenant, table.tenant_limits, replicas,
+                                                           request_id)
         if refused is not None:
             self.meter.record(table.tenant, entry.id, label, 429)
             self.meter.refused(table.tenant, refused.limit, refused.scope)
@@ -163,7 +167,7 @@ class Access:
             await app(scope, _replay(body, gone, receive), answer.wrap(send))
         finally:
             tokens = answer.finish()
-            await self.limiter.done(entry, table.tenant, table.tenant_limits, replicas, tokens)
+            await self.limiter.done(entry, table.tenant, table.tenant_limits, replicas, tokens, request_id)
 
 
 def _json(body: bytes) -> Any:

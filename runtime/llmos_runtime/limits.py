@@ -122,7 +122,8 @@ class LocalLimiter:
             out.append(("tenant", self._bucket("tenant", tenant), tenant_limits))
         return out
 
-    async def admit(self, key: KeyEntry, tenant: str, tenant_limits: Limits, replicas: int) -> Refused | None:
+    async def admit(self, key: KeyEntry, tenant: str, tenant_limits: Limits, replicas: int,
+                    request_id: str = "") -> Refused | None:
         now = self.clock()
         subjects = self._subjects(key, tenant, tenant_limits)
         admitted = []
@@ -136,7 +137,8 @@ class LocalLimiter:
             b.inflight += 1
         return None
 
-    async def done(self, key: KeyEntry, tenant: str, tenant_limits: Limits, replicas: int, tokens: int) -> None:
+    async def done(self, key: KeyEntry, tenant: str, tenant_limits: Limits, replicas: int, tokens: int,
+                   request_id: str = "") -> None:
         now = self.clock()
         for _, b, lim in self._subjects(key, tenant, tenant_limits):
             b.inflight = max(0, b.inflight - 1)
