@@ -156,32 +156,15 @@ def _objects_holding(cluster, namespace: str, text: str) -> list[tuple[str, str]
     contain ``text`` (Secrets decoded too)."""
     import base64
 
+    kinds = cluster.kubectl("api-resources", "--namespaced=true", "--verbs=list", "-o", "name").stdout.split()
+    assert "secrets" in kinds and "configmaps" in kinds and "modeldeployments.llmos.dev" in kinds
+    listed = json.loads(cluster.kubectl("get", ",".join(kinds), "-n", namespace, "-o", "json").stdout)["items"]
+    listed += json.loads(cluster.kubectl("get", "tenants", "-o", "json").stdout)["items"]
     holders = []
-    api = cluster.api
-    for group_version in ["v1"] + [f"{g.name}/{v.version}" for g in client.ApisApi(api).get_api_versions().groups
-                                   for v in g.versions]:
-        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-        try:
-            resources = api.call_api(base, "GET", response_type="object", _return_http_data_only=True)["resources"]
-        except client.ApiException:
-            continue
-        for r in resources:
-            if "/" in r["name"] or "list" not in r["verbs"]:
-                continue
-            path = f"{base}/namespaces/{namespace}/{r['name']}" if r["namespaced"] else f"{base}/{r['name']}"
-            if not r["namespaced"] and r["kind"] != "Tenant":
-                continue
-            try:
-                items = api.call_api(path, "GET", response_type="object", _return_http_data_only=True)["items"]
-            except client.ApiException:
-                continue
-            for item in items:
-                blob = json.dumps(item)
-                for v in (item.get("data") or {}).values() if r["kind"] == "Secret" else ():
-                    try:
-                        blob += base64.b64decode(v).decode(errors="replace")
-                    except ValueError:
-                        pass
-                if text in blob:
-                    holders.append((r["kind"], item["metadata"]["name"]))
+    for item in listed:
+        blob = json.dumps(item)
+        if item["kind"] == "Secret":
+            blob += "".join(base64.b64decode(v).decode(errors="replace") for v in (item.get("data") or {}).values())
+        if text in blob:
+            holders.append((item["kind"], item["metadata"]["name"]))
     return sorted(set(holders))

@@ -95,3 +95,14 @@ def test_a_tenant_may_forbid_keyless_deployments():
     assert deployment_refusal(_mdep("Required"), strict, default_config()) is None
     assert deployment_refusal(_mdep("Disabled"), lax, default_config()) is None
     assert _mdep("Required").spec.access.api_keys == "Required"
+
+
+def test_the_limit_store_is_rendered_when_the_platform_configured_one():
+    from llmos_operator.config import config_from_yaml
+    from llmos_operator.render.access import access_flags
+
+    d = _mdep("Required")
+    assert access_flags(d, default_config()) == ["--api-keys-configmap", "llmos-api-keys"]
+    cfg = config_from_yaml("limits: {storeURL: 'redis://limits.llmos-system:6379'}")
+    assert access_flags(d, cfg)[-2:] == ["--limits-store", "redis://limits.llmos-system:6379"]
+    assert access_flags(_mdep("Disabled"), cfg) == []

@@ -17,7 +17,6 @@ def access_flags(mdep: ModelDeployment, config: OperatorConfig) -> list[str]:
     if not keys_required(mdep):
         return []
     flags = ["--api-keys-configmap", API_KEYS_CONFIGMAP]
-    store = getattr(config, "limits", None)
-    if store is not None and store.store_url:
-        flags += ["--limits-store", store.store_url]
+    if config.limits.store_url:
+        flags += ["--limits-store", config.limits.store_url]
     return flags
