@@ -205,10 +205,29 @@ class Reservation(ApiModel):
     )
 
 
+class GPUTime(ApiModel):
+    reserved: float = Field(0, ge=0, description="GPU-hours reserved (the admission ledger over time).")
+    serving: float = Field(0, ge=0, description="GPU-hours serving (ready replicas × their GPUs over time).")
+
+
+class GPUCounts(ApiModel):
+    reserved: int = Field(0, ge=0, description="GPUs the ledger held.")
+    serving: int = Field(0, ge=0, description="GPUs of ready replicas.")
+
+
 class TenantUsage(ApiModel):
     gpus: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="GPU class → GPUs reserved by admitted deployments."
     )
+    period: str | None = Field(None, pattern=r"^[0-9]{4}-[0-9]{2}$", max_length=7,
+                               description="The billing period gpuHours counts: a calendar month (UTC).")
+    updated_at: str | None = Field(None, max_length=40, description="When gpuHours was last written.")
+    gpu_hours: dict[str, GPUTime] = Field(
+        default_factory=dict, description="GPU class → GPU-hours of the period so far.",
+        json_schema_extra={"maxProperties": 64})
+    metered_gpus: dict[str, GPUCounts] = Field(
+        default_factory=dict, alias="meteredGPUs", description="GPU class → GPUs reserved and serving at updatedAt "
+        "(a restarted operator integrates from there).", json_schema_extra={"maxProperties": 64})
 
 
 class TenantStatus(ApiModel):

@@ -41,6 +41,7 @@ from .model_deployment import ChildWriteFailed, ModelDeploymentReconciler
 from .state import ADMISSION, Context, fairness_group
 from .tenant import TenantReconciler
 from .triggers import Triggers
+from .usage import UsageMeter
 
 log = logging.getLogger("llmos.operator")
 STORE_SYNC_TIMEOUT = float(os.environ.get("LLMOS_STORE_SYNC_TIMEOUT", "300"))
@@ -75,6 +76,7 @@ class Manager:
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
         self.api_keys = ApiKeysReconciler(self.ctx)
+        self.usage = UsageMeter(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
                              sync_within=STORE_SYNC_TIMEOUT)
@@ -121,9 +123,11 @@ class Manager:
         log.info("store synced: %s", self.store.stats())
         self.ctx.admit_again(everything=True)
         self.workers.extend(run_workers(self.queue, self.handle, workers, self.on_error))
+        self.usage.start()
         threading.Thread(target=self._resync, args=(resync_seconds,), name="llmos-resync", daemon=True).start()
 
     def stop(self) -> None:
+        self.usage.stop()
         self.queue.close()
         self.store.stop()
 
@@ -210,6 +214,7 @@ def run(*, config_path: str | None, liveness: str | None, metrics_port: int,
     api.user_agent = "llmos-operator"  # so the API server's request metrics can tell the operator apart
     kube = Kube(api, kinds=LLMOS_KINDS)
     _manager = Manager(kube, config)
+    _manager.usage.register()
     if metrics_port:
         start_http_server(metrics_port)
     if not standalone:

@@ -1,0 +1,52 @@
+"""GPU time (core/usage.py): the ledger and the ready replicas integrated exactly between looks, a new period from
+zero at its first instant, a restarted operator continuing from the status it wrote (the time it was away counted
+with what held); and the bill (cli_usage.py) from Prometheus' answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from llmos_operator.core.usage import TenantGPUTime, period_of, reserved_gpus
+
+pytestmark = pytest.mark.unit
+
+
+def ts(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def test_a_step_function_integrated_between_looks():
+    s = TenantGPUTime.starting(ts(2026, 12, 3, 10))
+    s = s.advance(ts(2026, 12, 3, 10), {"h100": 4}, {})
+    s = s.advance(ts(2026, 12, 3, 10, 30), {"h100": 4}, {"h100": 4})  # ready after 30 min
+    s = s.advance(ts(2026, 12, 3, 12), {"h100": 2}, {"h100": 2})
+    s = s.advance(ts(2026, 12, 3, 13))
+    assert s.reserved_seconds["h100"] / 3600 == pytest.approx(4 * 2 + 2 * 1)
+    assert s.serving_seconds["h100"] / 3600 == pytest.approx(4 * 1.5 + 2 * 1)
+
+
+def test_a_new_period_starts_from_zero_at_its_first_instant():
+    s = TenantGPUTime.starting(ts(2026, 12, 31, 23)).advance(ts(2026, 12, 31, 23), {"l4": 1}, {"l4": 1})
+    s = s.advance(ts(2027, 1, 1, 2))
+    assert s.period == "2027-01" and s.reserved_seconds["l4"] == pytest.approx(2 * 3600)
+    assert period_of(ts(2027, 2, 28, 23, 59)) == "2027-02"
+
+
+def test_a_restarted_operator_continues_from_the_status_it_wrote():
+    before = TenantGPUTime.starting(ts(2026, 12, 3)).advance(ts(2026, 12, 3), {"h100": 8}, {"h100": 6})
+    before = before.advance(ts(2026, 12, 3, 1))
+    status = before.to_status()
+    assert status["gpuHours"] == {"h100": {"reserved": 8.0, "serving": 6.0}}
+    again = TenantGPUTime.from_status(status)
+    assert again is not None
+    after = again.advance(ts(2026, 12, 3, 1, 30))  # away for 30 min: what held is counted
+    assert after.reserved_seconds["h100"] / 3600 == pytest.approx(12.0)
+    assert after.serving_seconds["h100"] / 3600 == pytest.approx(9.0)
+    assert TenantGPUTime.from_status({"gpus": {"h100": 2}}) is None
+
+
+def test_the_ledger_counts_every_entry():
+    assert reserved_gpus({"a/x": {"class": "h100", "gpus": 4}, "a/x#surge": {"class": "h100", "gpus": 2, "kind": "surge"},
+                          "a/p#pod": {"class": "l4", "gpus": 1, "kind": "pod"}}) == {"h100": 6, "l4": 1}
