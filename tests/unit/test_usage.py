@@ -50,3 +50,15 @@ def test_a_restarted_operator_continues_from_the_status_it_wrote():
 def test_the_ledger_counts_every_entry():
     assert reserved_gpus({"a/x": {"class": "h100", "gpus": 4}, "a/x#surge": {"class": "h100", "gpus": 2, "kind": "surge"},
                           "a/p#pod": {"class": "l4", "gpus": 1, "kind": "pod"}}) == {"h100": 6, "l4": 1}
+
+
+def test_increase_between_interpolates_at_the_ends_and_counts_resets():
+    from llmos_operator.cli_usage import increase_between, value_at
+
+    gpu = [(float(t), 4.0 * t) for t in range(0, 100, 10)]  # 4 GPUs, sampled every 10 s
+    assert increase_between(gpu, 15, 85, extrapolate=True) == pytest.approx(4 * 70)
+    assert value_at(gpu, 95, extrapolate=True) == pytest.approx(380)  # past the last sample: its slope, one interval
+    assert value_at(gpu, 95) == 360  # tokens: no growth is made up
+    tokens = [(0.0, 0.0), (10.0, 0.0), (20.0, 50.0), (30.0, 50.0), (40.0, 10.0), (50.0, 30.0)]  # a restart at 35
+    assert increase_between(tokens, 5, 55) == 50 + 30  # 50, then 30 after the restart
+    assert increase_between([(30.0, 7.0), (40.0, 9.0)], 0, 50) == 9  # a series born in the window counts in full
