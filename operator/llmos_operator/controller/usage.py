@@ -30,7 +30,7 @@ class UsageMeter(Collector):
         self.ctx, self.clock = ctx, clock
         self._lock = threading.Lock()
         self._states: dict[str, TenantGPUTime] = {}
-        self._persisted: dict[str, float] = {}
+        self._persisted: dict[str, tuple[float, tuple]] = {}  # tenant → (when, the GPUs then) as last written
         self._stop = threading.Event()
 
     # What holds now ---------------------------------------------------------------------------------------------
@@ -68,7 +68,11 @@ class UsageMeter(Collector):
             for name, (reserved, serving, stored) in seen.items():
                 state = self._states.get(name) or TenantGPUTime.from_status(stored) or TenantGPUTime.starting(now)
                 self._states[name] = state.advance(now, reserved, serving)
-            due = [n for n in self._states if now - self._persisted.get(n, 0.0) >= PERSIST_SECONDS]
+            # written every PERSIST_SECONDS and whenever the GPUs changed: a restarted operator integrates the time
+            # it was away with the GPUs last written, which are then the ones that held
+            due = [n for n, s in self._states.items()
+                   if now - self._persisted.get(n, (0.0, ()))[0] >= PERSIST_SECONDS
+                   or self._persisted.get(n, (0.0, ()))[1] != _gpus(s)]
         for name in due:
             self.persist(name)
 
@@ -80,7 +84,7 @@ class UsageMeter(Collector):
         try:
             self.ctx.kube.patch_status("Tenant", name, None, {"usage": state.to_status()})
             with self._lock:
-                self._persisted[name] = state.at
+                self._persisted[name] = (state.at, _gpus(state))
         except Exception as exc:  # noqa: BLE001 — the next tick writes again; the counters are unaffected
             log.warning("could not write the GPU time of tenant %s: %s", name, exc)
 
@@ -132,3 +136,7 @@ class UsageMeter(Collector):
                 g_res.add_metric([name, cls], s.reserved.get(cls, 0))
                 g_srv.add_metric([name, cls], s.serving.get(cls, 0))
         yield from (res, srv, g_res, g_srv)
+
+
+def _gpus(state: TenantGPUTime) -> tuple:
+    return tuple(sorted(state.reserved.items())), tuple(sorted(state.serving.items()))
