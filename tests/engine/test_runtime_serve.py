@@ -30,6 +30,7 @@ from tests.engine.conftest import Launcher, record
 from tests.support.lb import NO_BACKEND_HEADER, RoundRobinLB
 from tests.support.load import sse_data
 from tests.support.podspec import LocalPod, pod_to_local
+from tests.support.prometheus import Prometheus
 from tests.support.runtime_proc import RuntimeProcess, write_configmap
 from tests.support.tiny_model import TestModels
 from tests.support.waiting import wait_for
@@ -371,12 +372,17 @@ def test_a_key_revoked_during_a_stream_lets_it_finish_and_is_refused_next(pod, p
     assert refused_after < 10
 
 
-def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object):
+def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object, tmp_path):
+    """And billed: a real Prometheus scrapes the pod's health port; `llmos usage` over the window prints the tokens
+    the runtime counted."""
     _, rp = pod
     core, ns, _ = pod_object
     meter = "llmos-meter-" + uuid.uuid4().hex
     write_key_table(core, ns, {"admin": KEY, "meter": meter})
     _poll(lambda: _status(rp, meter) == 200, timeout=10, poll=0.05)
+    prom = Prometheus(tmp_path / "prometheus", {"runtime": [urlsplit(rp.health).netloc]}).start()
+    time.sleep(3)  # scraped before the window opens
+    window_start = time.time()
     base = {kind: _metric_value(rp, "llmos_runtime_key_tokens_total", key=f"{ns}/meter", model="tiny", kind=kind)
             for kind in ("prompt", "completion")}
     auth = {"Authorization": f"Bearer {meter}"}
@@ -405,6 +411,21 @@ def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object):
     record("metering: tokens counted by the client / metered (prompt, completion)",
            f"{prompt_tokens}/{metered['prompt']:.0f}, {completion_tokens}/{metered['completion']:.0f}")
     assert metered == {"prompt": prompt_tokens, "completion": completion_tokens}
+    time.sleep(3)
+    window_end = time.time()
+    time.sleep(3)  # scraped past the window's end
+    try:
+        from llmos_operator.cli_usage import Prometheus as PromAPI
+        from llmos_operator.cli_usage import bill
+
+        rows = {r["key"]: r for r in bill(PromAPI(prom.url), "engine-tests", window_start, window_end)["keys"]}
+    finally:
+        prom.stop()
+    billed = rows[f"{ns}/meter"]
+    record("metering: billed by llmos usage from Prometheus (prompt, completion, requests)",
+           f"{billed['prompt_tokens']}, {billed['completion_tokens']}, {billed['requests']}")
+    assert (billed["prompt_tokens"], billed["completion_tokens"]) == (prompt_tokens, completion_tokens)
+    assert billed["requests"] == 7 and billed["errors"] == 0  # 2 × (tokenize, completion, stream), 1 chat
 
 
 PROPAGATION = 5.0  # s a load balancer keeps sending after the pod turned not ready (issue 19's measurement)
