@@ -16,6 +16,9 @@ from collections import defaultdict
 NO_KEY = "-"
 OTHER_MODEL = "other"
 USAGE_MARK = b'"usage"'
+REQUESTS_METRIC = "llmos_runtime_key_requests"  # _total: by tenant, key, model, code
+TOKENS_METRIC = "llmos_runtime_key_tokens"  # _total: by tenant, key, model, kind (prompt, completion)
+REFUSALS_METRIC = "llmos_runtime_limit_refusals"  # _total: 429s by tenant, limit, scope
 
 
 def usage_tokens(usage: object) -> tuple[int, int]:
