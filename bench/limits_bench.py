@@ -117,8 +117,9 @@ async def main_async(args) -> None:
           f"(goal {goal:.0f} ± 10 %):")
     for ((mode, routing), _), counts in zip(setups.items(), results, strict=True):
         ok = counts.get("200", 0)
+        other = {k: v for k, v in counts.items() if k not in ("200", "429")}
         print(f"  {mode:5s} {routing:14s}  admitted {ok:5d} ({100 * ok / goal:5.1f} % of the limit), "
-              f"refused 429: {counts.get('429', 0)}, other: { {k: v for k, v in counts.items() if k not in ('200', '429')} }")
+              f"refused 429: {counts.get('429', 0)}, other: {other}")
 
 
 def main() -> None:
