@@ -66,7 +66,8 @@ class Manager:
             "ModelDeployment": self.triggers.model_deployment, "Namespace": self.triggers.namespace,
             "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.replica_set,
             "Service": self.triggers.child, "ConfigMap": self.triggers.child,
-            "PodDisruptionBudget": self.triggers.child, "BundleConfigMap": self.triggers.bundle_configmap,
+            "PodDisruptionBudget": self.triggers.child, "HTTPRoute": self.triggers.child,
+            "BundleConfigMap": self.triggers.bundle_configmap,
             "KeySecret": self.triggers.key_secret, "ApiKeySecret": self.triggers.api_key_secret,
         })
         self.ctx.cache.store = self.store

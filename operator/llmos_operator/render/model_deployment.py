@@ -56,6 +56,7 @@ from .common import (
     stable_hash,
     trust_configmap_name,
 )
+from .gateway import render_http_route
 
 RUNTIME_UID = 1000
 REVISION_HISTORY_LIMIT = 5
@@ -470,4 +471,7 @@ def render_children(
     ]
     if (mdep.spec.replicas if replicas is None else replicas) > 1:
         children.append(render_pdb(mdep))
+    route = render_http_route(mdep, config)
+    if route is not None:
+        children.append(route)
     return children
