@@ -381,7 +381,13 @@ def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object, tmp
     write_key_table(core, ns, {"admin": KEY, "meter": meter})
     _poll(lambda: _status(rp, meter) == 200, timeout=10, poll=0.05)
     prom = Prometheus(tmp_path / "prometheus", {"runtime": [urlsplit(rp.health).netloc]}).start()
-    time.sleep(3)  # scraped before the window opens
+    from llmos_operator.cli_usage import Prometheus as PromAPI
+    from llmos_operator.cli_usage import bill
+
+    series = f'llmos_runtime_key_tokens_total{{key="{ns}/meter"}}'
+    wait_for(lambda: PromAPI(prom.url).query(series, time.time()), timeout=60, interval=0.5,
+             message="Prometheus' first sample of the key's tokens")  # scraped before the window opens
+    time.sleep(2)
     window_start = time.time()
     base = {kind: _metric_value(rp, "llmos_runtime_key_tokens_total", key=f"{ns}/meter", model="tiny", kind=kind)
             for kind in ("prompt", "completion")}
@@ -415,9 +421,6 @@ def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object, tmp
     window_end = time.time()
     time.sleep(3)  # scraped past the window's end
     try:
-        from llmos_operator.cli_usage import Prometheus as PromAPI
-        from llmos_operator.cli_usage import bill
-
         rows = {r["key"]: r for r in bill(PromAPI(prom.url), "engine-tests", window_start, window_end)["keys"]}
     finally:
         prom.stop()
