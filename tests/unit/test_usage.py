@@ -62,3 +62,19 @@ def test_increase_between_interpolates_at_the_ends_and_counts_resets():
     tokens = [(0.0, 0.0), (10.0, 0.0), (20.0, 50.0), (30.0, 50.0), (40.0, 10.0), (50.0, 30.0)]  # a restart at 35
     assert increase_between(tokens, 5, 55) == 50 + 30  # 50, then 30 after the restart
     assert increase_between([(30.0, 7.0), (40.0, 9.0)], 0, 50) == 9  # a series born in the window counts in full
+
+
+def test_the_bill_prints_as_tables_and_as_csv(capsys):
+    from llmos_operator.cli_usage import print_bill
+
+    b = {"gpu": [{"tenant": "acme", "gpu_class": "h100", "gpu_hours_reserved": 12.5, "gpu_hours_serving": 11.0}],
+         "keys": [{"tenant": "acme", "key": "team-a/bot", "model": "chat", "requests": 10, "prompt_tokens": 100,
+                   "completion_tokens": 50, "errors": 1}]}
+    print_bill(b, ts(2026, 12, 1), ts(2026, 12, 2), as_csv=False)
+    out = capsys.readouterr().out
+    assert "usage from 2026-12-01T00:00:00Z to 2026-12-02T00:00:00Z" in out
+    assert "12.500" in out and "team-a/bot" in out and "COMPLETION TOKENS" in out
+    print_bill(b, ts(2026, 12, 1), ts(2026, 12, 2), as_csv=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("section,tenant,gpu_class") and lines[1].startswith("gpu,acme,h100")
+    assert lines[2].startswith("tokens,acme,,team-a/bot,chat,,,10,100,50,1")
