@@ -9,7 +9,8 @@ secret from its hash expensive. A 256-bit random key cannot be guessed from its 
 hash buys nothing — while it would cost milliseconds of CPU on every request (the guard's budget is 50 µs) and rule
 out a dictionary lookup (a salted slow hash must be tried against every key). A hand-written Secret is held to the
 same entropy: the operator refuses keys shorter than ``MIN_KEY_LENGTH`` characters. sha256 is collision and
-preimage resistant, in the standard library, and ~0.5 µs for a key.
+preimage resistant, in the standard library, and ~0.5 µs for a key. Looking the hash up in a dictionary leaks, by
+its timing at most, how much of a *hash* matched — which a caller cannot steer without preimages.
 
 Standard library only: the guard that uses the table runs inside the engine's process.
 """
