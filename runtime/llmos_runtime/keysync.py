@@ -40,14 +40,19 @@ class KeyTableWriter:
         self.written: str | None = None
         self.loaded = asyncio.Event()
         self.changed_at: float | None = None
+        self._served: list[str] | None = None
 
     def update(self, source: dict[str, Any] | None = None) -> None:
+        served = sorted(set(self.served()))
         if source is not None:
             KeyTable.from_json(source)  # refuse what the guard could not read (ValueError)
             self.source = source
+        elif served == self._served:
+            return  # nothing new (called every 0.5 s: a table of 10,000 keys is not serialised for nothing)
         if self.source is None:
             return
-        text = json.dumps({**self.source, "served": sorted(set(self.served()))}, sort_keys=True)
+        self._served = served
+        text = json.dumps({**self.source, "served": served}, sort_keys=True)
         if text == self.written:
             return
         tmp = self.path.with_suffix(".tmp")
