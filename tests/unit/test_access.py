@@ -225,3 +225,29 @@ def test_scan_stream_chunk_costs_a_search_when_there_is_no_usage():
 def test_access_is_off_unless_the_runtime_asks(tmp_path, monkeypatch):
     monkeypatch.delenv("LLMOS_GUARD_KEYS", raising=False)
     assert Access.from_env(str(tmp_path)) is None
+
+
+def test_the_runtime_hands_the_guard_each_new_table_and_the_names_it_serves(tmp_path):
+    from llmos_runtime.keysync import FileSource, KeyTableWriter
+
+    source_file, guard_dir = tmp_path / "table.json", tmp_path / "guard"
+    guard_dir.mkdir()
+    served = ["tiny"]
+    writer = KeyTableWriter(guard_dir, lambda: served)
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(FileSource(source_file, writer, interval=0.02).run(stop))
+        await asyncio.wait_for(writer.loaded.wait(), 2)  # no file yet: an empty table (nobody may call)
+        assert KeyTable.loads((guard_dir / "keys.json").read_text()).keys == {}
+        source_file.write_text(json.dumps(table_json([entry(KEY_A, "a")], tenant="acme")))
+        await asyncio.sleep(0.2)
+        table = KeyTable.loads((guard_dir / "keys.json").read_text())
+        assert list(table.keys) == [key_hash(KEY_A)] and table.served == frozenset({"tiny"})
+        served.append("lora-a")  # an adapter loaded: its name becomes a metrics label
+        await asyncio.sleep(0.2)
+        assert KeyTable.loads((guard_dir / "keys.json").read_text()).served == frozenset({"tiny", "lora-a"})
+        stop.set()
+        await task
+
+    asyncio.run(go())
