@@ -3,11 +3,12 @@ GPU-hours reserved and serving per tenant and GPU class (the operator's ``llmos_
 requests, prompt and completion tokens and errors per key and model (the runtimes' ``llmos_runtime_key_*_total``).
 
 How a counter's growth over [from, to] is computed (``increase_between``, pure): from its raw samples, the value at
-each end interpolated between the samples around it (exact for the GPU counters, which grow linearly between ledger
-changes, and for token counters that are idle at the ends), the samples in between added up with resets (a
-restarted pod, a new period) counted from zero. That needs the raw samples of the window, so windows longer than
-``RAW_WINDOW_SECONDS`` use Prometheus' ``increase()`` instead (it extrapolates at the ends: off by at most the
-growth of one scrape interval at each end).
+each end — interpolated for the GPU counters, which grow linearly between ledger changes (exact unless the ledger
+changed within the scrape interval at that end); the last sample's for token and request counts (steps: a request
+between the last scrape and an end is counted in the window after) — and the samples in between added up with
+resets (a restarted pod, a new period) counted from zero. That needs the raw samples of the window, so windows
+longer than ``RAW_WINDOW_SECONDS`` use Prometheus' ``increase()`` instead (it extrapolates at the ends: off by at
+most the growth of one scrape interval at each end).
 """
 
 from __future__ import annotations
@@ -37,18 +38,21 @@ Sample = tuple[float, float]
 
 
 def value_at(samples: Sequence[Sample], t: float, extrapolate: bool = False) -> float:
-    """A counter's value at ``t`` from its sorted samples: interpolated between the samples around it, 0 before
-    the first, the last one's past the end — or, with ``extrapolate`` (a counter of time, growing at a steady rate
-    between changes: GPU-seconds), at its last slope for at most one interval."""
+    """A counter's value at ``t`` from its sorted samples, 0 before the first. A count of events is a step: the
+    last sample's value (what happened since is counted in the next window). With ``extrapolate`` (a counter of
+    time, growing at a steady rate between changes: GPU-seconds) it is interpolated between the samples around
+    ``t``, and carried at the last slope for at most one interval past the last."""
     before = [s for s in samples if s[0] <= t]
     after = [s for s in samples if s[0] > t]
     if not before:
         return 0.0
     t0, v0 = before[-1]
+    if not extrapolate:
+        return v0  # a count of events (tokens, requests) is a step: what the last sample saw
     if after:
         t1, v1 = after[0]
         return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if v1 >= v0 else v0
-    if extrapolate and len(before) >= 2:
+    if len(before) >= 2:
         tp, vp = before[-2]
         if v0 >= vp and t - t0 <= t0 - tp:
             return v0 + (v0 - vp) * (t - t0) / (t0 - tp)

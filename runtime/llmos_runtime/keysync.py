@@ -105,6 +105,7 @@ class ConfigMapSource:
         self.name, self.namespace, self.writer = name, namespace, writer
         self._core = core_api
         self._stop = threading.Event()
+        self._response: Any = None
 
     def _api(self) -> Any:
         if self._core is None:
@@ -133,7 +134,7 @@ class ConfigMapSource:
                 except TimeoutError:
                     self.writer.update()  # the served names may have changed (adapters)
         finally:
-            self._stop.set()
+            self.stop()
 
     def _apply(self, table: dict[str, Any]) -> None:
         try:
@@ -142,32 +143,45 @@ class ConfigMapSource:
             log.error("ConfigMap %s/%s holds no valid key table: %s", self.namespace, self.name, e)
 
     def _watch(self, deliver: Callable[[dict | None], None]) -> None:
-        from kubernetes import watch
+        from kubernetes.watch.watch import iter_resp_lines
 
         backoff = 1.0
         selector = f"metadata.name={self.name}"
         while not self._stop.is_set():
             try:
                 core = self._api()
-                listed = core.list_namespaced_config_map(self.namespace, field_selector=selector,
-                                                         _preload_content=False)
-                doc = json.loads(listed.data)
-                items = doc.get("items") or []
+                listed = json.loads(core.list_namespaced_config_map(
+                    self.namespace, field_selector=selector, _preload_content=False).data)
+                items = listed.get("items") or []
                 deliver(items[0] if items else None)
-                version = doc["metadata"]["resourceVersion"]
+                version = listed["metadata"]["resourceVersion"]
                 backoff = 1.0
-                w = watch.Watch()
-                for event in w.stream(core.list_namespaced_config_map, self.namespace, field_selector=selector,
-                                      resource_version=version, timeout_seconds=300):
-                    if self._stop.is_set():
-                        w.stop()
-                        return
-                    raw = event.get("raw_object") or {}
-                    if event.get("type") == "ERROR":
-                        break
-                    deliver(None if event.get("type") == "DELETED" else raw)
+                while not self._stop.is_set():  # watch from there; a 410 or an ERROR event lists again
+                    self._response = core.list_namespaced_config_map(
+                        self.namespace, field_selector=selector, resource_version=version, watch=True,
+                        allow_watch_bookmarks=True, timeout_seconds=300, _preload_content=False)
+                    for line in iter_resp_lines(self._response):
+                        event = json.loads(line)
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            raise RuntimeError(obj.get("message") or "watch error")
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if kind != "BOOKMARK":
+                            deliver(None if kind == "DELETED" else obj)
             except Exception as e:  # noqa: BLE001 — the watch is re-opened; the last table stays in force
+                if self._stop.is_set():
+                    return
                 log.warning("watching ConfigMap %s/%s failed (%s); retrying in %.0f s", self.namespace, self.name,
                             e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(10.0, backoff * 2)
+
+    def stop(self) -> None:
+        """End the watch now (its response is closed, so a read blocked on it returns)."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            try:
+                response.close()
+            except Exception:  # noqa: BLE001 — already closed
+                pass

@@ -71,6 +71,7 @@ class GuardFile:
     def __exit__(self, *exc):
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+        self.source.stop()
 
     def hashes(self) -> set[str]:
         try:
