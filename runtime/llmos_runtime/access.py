@@ -22,7 +22,7 @@ from typing import Any
 from .answers import respond as _refuse
 from .keys import TABLE_FILE, KeyTable, key_hash
 from .limits import LocalLimiter, Refused
-from .metering import NO_KEY, OTHER_MODEL, Meter, scan_stream_chunk, usage_of, usage_tokens
+from .metering import NO_KEY, OTHER_MODEL, USAGE_MARK, Meter, scan_stream_chunk, usage_of, usage_tokens
 
 ENV_KEYS = "LLMOS_GUARD_KEYS"  # "required": the guard enforces API keys (the runtime sets it)
 ENV_SERVED = "LLMOS_GUARD_SERVED"  # the served model name (a request naming no model is for it)
@@ -121,8 +121,9 @@ class Access:
                 self.meter.known(table.tenant, entry.id, self.served_name)
         return table
 
-    async def handle(self, scope: dict, receive, send, app) -> None:
-        """Refuse (401/403/429) or pass the request on to ``app``, metering its answer."""
+    async def handle(self, scope: dict, receive, send, app, counted: Any = None) -> None:
+        """Refuse (401/403/429) or pass the request on to ``app``, metering its answer (``counted``: the guard's
+        wrapper of this request, whose ``send`` hands each message to the answer's ``see``)."""
         table = self._table()
         if table is None:
             return await _refuse(send, 503, error_json("API keys are not loaded yet; retry", "server_error",
@@ -163,8 +164,12 @@ class Access:
         answer = _Answer(self.meter, table.tenant, entry.id, label)
         if isinstance(doc, dict) and doc.get("stream") and scope["path"] in USAGE_ROUTES:
             body, scope = answer.ask_for_usage(doc, scope, body)
+        if counted is not None:
+            counted.answer = answer
+        else:
+            send = _seen_by(answer, send)
         try:
-            await app(scope, _replay(body, gone, receive), answer.wrap(send))
+            await app(scope, _replay(body, gone, receive), send)
         finally:
             tokens = answer.finish()
             await self.limiter.done(entry, table.tenant, table.tenant_limits, replicas, tokens, request_id)
@@ -194,6 +199,13 @@ def _replay(body: bytes, gone: bool, receive):
     return replay
 
 
+def _seen_by(answer: _Answer, send):
+    async def seen(message):
+        await send(answer.see(message["type"], message))
+
+    return seen
+
+
 class _Answer:
     """One admitted request's answer: its status, its usage."""
 
@@ -218,28 +230,27 @@ class _Answer:
         headers.append((b"content-length", str(len(body)).encode()))
         return body, {**scope, "headers": headers}
 
-    def wrap(self, send):
-        async def metered(message):
-            kind = message["type"]
-            if kind == "http.response.start":
-                self.code = message.get("status", 500)
-                for k, v in message.get("headers", ()):
-                    if k.lower() == b"content-type":
-                        self.stream = v.startswith(b"text/event-stream")
-            elif kind == "http.response.body":
-                body = message.get("body", b"")
-                if self.stream:
+    def see(self, kind: str, message: dict) -> dict:
+        """Each message of the answer, on its way out (called by the guard's own send wrapper: no extra layer per
+        streamed event); returns what is sent."""
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            if self.stream:
+                if USAGE_MARK in body:  # the last event or two of a stream; every other event costs this search
                     kept, usage = scan_stream_chunk(body, self.strip)
                     if usage is not None:
                         self.usage = usage
-                        if kept is not body and len(kept) != len(body):
-                            message = {**message, "body": kept}
-                elif self.code < 400 and self.size < MAX_METERED_BODY:
-                    self.parts.append(body)
-                    self.size += len(body)
-            await send(message)
-
-        return metered
+                        if len(kept) != len(body):
+                            return {**message, "body": kept}
+            elif self.code < 400 and self.size < MAX_METERED_BODY:
+                self.parts.append(body)
+                self.size += len(body)
+        elif kind == "http.response.start":
+            self.code = message.get("status", 500)
+            for k, v in message.get("headers", ()):
+                if k.lower() == b"content-type":
+                    self.stream = v.startswith(b"text/event-stream")
+        return message
 
     def finish(self) -> int:
         """Meter the answer; returns its tokens (prompt + completion)."""

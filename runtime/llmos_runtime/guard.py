@@ -159,11 +159,12 @@ class _Counted:
     """One inference request: counted in flight, and as waiting on the engine from the end of its body until its
     answer is complete, except while the server writes to the client."""
 
-    __slots__ = ("guard", "close", "body_in", "sending", "done", "_receive", "_send")
+    __slots__ = ("guard", "close", "body_in", "sending", "done", "answer", "_receive", "_send")
 
     def __init__(self, guard: InferenceOnly, close: bool):
         self.guard, self.close = guard, close
         self.body_in = self.sending = self.done = False
+        self.answer = None  # with API keys: the metering of this answer (access.py), shown every message
 
     def _counts(self) -> bool:
         return self.body_in and not self.sending and not self.done
@@ -174,7 +175,7 @@ class _Counted:
         g.inflight += 1
         try:
             if g.access is not None and g.access.needs_key(scope["method"], scope["path"]):
-                return await g.access.handle(scope, self.receive, self.send, g.app)
+                return await g.access.handle(scope, self.receive, self.send, g.app, self)
             return await g.app(scope, self.receive, self.send)
         finally:
             g.inflight -= 1
@@ -192,6 +193,8 @@ class _Counted:
 
     async def send(self, message):
         kind = message["type"]
+        if self.answer is not None:
+            message = self.answer.see(kind, message)
         if self.close and kind == "http.response.start":
             # drain grace: this answer ends its connection, so a pooled client reconnects (to another replica)
             message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
