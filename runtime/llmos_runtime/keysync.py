@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -177,11 +178,12 @@ class ConfigMapSource:
                 backoff = min(10.0, backoff * 2)
 
     def stop(self) -> None:
-        """End the watch now (its response is closed, so a read blocked on it returns)."""
+        """End the watch now: its socket is shut down, so a read blocked on it returns at once (closing the response
+        instead would wait for the reader's buffer lock, i.e. for the next event: measured 22 s at a runtime's exit)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
+        sock = getattr(getattr(self._response, "connection", None), "sock", None)
+        if sock is not None:
             try:
-                response.close()
-            except Exception:  # noqa: BLE001 — already closed
-                pass
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
