@@ -7,7 +7,7 @@ PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export LLMOS_CACHE
 
-.PHONY: venv binaries images podman demo test crds lint clean-cluster
+.PHONY: venv binaries images podman tools demo test crds lint clean-cluster
 
 $(UV):
 	python3 -m venv $(LLMOS_CACHE)/uv-$(UV_VERSION)
@@ -41,10 +41,15 @@ lint: venv
 crds: venv
 	$(PY) -m llmos_operator.api.crdgen --write
 
-demo: venv binaries
+# Redis/Valkey (the API keys' shared limit store) and Prometheus (metering), from Debian's packages; the tests and
+# the demo start their own servers on loopback.
+tools:
+	bash hack/setup-tools.sh
+
+demo: venv binaries tools
 	$(PY) -m llmos_operator.cli dev demo
 
-test: venv binaries images
+test: venv binaries images tools
 	bash hack/run-tests.sh
 
 clean-cluster: venv

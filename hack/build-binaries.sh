@@ -10,6 +10,7 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 KWOK_GO_TOOLCHAIN="${KWOK_GO_TOOLCHAIN:-go1.27.3}"   # kwok's go.mod asks for Go 1.27
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"   # kstatus: the reference status reader (Flux, kpt)
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.6.3}"  # the Gateway API CRDs the operator's HTTPRoutes are checked against
 CACHE="${LLMOS_CACHE:-$HOME/.cache/llmos}"
 BIN="$CACHE/bin"
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -93,11 +94,27 @@ kstatus() {
   build_in_module "$mod" "$dir/kstatus" "." ""
 }
 
+# The Gateway API's standard CRDs (no binary): the module's config/crd/standard, copied out of the module cache.
+gateway_api() {
+  local dir="$BIN/gateway-api-$GATEWAY_API_VERSION" src
+  [[ -f "$dir/standard-install.yaml" ]] && return 0
+  mkdir -p "$dir"
+  src=$(cd "$CACHE" && GOFLAGS= go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+        | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  for f in "$src"/config/crd/standard/*.yaml; do
+    grep -q '^kind: CustomResourceDefinition' "$f" || continue  # (a ValidatingAdmissionPolicy ships beside them)
+    cat "$f"; echo "---"
+  done > "$dir/standard-install.yaml.tmp"
+  mv "$dir/standard-install.yaml.tmp" "$dir/standard-install.yaml"
+  log "Gateway API $GATEWAY_API_VERSION CRDs in $dir"
+}
+
 case "${1:-all}" in
-  all) k8s; etcd; kwok; helm; kstatus ;;
+  all) k8s; etcd; kwok; helm; kstatus; gateway_api ;;
   paths)
     echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
     echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)"
-    echo "KSTATUS_BIN=$BIN/kstatus-$CLI_UTILS_VERSION-$(sha256sum "$(dirname "$0")/kstatus/main.go" | cut -c1-12)" ;;
+    echo "KSTATUS_BIN=$BIN/kstatus-$CLI_UTILS_VERSION-$(sha256sum "$(dirname "$0")/kstatus/main.go" | cut -c1-12)"
+    echo "GATEWAY_API_CRDS=$BIN/gateway-api-$GATEWAY_API_VERSION/standard-install.yaml" ;;
   *) "$1" ;;
 esac

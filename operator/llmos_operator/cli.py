@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     from llmos_signing.cli import add_model_commands  # the same distribution: present in every install
 
     add_model_commands(sub)
+    from .cli_keys import add_key_commands
+    from .cli_usage import add_usage_command
+
+    add_key_commands(sub)
+    add_usage_command(sub)
     return parser
 
 

@@ -142,6 +142,22 @@ class TenancyConfig(_Config):
     default_requests: DefaultRequests = Field(default_factory=DefaultRequests)
 
 
+class LimitsConfig(_Config):
+    """API keys' limits: exact across a deployment's replicas when they share a store (Valkey/Redis,
+    ``redis://host:port``; the tenant pods' egress must reach it), else each replica enforces its share."""
+
+    store_url: str | None = Field(None, pattern=r"^(redis|valkey)://", max_length=512, alias="storeURL")
+
+
+class GatewayConfig(_Config):
+    """A Gateway API parent (or several) that exposes every ModelDeployment: an HTTPRoute per deployment,
+    ``/<namespace>/<name>/v1`` → its Service (prefix rewritten to ``/v1``). Unset: no routes. The Gateway's listener
+    must admit routes from tenant namespaces (its allowedRoutes)."""
+
+    parent_refs: tuple[dict[str, Any], ...] = ()  # Gateway API ParentReference: name, namespace, sectionName, port
+    hostnames: tuple[str, ...] = ()
+
+
 def _default_gpu_classes() -> dict[str, GPUClass]:
     return {
         "h100": GPUClass(
@@ -166,6 +182,8 @@ class OperatorConfig(_Config):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     # The operator's own namespace (trusted-key Secrets live only there; no tenant may claim it). The chart sets it
     # through $LLMOS_OPERATOR_NAMESPACE.
     operator_namespace: str = Field(default_factory=lambda: os.environ.get("LLMOS_OPERATOR_NAMESPACE", "llmos-system"))

@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter-max-bytes", type=int, default=C.DEFAULT_ADAPTER_MAX_BYTES,
                    help="the largest adapter copied into pod-private storage before it is verified and loaded "
                    "(default %(default)s)")
+    keys = s.add_mutually_exclusive_group()
+    keys.add_argument("--api-keys-configmap", default=None, metavar="NAME",
+                      help="require API keys: the key table is this ConfigMap of the pod's namespace "
+                      "(LLMOS_POD_NAMESPACE), watched through the API")
+    keys.add_argument("--api-keys-file", type=Path, default=None, metavar="PATH",
+                      help="require API keys: the key table is this file (read every 0.25 s)")
+    s.add_argument("--limits-store", default=None, metavar="redis://HOST:PORT",
+                   help="Valkey/Redis shared by the replicas: limits exact across them (password: "
+                   "$LLMOS_LIMITS_STORE_PASSWORD); without it each replica enforces its share")
     s.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- then vLLM arguments")
     return p
 
@@ -146,6 +155,10 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
                  "adapter_max_bytes"):
         if getattr(ns, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if ns.limits_store is not None and not (ns.api_keys_configmap or ns.api_keys_file):
+        parser.error("--limits-store needs --api-keys-configmap or --api-keys-file (limits belong to keys)")
+    if ns.limits_store is not None and not ns.limits_store.startswith(("redis://", "valkey://")):
+        parser.error(f"--limits-store must be redis://HOST:PORT, not {ns.limits_store!r}")
     if not 0 < ns.watchdog_unready_after < ns.watchdog_restart_after:
         parser.error("need 0 < --watchdog-unready-after < --watchdog-restart-after")
     return RuntimeConfig(
@@ -177,6 +190,9 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         watchdog_restart_after=ns.watchdog_restart_after,
         keep_alive=ns.keep_alive,
         adapter_max_bytes=ns.adapter_max_bytes,
+        api_keys_configmap=ns.api_keys_configmap,
+        api_keys_file=ns.api_keys_file,
+        limits_store=ns.limits_store,
     )
 
 

@@ -69,6 +69,13 @@ class RuntimeConfig:
     watchdog_restart_after: float = DEFAULT_WATCHDOG_RESTART_AFTER
     keep_alive: int = DEFAULT_KEEP_ALIVE
     adapter_max_bytes: int = DEFAULT_ADAPTER_MAX_BYTES
+    api_keys_configmap: str | None = None  # the key table: a ConfigMap of the pod's namespace, watched
+    api_keys_file: Path | None = None  # ... or a local file
+    limits_store: str | None = None  # redis://host:port shared by the replicas
+
+    @property
+    def keys_required(self) -> bool:
+        return self.api_keys_configmap is not None or self.api_keys_file is not None
 
     @property
     def lora_enabled(self) -> bool:
@@ -154,12 +161,18 @@ def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None, *, gua
     (the guard lets only the runtime's token through to them), the guard's marker directory and token — and none
     of the SageMaker bootstrap's code hooks: ``CUSTOM_*`` dropped, ``SAGEMAKER_MODEL_PATH`` pinned to ``empty_dir``
     (an empty directory: no ``model.py`` or requirements from the pod's ``/opt/ml/model``)."""
+    from .access import ENV_KEYS, ENV_SERVED, ENV_STORE
     from .guard import ENV_DIR, ENV_TOKEN
 
     env = {k: v for k, v in (os.environ if base is None else base).items()
            if not k.startswith(SAGEMAKER_CODE_PREFIX)}
-    env.pop(ENV_TOKEN, None)
-    env.pop(ENV_DIR, None)
+    for name in (ENV_TOKEN, ENV_DIR, ENV_KEYS, ENV_SERVED, ENV_STORE):
+        env.pop(name, None)  # only the runtime says these
+    if cfg.keys_required:
+        env[ENV_KEYS] = "required"
+        env[ENV_SERVED] = cfg.served_name
+        if cfg.limits_store:
+            env[ENV_STORE] = cfg.limits_store
     if guard_dir is not None:
         env[ENV_DIR] = str(guard_dir)
     if guard_token is not None:

@@ -24,6 +24,8 @@ Per request it decides:
 - The in-flight count (``GET /llmos/inflight``, runtime token only): inference requests in flight, and how many of
   them wait on the engine (the body is in, no answer is being written: a client reading slowly, or still sending
   its body, is not the engine's delay). The runtime's watchdog and drain read it.
+- API keys (access.py), when the runtime enforces them: 401 without a valid key, 403 for a model the key may not
+  call, 429 over a limit; the answers' usage metered per key and model (``GET /llmos/metering``, runtime token).
 - WebSocket (vLLM's ``/v1/realtime`` audio endpoint) is refused: the handshake is closed (HTTP 403); llmos serves
   text models.
 
@@ -37,16 +39,20 @@ import json
 import os
 import re
 
+from .answers import GUARD_HEADER, GUARD_REFUSED
+from .answers import respond as _respond
+
+__all__ = ["GUARD_HEADER", "GUARD_REFUSED", "InferenceOnly"]
+
 TOKEN_HEADER = "x-llmos-runtime-token"
 DRAINING_HEADER = "X-LLMOS-Draining"
 INFLIGHT_PATH = "/llmos/inflight"
+METERING_PATH = "/llmos/metering"
 ENV_DIR = "LLMOS_GUARD_DIR"
 ENV_TOKEN = "LLMOS_GUARD_TOKEN"
 SERVING_MARKER = "serving"
 CLOSING_MARKER = "closing"
 DRAINING_MARKER = "draining"
-GUARD_HEADER = "X-LLMOS-Guard"
-GUARD_REFUSED = b"refused"
 
 # The inference API of vLLM 0.32's OpenAI-compatible server: (methods, path pattern). Nothing else is served.
 INFERENCE_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = tuple(
@@ -80,6 +86,7 @@ RUNTIME_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/v1/load_lora_adapter"),
     ("POST", "/v1/unload_lora_adapter"),
     ("GET", INFLIGHT_PATH),
+    ("GET", METERING_PATH),
     ("GET", "/metrics"),
     ("GET", "/health"),  # the runtime's health poll must see the engine, not the replica's readiness
 )
@@ -94,13 +101,6 @@ def error_body(message: str, code: int, err_type: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}}).encode()
 
 
-async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (GUARD_HEADER.lower().encode(), GUARD_REFUSED), *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
 class InferenceOnly:
     """ASGI middleware: see the module docstring."""
 
@@ -111,6 +111,9 @@ class InferenceOnly:
         self._closing = os.path.join(d, CLOSING_MARKER) if d else None
         self._draining = os.path.join(d, DRAINING_MARKER) if d else None
         self._token = (token if token is not None else os.environ.get(ENV_TOKEN, "")).encode()
+        from .access import Access
+
+        self.access = Access.from_env(d)
         self.inflight = 0
         self.waiting = 0  # of those, requests whose body is in and whose answer is not being written
 
@@ -134,6 +137,8 @@ class InferenceOnly:
             if path == INFLIGHT_PATH:
                 body = json.dumps({"inflight": self.inflight, "waiting": self.waiting}).encode()
                 return await _respond(send, 200, body)
+            if path == METERING_PATH:
+                return await _respond(send, 200, self.access.meter.exposition() if self.access else b"")
             return await self.app(scope, receive, send)
         if not is_inference_route(method, path):
             return await _respond(send, 404, error_body(
@@ -154,11 +159,12 @@ class _Counted:
     """One inference request: counted in flight, and as waiting on the engine from the end of its body until its
     answer is complete, except while the server writes to the client."""
 
-    __slots__ = ("guard", "close", "body_in", "sending", "done", "_receive", "_send")
+    __slots__ = ("guard", "close", "body_in", "sending", "done", "answer", "_receive", "_send")
 
     def __init__(self, guard: InferenceOnly, close: bool):
         self.guard, self.close = guard, close
         self.body_in = self.sending = self.done = False
+        self.answer = None  # with API keys: the metering of this answer (access.py), shown every message
 
     def _counts(self) -> bool:
         return self.body_in and not self.sending and not self.done
@@ -168,6 +174,8 @@ class _Counted:
         g = self.guard
         g.inflight += 1
         try:
+            if g.access is not None and g.access.needs_key(scope["method"], scope["path"]):
+                return await g.access.handle(scope, self.receive, self.send, g.app, self)
             return await g.app(scope, self.receive, self.send)
         finally:
             g.inflight -= 1
@@ -185,6 +193,8 @@ class _Counted:
 
     async def send(self, message):
         kind = message["type"]
+        if self.answer is not None:
+            message = self.answer.see(kind, message)
         if self.close and kind == "http.response.start":
             # drain grace: this answer ends its connection, so a pooled client reconnects (to another replica)
             message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from .guard import METERING_PATH
 from .state import RuntimeState
 
 if TYPE_CHECKING:
@@ -84,14 +85,14 @@ class HealthServer:
         if url and self.state.engine_exited is None:
             if self.session is None:
                 self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-            try:
-                async with self.session.get(url + "/metrics", headers=self._engine_headers) as r:
-                    if r.status == 200:
-                        engine_text = await r.read()
-            except (aiohttp.ClientError, TimeoutError) as e:
-                log.debug("engine metrics unavailable: %s", e)
-        if engine_text and not engine_text.endswith(b"\n"):
-            engine_text += b"\n"
+            for path in ("/metrics", METERING_PATH):  # vLLM's, then the guard's metering (keys, tokens)
+                try:
+                    async with self.session.get(url + path, headers=self._engine_headers) as r:
+                        if r.status == 200:
+                            text = await r.read()
+                            engine_text += text if not text or text.endswith(b"\n") else text + b"\n"
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    log.debug("engine metrics unavailable (%s): %s", path, e)
         return web.Response(body=engine_text + self.state.metrics.exposition(),
                             headers={"Content-Type": PROM_CONTENT_TYPE})
 

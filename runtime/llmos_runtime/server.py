@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -256,6 +257,7 @@ class Runtime:
         verified_files = await self._verify(model_dir, fetched_verified)
         await self._start_engine(model_dir)
         await self._load_adapters()
+        await self._load_keys()
         await self._check_before_ready(model_dir, verified_files)
         return await self._serve_until_stopped()
 
@@ -362,6 +364,32 @@ class Runtime:
         await self._until_drain(self.adapters.reconcile(force=True))
         state.metrics.phase_seconds.labels(phase="adapters").set(time.monotonic() - t)
         self._tasks.append(asyncio.create_task(self.adapters.run(self._watch_stop)))
+
+    async def _load_keys(self) -> None:
+        """With API keys required, the guard's key table is in place before the replica turns ready, and kept
+        current from then on (keysync.py)."""
+        cfg = self.cfg
+        if not cfg.keys_required:
+            return
+        from .keysync import ConfigMapSource, FileSource, KeyTableWriter
+
+        assert self.guard_dir is not None
+        writer = KeyTableWriter(self.guard_dir, self._served_names)
+        if cfg.api_keys_file is not None:
+            source: Any = FileSource(cfg.api_keys_file, writer)
+        else:
+            namespace = os.environ.get("LLMOS_POD_NAMESPACE", "")
+            if not namespace:
+                raise self._failed("--api-keys-configmap needs LLMOS_POD_NAMESPACE (the pod's namespace)",
+                                   EXIT_FAILURE)
+            source = ConfigMapSource(cfg.api_keys_configmap or "", namespace, writer)
+        # its own stop (the task is cancelled at exit): revocations stay in force through the drain grace
+        self._tasks.append(asyncio.create_task(source.run(asyncio.Event())))
+        await self._until_drain(writer.loaded.wait())
+
+    def _served_names(self) -> list[str]:
+        loaded = self.adapters.loaded() if self.adapters is not None else []
+        return [self.cfg.served_name, *loaded]
 
     async def _check_before_ready(self, model_dir: Path, verified_files: Snapshot | None) -> None:
         """The files vLLM loaded are still the ones that were hashed (nothing added, removed or rewritten since)."""

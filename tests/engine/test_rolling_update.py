@@ -33,6 +33,8 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.engine
 
+# The rollout is what is tested here; API keys have their tests on real vLLM in test_runtime_serve.py.
+NO_KEYS = {"apiKeys": "Disabled"}
 # CPU mode through the ModelDeployment's own fields (allow-listed engine flags): the rendered pod command already
 # carries them. tensorParallelSize is gpu.count (1).
 CPU_ENGINE = {"maxModelLen": 512, "extraArgs": ["--dtype", "float32"]}
@@ -166,7 +168,7 @@ def test_a_revision_bump_rolls_without_a_failed_request(kubelet_tenant: KubeletT
                       signature={"bundleRef": {"name": "m-v1-sig", "key": "model.sig"}})
         objects.wait_condition("models", "m", "Verified", "True", timeout=60)
         assert objects.get("models", "m")["status"]["digest"] == digests["v1"]
-        objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE,
+        objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE, access=NO_KEYS,
                            rollout={"maxSurge": 1, "maxUnavailable": 0})
 
         started = time.monotonic()
@@ -250,7 +252,7 @@ def test_a_runtime_that_fails_is_restarted_and_its_message_reaches_the_status(ku
     kt.objects.model("m", policy="Required", source={"uri": f"file://{test_models.model_v2}"},
                      signature={"bundleRef": {"name": "m-v1-sig", "key": "model.sig"}})
     kt.objects.wait_condition("models", "m", "Verified", "True", timeout=60)
-    kt.objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE)
+    kt.objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE, access=NO_KEYS)
 
     def failed_and_restarted():
         for pod in kt.core.list_namespaced_pod(kt.namespace).items:

@@ -30,6 +30,7 @@ from tests.engine.conftest import Launcher, record
 from tests.support.lb import NO_BACKEND_HEADER, RoundRobinLB
 from tests.support.load import sse_data
 from tests.support.podspec import LocalPod, pod_to_local
+from tests.support.prometheus import Prometheus
 from tests.support.runtime_proc import RuntimeProcess, write_configmap
 from tests.support.tiny_model import TestModels
 from tests.support.waiting import wait_for
@@ -38,6 +39,10 @@ pytestmark = pytest.mark.engine
 
 MAX_MODEL_LEN = 1024
 HOT_LOAD_CYCLES = 5
+# The rendered pod requires API keys (the default): the tests' key, in the namespace's key table (the tests of keys
+# themselves run on this same runtime, before the drain).
+KEY = "llmos-engine-tests-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _render(models: TestModels):
@@ -103,6 +108,26 @@ def pod_object(cluster):
     core.delete_namespace(ns)
 
 
+def write_key_table(core, ns: str, keys: dict[str, str], limits: dict[str, dict] | None = None,
+                    tenant_limits: dict | None = None) -> None:
+    """What the operator renders from the namespace's key Secrets (core/api_keys.py), written as it would be."""
+    import base64
+
+    from llmos_operator.core.api_keys import render_key_table, summarize_key_secret
+
+    summaries = []
+    for name, key in keys.items():
+        data = {"key": key, **{k: str(v) for k, v in ((limits or {}).get(name) or {}).items()}}
+        summaries.append(summarize_key_secret({
+            "type": "llmos.dev/api-key", "metadata": {"name": name, "namespace": ns},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}))
+    cm = render_key_table(ns, "engine-tests", summaries, tenant_limits, {"tiny": 1})
+    try:
+        core.replace_namespaced_config_map("llmos-api-keys", ns, cm)
+    except Exception:  # noqa: BLE001 — not there yet
+        core.create_namespaced_config_map(ns, cm)
+
+
 def _has_default_service_account(core, ns: str) -> bool:
     from kubernetes import client
 
@@ -125,7 +150,8 @@ def pod(test_models: TestModels, pvc_models: Path, launcher: Launcher, tmp_path_
     deployment, configmaps = _render(test_models)
     local = pod_to_local(deployment, configmaps, fsroot=tmp_path_factory.mktemp("pod-fs"),
                          pvcs={"models": pvc_models}, base_env=os.environ)
-    _, ns, name = pod_object
+    core, ns, name = pod_object
+    write_key_table(core, ns, {"admin": KEY})
     local.env.update(KUBECONFIG=str(cluster.kubeconfig), LLMOS_POD_NAMESPACE=ns, LLMOS_POD_NAME=name)
     rp = launcher.adopt(RuntimeProcess(argv=local.argv, env=local.env, log_path=local.fsroot / "runtime.log",
                                        port=local.port, health_port=local.health_port, name="rendered-pod"))
@@ -139,8 +165,8 @@ def test_rendered_pod_serves_completions_and_chat(pod):
     local, rp = pod
     # the command line really is the rendered one (paths and ports mapped, CPU mode after `--`)
     assert local.container["command"][:2] == ["llmos-runtime", "serve"]
-    assert "--signature" in rp.argv and "--adapters-file" in rp.argv
-    with httpx.Client(base_url=rp.api, timeout=60) as c:
+    assert "--signature" in rp.argv and "--adapters-file" in rp.argv and "--api-keys-configmap" in rp.argv
+    with httpx.Client(base_url=rp.api, timeout=60, headers=AUTH) as c:
         r = c.post("/v1/completions", json={"model": "tiny", "prompt": "hello world", "max_tokens": 8})
         assert r.status_code == 200, r.text
         body = r.json()
@@ -178,7 +204,7 @@ class BaseTraffic:
 
     def _run(self):
         deadline = time.monotonic() + 900
-        with httpx.Client(base_url=self.url, timeout=60) as c:
+        with httpx.Client(base_url=self.url, timeout=60, headers=AUTH) as c:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 self.sent += 1
                 try:
@@ -231,7 +257,7 @@ def test_adapter_hot_load(pod, test_models: TestModels, pod_object):
         return [a["name"] for a in httpx.get(rp.health + "/adapters", timeout=10).json()["loaded"]]
 
     load_times, unload_times = [], []
-    with BaseTraffic(rp.api) as base, httpx.Client(base_url=rp.api, timeout=60) as c:
+    with BaseTraffic(rp.api) as base, httpx.Client(base_url=rp.api, timeout=60, headers=AUTH) as c:
         assert _answers(c, "lora-a") == 200 and _answers(c, "lora-b") == 404
         for _ in range(HOT_LOAD_CYCLES):
             # add lora-b (signed; its bundle travels in the ConfigMap, path relative to adapters.json)
@@ -274,6 +300,137 @@ def test_adapter_hot_load(pod, test_models: TestModels, pod_object):
     assert max(load_times) < 5
 
 
+def _metric_value(rp: RuntimeProcess, name: str, **labels: str) -> float:
+    text = httpx.get(rp.health + "/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+
+
+def _status(rp: RuntimeProcess, key: str | None, model: str = "tiny") -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(rp.api + "/v1/completions", headers=headers, timeout=60,
+                      json={"model": model, "prompt": "hi", "max_tokens": 1}).status_code
+
+
+def test_api_keys_401_403_429_in_openai_shape(pod, pod_object):
+    local, rp = pod
+    core, ns, _ = pod_object
+    adapter_only, limited = "llmos-adapter-only-" + uuid.uuid4().hex, "llmos-limited-" + uuid.uuid4().hex
+    write_key_table(core, ns, {"admin": KEY, "adapter-only": adapter_only, "limited": limited},
+                    limits={"adapter-only": {"models": "lora-a"}, "limited": {"requestsPerMinute": 60}})
+    _, took = _poll(lambda: _status(rp, limited) == 200, timeout=10, poll=0.05)
+    record("keys: new key in force after (s)", round(took, 2))
+    r = httpx.post(rp.api + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert _status(rp, "llmos-not-a-key-" + uuid.uuid4().hex) == 401
+    r = httpx.post(rp.api + "/v1/completions", headers={"Authorization": f"Bearer {adapter_only}"}, timeout=30,
+                   json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+    assert _status(rp, adapter_only, model="lora-a") == 200
+    # 60/min: a burst of one, then one a second
+    r = httpx.post(rp.api + "/v1/completions", headers={"Authorization": f"Bearer {limited}"}, timeout=30,
+                   json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(r.headers["retry-after"]) >= 1
+    assert _metric_value(rp, "llmos_runtime_key_requests_total", key=f"{ns}/limited", code="429") >= 1
+    assert _metric_value(rp, "llmos_runtime_key_requests_total", key=f"{ns}/adapter-only", code="403") == 1
+
+
+def test_a_key_revoked_during_a_stream_lets_it_finish_and_is_refused_next(pod, pod_object):
+    _, rp = pod
+    core, ns, _ = pod_object
+    streamer = "llmos-streamer-" + uuid.uuid4().hex
+    write_key_table(core, ns, {"admin": KEY, "streamer": streamer})
+    _poll(lambda: _status(rp, streamer) == 200, timeout=10, poll=0.05)
+    chunks, revoked_at, refused_after, usage_seen, finish = 0, None, None, False, None
+    with httpx.Client(base_url=rp.api, timeout=120, headers={"Authorization": f"Bearer {streamer}"}) as c, \
+            c.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "revoke me", "max_tokens": 300,
+                                                      "ignore_eos": True, "stream": True}) as stream:
+        assert stream.status_code == 200
+        for data in sse_data(stream):
+            if data is None:
+                break
+            ev = json.loads(data)
+            usage_seen |= "usage" in ev
+            finish = (ev.get("choices") or [{}])[0].get("finish_reason") or finish
+            chunks += 1
+            if chunks == 5:
+                write_key_table(core, ns, {"admin": KEY})  # revoked, as the operator renders it
+                revoked_at = time.monotonic()
+            if revoked_at and refused_after is None and _status(rp, streamer) == 401:
+                refused_after = time.monotonic() - revoked_at
+    if refused_after is None:
+        _poll(lambda: _status(rp, streamer) == 401, timeout=10, poll=0.05)
+        refused_after = time.monotonic() - revoked_at
+    record("keys: revoked key refused after (s)", round(refused_after, 2))
+    record("keys: stream chunks of the revoked key (all of them)", chunks)
+    assert finish == "length" and not usage_seen  # the whole answer; usage kept from a client that did not ask
+    assert refused_after < 10
+
+
+def test_tokens_metered_equal_the_tokens_the_client_counted(pod, pod_object, tmp_path):
+    """And billed: a real Prometheus scrapes the pod's health port; `llmos usage` over the window prints the tokens
+    the runtime counted."""
+    _, rp = pod
+    core, ns, _ = pod_object
+    meter = "llmos-meter-" + uuid.uuid4().hex
+    write_key_table(core, ns, {"admin": KEY, "meter": meter})
+    _poll(lambda: _status(rp, meter) == 200, timeout=10, poll=0.05)
+    prom = Prometheus(tmp_path / "prometheus", {"runtime": [urlsplit(rp.health).netloc]}).start()
+    from llmos_operator.cli_usage import Prometheus as PromAPI
+    from llmos_operator.cli_usage import bill
+
+    series = f'llmos_runtime_key_tokens_total{{key="{ns}/meter"}}'
+    wait_for(lambda: PromAPI(prom.url).query(series, time.time()), timeout=60, interval=0.5,
+             message="Prometheus' first sample of the key's tokens")  # scraped before the window opens
+    time.sleep(2)
+    window_start = time.time()
+    base = {kind: _metric_value(rp, "llmos_runtime_key_tokens_total", key=f"{ns}/meter", model="tiny", kind=kind)
+            for kind in ("prompt", "completion")}
+    auth = {"Authorization": f"Bearer {meter}"}
+    prompt_tokens = completion_tokens = 0
+    with httpx.Client(base_url=rp.api, timeout=120, headers=auth) as c:
+        for prompt, n in (("the quick brown fox", 7), ("jumps over the lazy dog again and again", 11)):
+            counted = len(c.post("/tokenize", json={"model": "tiny", "prompt": prompt}).json()["tokens"])
+            r = c.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": n,
+                                                "ignore_eos": True})
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == counted
+            prompt_tokens += counted
+            completion_tokens += n
+            with c.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": n,
+                                                           "ignore_eos": True, "stream": True}) as stream:
+                events = [json.loads(d) for d in sse_data(stream) if d is not None]
+            assert events[-1]["choices"][0]["finish_reason"] == "length"  # all n tokens (ignore_eos)
+            assert all("usage" not in ev for ev in events)  # not asked for: not shown
+            prompt_tokens += counted
+            completion_tokens += n
+        chat = c.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 5, "ignore_eos": True,
+                                                    "messages": [{"role": "user", "content": "hello"}]}).json()
+        prompt_tokens += chat["usage"]["prompt_tokens"]
+        completion_tokens += 5
+    metered = {kind: _metric_value(rp, "llmos_runtime_key_tokens_total", key=f"{ns}/meter", model="tiny",
+                                   kind=kind) - base[kind] for kind in ("prompt", "completion")}
+    record("metering: tokens counted by the client / metered (prompt, completion)",
+           f"{prompt_tokens}/{metered['prompt']:.0f}, {completion_tokens}/{metered['completion']:.0f}")
+    assert metered == {"prompt": prompt_tokens, "completion": completion_tokens}
+    time.sleep(3)
+    window_end = time.time()
+    time.sleep(3)  # scraped past the window's end
+    try:
+        rows = {r["key"]: r for r in bill(PromAPI(prom.url), "engine-tests", window_start, window_end)["keys"]}
+    finally:
+        prom.stop()
+    billed = rows[f"{ns}/meter"]
+    record("metering: billed by llmos usage from Prometheus (prompt, completion, requests)",
+           f"{billed['prompt_tokens']}, {billed['completion_tokens']}, {billed['requests']}")
+    assert (billed["prompt_tokens"], billed["completion_tokens"]) == (prompt_tokens, completion_tokens)
+    assert billed["requests"] == 7 and billed["errors"] == 0  # 2 × (tokenize, completion, stream), 1 chat
+
+
 PROPAGATION = 5.0  # s a load balancer keeps sending after the pod turned not ready (issue 19's measurement)
 
 
@@ -294,7 +451,7 @@ class PooledClient:
 
         async def go():
             deadline = time.monotonic() + 300
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=AUTH) as s:
                 while not self._stop.is_set() and time.monotonic() < deadline:
                     sent = time.monotonic()
                     try:
@@ -332,7 +489,8 @@ class HeldRequest:
         url = urlsplit(api)
         self.sock = socket.create_connection((url.hostname, url.port), timeout=30)
         self.sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n" % (url.netloc.encode(), len(self.BODY)))
+                          b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n"
+                          % (url.netloc.encode(), KEY.encode(), len(self.BODY)))
 
     def release(self) -> bytes:
         self.sock.sendall(self.BODY)
@@ -367,7 +525,7 @@ def test_drain_on_sigterm(pod):
     wait_for(lambda: lb.routed_names() == [rp.name], timeout=10, message="the stand-in to route to the pod")
     client = PooledClient(lb.url).start()
     try:
-        with httpx.Client(base_url=rp.api, timeout=120) as c, c.stream("POST", "/v1/completions", json={
+        with httpx.Client(base_url=rp.api, timeout=120, headers=AUTH) as c, c.stream("POST", "/v1/completions", json={
             "model": "tiny", "prompt": "a long answer", "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True},
         }) as stream:

@@ -277,7 +277,10 @@ def test_operator_rights_are_what_it_uses(cluster, platform, tenant_namespaces, 
     assert _can_i(cluster, op, "watch", "secrets", "-n", platform.SYSTEM_NAMESPACE)  # metadata: keys re-verified
     for where in (["-n", "default"], ["-n", "kube-system"], ["-n", ns], ["--all-namespaces"]):
         assert not _can_i(cluster, op, "get", "secrets", *where)
-        assert not _can_i(cluster, op, "list", "secrets", *where)
+        # API keys: list/watch with fieldSelector=type=llmos.dev/api-key (RBAC cannot say the selector; the
+        # informer keeps only each key's hash); no get, no write
+        assert _can_i(cluster, op, "watch", "secrets", *where)
+        assert not _can_i(cluster, op, "update", "secrets", *where)
     assert not _can_i(cluster, op, "patch", "pods", "-n", ns)
     assert not _can_i(cluster, op, "create", "roles", "-n", ns)
     assert not _can_i(cluster, op, "escalate", "clusterroles")

@@ -25,6 +25,7 @@ def test_every_tenant_child_name_is_reserved_by_the_children_policy():
     reserved = re.search(r"\{\{- \$reserved := dict (.*?) \}\}", children).group(1)
     quoted = set(re.findall(r'"([a-z][-a-z0-9]*)"', reserved))
     plural = {"ResourceQuota": "resourcequotas", "LimitRange": "limitranges", "NetworkPolicy": "networkpolicies",
+              "ConfigMap": "configmaps",
               "RoleBinding": "rolebindings", "ServiceAccount": "serviceaccounts"}
     for kind, name in TENANT_CHILDREN:
         assert plural[kind] in quoted, kind

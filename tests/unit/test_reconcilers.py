@@ -139,3 +139,43 @@ def test_a_bare_gpu_pod_in_a_tenant_namespace_is_removed_and_the_tenant_says_so(
     world.handle("GPUPods", "t-a")
     world.drain()
     assert conditions(world.api.get("Tenant", "t"))["Isolated"]["status"] == "True"
+
+
+def test_key_secrets_become_the_namespaces_key_table_of_hashes():
+    import base64
+    import json
+
+    from llmos_runtime.keys import generate_key, key_hash
+
+    world = world_with()
+    key = generate_key()
+    world.api.put({"apiVersion": "v1", "kind": "Secret", "type": "llmos.dev/api-key",
+                   "metadata": {"name": "bot", "namespace": "t-a"},
+                   "data": {"key": base64.b64encode(key.encode()).decode(),
+                            "requestsPerMinute": base64.b64encode(b"60").decode()}})
+    world.api.put({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "other",
+                                                                                         "namespace": "t-a"}})
+    world.deploy("t-a", "chat", 2, 1, "h100")
+    world.drain()
+    cm = world.api.get("ConfigMap", "llmos-api-keys", "t-a")
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-tenant-t"  # the Tenant's child
+    table = json.loads(cm["data"]["keys.json"])
+    assert [k["hash"] for k in table["keys"]] == [key_hash(key)] and key not in cm["data"]["keys.json"]
+    assert table["keys"][0]["limits"] == {"requestsPerMinute": 60} and table["tenant"] == "t"
+    assert table["replicas"] == {"m": 2}
+
+
+def test_with_a_parent_gateway_each_deployment_gets_its_http_route():
+    from llmos_operator.config import config_from_yaml
+
+    world = World(config_from_yaml("gateway: {parentRefs: [{name: public, namespace: gateways}]}"))
+    world.tenant("t", ["t-a"], {"h100": 8})
+    world.deploy("t-a", "chat", 1, 1, "h100")
+    world.drain()
+    route = world.api.get("HTTPRoute", "chat", "t-a")
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"][0]["path"] == {"type": "PathPrefix", "value": "/t-a/chat/v1"}
+    assert rule["filters"][0]["urlRewrite"]["path"] == {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v1"}
+    assert rule["backendRefs"] == [{"name": "chat", "port": 8000}]
+    assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"

@@ -84,7 +84,7 @@ def test_command_is_exactly_the_runtime_cli():
     assert container(d=d, m=model(quantization="awq"))["command"] == [
         "llmos-runtime", "serve", "--source", "hf://meta/llama-3-8b", "--revision", "main", "--served-name", "llama",
         "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
-        "--expect-digest", DIGEST, "--cache-dir", "/var/cache/llmos",
+        "--expect-digest", DIGEST, "--api-keys-configmap", "llmos-api-keys", "--cache-dir", "/var/cache/llmos",
         "--port", "8000", "--health-port", "8081", "--",
         "--tensor-parallel-size", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
         "--quantization", "awq", "--enforce-eager"]
@@ -354,9 +354,12 @@ def test_adapters_json_is_what_the_runtime_reads(tmp_path):
     assert list(invalid) == ["fr"]  # required, but no bundle was supplied: that adapter alone fails closed
 
 
-def test_pods_without_adapters_get_no_token_and_adapters_trust_every_tenant_key():
-    plain = deployment()["spec"]["template"]["spec"]
+def test_pods_without_adapters_or_keys_get_no_token_and_adapters_trust_every_tenant_key():
+    plain = deployment(d=mdep(access={"apiKeys": "Disabled"}))["spec"]["template"]["spec"]
     assert plain["automountServiceAccountToken"] is False
+    assert "--api-keys-configmap" not in plain["containers"][0]["command"]
+    keyed = deployment()["spec"]["template"]["spec"]  # to watch its namespace's API keys (default Required)
+    assert keyed["automountServiceAccountToken"] is True
     m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
     d = mdep(adapters=["sql"])
     objs = children(m=m, d=d, tenant_keys={"release": PEM, "team": b"TEAM-PEM"})

@@ -42,9 +42,9 @@ def test_per_namespace_children():
         assert "ownerReferences" not in o["metadata"]
         if o["kind"] != "Namespace":  # the chart's admission policies keep llmos's objects the operator's
             assert o["metadata"]["labels"] == {"llmos.dev/tenant": "team-a", "app.kubernetes.io/managed-by": "llmos"}
-    # What a release removes is every child but the namespace.
+    # What a release removes is every child but the namespace, and the key table (controller/api_keys.py writes it).
     children = {(o["kind"], o["metadata"]["name"]) for o in render_tenant_children(tenant({}, ["a1"]), default_config())}
-    assert children - {("Namespace", "a1")} == set(TENANT_CHILDREN)
+    assert children - {("Namespace", "a1")} | {("ConfigMap", "llmos-api-keys")} == set(TENANT_CHILDREN)
 
 
 def test_remote_code_label_only_where_the_platform_allows_it():

@@ -136,6 +136,17 @@ class RuntimeSpec(ApiModel):
     )
 
 
+class AccessSpec(ApiModel):
+    """Who may call the model."""
+
+    api_keys: str = Field(
+        "Required", pattern="^(Required|Disabled)$", max_length=8,
+        description="Required: every request carries an API key of this namespace (a Secret of type "
+        "llmos.dev/api-key) allowed for this model, and its limits apply; Disabled: anyone the network lets reach "
+        "the pods may call it (the Tenant's policy may forbid this).",
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """A deployment of a Model on GPUs of one class."""
 
@@ -165,6 +176,9 @@ class ModelDeploymentSpec(ApiModel):
     )
     runtime: RuntimeSpec = Field(
         default_factory=RuntimeSpec, description="The model pods' runtime: engine watchdog, drain, keep-alive."
+    )
+    access: AccessSpec = Field(
+        default_factory=AccessSpec, description="API keys.", json_schema_extra={"default": {}}
     )
 
 

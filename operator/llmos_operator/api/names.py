@@ -39,6 +39,8 @@ NETWORK_POLICY_NAME = "llmos-tenant-isolation"
 EGRESS_POLICY_NAME = "llmos-tenant-egress"
 RUNTIME_BINDING_NAME = "llmos-runtime-pods"
 TENANT_QUOTA_NAME = "llmos-tenant-quota"  # CPU, memory and object counts (Tenant.spec.quota), beside the GPU one
+API_KEYS_CONFIGMAP = "llmos-api-keys"  # the key hashes of a namespace, which its model pods enforce
+API_KEY_SECRET_TYPE = "llmos.dev/api-key"  # a Secret holding one API key (its plain text is only there)
 LIMIT_RANGE_NAME = "llmos-tenant-limits"  # default requests, so that pods asking for nothing meet that quota
 # What a released namespace keeps (every name llmos gives there starts with RELEASED_PREFIX)
 RELEASED_PREFIX = "llmos-released-"

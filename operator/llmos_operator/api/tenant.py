@@ -131,10 +131,22 @@ class TenantPolicy(ApiModel):
     allow_remote_code: bool = Field(
         False, description="Allow --trust-remote-code in engine.extraArgs (runs Python shipped with the weights)."
     )
+    require_api_keys: bool = Field(
+        False, description="Refuse ModelDeployments with access.apiKeys Disabled (every model needs a key)."
+    )
     allow_exec: bool = Field(
         False, description="Allow kubectl exec, attach and port-forward into pods of the tenant's namespaces (they "
         "read a model pod's memory and secrets; the operator labels the namespaces llmos.dev/allow-exec=true)."
     )
+
+
+class UsageLimits(ApiModel):
+    """Limits on what is asked of the tenant's models, over all its keys and namespaces (unset: none)."""
+
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(None, ge=1, le=10_000_000_000,
+                                          description="Prompt plus completion tokens per minute.")
+    concurrent_requests: int | None = Field(None, ge=1, le=1_000_000, description="Requests at once.")
 
 
 class TenantSpec(ApiModel):
@@ -170,6 +182,9 @@ class TenantSpec(ApiModel):
         default_factory=TenantPolicy, description="What the platform allows this tenant.",
         json_schema_extra={"default": {}},
     )
+    limits: UsageLimits = Field(
+        default_factory=UsageLimits, description="Rate and concurrency limits over all the tenant's API keys."
+    )
 
 
 class Reservation(ApiModel):
@@ -190,10 +205,29 @@ class Reservation(ApiModel):
     )
 
 
+class GPUTime(ApiModel):
+    reserved: float = Field(0, ge=0, description="GPU-hours reserved (the admission ledger over time).")
+    serving: float = Field(0, ge=0, description="GPU-hours serving (ready replicas × their GPUs over time).")
+
+
+class GPUCounts(ApiModel):
+    reserved: int = Field(0, ge=0, description="GPUs the ledger held.")
+    serving: int = Field(0, ge=0, description="GPUs of ready replicas.")
+
+
 class TenantUsage(ApiModel):
     gpus: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="GPU class → GPUs reserved by admitted deployments."
     )
+    period: str | None = Field(None, pattern=r"^[0-9]{4}-[0-9]{2}$", max_length=7,
+                               description="The billing period gpuHours counts: a calendar month (UTC).")
+    updated_at: str | None = Field(None, max_length=40, description="When gpuHours was last written.")
+    gpu_hours: dict[str, GPUTime] = Field(
+        default_factory=dict, description="GPU class → GPU-hours of the period so far.",
+        json_schema_extra={"maxProperties": 64})
+    metered_gpus: dict[str, GPUCounts] = Field(
+        default_factory=dict, alias="meteredGPUs", description="GPU class → GPUs reserved and serving at updatedAt "
+        "(a restarted operator integrates from there).", json_schema_extra={"maxProperties": 64})
 
 
 class TenantStatus(ApiModel):

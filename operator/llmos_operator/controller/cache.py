@@ -12,9 +12,16 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from ..api.names import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, LABEL_TENANT, MANAGED_BY
+from ..api.names import (
+    API_KEY_SECRET_TYPE,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL_DEPLOYMENT,
+    LABEL_TENANT,
+    MANAGED_BY,
+)
 from ..api.types import GROUP, KINDS, VERSION, InvalidObject, Resource, Tenant, parse_as
 from ..config import OperatorConfig
+from ..core.api_keys import summarize_key_secret
 from ..core.ownership import Ownership, ownership
 from ..kube.client import KindPath, Kube
 from ..kube.informer import Informer, Store
@@ -44,7 +51,10 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
     def informer(name: str, kind: str, transform: Callable[[dict], dict | None], **kw: Any) -> Informer:
         return Informer(kube, kind, on_event=on.get(name), transform=transform, **kw)
 
+    routes = {"HTTPRoute": informer("HTTPRoute", "HTTPRoute", child_summary, label_selector=children)} \
+        if config.gateway.parent_refs else {}  # the Gateway API's CRDs exist only where a Gateway is configured
     return Store({
+        **routes,
         "Tenant": informer("Tenant", "Tenant", without_managed_fields),
         "Model": informer("Model", "Model", without_managed_fields),
         "ModelDeployment": informer("ModelDeployment", "ModelDeployment", without_managed_fields),
@@ -67,7 +77,15 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
         "BundleConfigMap": informer("BundleConfigMap", "ConfigMap", metadata_summary, metadata_only=True),
         "KeySecret": informer("KeySecret", "Secret", metadata_summary, metadata_only=True,
                               namespace=config.operator_namespace),
+        # API keys (Secrets of type llmos.dev/api-key, selected by the API server): kept as their hash, never
+        # their plain text (core/api_keys.py).
+        "ApiKeySecret": informer("ApiKeySecret", "Secret", _key_secret_summary,
+                                 field_selector=f"type={API_KEY_SECRET_TYPE}"),
     })
+
+
+def _key_secret_summary(secret: dict) -> dict | None:
+    return summarize_key_secret(secret) if secret.get("type") == API_KEY_SECRET_TYPE else None
 
 
 def owned_by(name: str) -> Callable[[dict], bool]:

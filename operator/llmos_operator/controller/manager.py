@@ -31,6 +31,8 @@ from ..kube.health import Health
 from ..kube.informer import Store
 from ..kube.workqueue import WorkQueue, run_workers
 from .admission import Admission, Conflict
+from .api_keys import KIND as API_KEYS
+from .api_keys import ApiKeysReconciler
 from .cache import Cache, build_store
 from .children import ChildWriter
 from .gpu_pods import GPUPodReconciler
@@ -39,6 +41,7 @@ from .model_deployment import ChildWriteFailed, ModelDeploymentReconciler
 from .state import ADMISSION, Context, fairness_group
 from .tenant import TenantReconciler
 from .triggers import Triggers
+from .usage import UsageMeter
 
 log = logging.getLogger("llmos.operator")
 STORE_SYNC_TIMEOUT = float(os.environ.get("LLMOS_STORE_SYNC_TIMEOUT", "300"))
@@ -63,8 +66,9 @@ class Manager:
             "ModelDeployment": self.triggers.model_deployment, "Namespace": self.triggers.namespace,
             "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.replica_set,
             "Service": self.triggers.child, "ConfigMap": self.triggers.child,
-            "PodDisruptionBudget": self.triggers.child, "BundleConfigMap": self.triggers.bundle_configmap,
-            "KeySecret": self.triggers.key_secret,
+            "PodDisruptionBudget": self.triggers.child, "HTTPRoute": self.triggers.child,
+            "BundleConfigMap": self.triggers.bundle_configmap,
+            "KeySecret": self.triggers.key_secret, "ApiKeySecret": self.triggers.api_key_secret,
         })
         self.ctx.cache.store = self.store
         self.gpu_pods = GPUPodReconciler(self.ctx)
@@ -72,6 +76,8 @@ class Manager:
         self.tenants = TenantReconciler(self.ctx, self.triggers)
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
+        self.api_keys = ApiKeysReconciler(self.ctx)
+        self.usage = UsageMeter(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
                              sync_within=STORE_SYNC_TIMEOUT)
@@ -93,6 +99,8 @@ class Manager:
                 self.models.reconcile(key[1], key[2])  # type: ignore[index]
             elif kind == "ModelDeployment":
                 self.model_deployments.reconcile(key[1], key[2])  # type: ignore[index]
+            elif kind == API_KEYS:
+                self.api_keys.reconcile(key[1])  # type: ignore[index]
             elif kind == "GPUPods":
                 self.gpu_pods.reconcile(key[1])  # type: ignore[index]
             result = "ok"
@@ -116,9 +124,11 @@ class Manager:
         log.info("store synced: %s", self.store.stats())
         self.ctx.admit_again(everything=True)
         self.workers.extend(run_workers(self.queue, self.handle, workers, self.on_error))
+        self.usage.start()
         threading.Thread(target=self._resync, args=(resync_seconds,), name="llmos-resync", daemon=True).start()
 
     def stop(self) -> None:
+        self.usage.stop()
         self.queue.close()
         self.store.stop()
 
@@ -205,6 +215,7 @@ def run(*, config_path: str | None, liveness: str | None, metrics_port: int,
     api.user_agent = "llmos-operator"  # so the API server's request metrics can tell the operator apart
     kube = Kube(api, kinds=LLMOS_KINDS)
     _manager = Manager(kube, config)
+    _manager.usage.register()
     if metrics_port:
         start_http_server(metrics_port)
     if not standalone:

@@ -54,6 +54,8 @@ class TenantReconciler:
         refused_keys = list(policy.refused_keys(tenant, self.ctx.config).values())
         self.ctx.state.set_refusals(name, refused, refused_keys)
         self._apply_children(tenant, raw, owned, reclaimed)
+        for ns in owned:
+            self.ctx.wake("ApiKeys", ns)  # its limits are in each namespace's key table (writes only on change)
         self._release_given_up(name, owned)
         verified_for = (tenant.metadata.uid, tenant.metadata.generation, tuple(sorted(owned)))
         self._reverify_models(name, verified_for)

@@ -48,6 +48,7 @@ class Triggers:
         if self._changed(("ModelDeployment", ns, name), event_type, meta):
             self.ctx.admit_again(namespace=ns)
             self.ctx.wake("ModelDeployment", ns, name)
+            self.ctx.wake("ApiKeys", ns)  # its replicas: the share of a limit one replica enforces alone
 
     def model(self, event_type: str, body: dict) -> None:
         meta = body.get("metadata") or {}
@@ -80,6 +81,8 @@ class Triggers:
         owner = (marks or before or (None, None))[0]
         if event_type != "MODIFIED" and owner:
             self.ctx.wake("Tenant", owner)
+        if meta.get("name"):
+            self.ctx.wake("ApiKeys", meta["name"])
         self.ctx.admit_again(everything=True)  # ownership may have moved
 
     # Children -------------------------------------------------------------------------------------------------------
@@ -156,6 +159,12 @@ class Triggers:
                 for ns, owner in labelled.items():
                     if owner == raw["metadata"]["name"]:
                         self.models_in(ns)
+
+    def api_key_secret(self, event_type: str, secret: dict) -> None:
+        """A key Secret (type llmos.dev/api-key) was made, changed or deleted: its namespace's key table."""
+        ns = (secret.get("metadata") or {}).get("namespace")
+        if ns:
+            self.ctx.wake("ApiKeys", ns)
 
     # Fan-out helpers the reconcilers use too ------------------------------------------------------------------------
 

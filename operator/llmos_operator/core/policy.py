@@ -86,6 +86,10 @@ def deployment_refusal(mdep: ModelDeployment, tenant: Tenant | None, config: Ope
         return ("ImageNotAllowed",
                 f"spec.engine.image {image} is not allowed for this tenant (allowed: {', '.join(allowed)}; the "
                 "platform sets Tenant spec.policy.allowedImages); no GPUs are reserved")
+    if mdep.spec.access.api_keys == "Disabled" and tenant is not None and tenant.spec.policy.require_api_keys:
+        return ("ApiKeysRequired", "spec.access.apiKeys Disabled is not allowed for this tenant (its Tenant's "
+                "spec.policy.requireApiKeys is true): set it to Required and hand out keys (llmos key create); "
+                "no GPUs are reserved")
     refused = refused_args(mdep.spec.engine.extra_args, allowed=config.allowed_engine_flags(),
                            allow_remote_code=bool(tenant and tenant.spec.policy.allow_remote_code))
     if refused:

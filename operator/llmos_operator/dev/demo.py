@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import cluster, operator_process, platform
+from . import cluster, limits_store, operator_process, platform
 
 EXAMPLES = cluster.REPO_ROOT / "examples"
 
@@ -15,7 +15,9 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     start = time.monotonic()
     kubeconfig = cluster.up(name)
     platform.install(name)  # the chart's CRDs, RBAC, tenant roles and admission policies
-    operator_process.start(name)  # as the chart's operator ServiceAccount, not the admin
+    store = limits_store.start(name)  # API keys' limits, shared by a deployment's replicas
+    operator_process.start(name, extra_env={"LLMOS_OPERATOR_CONFIG": str(limits_store.operator_config(name, store))})
+    # (as the chart's operator ServiceAccount, not the admin)
 
     # The same manifests a platform team and a tenant apply (examples/*/kustomization.yaml; docs/gitops.md).
     cluster.kubectl(name, "apply", "-k", str(EXAMPLES / "platform"))
@@ -45,7 +47,9 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     print(f"(set up in {time.monotonic() - start:.0f} s)\n")
     print(f"The cluster and the operator keep running. Use them with:\n  export KUBECONFIG={kubeconfig}\n"
           f"  {cluster.binaries(build=False).kubectl} get llmos -A\n"
-          f"Operator log: {operator_process.log_file(name)}\nStop everything: .venv/bin/llmos dev down")
+          f"Operator log: {operator_process.log_file(name)}\nLimit store (API keys): {store}\n"
+          f"A key for team-a: .venv/bin/llmos key create demo -n team-a --rpm 600 --kubeconfig {kubeconfig}\n"
+          "Stop everything: .venv/bin/llmos dev down")
     return 0
 
 

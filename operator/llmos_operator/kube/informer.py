@@ -45,8 +45,10 @@ class WatchExpired(Exception):
 class Informer:
     def __init__(self, kube: Kube, kind: str, *, label_selector: str | None = None,
                  on_event: EventHandler | None = None, transform: Callable[[dict], dict | None] | None = None,
-                 watch_timeout: int = 300, namespace: str | None = None, metadata_only: bool = False):
+                 watch_timeout: int = 300, namespace: str | None = None, metadata_only: bool = False,
+                 field_selector: str | None = None):
         self.kube, self.kind, self.label_selector = kube, kind, label_selector
+        self.field_selector = field_selector
         self.namespace, self.metadata_only = namespace, metadata_only
         self.on_event, self.transform = on_event, transform
         self.watch_timeout = watch_timeout
@@ -163,7 +165,8 @@ class Informer:
         return f"application/json;as={kind};g=meta.k8s.io;v=v1,application/json"
 
     def _selector(self) -> builtins.list[tuple[str, str]]:
-        return [("labelSelector", self.label_selector)] if self.label_selector else []
+        out = [("labelSelector", self.label_selector)] if self.label_selector else []
+        return out + ([("fieldSelector", self.field_selector)] if self.field_selector else [])
 
     def _run(self) -> None:
         backoff = 0.5

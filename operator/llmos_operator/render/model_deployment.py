@@ -38,6 +38,7 @@ from ..config import GPUClass, OperatorConfig
 from ..core.errors import RenderError
 from ..core.placement import pod_placement
 from ..core.rollout import idle_strategy
+from .access import access_flags, keys_required
 from .common import (
     ADAPTERS_DIR,
     ADAPTERS_FILE,
@@ -62,6 +63,7 @@ from .common import (
     stable_hash,
     trust_configmap_name,
 )
+from .gateway import render_http_route
 
 RUNTIME_UID = 1000
 REVISION_HISTORY_LIMIT = 5
@@ -149,6 +151,7 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
             cmd += [flag, str(value)]
     if model.spec.adapters:
         cmd += ["--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}"]
+    cmd += access_flags(mdep, config)
     cmd += [
         "--cache-dir", CACHE_DIR,
         "--port", str(config.runtime.openai_port),
@@ -367,8 +370,8 @@ def render_deployment(
     pod_spec: dict[str, Any] = {
         "serviceAccountName": RUNTIME_SERVICE_ACCOUNT,
         # A token only where the runtime reports adapters on its own pod (an admission policy of the chart limits
-        # it to that annotation); a pod without adapters needs no API access at all.
-        "automountServiceAccountToken": bool(mdep.spec.adapters),
+        # it to that annotation) or watches its namespace's API keys (the runtime role names that one ConfigMap).
+        "automountServiceAccountToken": bool(mdep.spec.adapters) or keys_required(mdep),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": budget.grace_period_seconds(),
         "securityContext": {
@@ -484,4 +487,7 @@ def render_children(
     ]
     if (mdep.spec.replicas if replicas is None else replicas) > 1:
         children.append(render_pdb(mdep))
+    route = render_http_route(mdep, config)
+    if route is not None:
+        children.append(route)
     return children

@@ -21,6 +21,7 @@ from decimal import ROUND_CEILING, Decimal
 from kubernetes.utils.quantity import parse_quantity
 
 from ..api.names import (
+    API_KEYS_CONFIGMAP,
     EGRESS_POLICY_NAME,
     LABEL_ALLOW_EXEC,
     LABEL_ALLOW_REMOTE_CODE,
@@ -259,5 +260,6 @@ TENANT_CHILDREN = (
     ("NetworkPolicy", EGRESS_POLICY_NAME),
     ("RoleBinding", RUNTIME_BINDING_NAME),
     ("ServiceAccount", RUNTIME_SERVICE_ACCOUNT),
+    ("ConfigMap", API_KEYS_CONFIGMAP),  # written by controller/api_keys.py, removed with the others on release
 )
 RELEASED_CHILDREN = (("ResourceQuota", RELEASED_QUOTA_NAME), ("NetworkPolicy", RELEASED_POLICY_NAME))

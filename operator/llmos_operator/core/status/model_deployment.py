@@ -36,7 +36,7 @@ from .model import ModelCheck, check_model
 # Reasons that do not go away without someone changing a spec, a key, a quota or the nodes: kstatus Stalled.
 STALLED_REASONS = frozenset({
     "Unschedulable", "ProgressDeadlineExceeded", "RolloutFailed", "RevisionRejected", "UnknownAdapter",
-    "SignatureUnavailable", "ImageNotAllowed", "EngineArgsNotAllowed", "UnknownGPUClass", "NoTenant",
+    "SignatureUnavailable", "ImageNotAllowed", "EngineArgsNotAllowed", "ApiKeysRequired", "UnknownGPUClass", "NoTenant",
     "TenantCordoned", "ModelNotFound", "QuotaNeverFits", "ChildConflict",
 })
 AS_EXPECTED = (False, "AsExpected", "")

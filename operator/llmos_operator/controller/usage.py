@@ -1,0 +1,142 @@
+"""GPU time per tenant and class (core/usage.py), kept by the active operator: every ``TICK_SECONDS`` it reads the
+ledgers (Tenants' ``status.reservations``) and the ready replicas of each tenant's ModelDeployments from the store,
+integrates, and every ``PERSIST_SECONDS`` writes the period's GPU-hours into ``Tenant.status.usage`` (a merge patch
+of those fields only), from which a restarted operator continues. Prometheus reads the counters
+``llmos_tenant_gpu_seconds_{reserved,serving}_total`` (the period's GPU-seconds, integrated up to the instant of the
+scrape: exact between two looks, since what held in between is known) and the gauges
+``llmos_tenant_gpus_{reserved,serving}``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..core.usage import TenantGPUTime, reserved_gpus
+from .state import Context
+
+log = logging.getLogger("llmos.controller.usage")
+TICK_SECONDS = float(os.environ.get("LLMOS_USAGE_TICK_SECONDS", "5"))
+PERSIST_SECONDS = float(os.environ.get("LLMOS_USAGE_PERSIST_SECONDS", "60"))
+
+
+class UsageMeter(Collector):
+    def __init__(self, ctx: Context, clock=time.time):
+        self.ctx, self.clock = ctx, clock
+        self._lock = threading.Lock()
+        self._states: dict[str, TenantGPUTime] = {}
+        self._persisted: dict[str, tuple[float, tuple]] = {}  # tenant → (when, the GPUs then) as last written
+        self._stop = threading.Event()
+
+    # What holds now ---------------------------------------------------------------------------------------------
+
+    def observe(self) -> dict[str, tuple[dict[str, int], dict[str, int], dict]]:
+        """tenant → (GPUs reserved per class, GPUs serving per class, its stored usage status)."""
+        owners = self.ctx.cache.labelled_namespaces()
+        serving: dict[str, dict[str, int]] = {}
+        for raw in self.ctx.cache["ModelDeployment"].list():
+            tenant = owners.get(raw["metadata"].get("namespace") or "")
+            if tenant is None:
+                continue
+            spec, status = raw.get("spec") or {}, raw.get("status") or {}
+            gpu = spec.get("gpu") or {}
+            ready = int(status.get("readyReplicas") or 0)
+            if ready and gpu.get("class"):
+                per = serving.setdefault(tenant, {})
+                per[gpu["class"]] = per.get(gpu["class"], 0) + ready * int(gpu.get("count") or 0)
+        out = {}
+        for raw in self.ctx.cache["Tenant"].list():
+            name, status = raw["metadata"]["name"], raw.get("status") or {}
+            out[name] = (reserved_gpus(status.get("reservations") or {}), serving.get(name, {}),
+                         status.get("usage") or {})
+        return out
+
+    # The loop ---------------------------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        seen = self.observe()
+        with self._lock:
+            for name in set(self._states) - set(seen):  # a Tenant deleted: its series go with it
+                self._states.pop(name, None)
+                self._persisted.pop(name, None)
+            for name, (reserved, serving, stored) in seen.items():
+                state = self._states.get(name) or TenantGPUTime.from_status(stored) or TenantGPUTime.starting(now)
+                self._states[name] = state.advance(now, reserved, serving)
+            # written every PERSIST_SECONDS and whenever the GPUs changed: a restarted operator integrates the time
+            # it was away with the GPUs last written, which are then the ones that held
+            due = [n for n, s in self._states.items()
+                   if now - self._persisted.get(n, (0.0, ()))[0] >= PERSIST_SECONDS
+                   or self._persisted.get(n, (0.0, ()))[1] != _gpus(s)]
+        for name in due:
+            self.persist(name)
+
+    def persist(self, name: str) -> None:
+        with self._lock:
+            state = self._states.get(name)
+        if state is None:
+            return
+        try:
+            self.ctx.kube.patch_status("Tenant", name, None, {"usage": state.to_status()})
+            with self._lock:
+                self._persisted[name] = (state.at, _gpus(state))
+        except Exception as exc:  # noqa: BLE001 — the next tick writes again; the counters are unaffected
+            log.warning("could not write the GPU time of tenant %s: %s", name, exc)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="llmos-usage", daemon=True).start()
+
+    def register(self) -> None:
+        """Serve the counters on the process's /metrics (the operator process; not in-memory test managers)."""
+        REGISTRY.register(self)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _versions(self) -> tuple[int, int, int]:
+        return (self.ctx.cache["Tenant"].version, self.ctx.cache["ModelDeployment"].version,
+                self.ctx.cache["Namespace"].version)
+
+    def _run(self) -> None:
+        """A look at every change of what is integrated (a ledger written, a replica ready: the time between the
+        change and the look is counted with what held before, so looks follow changes closely), else every tick."""
+        seen, last = None, 0.0
+        while not self._stop.wait(0.2):
+            versions = self._versions()
+            if versions == seen and time.monotonic() - last < TICK_SECONDS:
+                continue
+            seen, last = versions, time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 — the next look tries again
+                log.warning("metering GPU time failed", exc_info=True)
+
+    # Prometheus -------------------------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        now = self.clock()
+        with self._lock:
+            states = {n: s.advance(now) for n, s in self._states.items()}  # up to this instant, not stored
+        labels = ["tenant", "gpu_class"]
+        res = CounterMetricFamily("llmos_tenant_gpu_seconds_reserved", "GPU-seconds the tenant's ledger reserved "
+                                  "this period (a calendar month, UTC)", labels=labels)
+        srv = CounterMetricFamily("llmos_tenant_gpu_seconds_serving", "GPU-seconds of the tenant's ready replicas "
+                                  "this period (a calendar month, UTC)", labels=labels)
+        g_res = GaugeMetricFamily("llmos_tenant_gpus_reserved", "GPUs the tenant's ledger reserves", labels=labels)
+        g_srv = GaugeMetricFamily("llmos_tenant_gpus_serving", "GPUs of the tenant's ready replicas", labels=labels)
+        for name, s in sorted(states.items()):
+            for cls in sorted(s.classes()):
+                res.add_metric([name, cls], s.reserved_seconds.get(cls, 0.0))
+                srv.add_metric([name, cls], s.serving_seconds.get(cls, 0.0))
+                g_res.add_metric([name, cls], s.reserved.get(cls, 0))
+                g_srv.add_metric([name, cls], s.serving.get(cls, 0))
+        yield from (res, srv, g_res, g_srv)
+
+
+def _gpus(state: TenantGPUTime) -> tuple:
+    return tuple(sorted(state.reserved.items())), tuple(sorted(state.serving.items()))
