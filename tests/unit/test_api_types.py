@@ -185,3 +185,32 @@ def test_source_verify_mode():
     assert parse_as(Model, model({"source": {"uri": "pvc://w/m"}})).spec.source.verify == "inPlace"
     assert parse_as(Model, model({"source": {"uri": "pvc://w/m", "verify": "copy"}})).spec.source.verify == "copy"
     assert errors_of(model({"source": {"uri": "pvc://w/m", "verify": "later"}})) == ["spec.source.verify"]
+
+
+AUTOSCALED = {"model": "m", "gpu": {"class": "h100", "count": 1}}
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "path"),
+    [
+        ({"minReplicas": 3, "maxReplicas": 2, "metric": "runningRequests", "target": 2},
+         "spec.autoscaling.minReplicas"),
+        ({"maxReplicas": 2, "metric": "kvCacheUsage", "target": 1.5}, "spec.autoscaling.target"),
+        ({"maxReplicas": 2, "metric": "runningRequests", "target": 0}, "spec.autoscaling.target"),
+        ({"maxReplicas": 2, "metric": "queueDepth", "target": 1}, "spec.autoscaling.metric"),
+        ({"maxReplicas": 2, "metric": "runningRequests"}, "spec.autoscaling.target"),
+        ({"minReplicas": 0, "maxReplicas": 2, "metric": "runningRequests", "target": 1},
+         "spec.autoscaling.minReplicas"),
+    ],
+)
+def test_autoscaling_errors_name_the_field(autoscaling, path):
+    assert path in errors_of(mdep({**AUTOSCALED, "autoscaling": autoscaling}))
+
+
+def test_autoscaling_defaults():
+    obj = parse_object(mdep({**AUTOSCALED, "autoscaling": {"maxReplicas": 4, "metric": "kvCacheUsage",
+                                                           "target": 0.8}}))
+    a = obj.spec.autoscaling
+    assert (a.min_replicas, a.max_replicas, a.target) == (1, 4, 0.8)
+    assert (a.scale_up_stabilization_seconds, a.scale_down_stabilization_seconds) == (0, 300)
+    assert parse_object(mdep(AUTOSCALED)).spec.autoscaling is None

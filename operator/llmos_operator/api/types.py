@@ -512,6 +512,63 @@ class RolloutSpec(ApiModel):
     )
 
 
+AutoscalingMetric = Literal["waitingRequests", "runningRequests", "kvCacheUsage"]
+
+
+class AutoscalingSpec(ApiModel):
+    """Replicas that follow the load, inside the tenant's quota (docs/autoscaling.md)."""
+
+    __rules__ = (
+        Rule(
+            rule="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            field_path=".minReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+        ),
+        Rule(
+            rule="self.metric != 'kvCacheUsage' || self.target <= 1.0",
+            message="the target of kvCacheUsage is a fraction of the KV cache: 0 < target <= 1",
+            field_path=".target",
+            check=lambda a: a.metric != "kvCacheUsage" or a.target <= 1,
+        ),
+    )
+
+    min_replicas: int = Field(
+        1, ge=1, le=1000, description="Fewest replicas (at least 1: with no replica there is no load to read). "
+        "Admitted whole or not at all, like spec.replicas of a deployment without autoscaling."
+    )
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas. Replicas above minReplicas are granted as "
+                              "the tenant's quota allows; the rest waits in the tenant's queue (ScalingLimited).")
+    metric: AutoscalingMetric = Field(
+        description="What each ready replica's engine reports, averaged over them: waitingRequests "
+        "(vllm:num_requests_waiting), runningRequests (vllm:num_requests_running) or kvCacheUsage "
+        "(vllm:kv_cache_usage_perc, a fraction)."
+    )
+    target: float = Field(gt=0, le=100000, description="The average per ready replica to keep (a fraction of the "
+                          "KV cache for kvCacheUsage); desired replicas = ceil(sum over ready replicas / target), "
+                          "changed only outside a 10 % tolerance.")
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale up only to the lowest count recommended within this window."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Scale down only to the highest count recommended within this window."
+    )
+
+
+class AutoscalingStatus(ApiModel):
+    """What the autoscaler decided last (written only when the desired count changes)."""
+
+    desired_replicas: int | None = Field(
+        None, ge=0, description="Replicas the autoscaler asks admission for: kept here so that a restarted operator "
+        "asks for the same before it has read any load."
+    )
+    metric_value: float | None = Field(None, description="The metric's average per ready replica at that decision.")
+    measured_replicas: int | None = Field(None, ge=0, description="Ready replicas whose metrics that decision read.")
+    last_scale_time: str | None = Field(
+        None, json_schema_extra={"format": "date-time"}, description="When the desired count last changed."
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """A deployment of a Model on GPUs of one class."""
 
@@ -527,7 +584,8 @@ class ModelDeploymentSpec(ApiModel):
     )
 
     model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Name of a Model in this namespace.")
-    replicas: int = Field(1, ge=0, le=1000, description="Number of replicas.")
+    replicas: int = Field(1, ge=0, le=1000, description="Number of replicas (with spec.autoscaling: where it "
+                          "starts).")
     gpu: GPUSpec
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     adapters: list[Annotated[str, Field(max_length=63)]] = Field(
@@ -538,6 +596,11 @@ class ModelDeploymentSpec(ApiModel):
     )
     rollout: RolloutSpec = Field(
         default_factory=RolloutSpec, description="Rollout settings.", json_schema_extra={"default": {}}
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Follow the load between minReplicas and maxReplicas (spec.replicas is then only where "
+        "it starts; the scale subresource's writes are not used). Not together with an external autoscaler "
+        "(HorizontalPodAutoscaler, KEDA) on this object: that is reported (ScalingActive=False) and scaling holds."
     )
 
 
@@ -583,6 +646,14 @@ class ModelDeploymentStatus(ApiModel):
         "the Model changes."
     )
     queue_position: int | None = Field(None, ge=1, description="Place in the admission queue while waiting.")
+    desired_replicas: int | None = Field(
+        None, ge=0, description="Replicas wanted: spec.replicas, or the autoscaler's count (status.autoscaling)."
+    )
+    granted_replicas: int | None = Field(
+        None, ge=0, description="Replicas the tenant's quota reserves GPUs for (fewer than desired while the rest "
+        "waits: ScalingLimited)."
+    )
+    autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's last decision.")
     selector: str | None = Field(None, max_length=1024, description="Label selector of the pods (scale subresource).")
     gpu_summary: str | None = Field(None, max_length=128, description='GPU class × GPUs per replica, e.g. "h100×2".')
     remote_code: bool | None = Field(
@@ -597,7 +668,7 @@ class ModelDeploymentStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     conditions: list[Condition] = _conditions_field(
-        "Ready, QuotaAdmitted, ModelVerified, Progressing and Degraded."
+        "Ready, QuotaAdmitted, ModelVerified, Progressing, Degraded, ScalingActive and ScalingLimited."
     )
 
 
@@ -713,6 +784,8 @@ class ModelDeployment(Resource):
     PRINTER_COLUMNS = (
         PrinterColumn("Model", "string", ".spec.model", "Model served"),
         PrinterColumn("GPU", "string", ".status.gpuSummary", "GPU class × GPUs per replica"),
+        PrinterColumn("Desired", "integer", ".status.desiredReplicas", "Replicas wanted (spec or autoscaler)"),
+        PrinterColumn("Granted", "integer", ".status.grantedReplicas", "Replicas the quota reserves GPUs for"),
         PrinterColumn("Ready", "string", ".status.readySummary", "Ready/desired replicas"),
         _condition_column("Admitted", "QuotaAdmitted"),
         _condition_column("Status", "Ready", "reason", priority=1),
