@@ -98,6 +98,16 @@ class NetworkConfig(_Config):
     gateway_label: str = "llmos.dev/gateway"
 
 
+class AutoscalerConfig(_Config):
+    """How the operator reads the load of deployments with spec.autoscaling (docs/autoscaling.md)."""
+
+    enabled: bool = True  # false: spec.autoscaling is reported (ScalingActive=False) and never acted on
+    poll_seconds: float = Field(5.0, ge=1, le=10)  # every ready replica's /metrics this often, and a decision
+    timeout_seconds: float = Field(2.0, gt=0, le=10)  # one scrape, connection to last byte
+    max_concurrent: int = Field(32, ge=1, le=1024)  # scrapes in flight at once
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=4096)  # read of one answer at most (scanned as it comes)
+
+
 def _default_gpu_classes() -> dict[str, GPUClass]:
     return {
         "h100": GPUClass(
@@ -121,6 +131,7 @@ class OperatorConfig(_Config):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
     # The operator's own namespace (trusted-key Secrets live only there; no tenant may claim it). The chart sets it
     # through $LLMOS_OPERATOR_NAMESPACE.
     operator_namespace: str = Field(default_factory=lambda: os.environ.get("LLMOS_OPERATOR_NAMESPACE", "llmos-system"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -58,21 +59,25 @@ class HealthServer:
         return web.json_response({"ready": False, "digest": s.digest, "phase": s.phase,
                                   "reason": s.not_ready_reason()}, status=503)
 
-    async def metrics(self, _request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.Response:
+        # ?name[]=…: only those families (prometheus_client's filter, which vLLM's /metrics has too). The operator's
+        # autoscaler asks for three gauges every few seconds: the engine then renders a few hundred bytes, not all.
+        names = request.query.getall("name[]", [])
+        query = ("?" + urlencode([("name[]", n) for n in names])) if names else ""
         engine_text = b""
         url = self._engine_url()
         if url and self.state.engine_exited is None:
             if self.session is None:
                 self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
             try:
-                async with self.session.get(url + "/metrics", headers=self._engine_headers) as r:
+                async with self.session.get(url + "/metrics" + query, headers=self._engine_headers) as r:
                     if r.status == 200:
                         engine_text = await r.read()
             except (aiohttp.ClientError, TimeoutError) as e:
                 log.debug("engine metrics unavailable: %s", e)
         if engine_text and not engine_text.endswith(b"\n"):
             engine_text += b"\n"
-        return web.Response(body=engine_text + self.state.metrics.exposition(),
+        return web.Response(body=engine_text + self.state.metrics.exposition(names),
                             headers={"Content-Type": PROM_CONTENT_TYPE})
 
     async def adapters(self, _request: web.Request) -> web.Response:

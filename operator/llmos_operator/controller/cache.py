@@ -19,6 +19,7 @@ from ..core.ownership import Ownership, ownership
 from ..kube.client import KindPath, Kube
 from ..kube.informer import Informer, Store
 from .summaries import (
+    autoscaler_summary,
     child_summary,
     deployment_summary,
     metadata_summary,
@@ -65,6 +66,10 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
         "BundleConfigMap": informer("BundleConfigMap", "ConfigMap", metadata_summary, metadata_only=True),
         "KeySecret": informer("KeySecret", "Secret", metadata_summary, metadata_only=True,
                               namespace=config.operator_namespace),
+        # External autoscalers (KEDA makes HorizontalPodAutoscalers too): one on a ModelDeployment with
+        # spec.autoscaling is reported and holds the count, rather than fighting llmos's autoscaler.
+        "HorizontalPodAutoscaler": informer("HorizontalPodAutoscaler", "HorizontalPodAutoscaler",
+                                            autoscaler_summary),
     })
 
 

@@ -7,7 +7,8 @@ are not used: it shares one unfiltered watch per resource (label filters run in 
 ConfigMap of the cluster has been sent) and its listing has no "complete" signal; the informers of ``kube/`` select
 on the API server and say when they are synced (docs/architecture.md).
 
-Start-up order: informers list everything, then the workers start (nothing is decided on a half-known world).
+Start-up order: informers list everything, then the workers start (nothing is decided on a half-known world), then
+the autoscaler (controller/autoscaler.py), which needs no ordering: what it decided before is in the status.
 Decisions are published by admission passes; a deployment that finds none waits for one (its key comes back), so no
 pass has to run before the workers.
 """
@@ -31,6 +32,7 @@ from ..kube.health import Health
 from ..kube.informer import Store
 from ..kube.workqueue import WorkQueue, run_workers
 from .admission import Admission, Conflict
+from .autoscaler import Autoscaler
 from .cache import Cache, build_store
 from .children import ChildWriter
 from .gpu_pods import GPUPodReconciler
@@ -64,7 +66,7 @@ class Manager:
             "Pod": self.triggers.pod, "Deployment": self.triggers.child, "ReplicaSet": self.triggers.replica_set,
             "Service": self.triggers.child, "ConfigMap": self.triggers.child,
             "PodDisruptionBudget": self.triggers.child, "BundleConfigMap": self.triggers.bundle_configmap,
-            "KeySecret": self.triggers.key_secret,
+            "KeySecret": self.triggers.key_secret, "HorizontalPodAutoscaler": self.triggers.autoscaler,
         })
         self.ctx.cache.store = self.store
         self.gpu_pods = GPUPodReconciler(self.ctx)
@@ -72,6 +74,7 @@ class Manager:
         self.tenants = TenantReconciler(self.ctx, self.triggers)
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
+        self.autoscaler = Autoscaler(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
                              sync_within=STORE_SYNC_TIMEOUT)
@@ -117,8 +120,10 @@ class Manager:
         self.ctx.admit_again(everything=True)
         self.workers.extend(run_workers(self.queue, self.handle, workers, self.on_error))
         threading.Thread(target=self._resync, args=(resync_seconds,), name="llmos-resync", daemon=True).start()
+        self.autoscaler.start()
 
     def stop(self) -> None:
+        self.autoscaler.stop()
         self.queue.close()
         self.store.stop()
 

@@ -24,10 +24,12 @@ whether or not the autoscaler has read any load yet.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..api.types import AutoscalingSpec, ModelDeployment
+from ..api.names import ANNOTATION_CONFIG_HASH
+from ..api.types import GROUP, AutoscalingSpec, ModelDeployment
 
 TOLERANCE = 0.1
 # A replica's value above this is an engine lying or broken: capped, so a hostile pod cannot make numbers overflow.
@@ -184,7 +186,95 @@ def gang_replicas(mdep: ModelDeployment) -> int | None:
     return None if spec is None else min(spec.min_replicas, wanted_replicas(mdep))
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """The pods of one deployment whose load is read: ready ones with their IP, and how many are still starting."""
+
+    ready: tuple[tuple[str, str], ...]  # (pod name, pod IP)
+    starting: int
+    rolling: bool  # pods of more than one template: a rollout replaces them (no scale-down meanwhile)
+
+
+def _controller(obj: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("kind")), str(ref.get("name")), str(ref.get("uid"))
+    return None
+
+
+def _owned_through_chain(pod: Mapping[str, Any], lookup: Callable[[str, str], Mapping[str, Any] | None],
+                         mdep_uid: str) -> bool:
+    """pod → ReplicaSet → Deployment → the ModelDeployment, each link the controller reference by uid."""
+    obj: Mapping[str, Any] | None = pod
+    for kind in ("ReplicaSet", "Deployment"):
+        owner = _controller(obj)
+        if owner is None or owner[0] != kind:
+            return False
+        obj = lookup(kind, owner[1])
+        if obj is None or (obj.get("metadata") or {}).get("uid") != owner[2]:
+            return False
+    top = _controller(obj)
+    return top is not None and top[0] == "ModelDeployment" and top[2] == mdep_uid
+
+
+def replicas_of(pods: Iterable[Mapping[str, Any]], lookup: Callable[[str, str], Mapping[str, Any] | None],
+                mdep_uid: str) -> Replicas:
+    """The deployment's replicas among ``pods`` (its label's; ``lookup(kind, name)`` finds a ReplicaSet or
+    Deployment of the namespace): only pods whose controller chain is llmos's own, each link checked by uid (a
+    tenant copies labels, not uids, so no pod it makes is read or counted). Ready: the Ready condition, not being
+    deleted, an IP."""
+    ready: list[tuple[str, str]] = []
+    starting = 0
+    templates = set()
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        if not _owned_through_chain(pod, lookup, mdep_uid):
+            continue
+        templates.add((meta.get("annotations") or {}).get(ANNOTATION_CONFIG_HASH))
+        is_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if is_ready and status.get("podIP"):
+            ready.append((str(meta.get("name")), str(status["podIP"])))
+        else:
+            starting += 1
+    return Replicas(tuple(sorted(ready)), starting, len(templates) > 1)
+
+
+def scale_target(hpa: Mapping[str, Any]) -> str | None:
+    """The ModelDeployment a HorizontalPodAutoscaler scales (its name, in the HPA's namespace), or None."""
+    ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    if ref.get("kind") != "ModelDeployment" or str(ref.get("apiVersion") or "").split("/")[0] != GROUP:
+        return None
+    return str(ref.get("name") or "") or None
+
+
+def external_autoscalers(hpas: Iterable[Mapping[str, Any]], name: str) -> tuple[str, ...]:
+    """``<namespace>/<name>`` of the HorizontalPodAutoscalers (of one namespace) that scale ModelDeployment
+    ``name``."""
+    return tuple(sorted(f"{(h.get('metadata') or {}).get('namespace')}/{(h.get('metadata') or {}).get('name')}"
+                        for h in hpas if scale_target(h) == name))
+
+
 def metric_label(metric: str) -> str:
     """The engine's gauge behind the API's metric name (for messages)."""
     return {"waitingRequests": "vllm:num_requests_waiting", "runningRequests": "vllm:num_requests_running",
             "kvCacheUsage": "vllm:kv_cache_usage_perc"}[metric]
+
+
+@dataclass(frozen=True)
+class AutoscalerReport:
+    """What the autoscaler last found for one deployment; its reconciler says it in ScalingActive and
+    ScalingLimited (only the reconciler writes conditions). Messages carry no live numbers: a report changes only
+    when what it says changes."""
+
+    active: bool
+    reason: str  # FOLLOWING_LOAD, NO_READY_REPLICA, METRICS_UNAVAILABLE
+    message: str
+    capped_at_max: bool = False  # the load asks for more than maxReplicas
+
+
+FOLLOWING_LOAD = "FollowingLoad"
+NO_READY_REPLICA = "NoReadyReplica"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+EXTERNAL_AUTOSCALER = "ExternalAutoscaler"
