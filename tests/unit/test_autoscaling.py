@@ -187,3 +187,39 @@ def test_hostile_text_is_bounded_and_ignored():
 def test_the_query_names_the_three_gauges():
     assert QUERY == ("name[]=vllm:num_requests_waiting&name[]=vllm:num_requests_running"
                      "&name[]=vllm:kv_cache_usage_perc")
+
+
+# Which pods are read -----------------------------------------------------------------------------------------------
+
+
+def _obj(kind, name, uid, owner=None, **extra):
+    meta = {"name": name, "uid": uid}
+    if owner is not None:
+        meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1], "uid": owner[2], "controller": True}]
+    meta.update(extra.pop("meta", {}))
+    return {"kind": kind, "metadata": meta, **extra}
+
+
+def test_replicas_of_counts_only_the_deployments_own_pods():
+    from llmos_operator.core.autoscaling import replicas_of
+
+    objects = {("Deployment", "chat"): _obj("Deployment", "chat", "d1", ("ModelDeployment", "chat", "m1")),
+               ("ReplicaSet", "rs-a"): _obj("ReplicaSet", "rs-a", "r1", ("Deployment", "chat", "d1")),
+               ("ReplicaSet", "rs-b"): _obj("ReplicaSet", "rs-b", "r2", ("Deployment", "chat", "d1")),
+               ("ReplicaSet", "forged"): _obj("ReplicaSet", "forged", "r3", ("Deployment", "chat", "not-d1"))}
+    ready = {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+
+    def pod(name, rs, uid, status, template="h1", **meta):
+        return _obj("Pod", name, f"p-{name}", ("ReplicaSet", rs, uid), status=status,
+                    meta={"annotations": {"llmos.dev/config-hash": template}, **meta})
+
+    pods = [pod("a", "rs-a", "r1", ready), pod("b", "rs-a", "r1", {"phase": "Running"}),
+            pod("c", "rs-a", "r1", ready, deletionTimestamp="2026-01-01T00:00:00Z"),
+            pod("d", "forged", "r3", ready), pod("e", "rs-a", "wrong-uid", ready),
+            pod("f", "rs-a", "r1", {"phase": "Failed", "conditions": []})]
+    found = replicas_of(pods, lambda kind, name: objects.get((kind, name)), "m1")
+    assert found.ready == (("a", "10.0.0.1"),) and found.starting == 1 and not found.rolling
+    assert replicas_of(pods, lambda kind, name: objects.get((kind, name)), "other-uid").ready == ()
+    rolling = replicas_of(pods + [pod("g", "rs-b", "r2", ready, template="h2")],
+                          lambda kind, name: objects.get((kind, name)), "m1")
+    assert rolling.rolling and len(rolling.ready) == 2

@@ -83,13 +83,23 @@ class Autoscaler:
         if self._thread is not None:
             self._thread.join(timeout=self.config.poll_seconds + self.config.timeout_seconds + 5)
 
-    async def _main(self) -> None:
+    def _session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.config.max_concurrent,
                                          keepalive_timeout=3 * self.config.poll_seconds)
         # trust_env stays off: no proxy from the environment; identity encoding: the answers are small
-        async with aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
-                headers={"User-Agent": "llmos-operator", "Accept-Encoding": "identity"}) as session:
+        return aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
+            headers={"User-Agent": "llmos-operator", "Accept-Encoding": "identity"})
+
+    def run_once(self) -> None:
+        """One round in the calling thread (tests, benchmarks)."""
+        async def once() -> None:
+            async with self._session() as session:
+                await self.round(session, asyncio.Semaphore(self.config.max_concurrent))
+        asyncio.run(once())
+
+    async def _main(self) -> None:
+        async with self._session() as session:
             semaphore = asyncio.Semaphore(self.config.max_concurrent)
             while not self._stop.is_set():
                 started = time.monotonic()
