@@ -23,15 +23,23 @@ test the pods must serve real answers from a real vLLM, so the local cluster's s
 ``endpoints()`` tells a test's load balancer where each pod listens, whether it is ready, deleting, and the digest
 its ``/readyz`` names. ``close()`` always kills every process it started.
 
+``pod_ips=True`` gives each pod a loopback address of its own (``127.a.b.c``, ``a.b`` random per kubelet), written
+as its ``status.podIP``, where the process listens on the container's own ports: the operator reaches a pod's health
+port as it would in a cluster (its autoscaler reads the engine's load there). ``runner`` replaces the runtime by
+another process (the autoscaling tests' stand-in, tests/support/load_pod.py), given the pod and its address.
+
 Not done (no meaning here): images, resources and cgroups, security contexts, liveness and startup probes (the
 runtime's own budgets end a stuck start), init containers, PVC volumes, node status.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +97,7 @@ class _PodWorker:
         self.probe_failures = 0
         self.termination_log: Path | None = None
         self.deleting = False
+        self.ip = kubelet.next_ip()  # the pod's address (its own loopback address with pod_ips)
         self._starts = 0
         self._mounts: dict[str, tuple[str, Path, dict]] = {}  # configmap name -> (mount path, local dir, files)
         self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.name}", daemon=True)
@@ -111,13 +120,20 @@ class _PodWorker:
         self._starts += 1
         fsroot = self.kubelet.root / self.name / f"start-{self._starts}"
         fsroot.mkdir(parents=True, exist_ok=True)
+        if self.kubelet.runner is not None:
+            self._mounts, self.termination_log = {}, None
+            self.proc = self.kubelet.runner(self.pod, self.ip, fsroot).start()
+            self.started_at, self.waiting, self.ready = _now(), None, False
+            self.kubelet._event(f"{self.name}: started (pid {self.proc.proc.pid}, {self.ip}, start {self._starts})")
+            return
         configmaps = self._read_configmaps()
         template = {"metadata": self.pod["metadata"], "spec": {"template": {"spec": self.pod["spec"]}}}
         local = pod_to_local(
             template, configmaps, fsroot=fsroot, pvcs={}, base_env=cpu_env(), host_sources=True,
             field_values={"metadata.name": self.name, "metadata.namespace": self.kubelet.namespace,
                           "metadata.uid": self.uid, "spec.nodeName": self.pod["spec"]["nodeName"],
-                          "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"},
+                          "status.podIP": self.ip, "status.hostIP": "127.0.0.1"},
+            host=self.ip, keep_ports=self.kubelet.pod_ips,
         )
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
         self._mounts = {}
@@ -128,7 +144,7 @@ class _PodWorker:
                 self._mounts[cm_name] = (m["mountPath"], local.local(m["mountPath"]), configmaps[cm_name])
         self.termination_log = local.termination_log
         self.proc = RuntimeProcess(argv=local.argv, env=local.env, log_path=fsroot / "runtime.log", port=local.port,
-                                   health_port=local.health_port, name=self.name).start()
+                                   health_port=local.health_port, name=self.name, host=self.ip).start()
         self.started_at = _now()
         self.waiting = None
         self.ready = False
@@ -231,7 +247,7 @@ class _PodWorker:
             cs["lastState"] = {"terminated": self.last_terminated}
         body = {"status": {
             "phase": "Running", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.start_time,
+            "podIP": self.ip, "podIPs": [{"ip": self.ip}], "startTime": self.start_time,
             "conditions": [
                 self._condition("PodReadyToStartContainers", True),
                 self._condition("Initialized", True),
@@ -342,10 +358,19 @@ class _PodWorker:
                 raise
 
 
+Runner = Callable[[dict, str, Path], RuntimeProcess]  # (pod, its address, its filesystem root) → a process to start
+
+
 class ProcessKubelet:
-    def __init__(self, api: client.ApiClient, namespace: str, root: Path, *, probe_period: float = 1.0):
+    def __init__(self, api: client.ApiClient, namespace: str, root: Path, *, probe_period: float = 1.0,
+                 pod_ips: bool = False, runner: Runner | None = None):
         if not namespace.startswith(NAMESPACE_PREFIX):
             raise ValueError(f"the process kubelet runs pods of {NAMESPACE_PREFIX}* namespaces only, not {namespace}")
+        self.pod_ips = pod_ips or runner is not None
+        self.runner = runner
+        self._ip_prefix = f"127.{random.randint(64, 254)}"
+        self._ip_numbers = itertools.count(random.randint(0, 200) * 256 + 1)
+        self._ip_lock = threading.Lock()
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
@@ -357,6 +382,16 @@ class ProcessKubelet:
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._watch_loop, name="process-kubelet", daemon=True)
+
+    def next_ip(self) -> str:
+        """A new pod's address: loopback itself, or with pod_ips one of its own in 127.0.0.0/8."""
+        if not self.pod_ips:
+            return "127.0.0.1"
+        with self._ip_lock:  # (called under self._lock: a lock of its own)
+            n = next(self._ip_numbers)
+            while n % 256 in (0, 255):
+                n = next(self._ip_numbers)
+        return f"{self._ip_prefix}.{n // 256 % 256}.{n % 256}"
 
     def start(self) -> ProcessKubelet:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ class RuntimeProcess:
     port: int
     health_port: int
     name: str = "runtime"
+    host: str = "127.0.0.1"  # where it listens (a pod IP of tests/support/process_kubelet.py, or loopback)
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     ready_after: float | None = None
@@ -60,11 +61,11 @@ class RuntimeProcess:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def health(self) -> str:
-        return f"http://127.0.0.1:{self.health_port}"
+        return f"http://{self.host}:{self.health_port}"
 
     def start(self) -> "RuntimeProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
