@@ -21,13 +21,12 @@ import json
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from kubernetes import client, watch
 
 from tests.support.cluster_fixtures import GROUP, VERSION, Objects
-from tests.support.load_pod import load_pod_runner
+from tests.support.load_pod import LoadSplitter, load_pod_runner
 from tests.support.process_kubelet import ProcessKubelet, force_delete_pods
 from tests.support.waiting import wait_for
 
@@ -84,41 +83,6 @@ class GpuPodWatch(threading.Thread):
         self.join(timeout=10)
 
 
-class Load(threading.Thread):
-    """The total load of each deployment, split over its ready pods (what a load balancer would do), written where
-    the stand-ins read it, every 0.3 s."""
-
-    def __init__(self, kubelet: ProcessKubelet, load_dir: Path):
-        super().__init__(daemon=True)
-        self.kubelet, self.dir = kubelet, load_dir
-        self.total: dict[str, dict[str, float]] = {}
-        self._halt = threading.Event()
-
-    def set(self, deployment: str, **total: float) -> None:
-        self.total[deployment] = total
-        self.write()
-
-    def write(self) -> None:
-        ready: dict[str, int] = {}
-        for e in self.kubelet.endpoints().values():
-            if e.ready and not e.deleting:
-                owner = e.pod.rsplit("-", 2)[0]
-                ready[owner] = ready.get(owner, 0) + 1
-        for deployment, total in list(self.total.items()):
-            per = {k: v / max(ready.get(deployment, 0), 1) for k, v in total.items()}
-            tmp = self.dir / f".{deployment}.json"
-            tmp.write_text(json.dumps(per))
-            tmp.rename(self.dir / f"{deployment}.json")
-
-    def run(self) -> None:
-        while not self._halt.wait(0.3):
-            self.write()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-
-
 def conditions(objects: Objects, name: str) -> dict[str, dict]:
     return {c["type"]: c for c in (objects.get("modeldeployments", name).get("status") or {}).get("conditions", [])}
 
@@ -147,7 +111,7 @@ def load_tenant(cluster, operator, tmp_path):
     kubelet = ProcessKubelet(cluster.api, namespace, tmp_path / "kubelet", probe_period=0.5,
                              runner=load_pod_runner(load_dir)).start()
     objects = Objects(cluster.api, namespace)
-    load = Load(kubelet, load_dir)
+    load = LoadSplitter(kubelet, load_dir)
     load.start()
     try:
         objects.tenant(namespace, gpus={"h100": 4}, namespaces=[namespace])

@@ -16,6 +16,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from aiohttp import web
@@ -88,3 +89,40 @@ def load_pod_runner(load_dir: Path, drain_seconds: float = 1.0):
                               health_port=ports["health"], name=pod["metadata"]["name"], host=ip)
 
     return run
+
+
+class LoadSplitter(threading.Thread):
+    """The total load of each deployment, split over its ready pods (what a load balancer would do), written where
+    the stand-ins read it, every 0.3 s."""
+
+    def __init__(self, kubelet, load_dir: Path):
+        super().__init__(daemon=True)
+        self.kubelet, self.dir = kubelet, load_dir
+        self.total: dict[str, dict[str, float]] = {}
+        self._halt = threading.Event()
+        self._lock = threading.Lock()  # the thread and set() both write
+
+    def set(self, deployment: str, **total: float) -> None:
+        self.total[deployment] = total
+        self.write()
+
+    def write(self) -> None:
+        ready: dict[str, int] = {}
+        for e in self.kubelet.endpoints().values():
+            if e.ready and not e.deleting:
+                owner = e.pod.rsplit("-", 2)[0]
+                ready[owner] = ready.get(owner, 0) + 1
+        with self._lock:
+            for deployment, total in list(self.total.items()):
+                per = {k: v / max(ready.get(deployment, 0), 1) for k, v in total.items()}
+                tmp = self.dir / f".{deployment}.json"
+                tmp.write_text(json.dumps(per))
+                tmp.rename(self.dir / f"{deployment}.json")
+
+    def run(self) -> None:
+        while not self._halt.wait(0.3):
+            self.write()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)

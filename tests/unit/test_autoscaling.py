@@ -223,3 +223,19 @@ def test_replicas_of_counts_only_the_deployments_own_pods():
     rolling = replicas_of(pods + [pod("g", "rs-b", "r2", ready, template="h2")],
                           lambda kind, name: objects.get((kind, name)), "m1")
     assert rolling.rolling and len(rolling.ready) == 2
+
+
+def test_the_runtime_answers_only_the_families_named():
+    """vLLM 0.32's /metrics ignores name[] (its instrumentator route answers before prometheus_client's filtering
+    app): the runtime's health port filters what the engine answered."""
+    from llmos_runtime.health import only_families
+
+    text = VLLM_TEXT + b"# HELP vllm:prompt_tokens Prompt tokens.\n# TYPE vllm:prompt_tokens counter\n" \
+        b'vllm:prompt_tokens_total{engine="0"} 12.0\nvllm:prompt_tokens_created{engine="0"} 1.7e9\n'
+    named = only_families(text, ["vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens"])
+    lines = named.decode().splitlines()
+    assert "vllm:num_requests_waiting_by_reason" not in named.decode()
+    assert not any(line.startswith("vllm:num_requests_running") for line in lines)
+    assert scan(named) == Load(waiting=8.0, kv_cache=0.375)
+    assert 'vllm:prompt_tokens_total{engine="0"} 12.0' in lines and "# TYPE vllm:prompt_tokens counter" in lines
+    assert only_families(text, []) == b""
