@@ -102,7 +102,9 @@ class AutoscalerConfig(_Config):
     """How the operator reads the load of deployments with spec.autoscaling (docs/autoscaling.md)."""
 
     enabled: bool = True  # false: spec.autoscaling is reported (ScalingActive=False) and never acted on
-    poll_seconds: float = Field(5.0, ge=1, le=10)  # every ready replica's /metrics this often, and a decision
+    # Every ready replica's /metrics this often, and a decision. 10 s: ~2 % of a core for 1,000 one-replica
+    # deployments (bench/autoscale.py), a load step decided within ~11 s.
+    poll_seconds: float = Field(10.0, ge=1, le=10)
     timeout_seconds: float = Field(2.0, gt=0, le=10)  # one scrape, connection to last byte
     max_concurrent: int = Field(32, ge=1, le=1024)  # scrapes in flight at once
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=4096)  # read of one answer at most (scanned as it comes)

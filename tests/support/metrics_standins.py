@@ -28,7 +28,10 @@ KEYS = {"waiting": NAMES[0], "running": NAMES[1], "kv_cache": NAMES[2]}
 
 def exposition(values: dict[str, float], names: list[str], padding: int = 0) -> bytes:
     """vLLM-like text: HELP/TYPE and one series per gauge (model_name and engine labels), filtered by ``names``;
-    ``padding`` bytes of histogram series (as a full answer carries) when nothing is named."""
+    with ``padding``, the whole answer whatever is named (as vLLM 0.32 itself, or a runtime that does not filter,
+    answers): the gauges and ``padding`` bytes of histogram series."""
+    if padding:
+        names = []
     out = []
     for key, name in KEYS.items():
         if names and name not in names:
@@ -36,7 +39,7 @@ def exposition(values: dict[str, float], names: list[str], padding: int = 0) -> 
         out.append(f"# HELP {name} stand-in\n# TYPE {name} gauge\n"
                    f'{name}{{engine="0",model_name="m"}} {float(values.get(key, 0.0))}\n')
     text = "".join(out).encode()
-    if padding and not names:
+    if padding:
         line = b'vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 12.0\n'
         text += line * (padding // len(line))
     return text

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import base64
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from tests.support.runtime_proc import CPU_ENV, free_port, runtime_command, write_configmap
 

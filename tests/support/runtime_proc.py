@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 
@@ -67,7 +67,7 @@ class RuntimeProcess:
     def health(self) -> str:
         return f"http://{self.host}:{self.health_port}"
 
-    def start(self) -> "RuntimeProcess":
+    def start(self) -> RuntimeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab", buffering=0)
         self.started_at = time.monotonic()

@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from .. import metrics
+from ..api.names import LABEL_MODEL_DEPLOYMENT
 from ..api.types import InvalidObject, ModelDeployment
 from ..core.autoscaling import (
     FOLLOWING_LOAD,
@@ -44,7 +46,6 @@ from ..core.autoscaling import (
 )
 from ..core.engine_metrics import QUERY, MetricsScanner
 from ..core.status import now_rfc3339
-from .cache import owned_by
 from .state import Context
 
 log = logging.getLogger("llmos.controller.autoscaler")
@@ -70,6 +71,9 @@ class Autoscaler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rounds = 0
+        # (versions of the stores read, the targets found then): a steady fleet is not searched again every round
+        self._memo: tuple[tuple[int, ...], list[tuple[ModelDeployment, dict, int, Replicas]]] | None = None
+        self._urls: dict[str, URL] = {}  # pod IP → the URL read there, built once
 
     def start(self) -> None:
         if not self.config.enabled:
@@ -86,10 +90,12 @@ class Autoscaler:
     def _session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.config.max_concurrent,
                                          keepalive_timeout=3 * self.config.poll_seconds)
-        # trust_env stays off: no proxy from the environment; identity encoding: the answers are small
+        # trust_env stays off: no proxy from the environment; no cookies kept from what a pod answers; identity
+        # encoding: the answers are small
         return aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
-            headers={"User-Agent": "llmos-operator", "Accept-Encoding": "identity"})
+            headers={"User-Agent": "llmos-operator", "Accept-Encoding": "identity"},
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
 
     def run_once(self) -> None:
         """One round in the calling thread (tests, benchmarks)."""
@@ -116,9 +122,10 @@ class Autoscaler:
 
     async def round(self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore) -> None:
         targets = self._targets()
-        port = self.ctx.config.runtime.health_port
         reads = [(t, ip) for t in targets for _, ip in t.replicas.ready]
-        answers = await asyncio.gather(*(self._read(session, semaphore, _url(ip, port)) for _, ip in reads))
+        urls = {ip: self._urls.get(ip) or _url(ip, self.ctx.config.runtime.health_port) for _, ip in reads}
+        self._urls = urls
+        answers = await asyncio.gather(*(self._read(session, semaphore, urls[ip]) for _, ip in reads))
         for (target, _), (load, error) in zip(reads, answers, strict=True):
             target.loads.append(load)
             if error:
@@ -133,8 +140,19 @@ class Autoscaler:
         metrics.AUTOSCALER_DEPLOYMENTS.set(len(targets))
 
     def _targets(self) -> list[_Target]:
-        """The deployments to decide for this round, with the replicas to read (from the store)."""
+        """The deployments to decide for this round, with the replicas to read (from the store; recomputed only when
+        a store it reads changed since the last round)."""
+        cache = self.ctx.cache
+        versions = tuple(cache[kind].version for kind in self._STORES)
+        if self._memo is None or self._memo[0] != versions:
+            self._memo = (versions, self._find_targets())
+        return [_Target(mdep, raw, current, replicas, [], []) for mdep, raw, current, replicas in self._memo[1]]
+
+    _STORES = ("ModelDeployment", "Pod", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler")
+
+    def _find_targets(self) -> list[tuple[ModelDeployment, dict, int, Replicas]]:
         cache, out = self.ctx.cache, []
+        pods_by_namespace: dict[str, dict[str, list[dict]]] = {}
         for raw in cache["ModelDeployment"].list():
             if not (raw.get("spec") or {}).get("autoscaling") or raw["metadata"].get("deletionTimestamp"):
                 continue
@@ -145,16 +163,23 @@ class Autoscaler:
             ns, name = mdep.metadata.namespace or "", mdep.metadata.name
             if external_autoscalers(cache["HorizontalPodAutoscaler"].list(ns), name):
                 continue  # reported by the reconciler (ScalingActive=False): the count holds
-            pods = cache["Pod"].list(ns, owned_by(name))
+            if ns not in pods_by_namespace:  # each namespace's pods grouped by deployment, once
+                grouped: dict[str, list[dict]] = {}
+                for pod in cache["Pod"].list(ns):
+                    owner = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+                    if owner:
+                        grouped.setdefault(owner, []).append(pod)
+                pods_by_namespace[ns] = grouped
+            pods = pods_by_namespace[ns].get(name, [])
             replicas = replicas_of(pods, functools.partial(self._lookup, ns), mdep.metadata.uid or "")
-            out.append(_Target(mdep, raw, wanted_replicas(mdep), replicas, [], []))
+            out.append((mdep, raw, wanted_replicas(mdep), replicas))
         return out
 
     def _lookup(self, namespace: str, kind: str, name: str) -> dict | None:
         return self.ctx.cache[kind].get(name, namespace)
 
     async def _read(self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore,
-                    url: str) -> tuple[Load | None, str | None]:
+                    url: URL) -> tuple[Load | None, str | None]:
         """One replica's load, or why not."""
         async with semaphore:
             try:
@@ -256,6 +281,6 @@ class Autoscaler:
         self._series &= live
 
 
-def _url(ip: str, port: int) -> str:
+def _url(ip: str, port: int) -> URL:
     host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{port}/metrics?{QUERY}"
+    return URL(f"http://{host}:{port}/metrics?{QUERY}", encoded=True)
