@@ -118,3 +118,14 @@ def test_deployments_without_autoscaling_or_limits_carry_no_scaling_conditions()
     d = mdep(autoscaling=None)
     c = conds(status(d, decision(d, quota=8), child(1, 1)))
     assert "ScalingActive" not in c and "ScalingLimited" not in c
+
+
+def test_events_for_scaling_only_where_someone_acts():
+    from llmos_operator.core.status import Transition, worth_an_event
+
+    assert worth_an_event(Transition("ScalingLimited", "False", "True", "QuotaExceeded", "h100 4/4: …"))
+    assert not worth_an_event(Transition("ScalingLimited", "True", "False", "WithinLimits", "4 of 4"))
+    assert worth_an_event(Transition("ScalingActive", "True", "False", "ExternalAutoscaler", "…"))
+    assert worth_an_event(Transition("ScalingActive", "True", "False", "MetricsUnavailable", "…"))
+    assert not worth_an_event(Transition("ScalingActive", "True", "False", "NoReadyReplica", "…"))
+    assert not worth_an_event(Transition("ScalingActive", None, "True", "FollowingLoad", "…"))

@@ -293,7 +293,7 @@ class ModelDeploymentReconciler:
             self.ctx.kube.patch_status("ModelDeployment", mdep.metadata.name, mdep.metadata.namespace, status)
             for t in transitions(old.get("conditions", []), status["conditions"]):
                 if worth_an_event(t):
-                    good = (t.status == "True") != (t.type == "Degraded")
+                    good = (t.status == "True") != (t.type in ("Degraded", "ScalingLimited"))
                     self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
         return status
 

@@ -22,12 +22,19 @@ from ...api.names import (
     READY,
     RECONCILING,
     SCALING_ACTIVE,
+    SCALING_LIMITED,
     STALLED,
     selector_string,
 )
 from ...api.types import Model, ModelDeployment
 from ...config import OperatorConfig
-from ..autoscaling import AutoscalerReport, gang_replicas, wanted_replicas
+from ..autoscaling import (
+    EXTERNAL_AUTOSCALER,
+    METRICS_UNAVAILABLE,
+    AutoscalerReport,
+    gang_replicas,
+    wanted_replicas,
+)
 from ..errors import RenderError
 from ..placement import Fit
 from ..quota import Decision
@@ -350,9 +357,15 @@ def worth_an_event(t: Any) -> bool:
     the 15 API requests a new ModelDeployment cost): admission and verification verdicts (not a new deployment's
     "Model verified", which the Model's Event says), becoming Ready, losing readiness, turning Degraded and
     recovering. Progressing and kstatus's Reconciling/Stalled repeat Ready; the rollout phases have their own
-    Events."""
+    Events. Scaling: becoming limited (a Warning naming the numbers), and an autoscaler that cannot act for a reason
+    someone must fix (an external autoscaler, unreadable metrics) — not a new deployment's replicas still starting;
+    each new count has its own Event (ScaledUp, ScaledDown)."""
     if t.type in (PROGRESSING, RECONCILING, STALLED):
         return False
+    if t.type == SCALING_LIMITED:
+        return bool(t.status == "True")
+    if t.type == SCALING_ACTIVE:
+        return t.status == "False" and t.reason in (EXTERNAL_AUTOSCALER, METRICS_UNAVAILABLE)
     if t.type == MODEL_VERIFIED and t.status == "True" and t.old_status is None:
         return False  # a new deployment of a verified Model: the Model's own Event says so
     if t.type in (DEGRADED, READY):
