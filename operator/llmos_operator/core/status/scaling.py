@@ -19,7 +19,7 @@ from typing import Any
 from ...api.names import SCALING_ACTIVE, SCALING_LIMITED
 from ...api.types import Condition, ModelDeployment
 from ..autoscaling import EXTERNAL_AUTOSCALER, FOLLOWING_LOAD, AutoscalerReport, gang_replicas, metric_label
-from ..quota import Decision
+from ..quota import INSUFFICIENT_CAPACITY, QUOTA_EXCEEDED, Decision
 from .conditions import condition
 
 
@@ -67,15 +67,17 @@ def _active(mdep: ModelDeployment, report: AutoscalerReport | None, external: Se
 def _limited(mdep: ModelDeployment, decision: Decision | None, report: AutoscalerReport | None,
              quota_limit: int | None) -> tuple[bool, str, str]:
     if decision is not None and decision.limited:
+        granted = f"{decision.pool or decision.gpu_class}: {decision.replicas} of {decision.wanted_replicas} replicas"
+        if decision.reason not in (QUOTA_EXCEEDED, INSUFFICIENT_CAPACITY):  # frozen: the change waits for a reason
+            return True, decision.reason, f"{granted} granted: {decision.message}"
         waiting = decision.wanted_replicas - decision.replicas
         where = f" (position {decision.queue_position})" if decision.queue_position else ""
-        message = (f"{decision.pool or decision.gpu_class}: {decision.replicas} of {decision.wanted_replicas} "
-                   f"replicas granted; {waiting} more wait in the tenant's queue{where}")
+        message = f"{granted} granted; {waiting} more wait in the tenant's queue{where}"
         per = mdep.spec.gpu.count
         if quota_limit is not None and decision.wanted_replicas * per > quota_limit:
             message += (f"; the quota of {quota_limit} {decision.gpu_class} GPUs holds at most {quota_limit // per} "
                         "replicas: raise it or lower the replicas wanted")
-        return True, "QuotaExceeded", message
+        return True, decision.reason, message
     spec = mdep.spec.autoscaling
     if spec is not None and report is not None and report.capped_at_max:
         return True, "TooManyReplicas", f"the load asks for more than maxReplicas ({spec.max_replicas})"
