@@ -33,14 +33,12 @@ def build_app(args: argparse.Namespace):
     async def health(_r: Request):
         return Response()
 
-    async def metrics(r: Request):
-        series = {"vllm:fake": "# HELP vllm:fake a fake engine metric\n# TYPE vllm:fake gauge\nvllm:fake 1.0\n",
-                  "vllm:num_requests_running": f"vllm:num_requests_running {stats['running']}\n",
-                  "vllm:num_requests_waiting": "vllm:num_requests_waiting 0.0\n",
-                  "vllm:kv_cache_usage_perc": "vllm:kv_cache_usage_perc 0.0\n",
-                  "llmos_fake_aborted_total": f"llmos_fake_aborted_total {stats['aborted']}\n"}
-        names = r.query_params.getlist("name[]")  # prometheus_client's filter, as vLLM's /metrics has it
-        return PlainTextResponse("".join(v for k, v in series.items() if not names or k in names))
+    async def metrics(_r: Request):
+        # Everything, whatever ?name[]= asks (as vLLM 0.32's /metrics route does): the runtime filters.
+        return PlainTextResponse(
+            "# HELP vllm:fake a fake engine metric\n# TYPE vllm:fake gauge\nvllm:fake 1.0\n"
+            f"vllm:num_requests_running {stats['running']}\nvllm:num_requests_waiting 0.0\n"
+            f"vllm:kv_cache_usage_perc 0.0\nllmos_fake_aborted_total {stats['aborted']}\n")
 
     async def models(_r: Request):
         data = [{"id": args.served_model_name, "object": "model"}] + [{"id": n, "object": "model"} for n in loras]
