@@ -239,3 +239,17 @@ def test_the_runtime_answers_only_the_families_named():
     assert scan(named) == Load(waiting=8.0, kv_cache=0.375)
     assert 'vllm:prompt_tokens_total{engine="0"} 12.0' in lines and "# TYPE vllm:prompt_tokens counter" in lines
     assert only_families(text, []) == b""
+
+
+def test_a_real_vllm_answer():
+    """/metrics of vLLM 0.32 on CPU, as tests/engine/test_autoscaling.py read it (idle): the three gauges are found,
+    and the runtime's filter leaves them alone, about 500 bytes of 48 KB."""
+    from pathlib import Path
+
+    from llmos_runtime.health import only_families
+
+    text = (Path(__file__).parents[1] / "support" / "data" / "vllm-0.32-metrics.txt").read_bytes()
+    assert scan(text) == Load(waiting=0.0, running=0.0, kv_cache=0.0)
+    named = only_families(text, ["vllm:num_requests_waiting", "vllm:num_requests_running",
+                                 "vllm:kv_cache_usage_perc"])
+    assert scan(named) == scan(text) and len(named) < 600 < 40_000 < len(text)
