@@ -23,10 +23,9 @@ test the pods must serve real answers from a real vLLM, so the local cluster's s
 ``endpoints()`` tells a test's load balancer where each pod listens, whether it is ready, deleting, and the digest
 its ``/readyz`` names. ``close()`` always kills every process it started.
 
-``pod_ips=True`` gives each pod a loopback address of its own (``127.a.b.c``, ``a.b`` random per kubelet), written
-as its ``status.podIP``, where the process listens on the container's own ports: the operator reaches a pod's health
-port as it would in a cluster (its autoscaler reads the engine's load there). ``runner`` replaces the runtime by
-another process (the autoscaling tests' stand-in, tests/support/load_pod.py), given the pod and its address.
+``pod_ips=True``: each pod gets a loopback address of its own (its ``status.podIP``) and listens there on the
+container's ports, where the operator reaches it as in a cluster (the autoscaler reads the load there). ``runner``
+starts another process than the runtime (tests/support/load_pod.py's stand-in), given the pod and its address.
 
 Not done (no meaning here): images, resources and cgroups, security contexts, liveness and startup probes (the
 runtime's own budgets end a stuck start), init containers, PVC volumes, node status.
@@ -34,9 +33,7 @@ runtime's own budgets end a stuck start), init containers, PVC volumes, node sta
 
 from __future__ import annotations
 
-import itertools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +45,7 @@ import httpx
 from kubernetes import client, watch
 
 from tests.support.podspec import _configmap_files, pod_to_local
-from tests.support.runtime_proc import RuntimeProcess, cpu_env, write_configmap
+from tests.support.runtime_proc import LoopbackAddresses, RuntimeProcess, cpu_env, write_configmap
 
 log = logging.getLogger("process-kubelet")
 
@@ -97,7 +94,7 @@ class _PodWorker:
         self.probe_failures = 0
         self.termination_log: Path | None = None
         self.deleting = False
-        self.ip = kubelet.next_ip()  # the pod's address (its own loopback address with pod_ips)
+        self.ip = kubelet.addresses.next() if kubelet.addresses else "127.0.0.1"  # the pod's address
         self._starts = 0
         self._mounts: dict[str, tuple[str, Path, dict]] = {}  # configmap name -> (mount path, local dir, files)
         self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.name}", daemon=True)
@@ -368,9 +365,7 @@ class ProcessKubelet:
             raise ValueError(f"the process kubelet runs pods of {NAMESPACE_PREFIX}* namespaces only, not {namespace}")
         self.pod_ips = pod_ips or runner is not None
         self.runner = runner
-        self._ip_prefix = f"127.{random.randint(64, 254)}"
-        self._ip_numbers = itertools.count(random.randint(0, 200) * 256 + 1)
-        self._ip_lock = threading.Lock()
+        self.addresses = LoopbackAddresses() if self.pod_ips else None
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
@@ -382,16 +377,6 @@ class ProcessKubelet:
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._watch_loop, name="process-kubelet", daemon=True)
-
-    def next_ip(self) -> str:
-        """A new pod's address: loopback itself, or with pod_ips one of its own in 127.0.0.0/8."""
-        if not self.pod_ips:
-            return "127.0.0.1"
-        with self._ip_lock:  # (called under self._lock: a lock of its own)
-            n = next(self._ip_numbers)
-            while n % 256 in (0, 255):
-                n = next(self._ip_numbers)
-        return f"{self._ip_prefix}.{n // 256 % 256}.{n % 256}"
 
     def start(self) -> ProcessKubelet:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,14 @@ always kill the whole tree with one ``killpg``. Loopback only; ports are picked 
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LoopbackAddresses:
+    """Addresses of 127.0.0.0/8 for local "pods", each its own (``127.a.b.c``, ``a`` random per allocator)."""
+
+    def __init__(self) -> None:
+        self._prefix = f"127.{random.randint(64, 254)}"
+        self._numbers = itertools.count(random.randint(0, 200) * 256 + 1)
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            n = next(self._numbers)
+            while n % 256 in (0, 255):
+                n = next(self._numbers)
+        return f"{self._prefix}.{n // 256 % 256}.{n % 256}"
 
 
 def runtime_command() -> list[str]:

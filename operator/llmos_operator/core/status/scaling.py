@@ -67,12 +67,12 @@ def _active(mdep: ModelDeployment, report: AutoscalerReport | None, external: Se
 def _limited(mdep: ModelDeployment, decision: Decision | None, report: AutoscalerReport | None,
              quota_limit: int | None) -> tuple[bool, str, str]:
     if decision is not None and decision.limited:
-        granted = f"{decision.pool or decision.gpu_class}: {decision.replicas} of {decision.wanted_replicas} replicas"
+        numbers = f"{decision.pool or decision.gpu_class}: {decision.replicas} of {decision.wanted_replicas} replicas"
         if decision.reason not in (QUOTA_EXCEEDED, INSUFFICIENT_CAPACITY):  # frozen: the change waits for a reason
-            return True, decision.reason, f"{granted} granted: {decision.message}"
+            return True, decision.reason, f"{numbers} granted: {decision.message}"
         waiting = decision.wanted_replicas - decision.replicas
         where = f" (position {decision.queue_position})" if decision.queue_position else ""
-        message = f"{granted} granted; {waiting} more wait in the tenant's queue{where}"
+        message = f"{numbers} granted; {waiting} more wait in the tenant's queue{where}"
         per = mdep.spec.gpu.count
         if quota_limit is not None and decision.wanted_replicas * per > quota_limit:
             message += (f"; the quota of {quota_limit} {decision.gpu_class} GPUs holds at most {quota_limit // per} "
