@@ -542,6 +542,11 @@ def run_equivalent(figures: Figures, args, size: Size, pool, new_api, core, wait
     started_watchers.append(watch)
     watch.synced.wait(60)
     children = [equivalent_children(eq_ns[t], f"md-{i}", bundle, public_key) for t, i in spread(size, size.deployments)]
+    seen: set[tuple[str, str, str]] = set()  # objects shared by deployments (a Model's trust ConfigMap) made once
+    for objs in children:
+        ident = [(o["metadata"]["namespace"], o["kind"], o["metadata"]["name"]) for o in objs]
+        objs[:] = [o for o, i in zip(objs, ident, strict=True) if i not in seen]
+        seen.update(ident)
     api = new_api()
 
     def create(objs: list[dict]) -> None:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from .api.types import DNS_LABEL
+from .api.types import DNS_LABEL, QUANTITY, QUANTITY_MAX_LENGTH
 
 CONFIG_ENV = "LLMOS_OPERATOR_CONFIG"  # path of a YAML file, used when load_config() is given none
 CONFIGMAP_KEY = "config.yaml"
@@ -71,7 +71,9 @@ class RuntimeConfig(_Config):
     """The pod that serves a model."""
 
     image: str = Field(default_factory=lambda: default_image("runtime"))
-    image_pull_policy: str = "IfNotPresent"
+    # Always: the Multi-Tenancy Benchmarks' rule for tenant pods, which the chart's admission policy enforces on
+    # llmos's pods as well (isolation.requireImagePullAlways).
+    image_pull_policy: str = "Always"
     openai_port: int = Field(8000, ge=1, le=65535)
     health_port: int = Field(8081, ge=1, le=65535)
     cpu_per_gpu: int = Field(2, ge=0, alias="cpuPerGPU")  # CPU cores requested per GPU
@@ -96,6 +98,48 @@ class NetworkConfig(_Config):
     cluster_cidrs: tuple[str, ...] = Field(("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"), alias="clusterCIDRs")
     # Namespaces labelled so receive traffic from every tenant (an ingress gateway).
     gateway_label: str = "llmos.dev/gateway"
+
+
+# A Kubernetes quantity; YAML's 16 is read as "16".
+Quantity = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    StringConstraints(pattern=QUANTITY, max_length=QUANTITY_MAX_LENGTH),
+]
+
+
+class TenantQuotaDefaults(_Config):
+    """Tenant.spec.quota where a Tenant leaves it unset: the ResourceQuota llmos-tenant-quota of each tenant
+    namespace. CPU, memory, ephemeral storage and pods are for the tenant's own pods (llmos adds its model pods'
+    share); object counts include llmos's own objects."""
+
+    cpu: Quantity = "16"
+    memory: Quantity = "64Gi"
+    ephemeral_storage: Quantity = "100Gi"
+    pods: int = Field(50, ge=0)
+    services: int = Field(50, ge=0)
+    config_maps: int = Field(100, ge=0)
+    secrets: int = Field(100, ge=0)
+    persistent_volume_claims: int = Field(20, ge=0)
+    replication_controllers: int = Field(10, ge=0)
+    load_balancers: int = Field(0, ge=0)
+    resource_quotas: int = Field(4, ge=2)  # tenants write none; llmos writes two (GPUs, this one)
+
+
+class DefaultRequests(_Config):
+    """Requests the LimitRange llmos-tenant-limits gives each container that names none, so that a pod asking for
+    nothing is counted by the quota rather than refused by it."""
+
+    cpu: Quantity = "100m"
+    memory: Quantity = "128Mi"
+    ephemeral_storage: Quantity = "1Gi"
+
+
+class TenancyConfig(_Config):
+    """What every tenant namespace gets besides GPUs (docs/security.md, the Multi-Tenancy Benchmarks)."""
+
+    quota: TenantQuotaDefaults = Field(default_factory=TenantQuotaDefaults)
+    default_requests: DefaultRequests = Field(default_factory=DefaultRequests)
 
 
 class AutoscalerConfig(_Config):
@@ -133,6 +177,7 @@ class OperatorConfig(_Config):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
     # The operator's own namespace (trusted-key Secrets live only there; no tenant may claim it). The chart sets it
     # through $LLMOS_OPERATOR_NAMESPACE.

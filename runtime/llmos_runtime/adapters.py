@@ -31,9 +31,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -166,6 +167,8 @@ def parse_adapters(raw: bytes, base_dir: Path) -> tuple[list[AdapterSpec], dict[
 
 # (spec) -> (local dir, verification summary or None); raises on failure with a one-line message
 Preparer = Callable[[AdapterSpec], Awaitable[tuple[Path, dict[str, Any] | None]]]
+# (local dir) -> None: the directory a preparer returned is not loaded (any more)
+Releaser = Callable[[str], None]
 
 
 class AdapterManager:
@@ -182,6 +185,7 @@ class AdapterManager:
         on_change: Callable[[], None] | None = None,
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
+        release: Releaser | None = None,
     ):
         self.path = path
         self.engine_url = engine_url.rstrip("/")
@@ -191,6 +195,7 @@ class AdapterManager:
         self.lora_enabled = lora_enabled
         self.poll_interval = poll_interval
         self.on_change = on_change  # called after every reconcile that did something (e.g. to report on the pod)
+        self.release = release or (lambda _path: None)
         self.loaded_: dict[str, Loaded] = {}  # what the engine has
         self.failed: dict[str, Failed] = {}  # last failed attempt per wanted name
         self.file_error: str | None = None
@@ -331,17 +336,18 @@ class AdapterManager:
     async def _unload(self, name: str) -> None:
         try:
             status, text = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             log.error("unloading adapter %s failed: %s (will retry)", name, e)
             return
         if status in (200, 404):  # 404: the engine does not have it (any more)
             log.info("unloaded adapter %s", name)
-            del self.loaded_[name]
+            self.release(self.loaded_.pop(name).path)
         else:
             log.error("unloading adapter %s failed: %s", name, self._engine_error(status, text))
 
     async def _load(self, spec: AdapterSpec, *, replace: bool) -> None:
         started = time.monotonic()
+        path: Path | None = None
         try:
             if not self.lora_enabled:
                 raise RuntimeError("engine started without --enable-lora")
@@ -353,6 +359,8 @@ class AdapterManager:
             if status != 200:
                 raise RuntimeError(self._engine_error(status, text))
         except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the others
+            if path is not None:
+                self.release(str(path))
             reason = (str(e) or type(e).__name__).splitlines()[0]
             prev = self.loaded_.get(spec.name)
             if replace and prev is not None and (
@@ -372,7 +380,10 @@ class AdapterManager:
             self.failed[spec.name] = Failed(spec, reason, next_retry=time.time() + RETRY_SECONDS, since=since)
             self.metrics.adapter_loads.labels(result="failed").inc()
             return
+        old = self.loaded_.get(spec.name)
         self.loaded_[spec.name] = Loaded(spec, str(path), verification)
+        if old is not None and old.path != str(path):
+            self.release(old.path)
         self.failed.pop(spec.name, None)
         elapsed = time.monotonic() - started
         self.metrics.adapter_loads.labels(result="loaded").inc()
@@ -385,7 +396,7 @@ class AdapterManager:
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self.reconcile()

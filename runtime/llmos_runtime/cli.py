@@ -1,11 +1,13 @@
 """``llmos-runtime``: the container entrypoint of a model pod.
 
     llmos-runtime serve --source URI [--revision REV] --served-name NAME
-        [--signature PATH --trusted-key PUB.pem ... [--expect-digest sha256:HEX]] [--adapters-file PATH] [--cache-dir DIR]
+        [--signature PATH --trusted-key PUB.pem ... [--expect-digest sha256:HEX]] [--adapters-file PATH]
+        [--cache-dir DIR]
         [--port 8000] [--health-port 8081] [--drain-timeout SECONDS] [--termination-log PATH]
         [--pvc-root DIR] [--verify-mode in-place|copy] [--allow-engine-flag FLAG ...] [--allow-remote-code]
-        [--fetch-budget S] [--verify-budget S] [--load-budget S]
-        [--engine-health-interval S] [--engine-unready-after N] [--engine-dead-after M] -- ENGINE_ARGS...
+        [--fetch-budget S] [--verify-budget S] [--load-budget S] [--engine-health-interval S]
+        [--watchdog-unready-after S] [--watchdog-restart-after S] [--drain-grace S] [--keep-alive S]
+        [--adapter-max-bytes N] -- ENGINE_ARGS...
 
 See docs/runtime.md.
 """
@@ -16,16 +18,14 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import config as C
+from . import termination as T
 from .config import VERIFY_MODES, RuntimeConfig, engine_args_problem
+from .exits import EXIT_USAGE
 
-DEFAULT_DRAIN_TIMEOUT = 100.0  # the operator renders terminationGracePeriodSeconds 120 and a 5 s preStop sleep
-
-
-EXIT_USAGE = 2
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="fetch, verify and serve a model with vLLM",
         description="Fetch and verify the model, start vLLM on the API port with the runtime's guard (inference API "
-        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's OpenAI-compatible server.",
+        "only), hot-load verified adapters, drain on SIGTERM. Arguments after `--` are passed to vLLM's "
+        "OpenAI-compatible server.",
     )
     s.add_argument("--source", required=True, help="file:///abs, pvc://claim/path, s3://bucket/prefix, "
                    "gs://bucket/prefix or hf://org/name")
@@ -64,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="0.0.0.0", help="address the API and health ports bind to")
     s.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port (vLLM's, guarded)")
     s.add_argument("--health-port", type=int, default=8081, help="/healthz, /readyz, /metrics, /adapters")
-    s.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT,
-                   help="seconds in-flight requests may take to finish after SIGTERM")
+    s.add_argument("--drain-timeout", type=float, default=T.DEFAULT_DRAIN_TIMEOUT,
+                   help="seconds in-flight requests may take to finish once new ones are refused (default "
+                   "%(default)s; the operator renders terminationGracePeriodSeconds from the whole budget)")
+    s.add_argument("--drain-grace", type=float, default=T.DEFAULT_DRAIN_GRACE,
+                   help="seconds after SIGTERM during which new requests are still served, with Connection: close, "
+                   "while load balancers learn the endpoint is gone (default %(default)s)")
     s.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
                    help="where the one-line reason of a failed start is written")
     s.add_argument("--pvc-root", type=Path, default=Path("/mnt/pvc"), help="where pvc://<claim> is mounted")
@@ -84,11 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--load-budget", type=float, default=C.DEFAULT_LOAD_BUDGET,
                    help="seconds from engine start to ready, adapters included (default %(default)s)")
     s.add_argument("--engine-health-interval", type=float, default=C.DEFAULT_ENGINE_HEALTH_INTERVAL,
-                   help="seconds between two polls of the engine's /health once ready (default %(default)s)")
-    s.add_argument("--engine-unready-after", type=int, default=C.DEFAULT_ENGINE_UNREADY_AFTER,
-                   help="failed polls in a row after which the pod is not ready (default %(default)s)")
-    s.add_argument("--engine-dead-after", type=int, default=C.DEFAULT_ENGINE_DEAD_AFTER,
-                   help="failed polls in a row after which /healthz fails (default %(default)s)")
+                   help="seconds between two polls of the engine (/health, its metrics, the guard's in-flight "
+                   "count) once ready (default %(default)s)")
+    s.add_argument("--watchdog-unready-after", type=float, default=C.DEFAULT_WATCHDOG_UNREADY_AFTER,
+                   help="requests in flight and no token generated (or no /health answer) for this many seconds: "
+                   "the pod is not ready (default %(default)s)")
+    s.add_argument("--watchdog-restart-after", type=float, default=C.DEFAULT_WATCHDOG_RESTART_AFTER,
+                   help="... for this many seconds: /healthz fails and the kubelet restarts the container "
+                   "(default %(default)s)")
+    s.add_argument("--keep-alive", type=int, default=C.DEFAULT_KEEP_ALIVE,
+                   help="seconds an idle client connection is kept open on the API and health ports (default "
+                   "%(default)s: longer than load balancers keep theirs)")
+    s.add_argument("--adapter-max-bytes", type=int, default=C.DEFAULT_ADAPTER_MAX_BYTES,
+                   help="the largest adapter copied into pod-private storage before it is verified and loaded "
+                   "(default %(default)s)")
     s.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- then vLLM arguments")
     return p
 
@@ -125,13 +139,15 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
             parser.error("--expect-digest needs --signature (an unsigned model has no verified digest)")
         if not DIGEST_RE.fullmatch(ns.expect_digest):
             parser.error(f"--expect-digest must be sha256:<64 lowercase hex digits>, not {ns.expect_digest!r}")
-    if ns.drain_timeout < 0:
-        parser.error("--drain-timeout must be >= 0")
-    for name in ("fetch_budget", "verify_budget", "load_budget", "engine_health_interval"):
+    for name in ("drain_timeout", "drain_grace"):
+        if getattr(ns, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("fetch_budget", "verify_budget", "load_budget", "engine_health_interval", "keep_alive",
+                 "adapter_max_bytes"):
         if getattr(ns, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
-    if not 1 <= ns.engine_unready_after <= ns.engine_dead_after:
-        parser.error("need 1 <= --engine-unready-after <= --engine-dead-after")
+    if not 0 < ns.watchdog_unready_after < ns.watchdog_restart_after:
+        parser.error("need 0 < --watchdog-unready-after < --watchdog-restart-after")
     return RuntimeConfig(
         source=ns.source,
         revision=ns.revision,
@@ -144,6 +160,7 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         port=ns.port,
         health_port=ns.health_port,
         drain_timeout=ns.drain_timeout,
+        drain_grace=ns.drain_grace,
         termination_log=ns.termination_log,
         pvc_root=ns.pvc_root,
         engine_args=engine_args,
@@ -156,8 +173,10 @@ def parse_args(argv: Sequence[str]) -> RuntimeConfig:
         verify_budget=ns.verify_budget,
         load_budget=ns.load_budget,
         engine_health_interval=ns.engine_health_interval,
-        engine_unready_after=ns.engine_unready_after,
-        engine_dead_after=ns.engine_dead_after,
+        watchdog_unready_after=ns.watchdog_unready_after,
+        watchdog_restart_after=ns.watchdog_restart_after,
+        keep_alive=ns.keep_alive,
+        adapter_max_bytes=ns.adapter_max_bytes,
     )
 
 
@@ -178,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
     except UsageError as e:
-        from .server import write_termination_log
+        from .exits import write_termination_log
 
         line = f"usage error: {e}"
         write_termination_log(_termination_log_from(argv), line)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
+from . import termination as T
 from .engine_args import DEFAULT_ALLOWED_FLAGS, has_flag, is_flag, normalise_flag, refused_args
 
 # Set by the runtime itself; an engine argument naming one of these is refused.
@@ -17,13 +18,18 @@ GUARD_MIDDLEWARE = "llmos_runtime.guard.InferenceOnly"
 OPERATOR_RENDERED_FLAGS = frozenset({"--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization"})
 VERIFY_MODES = ("in-place", "copy")
 
-# Startup phase budgets (seconds) and the engine health poll after ready; CLI options, see docs/runtime.md.
+# Startup phase budgets (seconds) and the engine watchdog after ready; CLI options, see docs/runtime.md.
 DEFAULT_FETCH_BUDGET = 3600.0
 DEFAULT_VERIFY_BUDGET = 1800.0
 DEFAULT_LOAD_BUDGET = 1800.0
 DEFAULT_ENGINE_HEALTH_INTERVAL = 3.0
-DEFAULT_ENGINE_UNREADY_AFTER = 3  # failed polls in a row: not ready (~9 s)
-DEFAULT_ENGINE_DEAD_AFTER = 15  # failed polls in a row: not live (~45 s)
+DEFAULT_WATCHDOG_UNREADY_AFTER = 30.0  # work in flight and no token (or no /health answer) this long: not ready
+DEFAULT_WATCHDOG_RESTART_AFTER = 120.0  # ... this long: not live (the kubelet restarts the container)
+# Idle keep-alive of client connections on the API and health ports: longer than load balancers' and gateways' own
+# (commonly 60 s), so that they close first and never race a close from the pod (a POST reset before its headers
+# is not retried).
+DEFAULT_KEEP_ALIVE = 75
+DEFAULT_ADAPTER_MAX_BYTES = 8 << 30  # the largest adapter copied into pod-private storage
 
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -40,13 +46,14 @@ class RuntimeConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     health_port: int = 8081
-    drain_timeout: float = 100.0
+    drain_timeout: float = T.DEFAULT_DRAIN_TIMEOUT
+    drain_grace: float = T.DEFAULT_DRAIN_GRACE  # after SIGTERM, new requests are still served this long
     termination_log: Path | None = Path("/dev/termination-log")
     pvc_root: Path = Path("/mnt/pvc")
     engine_args: list[str] = field(default_factory=list)
     log_level: str = "INFO"
     # Seconds vLLM gets to exit after SIGTERM before it is killed.
-    engine_stop_timeout: float = 15.0
+    engine_stop_timeout: float = T.DEFAULT_ENGINE_STOP
     # Seconds between two reads of the adapters file.
     adapters_poll_interval: float = 1.0
     allowed_engine_flags: list[str] = field(default_factory=list)  # --allow-engine-flag, beyond the default list
@@ -58,12 +65,19 @@ class RuntimeConfig:
     verify_budget: float = DEFAULT_VERIFY_BUDGET
     load_budget: float = DEFAULT_LOAD_BUDGET
     engine_health_interval: float = DEFAULT_ENGINE_HEALTH_INTERVAL
-    engine_unready_after: int = DEFAULT_ENGINE_UNREADY_AFTER
-    engine_dead_after: int = DEFAULT_ENGINE_DEAD_AFTER
+    watchdog_unready_after: float = DEFAULT_WATCHDOG_UNREADY_AFTER
+    watchdog_restart_after: float = DEFAULT_WATCHDOG_RESTART_AFTER
+    keep_alive: int = DEFAULT_KEEP_ALIVE
+    adapter_max_bytes: int = DEFAULT_ADAPTER_MAX_BYTES
 
     @property
     def lora_enabled(self) -> bool:
         return has_flag(self.engine_args, "--enable-lora")
+
+    @property
+    def serves_adapters(self) -> bool:
+        """Adapters are managed (an adapters file) and the engine can take them (``--enable-lora``)."""
+        return self.adapters_file is not None and self.lora_enabled
 
     @property
     def api_key(self) -> str | None:
@@ -128,23 +142,36 @@ def engine_command(cfg: RuntimeConfig, model_dir: Path, python: str | None = Non
     ]
 
 
+# Variables vLLM's SageMaker bootstrap reads to load code (handlers, middlewares outside the guard): never passed on.
+SAGEMAKER_CODE_PREFIX = "CUSTOM_"
+SAGEMAKER_MODEL_PATH = "SAGEMAKER_MODEL_PATH"
+
+
 def engine_env(cfg: RuntimeConfig, base: Mapping[str, str] | None = None, *, guard_dir: Path | None = None,
-               guard_token: str | None = None) -> dict[str, str]:
+               guard_token: str | None = None, empty_dir: Path | None = None) -> dict[str, str]:
     """The engine's environment: the pod's, plus offline mode (the weights are local and verified — the engine must
-    not fetch anything else), runtime LoRA updates when adapters are managed (the guard lets only the runtime's
-    token through to them) and the guard's marker directory and token."""
+    not fetch anything else), the keep-alive of the API port, runtime LoRA updates only when adapters are served
+    (the guard lets only the runtime's token through to them), the guard's marker directory and token — and none
+    of the SageMaker bootstrap's code hooks: ``CUSTOM_*`` dropped, ``SAGEMAKER_MODEL_PATH`` pinned to ``empty_dir``
+    (an empty directory: no ``model.py`` or requirements from the pod's ``/opt/ml/model``)."""
     from .guard import ENV_DIR, ENV_TOKEN
 
-    env = dict(os.environ if base is None else base)
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith(SAGEMAKER_CODE_PREFIX)}
     env.pop(ENV_TOKEN, None)
     env.pop(ENV_DIR, None)
     if guard_dir is not None:
         env[ENV_DIR] = str(guard_dir)
     if guard_token is not None:
         env[ENV_TOKEN] = guard_token
+    if empty_dir is not None:
+        env[SAGEMAKER_MODEL_PATH] = str(empty_dir)
     env["HF_HUB_OFFLINE"] = "1"
+    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(int(cfg.keep_alive))
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
-    if cfg.adapters_file is not None:
+    if cfg.serves_adapters:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    else:
+        env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
     return env

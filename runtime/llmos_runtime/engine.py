@@ -9,10 +9,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import aiohttp
+
+from .termination import KILL_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +127,13 @@ class Engine:
                     async with session.get(self.url + "/health", headers=self.headers) as r:
                         if r.status == 200:
                             return time.monotonic() - self.started_at
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"engine not healthy after {timeout:.0f}s")
                 try:
                     await asyncio.wait_for(self.proc.wait(), poll)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def stop(self, timeout: float) -> int | None:
@@ -148,7 +150,7 @@ class Engine:
         try:
             code = await asyncio.wait_for(self.proc.wait(), timeout)
             log.info("engine exited with code %s", code)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("engine did not exit within %.0fs; killing it", timeout)
             code = None
         if code is None:
@@ -160,7 +162,7 @@ class Engine:
             code = await self.proc.wait()
         # Leftovers (workers whose parent has gone) are killed in any case, and the runtime returns only once they
         # are gone (a SIGKILLed process runs on while it exits): the engine never outlives its runtime.
-        alive = await asyncio.to_thread(kill_same, tree, 5.0)
+        alive = await asyncio.to_thread(kill_same, tree, KILL_WAIT_SECONDS)
         if alive:
-            log.warning("engine processes %s still alive 5 s after SIGKILL", alive)
+            log.warning("engine processes %s still alive %g s after SIGKILL", alive, KILL_WAIT_SECONDS)
         return code

@@ -13,11 +13,17 @@ Per request it decides:
 - The runtime's own calls (loading/unloading verified adapters, reading the in-flight count while draining) carry
   ``X-LLMOS-Runtime-Token``, a secret the runtime generates at every start and gives only to the engine's process
   (environment ``LLMOS_GUARD_TOKEN``). Without it those paths are 404 like any other.
-- Readiness and drain: the runtime keeps a marker file ``serving`` in ``LLMOS_GUARD_DIR`` while the replica is ready
-  (verified, engine healthy, files unchanged, not draining). Without it, requests get 503 with ``Retry-After: 1`` and
-  ``Connection: close`` (``X-LLMOS-Draining: 1`` once the ``draining`` marker exists), so a load balancer retries on
-  another replica; requests already in flight continue. A marker file (one ``stat`` per request) works across
-  several API server processes, which an in-process flag would not.
+- Readiness and drain, through marker files in ``LLMOS_GUARD_DIR`` that the runtime keeps (one ``stat`` each per
+  request, which works across several API server processes, which an in-process flag would not): ``serving`` while
+  new requests are served (the replica is ready, or SIGTERM came less than the drain grace ago); ``closing`` after
+  SIGTERM: answers carry ``Connection: close``, so pooled connections end with the request they carried; without
+  ``serving``, requests get 503 with ``Retry-After: 1`` and ``Connection: close`` (and ``X-LLMOS-Draining: 1`` once
+  ``draining`` exists), so a load balancer retries on another replica; requests already in flight continue.
+- Its own answers (404, 503) carry ``X-LLMOS-Guard: refused``: the runtime's self-test before ready checks that a
+  management route gets exactly this answer, i.e. that the guard runs in front of every route of this engine.
+- The in-flight count (``GET /llmos/inflight``, runtime token only): inference requests in flight, and how many of
+  them wait on the engine (the body is in, no answer is being written: a client reading slowly, or still sending
+  its body, is not the engine's delay). The runtime's watchdog and drain read it.
 - WebSocket (vLLM's ``/v1/realtime`` audio endpoint) is refused: the handshake is closed (HTTP 403); llmos serves
   text models.
 
@@ -37,7 +43,10 @@ INFLIGHT_PATH = "/llmos/inflight"
 ENV_DIR = "LLMOS_GUARD_DIR"
 ENV_TOKEN = "LLMOS_GUARD_TOKEN"
 SERVING_MARKER = "serving"
+CLOSING_MARKER = "closing"
 DRAINING_MARKER = "draining"
+GUARD_HEADER = "X-LLMOS-Guard"
+GUARD_REFUSED = b"refused"
 
 # The inference API of vLLM 0.32's OpenAI-compatible server: (methods, path pattern). Nothing else is served.
 INFERENCE_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = tuple(
@@ -88,7 +97,7 @@ def error_body(message: str, code: int, err_type: str) -> bytes:
 async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                            (GUARD_HEADER.lower().encode(), GUARD_REFUSED), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -99,9 +108,11 @@ class InferenceOnly:
         self.app = app
         d = guard_dir if guard_dir is not None else os.environ.get(ENV_DIR, "")
         self._serving = os.path.join(d, SERVING_MARKER) if d else None
+        self._closing = os.path.join(d, CLOSING_MARKER) if d else None
         self._draining = os.path.join(d, DRAINING_MARKER) if d else None
         self._token = (token if token is not None else os.environ.get(ENV_TOKEN, "")).encode()
         self.inflight = 0
+        self.waiting = 0  # of those, requests whose body is in and whose answer is not being written
 
     def _from_runtime(self, scope) -> bool:
         if not self._token:
@@ -121,7 +132,8 @@ class InferenceOnly:
         method, path = scope["method"], scope["path"]
         if (method, path) in RUNTIME_ROUTES and self._from_runtime(scope):
             if path == INFLIGHT_PATH:
-                return await _respond(send, 200, json.dumps({"inflight": self.inflight}).encode())
+                body = json.dumps({"inflight": self.inflight, "waiting": self.waiting}).encode()
+                return await _respond(send, 200, body)
             return await self.app(scope, receive, send)
         if not is_inference_route(method, path):
             return await _respond(send, 404, error_body(
@@ -134,8 +146,56 @@ class InferenceOnly:
             return await _respond(send, 503, error_body(
                 f"replica is {'draining' if draining else 'not ready'}; retry on another", 503,
                 "ServiceUnavailable"), headers)
-        self.inflight += 1
+        close = self._closing is not None and os.path.exists(self._closing)
+        return await _Counted(self, close).run(scope, receive, send)
+
+
+class _Counted:
+    """One inference request: counted in flight, and as waiting on the engine from the end of its body until its
+    answer is complete, except while the server writes to the client."""
+
+    __slots__ = ("guard", "close", "body_in", "sending", "done", "_receive", "_send")
+
+    def __init__(self, guard: InferenceOnly, close: bool):
+        self.guard, self.close = guard, close
+        self.body_in = self.sending = self.done = False
+
+    def _counts(self) -> bool:
+        return self.body_in and not self.sending and not self.done
+
+    async def run(self, scope, receive, send):
+        self._receive, self._send = receive, send
+        g = self.guard
+        g.inflight += 1
         try:
-            return await self.app(scope, receive, send)
+            return await g.app(scope, self.receive, self.send)
         finally:
-            self.inflight -= 1
+            g.inflight -= 1
+            if self._counts():
+                g.waiting -= 1
+            self.done = True
+
+    async def receive(self):
+        message = await self._receive()
+        if not self.body_in and message["type"] == "http.request" and not message.get("more_body", False):
+            self.body_in = True
+            if self._counts():
+                self.guard.waiting += 1
+        return message
+
+    async def send(self, message):
+        kind = message["type"]
+        if self.close and kind == "http.response.start":
+            # drain grace: this answer ends its connection, so a pooled client reconnects (to another replica)
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        if self._counts():
+            self.guard.waiting -= 1
+        self.sending = True
+        try:
+            await self._send(message)
+        finally:
+            self.sending = False
+            if kind == "http.response.body" and not message.get("more_body", False):
+                self.done = True
+            if self._counts():
+                self.guard.waiting += 1

@@ -1,10 +1,18 @@
 """The health port: ``/healthz`` (process alive), ``/readyz`` (model loaded and verified, not draining),
-``/metrics`` (the engine's metrics followed by the runtime's own) and ``/adapters`` (loaded and failed adapters)."""
+``/metrics`` (the engine's metrics followed by the runtime's own) and ``/adapters`` (loaded and failed adapters).
+
+What it tells whom: the kubelet needs only the status codes, Prometheus ``/metrics``. Whoever else the namespace's
+ingress policy admits (the tenant's namespaces, gateways) gets those and the short bodies of ``/healthz`` and
+``/readyz`` (alive/ready, phase, the revision's digest, the reason when not). The details — the verification summary
+and the adapter report with its paths and failure reasons — answer only on loopback, i.e. from inside the pod
+(``kubectl exec``, ``kubectl port-forward``); the adapter report reaches the operator through the pod annotation."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -18,6 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def is_loopback(remote: str | None) -> bool:
+    """True for a peer address inside the pod (127.0.0.0/8, ::1, or an IPv4-mapped loopback)."""
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 _SAMPLE_SUFFIXES = (b"", b"_total", b"_created", b"_bucket", b"_count", b"_sum", b"_info")
@@ -41,7 +59,7 @@ def only_families(text: bytes, names: list[str]) -> bytes:
 
 class HealthServer:
     def __init__(self, state: RuntimeState, *, engine_url: Callable[[], str | None],
-                 adapters: Callable[[], "AdapterManager | None"], engine_headers: dict[str, str] | None = None):
+                 adapters: Callable[[], AdapterManager | None], engine_headers: dict[str, str] | None = None):
         self.state = state
         self._engine_url = engine_url
         self._adapters = adapters
@@ -69,12 +87,14 @@ class HealthServer:
             return web.json_response(body, status=503)
         return web.json_response(body)
 
-    async def readyz(self, _request: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request) -> web.Response:
         s = self.state
         # the digest names what this replica serves (or will serve): a rollout tells new pods from old by it
         if s.ready:
-            return web.json_response({"ready": True, "digest": s.digest, "phase": s.phase,
-                                      "verification": s.verification})
+            body: dict[str, Any] = {"ready": True, "digest": s.digest, "phase": s.phase}
+            if is_loopback(request.remote):
+                body["verification"] = s.verification
+            return web.json_response(body)
         return web.json_response({"ready": False, "digest": s.digest, "phase": s.phase,
                                   "reason": s.not_ready_reason()}, status=503)
 
@@ -102,7 +122,10 @@ class HealthServer:
         return web.Response(body=engine_text + self.state.metrics.exposition(names),
                             headers={"Content-Type": PROM_CONTENT_TYPE})
 
-    async def adapters(self, _request: web.Request) -> web.Response:
+    async def adapters(self, request: web.Request) -> web.Response:
+        if not is_loopback(request.remote):
+            return web.json_response({"error": "the adapter report answers only inside the pod; the pod's "
+                                      "llmos.dev/adapters annotation carries its summary"}, status=404)
         mgr = self._adapters()
         if mgr is None:
             return web.json_response({"enabled": False, "loaded": [], "failed": []})

@@ -58,7 +58,8 @@ def changes(before: Snapshot, after: Snapshot) -> str | None:
     """One line naming the first difference, or None."""
     added = sorted(set(after) - set(before))
     if added:
-        return f"file added after verification: {added[0]}" + (f" (and {len(added) - 1} more)" if len(added) > 1 else "")
+        more = f" (and {len(added) - 1} more)" if len(added) > 1 else ""
+        return f"file added after verification: {added[0]}{more}"
     removed = sorted(set(before) - set(after))
     if removed:
         return f"file removed after verification: {removed[0]}"
@@ -70,17 +71,30 @@ def changes(before: Snapshot, after: Snapshot) -> str | None:
     return None
 
 
-def private_copy(src: Path, dest: Path, chunk: int = 8 << 20, exclude: frozenset[str] = frozenset()) -> Path:
+def private_copy(src: Path, dest: Path, chunk: int = 8 << 20, exclude: frozenset[str] = frozenset(),
+                 max_bytes: int | None = None) -> Path:
     """Copy the model directory ``src`` into ``dest`` (replaced if present). Regular files and directories are
     copied; a symlink is copied as a symlink (verification refuses it, as it would in place); other file types are
     refused; ``exclude`` (paths relative to ``src``, e.g. the signature file kept beside the weights) is left out.
-    Returns ``dest``."""
+    With ``max_bytes``, a copy that grows past it stops (IntegrityError; counted while copying, not from sizes a
+    writer could change meanwhile) and nothing is left behind. Returns ``dest``."""
     if dest.exists():
         shutil.rmtree(dest)
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _copy_tree(src, tmp, chunk, exclude, max_bytes)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.rename(tmp, dest)
+    return dest
+
+
+def _copy_tree(src: Path, tmp: Path, chunk: int, exclude: frozenset[str], max_bytes: int | None) -> None:
+    copied = 0
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
         rel = os.path.relpath(dirpath, src)
         target_dir = tmp if rel == "." else tmp / rel
@@ -104,8 +118,10 @@ def private_copy(src: Path, dest: Path, chunk: int = 8 << 20, exclude: frozenset
             fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
                 with os.fdopen(fd, "rb", closefd=False) as r, open(target_dir / f, "wb") as w:
-                    shutil.copyfileobj(r, w, chunk)
+                    while data := r.read(chunk):
+                        copied += len(data)
+                        if max_bytes is not None and copied > max_bytes:
+                            raise IntegrityError(f"{src} is larger than the {max_bytes} bytes allowed for a copy")
+                        w.write(data)
             finally:
                 os.close(fd)
-    os.rename(tmp, dest)
-    return dest

@@ -3,7 +3,7 @@ appended to the engine's exposition without clashing with its ``process_*``/``py
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
 
 class RuntimeMetrics:
@@ -11,6 +11,19 @@ class RuntimeMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.ready = Gauge("llmos_runtime_ready", "1 when /readyz answers 200", registry=r)
         self.draining = Gauge("llmos_runtime_draining", "1 after SIGTERM", registry=r)
+        self.engine_state = Enum(
+            "llmos_runtime_engine_state", "the engine watchdog's judgement (hung: requests in flight and no token; "
+            "silent: no /health answer; unhealthy: /health said so)", states=["ok", "hung", "silent", "unhealthy"],
+            registry=r,
+        )
+        self.engine_stalled_seconds = Gauge(
+            "llmos_runtime_engine_stalled_seconds", "seconds with requests waiting on the engine and no token "
+            "generated (0 while idle or progressing)", registry=r,
+        )
+        self.engine_waiting_requests = Gauge(
+            "llmos_runtime_engine_waiting_requests", "requests waiting on the engine, as the watchdog last saw them",
+            registry=r,
+        )
         self.verified = Gauge("llmos_runtime_model_verified", "1 when the model's signature was verified", registry=r)
         self.phase_seconds = Gauge(
             "llmos_runtime_startup_phase_seconds", "duration of each startup phase", ["phase"], registry=r

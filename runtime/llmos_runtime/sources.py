@@ -16,21 +16,21 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
+
+from .fetch import fetch_signed, summary
+from .paths import SourceError, clean_relpath, safe_target
 
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3", "gs", "hf")
 LOCAL_SCHEMES = ("file", "pvc")
 STALE_TMP_SECONDS = 6 * 3600
-
-
-class SourceError(Exception):
-    """The source URI is malformed, missing or could not be fetched. ``str()`` is one line."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,6 @@ class Source:
         return f"{self.scheme}://{self.location}/{self.path}".rstrip("/")
 
 
-def _clean_relpath(p: str, uri: str) -> str:
-    parts = [x for x in PurePosixPath(p).parts if x not in ("", "/")]
-    if any(x == ".." for x in parts):
-        raise SourceError(f"source path may not contain '..': {uri}")
-    return "/".join(parts)
-
-
 def parse_source(uri: str, revision: str | None = None) -> Source:
     """Parse and validate a source URI (no I/O)."""
     if "://" not in uri:
@@ -66,12 +59,12 @@ def parse_source(uri: str, revision: str | None = None) -> Source:
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise SourceError(f"file:// source must be an absolute path: {uri}")
-        return Source("file", "", "/" + _clean_relpath(path, uri), revision)
+        return Source("file", "", "/" + clean_relpath(path, uri), revision)
     if scheme not in LOCAL_SCHEMES + REMOTE_SCHEMES:
         raise SourceError(f"unsupported source scheme {scheme!r}: {uri}")
     if not parts.netloc:
         raise SourceError(f"{scheme}:// source needs a {'claim' if scheme == 'pvc' else 'bucket/repo'}: {uri}")
-    rel = _clean_relpath(unquote(parts.path), uri)
+    rel = clean_relpath(unquote(parts.path), uri)
     if scheme == "hf" and len([x for x in rel.split("/") if x]) > 1:
         raise SourceError(f"hf:// source must be hf://org/name: {uri}")
     return Source(scheme, parts.netloc, rel, revision)
@@ -82,15 +75,6 @@ class Fetcher(Protocol):
     when ``fetch`` returns normally). Must raise on any error; must not write outside ``dest``."""
 
     def fetch(self, source: Source, dest: Path) -> None: ...
-
-
-def _safe_target(dest: Path, rel: str) -> Path:
-    rel = _clean_relpath(rel, rel)
-    if not rel:
-        raise SourceError("empty object name")
-    target = dest / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def _prefix(source: Source) -> str:
@@ -129,7 +113,7 @@ class S3Fetcher:
         if not keys:
             raise SourceError(f"no objects under {source.uri}")
         _parallel(lambda key: client.download_file(source.location, key,
-                                                   str(_safe_target(dest, key[len(prefix):]))), keys)
+                                                   str(safe_target(dest, key[len(prefix):]))), keys)
 
     def download_into(self, source: Source, rel: str, sink: Any) -> None:
         """Write the object ``rel`` under the source's prefix into ``sink`` in order (fetch-and-verify in one
@@ -160,14 +144,15 @@ class GCSFetcher:
         blobs = [b for b in client.list_blobs(source.location, prefix=prefix) if not b.name.endswith("/")]
         if not blobs:
             raise SourceError(f"no objects under {source.uri}")
-        _parallel(lambda blob: blob.download_to_filename(str(_safe_target(dest, blob.name[len(prefix):]))), blobs)
+        _parallel(lambda blob: blob.download_to_filename(str(safe_target(dest, blob.name[len(prefix):]))), blobs)
 
     def download_into(self, source: Source, rel: str, sink: Any) -> None:
         self.client().bucket(source.location).blob(_prefix(source) + rel).download_to_file(sink)
 
 
 class HFFetcher:
-    """``hf://org/name`` (at ``--revision``) with huggingface_hub (``HF_TOKEN``/``HF_ENDPOINT`` from the environment)."""
+    """``hf://org/name`` (at ``--revision``) with huggingface_hub (``HF_TOKEN``/``HF_ENDPOINT`` from the
+    environment)."""
 
     def __init__(self, snapshot_download: Callable[..., Any] | None = None):
         self._snapshot_download = snapshot_download
@@ -275,8 +260,6 @@ def resolve_source_verified(
         fetcher = factory()
         try:
             if signed is not None and hasattr(fetcher, "download_into"):
-                from .fetch import fetch_signed, summary
-
                 log.info("downloading and verifying the %d signed files of %s into %s", signed.file_count,
                          source.uri, tmp)
                 total = fetch_signed(signed.files(), tmp, signed,

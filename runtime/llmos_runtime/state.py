@@ -4,8 +4,9 @@ change."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .metrics import RuntimeMetrics
 
@@ -17,18 +18,30 @@ class RuntimeState:
     verified: bool = False  # the model passed signature verification (or verification is disabled by policy)
     verification: dict[str, Any] | None = None  # what verify_model returned, for /readyz
     engine_ready: bool = False
-    engine_healthy: bool = True  # False after --engine-unready-after failed /health polls in a row (once ready)
+    engine_healthy: bool = True  # False while the watchdog judges the engine hung, silent or unhealthy
+    engine_problem: str | None = None  # the watchdog's reason, while not healthy
     phase_started: float = field(default_factory=time.monotonic)
     engine_exited: int | None = None  # the engine's exit code once it has exited
-    draining: bool = False
+    draining: bool = False  # SIGTERM came: not ready (new requests are still served for the drain grace)
+    refusing: bool = False  # the drain grace is over: new requests are refused
     failure: str | None = None
     started_at: float = field(default_factory=time.time)
     on_publish: Callable[[], None] | None = None  # called after every change (keeps the guard's marker in sync)
 
     @property
-    def ready(self) -> bool:
+    def serving(self) -> bool:
+        """Verified, engine up and healthy, nothing failed."""
         return (self.verified and self.engine_ready and self.engine_healthy and self.engine_exited is None
-                and not self.draining and self.failure is None)
+                and self.failure is None)
+
+    @property
+    def ready(self) -> bool:
+        return self.serving and not self.draining
+
+    @property
+    def accepting(self) -> bool:
+        """The guard serves new requests: while ready, and after SIGTERM until the drain grace is over."""
+        return self.serving and not self.refusing
 
     @property
     def digest(self) -> str | None:
@@ -51,7 +64,7 @@ class RuntimeState:
         if not self.verified:
             return f"model not verified yet ({self.phase})"
         if not self.engine_healthy:
-            return "engine not answering /health"
+            return self.engine_problem or "engine not healthy"
         return f"engine not ready ({self.phase})"
 
     def set_phase(self, phase: str) -> None:

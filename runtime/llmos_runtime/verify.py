@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def _progress_logger(what: str):
     return progress
 
 
-def verify_dir(model_dir: Path, signature: Path, trusted_keys: Mapping[str, bytes], *, what: str = "model") -> dict[str, Any]:
+def verify_dir(model_dir: Path, signature: Path, trusted_keys: Mapping[str, bytes], *,
+               what: str = "model") -> dict[str, Any]:
     """Verify ``model_dir`` against the bundle at ``signature``; returns a JSON-able summary.
 
     Raises ``llmos_signing.VerificationError`` (one line naming cause and file) on any mismatch or unreadable

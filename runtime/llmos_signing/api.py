@@ -18,6 +18,7 @@ from .manifest import (
     build_manifest,
     file_tasks,
     shard_bounds,
+    shard_name,
     sort_key,
     split_shard_name,
     walk,
@@ -157,7 +158,7 @@ def _verify_files(
         for r in signed.resources:
             path, start, end = split_shard_name(r.name)
             shards.setdefault(path, []).append((start, end))
-            expected[f"{path}:{start}:{end}"] = bytes.fromhex(r.digest)
+            expected[shard_name(path, start, end)] = bytes.fromhex(r.digest)
         expected_paths = shards.keys()
 
     missing = [p for p in expected_paths if p not in actual]
@@ -186,7 +187,7 @@ def _verify_files(
                 size_mismatch.append(path)
                 continue
             file_path = os.fspath(root) if path == "." else os.path.join(os.fspath(root), *path.split("/"))
-            tasks.extend(hashing.HashTask(f"{path}:{s}:{e}", file_path, path, s, e, size) for s, e in want)
+            tasks.extend(hashing.HashTask(shard_name(path, s, e), file_path, path, s, e, size) for s, e in want)
         if size_mismatch:
             name, more = _first(size_mismatch)
             raise VerificationError(

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +48,7 @@ _OLDER_MEDIA_TYPES = (
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 _OLD_PREDICATE_TYPE = "https://model_signing/Digests/v0.1"
 
-TrustedKeys = Mapping[str, Union[bytes, str, PublicKey]]
+TrustedKeys = Mapping[str, bytes | str | PublicKey]
 
 
 @dataclass
@@ -346,7 +346,8 @@ def verify_bundle(bundle: bytes | str, trusted_keys: TrustedKeys) -> SignedManif
         raise _malformed("statement is not a JSON object")
     if stmt.get("_type") != STATEMENT_TYPE:
         raise VerificationError(
-            "WrongStatementType", f"wrong statement type {printable(str(stmt.get('_type')))!r}, expected {STATEMENT_TYPE}"
+            "WrongStatementType",
+            f"wrong statement type {printable(str(stmt.get('_type')))!r}, expected {STATEMENT_TYPE}"
         )
     ptype_pred = stmt.get("predicateType")
     if ptype_pred != PREDICATE_TYPE:

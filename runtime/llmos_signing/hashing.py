@@ -17,6 +17,8 @@ Throughput is the point: a model is tens to hundreds of GiB and is verified befo
   blake3 maps the file (update_mmap, all cores), twice as fast as reading it.
 - A file is opened once (O_NOFOLLOW) and checked by size when it is opened and after it is hashed: a file that grew,
   shrank or turned into a symlink since the directory was listed is a mismatch.
+- ``StreamHash``: the same digests for bytes that arrive in order (a download hashed while it is written), so that a
+  one-pass fetch (llmos_runtime/fetch.py) and a verification of files on disk share one hasher and one shard layout.
 """
 
 from __future__ import annotations
@@ -31,7 +33,18 @@ from dataclasses import dataclass
 
 from .errors import VerificationError
 
-__all__ = ["HashTask", "hash_tasks", "cores", "HASH_TYPES", "DIGEST_SIZE", "normalize_hash_type"]
+__all__ = [
+    "HashTask",
+    "hash_tasks",
+    "cores",
+    "HASH_TYPES",
+    "DIGEST_SIZE",
+    "normalize_hash_type",
+    "new_hasher",
+    "shard_bounds",
+    "StreamHash",
+    "Aborted",
+]
 
 HASH_TYPES = ("sha256", "blake2b", "blake3")
 DIGEST_SIZE = {"sha256": 32, "blake2b": 64, "blake3": 32}
@@ -80,8 +93,8 @@ class HashTask:
         return self.end - self.start
 
 
-class _Aborted(Exception):
-    pass
+class Aborted(Exception):
+    """Hashing stopped because another task failed (the first failure is what is reported)."""
 
 
 class _Counter:
@@ -99,7 +112,13 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-def _new_hasher(hash_type: str, threads: int = 1):
+def shard_bounds(size: int, shard_size: int) -> list[tuple[int, int]]:
+    """The shards model_signing makes of a file: none for an empty file, else [k*s, min((k+1)*s, size))."""
+    return [(start, min(start + shard_size, size)) for start in range(0, size, shard_size)]
+
+
+def new_hasher(hash_type: str, threads: int = 1):
+    """A fresh hashlib-style object for one of HASH_TYPES (blake3 on all cores when ``threads`` > 1)."""
     if hash_type == "sha256":
         return hashlib.sha256()
     if hash_type == "blake2b":
@@ -182,7 +201,7 @@ def _read_into_hash(fd: int, task: HashTask, h, off: int, stop: int, counter: _C
 
 def _hash_on_all_cores(task: HashTask, counter: _Counter, abort: threading.Event) -> bytes:
     """blake3 of one task with every core inside the hash (files are mapped, not read)."""
-    h = _new_hasher("blake3", threads=2)
+    h = new_hasher("blake3", threads=2)
     fd = _open(task)
     try:
         if task.start == 0 and task.end == _want(task) and _PROC_FD:
@@ -193,7 +212,7 @@ def _hash_on_all_cores(task: HashTask, counter: _Counter, abort: threading.Event
             off, end = task.start, task.end
             while off < end:
                 if abort.is_set():
-                    raise _Aborted
+                    raise Aborted
                 base = off - off % gran
                 stop = min(end, base + WINDOW)
                 m = mmap.mmap(fd, stop - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base)
@@ -237,7 +256,7 @@ def _hash_small_file(task: HashTask, hash_type: str) -> bytes:
         os.close(fd)
     if len(data) != task.end:
         raise _changed(task)
-    h = _new_hasher(hash_type)
+    h = new_hasher(hash_type)
     h.update(data)
     return h.digest()
 
@@ -288,7 +307,7 @@ class _Scheduler:
         self.seq += 1
         task = self.pending.pop()
         if not _is_small_file(task):
-            return _Job(task, _new_hasher(self.hash_type), self.seq)
+            return _Job(task, new_hasher(self.hash_type), self.seq)
         batch, size = [task], task.size
         while self.pending and len(batch) < 64 and _is_small_file(self.pending[-1]) and size < BATCH:
             task = self.pending.pop()
@@ -405,7 +424,7 @@ def hash_tasks(
 
     def on_error(err: BaseException) -> None:
         with lock:
-            if not isinstance(err, _Aborted):
+            if not isinstance(err, Aborted):
                 errors.append(err)
 
     if hash_type == "blake3" and threads > 1:
@@ -446,3 +465,45 @@ def hash_tasks(
         first = min(mismatches, key=lambda t: order[t.key])
         raise VerificationError("HashMismatch", f"hash mismatch: {first.rel}", first.rel)
     return results
+
+
+class StreamHash:
+    """The manifest digests of one file whose bytes arrive in order: one digest for the whole file
+    (``shard_size`` None, the files method) or one per ``shard_bounds`` range (the shards method).
+
+    ``finish()`` returns ``[(start, end, digest)]``: the ranges are exactly ``shard_bounds(size, shard_size)`` (or
+    ``[(0, size)]``), so the caller names them as the manifest does."""
+
+    def __init__(self, hash_type: str, shard_size: int | None = None):
+        self.hash_type = hash_type
+        self.shard_size = shard_size
+        self.size = 0
+        self._start = 0
+        self._h = new_hasher(hash_type)
+        self._done: list[tuple[int, int, bytes]] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        if not self.shard_size:
+            self._h.update(data)
+            self.size += len(data)
+            return
+        view = memoryview(data)
+        while view:
+            room = self._start + self.shard_size - self.size
+            part, view = view[:room], view[room:]
+            self._h.update(part)
+            self.size += len(part)
+            if self.size == self._start + self.shard_size:
+                self._cut()
+
+    def _cut(self) -> None:
+        self._done.append((self._start, self.size, self._h.digest()))
+        self._start, self._h = self.size, new_hasher(self.hash_type)
+
+    def finish(self) -> list[tuple[int, int, bytes]]:
+        if not self.shard_size:
+            return [(0, self.size, self._h.digest())]
+        if self.size > self._start:  # the last, shorter shard (an empty file has none)
+            self._cut()
+        assert [(s, e) for s, e, _ in self._done] == shard_bounds(self.size, self.shard_size)
+        return list(self._done)

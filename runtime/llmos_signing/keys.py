@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Union
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -67,7 +66,7 @@ def load_public_key(data: bytes | str | PublicKey) -> PublicKey:
         if "private key" in str(err):
             raise
         raise ValueError(f"not a PEM or DER public key ({err})") from None
-    except Exception as err:  # cryptography raises UnsupportedAlgorithm for some key types
+    except Exception as err:  # noqa: BLE001 — cryptography raises UnsupportedAlgorithm for some key types
         raise ValueError(f"cannot load public key: {err}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError(f"unsupported key: {_kind(key)}; {_SUPPORTED}")
@@ -100,7 +99,7 @@ def load_private_key(data: bytes | str | PrivateKey, password: bytes | str | Non
         if "password" in msg.lower() or "decrypt" in msg.lower():
             raise ValueError("cannot decrypt private key: wrong or missing password") from None
         raise ValueError(f"not a PEM or DER private key ({msg})") from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 — any failure to load is "not a key", said with its cause
         raise ValueError(f"cannot load private key: {err}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"unsupported key: {_kind(key)}; {_SUPPORTED}")
@@ -112,7 +111,7 @@ def public_pem(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def key_hint(key: Union[PublicKey, PrivateKey, bytes, str]) -> str:
+def key_hint(key: PublicKey | PrivateKey | bytes | str) -> str:
     """sha256 hex of the public key's SubjectPublicKeyInfo PEM text, as OMS writes in ``publicKey.hint``."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         key = key.public_key()

@@ -34,6 +34,7 @@ __all__ = [
     "file_tasks",
     "shard_tasks",
     "shard_bounds",
+    "shard_name",
 ]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -175,9 +176,12 @@ def file_tasks(root: Path, files: dict[str, int]) -> list[hashing.HashTask]:
     return [hashing.HashTask(rel, _abs(root, rel), rel, 0, size, size) for rel, size in files.items()]
 
 
-def shard_bounds(size: int, shard_size: int) -> list[tuple[int, int]]:
-    """The shards model_signing makes of a file: none for an empty file, else [k*s, min((k+1)*s, size))."""
-    return [(start, min(start + shard_size, size)) for start in range(0, size, shard_size)]
+shard_bounds = hashing.shard_bounds
+
+
+def shard_name(path: str, start: int, end: int) -> str:
+    """The manifest name of a shard: ``path:start:end``."""
+    return f"{path}:{start}:{end}"
 
 
 def shard_tasks(root: Path, files: dict[str, int], shard_size: int) -> list[hashing.HashTask]:
@@ -185,7 +189,7 @@ def shard_tasks(root: Path, files: dict[str, int], shard_size: int) -> list[hash
     for rel, size in files.items():
         path = _abs(root, rel)
         for start, end in shard_bounds(size, shard_size):
-            tasks.append(hashing.HashTask(f"{rel}:{start}:{end}", path, rel, start, end, size))
+            tasks.append(hashing.HashTask(shard_name(rel, start, end), path, rel, start, end, size))
     return tasks
 
 

@@ -1,13 +1,21 @@
-"""Issue 10 on the real engine (vLLM on CPU, the tiny model): what only the real engine shows.
+"""Issues 10 and 19 on the real engine (vLLM on CPU, the tiny model): what only the real engine shows.
 
-One shared runtime (one engine start) serves the model from a symlink ``current -> v1`` that is flipped to an
-unsigned v2 while vLLM loads, with one verified adapter:
+One shared runtime (one engine start; its watchdog set to 8 s / 40 s through the runtime's flags, as
+``spec.runtime`` renders them) serves the model from a symlink ``current -> v1`` that is flipped to an unsigned v2
+while vLLM loads, with one verified adapter:
 
 - the verified real path is what vLLM loaded (``/v1/models`` root), not the link's new target;
 - through the pod's public port, ``POST /v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``POST /adapters`` and
   ``DELETE /adapters/x`` answer 404 and the served adapter set does not change;
 - a client that hangs up on a long non-streaming request frees the engine (vLLM's running-requests metric drops);
-- last: vLLM stopped with SIGSTOP turns the pod not ready within 15 s and not live within 60 s.
+- a pooled client (aiohttp, keep-alive) idling 10 s between requests keeps its connection: no reset, 0 failures;
+- vLLM's engine-core process stopped (SIGSTOP) under a running request: ``/readyz`` fails within N + 5 s, with the
+  reason; SIGCONT: ready again, the request completes;
+- 400 concurrent streams saturating the CPU engine: ``/healthz`` never fails;
+- an adapter file swapped after its verification is never what vLLM serves, even after vLLM evicted it from its CPU
+  cache and read it again;
+- last: vLLM's API server stopped with SIGSTOP (no /health answer) turns the pod not ready within N + 5 s and not
+  live within M + 10 s, the termination message saying why.
 
 Two more runtimes, started side by side: a file added to the model directory after verification is refused before
 ready (exit 4, vLLM stopped); ``--verify-mode copy`` serves the private copy while the shared directory changes.
@@ -15,16 +23,20 @@ ready (exit 4, vLLM stopped); ``--verify-mode copy`` serves the private copy whi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import pytest
 
@@ -36,6 +48,9 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.engine
 
 ENGINE_ARGS = [*CPU_ENGINE_ARGS, "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"]
+WATCHDOG_N, WATCHDOG_M = 8.0, 40.0  # the shared runtime's --watchdog-unready-after / --watchdog-restart-after
+STREAMS = 400
+SATURATION_SECONDS = 60.0  # longer than the watchdog's restart threshold, and than the old 20-poll liveness (40 s)
 
 
 def _phase(rp: RuntimeProcess) -> str | None:
@@ -71,6 +86,22 @@ def _engine_pid(rp: RuntimeProcess) -> int:
     raise AssertionError("vLLM process not found")
 
 
+def _engine_core_pid(rp: RuntimeProcess) -> int:
+    """vLLM's engine-core process (its title is VLLM::EngineCore): a child of the API server process."""
+    api = _engine_pid(rp)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == api and b"EngineCore" in cmdline:
+            return int(entry.name)
+    raise AssertionError("vLLM's engine-core process not found")
+
+
 def _metric(rp: RuntimeProcess, name: str) -> float:
     text = httpx.get(rp.health + "/metrics", timeout=10).text
     values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
@@ -100,18 +131,21 @@ def served(test_models: TestModels, launcher: Launcher, tmp_path_factory):
     adapters = root / "adapters"
     adapters.mkdir()
     (adapters / "adapters.json").write_text(
-        '{"adapters": [{"name": "lora-a", "source": "file://%s", "signature": "%s"}]}'
-        % (test_models.adapter, test_models.adapter / "model.sig"))
+        f'{{"adapters": [{{"name": "lora-a", "source": "file://{test_models.adapter}", '
+        f'"signature": "{test_models.adapter / "model.sig"}"}}]}}')
+    adapters_file = adapters / "adapters.json"
     rp = launcher.start(
         "guarantees", source=f"file://{current}", signature=v1 / "model.sig",
         trusted_keys=[test_models.public_key], adapters_file=adapters / "adapters.json", engine_args=ENGINE_ARGS,
-        extra=["--engine-health-interval", "2", "--engine-unready-after", "3", "--engine-dead-after", "20"],
+        extra=["--engine-health-interval", "1", "--watchdog-unready-after", f"{WATCHDOG_N:g}",
+               "--watchdog-restart-after", f"{WATCHDOG_M:g}"],
     )
     _wait_phase(rp, "engine-starting")
     flip = root / "current.tmp"
     flip.symlink_to(v2)
     os.rename(flip, current)  # flipped after verification, while vLLM loads
     record("guarantees: ready after (s)", round(rp.wait_ready(), 1))
+    rp.adapters_file = adapters_file  # type: ignore[attr-defined]
     return rp, v1
 
 
@@ -184,23 +218,222 @@ def test_a_client_hanging_up_frees_the_engine(served):
     assert generated < asked, f"the abandoned request ran to completion ({generated:.0f} of {asked} tokens)"
 
 
+def test_a_pooled_connection_idle_10s_is_not_reset(served):
+    """vLLM's uvicorn kept idle connections 5 s; gateways keep theirs 60 s and more and race the close. Now the API
+    port keeps them 75 s: the second request, 10 s later, goes over the same connection."""
+    rp, _ = served
+    created, results = [], []
+
+    async def on_create(_session, _ctx, _params):
+        created.append(time.monotonic())
+
+    async def go():
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(on_create)
+        async with aiohttp.ClientSession(trace_configs=[trace], timeout=aiohttp.ClientTimeout(total=60)) as s:
+            for i in range(3):
+                try:
+                    async with s.post(rp.api + "/v1/completions",
+                                      json={"model": "tiny", "prompt": "pooled", "max_tokens": 2}) as r:
+                        results.append(r.status)
+                        await r.read()
+                except aiohttp.ClientError as e:
+                    results.append(repr(e))
+                if i < 2:
+                    await asyncio.sleep(10)
+
+    asyncio.run(go())
+    record("keep-alive: requests 10 s apart on one pooled connection (answers, connections)", (results, len(created)))
+    assert results == [200, 200, 200]
+    assert len(created) == 1, "the server closed the idle connection"
+
+
+def _stream_in_thread(rp: RuntimeProcess, max_tokens: int) -> tuple[threading.Thread, dict]:
+    out: dict = {"chunks": 0, "error": None, "first": threading.Event()}
+
+    def run():
+        try:
+            with httpx.Client(timeout=300) as c, c.stream("POST", rp.api + "/v1/completions", json={
+                "model": "tiny", "prompt": "a long answer", "max_tokens": max_tokens, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True},
+            }) as r:
+                out["status"] = r.status_code
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        out["chunks"] += 1
+                        out["first"].set()
+                        usage = json.loads(line[6:]).get("usage")
+                        if usage:
+                            out["tokens"] = usage["completion_tokens"]
+        except httpx.HTTPError as e:
+            out["error"] = repr(e)
+        finally:
+            out["first"].set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_stopped_engine_core_under_a_running_request_leaves_readiness_and_comes_back(served):
+    """The engine core alive but stuck (SIGSTOP): vLLM's /health still answers 200 (it reports the core dead only
+    once it has exited). The watchdog sees a request in flight and no token: not ready within N + 5 s; SIGCONT:
+    tokens again, ready again, and the request completes."""
+    rp, _ = served
+    wait_for(lambda: rp.readyz() == 200, timeout=60, message="ready")
+    core = _engine_core_pid(rp)
+    stream, out = _stream_in_thread(rp, max_tokens=480)
+    assert out["first"].wait(60) and out["error"] is None, out
+    os.kill(core, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        health = httpx.get(rp.api + "/health", timeout=5).status_code  # vLLM's own view: still healthy
+        wait_for(lambda: rp.readyz() == 503, timeout=WATCHDOG_N + 5, interval=0.2, message="not ready")
+        not_ready = time.monotonic() - stopped
+        reason = httpx.get(rp.health + "/readyz", timeout=5).json()["reason"]
+        metrics = httpx.get(rp.health + "/metrics", timeout=10).text
+        live = httpx.get(rp.health + "/healthz", timeout=5).status_code
+    finally:
+        os.kill(core, signal.SIGCONT)
+    resumed = time.monotonic()
+    wait_for(lambda: rp.readyz() == 200, timeout=30, interval=0.2, message="ready again after SIGCONT")
+    ready_again = time.monotonic() - resumed
+    stream.join(timeout=300)
+    record("watchdog: engine core SIGSTOP -> not ready (s)", round(not_ready, 1))
+    record("watchdog: SIGCONT -> ready again (s)", round(ready_again, 1))
+    assert health == 200 and live == 200
+    assert reason.startswith("engine hung: ") and "no token generated for" in reason, reason
+    assert 'llmos_runtime_engine_state{llmos_runtime_engine_state="hung"} 1.0' in metrics
+    assert out["error"] is None and out.get("tokens") == 480, out
+
+
+def test_400_streams_saturating_the_engine_never_fail_healthz(served):
+    """400 concurrent streams on the 2 cores (loopback only, 60 s): vLLM's event loop is saturated and its /health
+    slow, but the engine makes progress: /healthz (the liveness probe) never fails."""
+    rp, _ = served
+    wait_for(lambda: rp.readyz() == 200, timeout=60, message="ready")
+    stats = {"streams": 0, "failed": 0, "errors": []}
+    probes: dict[str, list] = {"healthz": [], "readyz": [], "engine /health": []}
+
+    async def one_client(s, deadline):
+        while time.monotonic() < deadline:
+            try:
+                async with s.post(rp.api + "/v1/completions", json={
+                        "model": "tiny", "prompt": "saturate", "max_tokens": 32, "ignore_eos": True,
+                        "stream": True}) as r:
+                    body = await r.read()
+                    ok = r.status == 200 and body.rstrip().endswith(b"data: [DONE]")
+            except (TimeoutError, aiohttp.ClientError) as e:
+                ok = False
+                stats["errors"].append(repr(e))
+            stats["streams"] += 1
+            stats["failed"] += 0 if ok else 1
+
+    async def probe(s, name, url, deadline, period):
+        while time.monotonic() < deadline:
+            t = time.monotonic()
+            try:
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:  # the kubelet's probe timeout
+                    probes[name].append((r.status, time.monotonic() - t))
+            except (TimeoutError, aiohttp.ClientError):
+                probes[name].append((None, time.monotonic() - t))
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - t)))
+
+    async def go():
+        deadline = time.monotonic() + SATURATION_SECONDS
+        connector = aiohttp.TCPConnector(limit=STREAMS + 10)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as s, \
+                aiohttp.ClientSession() as p:
+            await asyncio.gather(
+                *(one_client(s, deadline) for _ in range(STREAMS)),
+                probe(p, "healthz", rp.health + "/healthz", deadline, 0.5),
+                probe(p, "readyz", rp.health + "/readyz", deadline, 1.0),
+                probe(p, "engine /health", rp.api + "/health", deadline, 1.0),
+            )
+
+    started = time.monotonic()
+    asyncio.run(go())
+    took = time.monotonic() - started
+    healthz = [code for code, _ in probes["healthz"]]
+    engine_health = sorted(dt for _, dt in probes["engine /health"])
+    record("saturation: streams completed / failed in (s)", f"{stats['streams']} / {stats['failed']} in {took:.0f}")
+    record("saturation: /healthz probes, failed", f"{len(healthz)}, {sum(c != 200 for c in healthz)}")
+    record("saturation: /healthz latency max (s)", round(max(dt for _, dt in probes["healthz"]), 3))
+    record("saturation: /readyz probes not 200", sum(c != 200 for c, _ in probes["readyz"]))
+    record("saturation: vLLM /health latency p50/max (s)",
+           f"{statistics.median(engine_health):.2f}/{engine_health[-1]:.2f}")
+    assert len(healthz) >= SATURATION_SECONDS / 0.5 * 0.8
+    assert all(c == 200 for c in healthz), probes["healthz"]
+    assert stats["streams"] >= STREAMS and stats["failed"] == 0, stats["errors"][:5]
+    assert rp.alive() and httpx.get(rp.health + "/healthz", timeout=5).status_code == 200
+
+
+def _greedy(rp: RuntimeProcess, model: str) -> str:
+    r = httpx.post(rp.api + "/v1/completions", json={"model": model, "prompt": "the adapter says",
+                                                     "max_tokens": 16, "temperature": 0}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+def test_an_adapter_swapped_after_verification_is_never_served(served, test_models: TestModels, tmp_path):
+    """An adapter on a volume another writer can change: after the runtime verified it, the writer swaps its
+    weights for another adapter's. vLLM reads an adapter's path again when it was evicted from its CPU cache
+    (--max-cpu-loras, here the default: --max-loras 2): a third adapter evicts it, the next request reads it again.
+    The answers must stay the verified adapter's."""
+    rp, _ = served
+    shared = tmp_path / "shared-lora"
+    shutil.copytree(test_models.adapter, shared)
+    adapters_file: Path = rp.adapters_file  # type: ignore[attr-defined]
+    original = adapters_file.read_text()
+    item = {"name": "lora-swap", "source": f"file://{shared}", "signature": str(shared / "model.sig")}
+    other = {"name": "lora-c", "source": f"file://{test_models.adapter2}",
+             "signature": str(test_models.adapter2 / "model.sig")}
+    lora_a = json.loads(original)["adapters"]
+
+    def loaded():
+        return sorted(a["name"] for a in httpx.get(rp.health + "/adapters", timeout=10).json()["loaded"])
+
+    try:
+        adapters_file.write_text(json.dumps({"adapters": [*lora_a, item]}))
+        wait_for(lambda: loaded() == ["lora-a", "lora-swap"], timeout=30, message="lora-swap loaded")
+        roots = {m["id"]: m.get("root") for m in httpx.get(rp.api + "/v1/models", timeout=10).json()["data"]}
+        verified = _greedy(rp, "lora-swap")
+        # the writer: another adapter's weights under the verified adapter's name
+        swap = shared / "adapter_model.safetensors.tmp"
+        shutil.copyfile(test_models.adapter2 / "adapter_model.safetensors", swap)
+        os.rename(swap, shared / "adapter_model.safetensors")
+        _greedy(rp, "lora-a")  # lora-swap is now the least recently used
+        adapters_file.write_text(json.dumps({"adapters": [*lora_a, item, other]}))  # a third: evicts lora-swap
+        wait_for(lambda: loaded() == ["lora-a", "lora-c", "lora-swap"], timeout=30, message="lora-c loaded")
+        swapped_in = _greedy(rp, "lora-c")  # what the swapped file would answer
+        after = _greedy(rp, "lora-swap")  # read again by vLLM
+    finally:
+        adapters_file.write_text(original)
+    wait_for(lambda: loaded() == ["lora-a"], timeout=30, message="the test's adapters unloaded")
+    record("adapter swap: answers verified / after swap+eviction / the other adapter's",
+           [verified, after, swapped_in])
+    assert verified != swapped_in, "the two adapters answer alike: the test cannot tell them apart"
+    assert not roots["lora-swap"].startswith(str(shared)), roots  # vLLM's path is the pod-private copy
+    assert after == verified
+
+
 def test_a_stopped_engine_turns_the_pod_not_ready_then_not_live(served):
-    """Runs last: it leaves the shared runtime failed."""
+    """Runs last: it leaves the shared runtime failed. vLLM's API server stopped: /health does not answer at all."""
     rp, _ = served
     pid = _engine_pid(rp)
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        wait_for(lambda: rp.readyz() == 503, timeout=15, interval=0.2, message="not ready")
+        wait_for(lambda: rp.readyz() == 503, timeout=WATCHDOG_N + 5, interval=0.2, message="not ready")
         not_ready = time.monotonic() - stopped
-        wait_for(lambda: httpx.get(rp.health + "/healthz", timeout=5).status_code == 503, timeout=60 - not_ready,
-                 interval=0.5, message="not live")
+        wait_for(lambda: httpx.get(rp.health + "/healthz", timeout=5).status_code == 503,
+                 timeout=WATCHDOG_M + 10 - not_ready, interval=0.5, message="not live")
         not_live = time.monotonic() - stopped
         reason = httpx.get(rp.health + "/healthz", timeout=5).json()["reason"]
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert "did not answer /health" in reason
-    assert (rp.log_path.parent / "termination-log").read_text().startswith("engine did not answer /health")
+    assert reason.startswith("engine did not answer /health for ")
+    assert (rp.log_path.parent / "termination-log").read_text() == reason + "\n"
     record("guarantees: SIGSTOP -> not ready (s)", round(not_ready, 1))
     record("guarantees: SIGSTOP -> not live (s)", round(not_live, 1))
 

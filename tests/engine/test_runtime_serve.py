@@ -4,8 +4,10 @@
   /v1/chat/completions;
 - adapter hot load: editing the adapter set (the mounted ConfigMap) makes the new adapter answer within 5 s while the
   base model keeps answering; removing it unloads it; a failed adapter is reported and leaves the others serving;
-- drain (last, it stops the runtime): a streaming request in flight at SIGTERM completes; a request sent after
-  SIGTERM is refused quickly with 503.
+- drain (last, it stops the runtime): a streaming request in flight at SIGTERM completes; a pooled client that
+  keeps sending every 100 ms through a stand-in for endpoint propagation (tests/support/lb.py: it keeps routing to
+  the pod for 5 s after its /readyz turned 503, and retries nothing) loses no request; once the drain grace is over
+  a new request is refused quickly with 503.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import statistics
 import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.engine.conftest import Launcher, record
+from tests.support.lb import NO_BACKEND_HEADER, RoundRobinLB
 from tests.support.load import sse_data
 from tests.support.podspec import LocalPod, pod_to_local
 from tests.support.runtime_proc import RuntimeProcess, write_configmap
@@ -269,43 +274,140 @@ def test_adapter_hot_load(pod, test_models: TestModels, pod_object):
     assert max(load_times) < 5
 
 
+PROPAGATION = 5.0  # s a load balancer keeps sending after the pod turned not ready (issue 19's measurement)
+
+
+class PooledClient:
+    """A client with a keep-alive connection pool sending a short completion every 100 ms, in a thread; records
+    every answer. What a gateway or a service mesh sidecar does on behalf of many users."""
+
+    def __init__(self, url: str, period: float = 0.1):
+        self.url, self.period = url, period
+        self.results: list[tuple[float, int | str]] = []  # (monotonic time sent, status or error)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import asyncio
+
+        import aiohttp
+
+        async def go():
+            deadline = time.monotonic() + 300
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    sent = time.monotonic()
+                    try:
+                        async with s.post(self.url + "/v1/completions",
+                                          json={"model": "tiny", "prompt": "pooled", "max_tokens": 2}) as r:
+                            await r.read()
+                            gone = r.headers.get(NO_BACKEND_HEADER)
+                            self.results.append((sent, "no-backend" if gone else r.status))
+                    except aiohttp.ClientError as e:
+                        self.results.append((sent, repr(e)))
+                    await asyncio.sleep(max(0.0, self.period - (time.monotonic() - sent)))
+
+        asyncio.run(go())
+
+    def start(self) -> PooledClient:
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=70)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+class HeldRequest:
+    """A completion whose headers are sent and whose body is held back: in flight for the guard (the drain waits for
+    it) until ``release()`` sends the body and reads the answer."""
+
+    BODY = json.dumps({"model": "tiny", "prompt": "held", "max_tokens": 2}).encode()
+
+    def __init__(self, api: str):
+        url = urlsplit(api)
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=30)
+        self.sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (url.netloc.encode(), len(self.BODY)))
+
+    def release(self) -> bytes:
+        self.sock.sendall(self.BODY)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        self.sock.close()
+        return answer
+
+
+def _refused_quickly(rp: RuntimeProcess) -> float:
+    t = time.monotonic()
+    r = httpx.post(rp.api + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=10)
+    took = time.monotonic() - t
+    assert r.status_code == 503, r.text
+    assert r.headers.get("retry-after") and r.headers.get("x-llmos-draining") == "1"
+    return took
+
+
 def test_drain_on_sigterm(pod):
     """Runs last in this module: it stops the shared runtime."""
     local, rp = pod
     max_tokens = MAX_MODEL_LEN - 32
     chunks_before = chunks_after = 0
-    done = finish = usage = terminated_at = None
-    with httpx.Client(base_url=rp.api, timeout=120) as c, c.stream("POST", "/v1/completions", json={
-        "model": "tiny", "prompt": "a long answer", "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-        "stream_options": {"include_usage": True},
-    }) as stream:
-        assert stream.status_code == 200
-        for data in sse_data(stream):
-            if data is None:
-                done = True
-                break
-            ev = json.loads(data)
-            usage = ev.get("usage") or usage
-            for choice in ev.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-            if terminated_at is not None:
+    done = finish = usage = terminated_at = refused_in = held = None
+    grace = float(local.argv[local.argv.index("--drain-grace") + 1]) if "--drain-grace" in local.argv else 10.0
+    lb = RoundRobinLB(check_interval=0.2, propagation_delay=PROPAGATION, retry=False).start()
+    lb.add(rp.name, rp.api, rp.health)
+    wait_for(lambda: lb.routed_names() == [rp.name], timeout=10, message="the stand-in to route to the pod")
+    client = PooledClient(lb.url).start()
+    try:
+        with httpx.Client(base_url=rp.api, timeout=120) as c, c.stream("POST", "/v1/completions", json={
+            "model": "tiny", "prompt": "a long answer", "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True},
+        }) as stream:
+            assert stream.status_code == 200
+            for data in sse_data(stream):
+                if data is None:
+                    done = True
+                    break
+                ev = json.loads(data)
+                usage = ev.get("usage") or usage
+                for choice in ev.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+                if terminated_at is None:
+                    chunks_before += 1
+                    rp.terminate()  # SIGTERM while the stream is in flight and the pooled client sends
+                    terminated_at = time.monotonic()
+                    # turns not-ready at once
+                    _, not_ready_after = _poll(lambda: rp.readyz() == 503, timeout=2, poll=0.01)
+                    assert rp.alive()  # still draining: the stream is being served
+                    held = HeldRequest(rp.api)  # accepted during the grace; keeps the drain going past it
+                    continue
                 chunks_after += 1
-                continue
-            chunks_before += 1
-            rp.terminate()  # SIGTERM while the stream is in flight
-            terminated_at = time.monotonic()
-            # turns not-ready at once
-            _, not_ready_after = _poll(lambda: rp.readyz() == 503, timeout=2, poll=0.01)
-            # a new request is refused quickly (so a load balancer retries elsewhere)
-            t = time.monotonic()
-            r = httpx.post(rp.api + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
-                           timeout=10)
-            refused_in = time.monotonic() - t
-            assert r.status_code == 503, r.text
-            assert r.headers.get("retry-after") and r.headers.get("x-llmos-draining") == "1"
-            assert rp.alive()  # still draining: the stream is being served
-        stream_end = time.monotonic()
+                if not client.stopped and not lb.routed_names():  # the endpoint removal has propagated
+                    client.stop()
+                if refused_in is None and time.monotonic() - terminated_at > grace + 0.5:
+                    refused_in = _refused_quickly(rp)  # the grace is over: refused, the stream still flowing
+            stream_end = time.monotonic()
+        if refused_in is None:  # the stream ended within the grace: the held request keeps the pod draining
+            time.sleep(max(0.0, terminated_at + grace + 0.5 - time.monotonic()))
+            refused_in = _refused_quickly(rp)
+        held_answer = held.release()
+    finally:
+        client.stop()
+        lb.stop()
 
+    # sent after SIGTERM while the stand-in still routed to the pod (a request it had no endpoint for would go to
+    # another replica)
+    after = [(t - terminated_at, code) for t, code in client.results if t >= terminated_at and code != "no-backend"]
+    failed = [(round(t, 2), code) for t, code in after if code != 200]
+    (backend,) = lb.backends
     assert done, "the in-flight stream did not complete"
     assert finish == "length" and usage["completion_tokens"] == max_tokens  # the whole answer, not cut short
     assert chunks_after > 0  # the stream really was in flight during the drain
@@ -315,7 +417,16 @@ def test_drain_on_sigterm(pod):
     assert rp.group_alive() == [], "vLLM or its workers outlived the runtime"
     assert "drained in" in rp.log_path.read_text()
     record("drain: not ready after SIGTERM (s)", round(not_ready_after, 3))
-    record("drain: new request refused in (s)", round(refused_in, 3))
+    record("drain: pooled client (every 100 ms) after SIGTERM: sent/failed", f"{len(after)}/{len(failed)}")
+    record("drain: pooled client's last request after SIGTERM (s)", round(max(t for t, _ in after), 2))
+    record("drain: answers with Connection: close through the stand-in", backend.closed)
+    record("drain: stand-in retries", lb.stats.retried)
+    record("drain: new request refused after the grace in (s)", round(refused_in, 3))
     record("drain: stream chunks received after SIGTERM", chunks_after)
     record("drain: stream end -> process exit (s)", round(exited - stream_end, 2))
+    assert failed == [], f"{len(failed)} of {len(after)} requests after SIGTERM failed: {failed[:10]}"
+    assert len(after) >= 30 and max(t for t, _ in after) >= PROPAGATION - 1  # it really kept sending
+    assert lb.stats.retried == 0 and backend.closed >= len(after) - 2  # (sent before the runtime saw SIGTERM)
     assert refused_in < 1.0
+    # the request accepted during the grace completed after refusals began, and closed its connection
+    assert held_answer.startswith(b"HTTP/1.1 200") and b"connection: close" in held_answer.lower(), held_answer

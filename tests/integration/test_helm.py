@@ -21,7 +21,9 @@ FULL_VALUES = {
         "gpuClasses": {"a100": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
                                 "resourceName": "nvidia.com/gpu", "memoryGiB": 80}},
         "trustedKeys": {"platform": "-----BEGIN PUBLIC KEY-----\nMFk=\n-----END PUBLIC KEY-----\n"},
-        "runtime": {"openaiPort": 8000, "startupTimeoutSeconds": 3600},
+        "runtime": {"openaiPort": 8000, "startupTimeoutSeconds": 3600, "imagePullPolicy": "IfNotPresent"},
+        "tenancy": {"quota": {"cpu": 8, "memory": "32Gi", "pods": 20, "loadBalancers": 2},
+                    "defaultRequests": {"cpu": "50m", "ephemeralStorage": "512Mi"}},
     },
     "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
                 "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
@@ -31,7 +33,26 @@ FULL_VALUES = {
     "podAnnotations": {"example.com/team": "platform"},
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "platform", "effect": "NoSchedule"}],
-    "isolation": {},
+    "isolation": {
+        "extraOperatorUsernames": ["system:serviceaccount:llmos-old:llmos-operator"],
+        "controllerUsernames": {k: ["system:kube-controller-manager"] for k in (
+            "deploymentController", "replicaSetController", "garbageCollector", "namespaceController",
+            "podGarbageCollector", "nodeLifecycleController")},
+        # The examples values.yaml ships commented out (the API server compiles them in the dry run below).
+        "extraGpuWorkloads": [
+            {"group": "leaderworkerset.x-k8s.io", "version": "v1", "resource": "leaderworkersets",
+             "podSpecs": "[object.spec.leaderWorkerTemplate.workerTemplate.spec] + "
+                         "(has(object.spec.leaderWorkerTemplate.leaderTemplate) "
+                         "? [object.spec.leaderWorkerTemplate.leaderTemplate.spec] : [])"},
+            {"group": "ray.io", "version": "v1", "resource": "rayclusters",
+             "podSpecs": "[object.spec.headGroupSpec.template.spec] + "
+                         "object.spec.?workerGroupSpecs.orValue([]).map(g, g.template.spec)"},
+        ],
+        "pods": {"requireImagePullAlways": False, "allowedPriorityClasses": ["tenant-high"],
+                 "deniedEnv": ["NVIDIA_VISIBLE_DEVICES"]},
+        "services": {"allowLoadBalancers": True},
+        "tenantNetworkPolicies": "adminNetworkPolicy",
+    },
 }
 
 # The prometheus-operator CRDs are not part of this cluster. For the dry run, permissive stand-ins of the three kinds
@@ -116,6 +137,11 @@ def test_chart_lints_renders_and_passes_a_server_side_dry_run(cluster, tmp_path,
     ("metrics.serviceMonitor.enabled=yes", "'/metrics/serviceMonitor/enabled'"),
     ("replica=2", "'replica' not allowed"),
     ("config.gpuClasses.h100.memoryGiB=lots", "'/config/gpuClasses/h100/memoryGiB'"),
+    ("config.tenancy.quota.cpu=-1", "'/config/tenancy/quota/cpu'"),
+    ("isolation.tenantNetworkPolicies=calico", "'/isolation/tenantNetworkPolicies'"),
+    ("isolation.pods.allowedPriorityClasses[0]=system-node-critical", "'/isolation/pods/allowedPriorityClasses/0'"),
+    ("isolation.extraGpuWorkloads[0].group=ray.io", "'/isolation/extraGpuWorkloads/0'"),
+    ("isolation.services.allowLoadBalancer=true", "'allowLoadBalancer' not allowed"),
 ])
 def test_schema_refuses_a_wrong_value_naming_the_field(cluster, setting, field):
     out = helm(cluster, "template", "llmos", str(CHART), "--set", setting)
@@ -141,3 +167,17 @@ def test_notes_say_what_to_apply_next_and_what_uninstall_keeps(cluster):
     assert "kubectl apply -k examples/platform" in notes and "kubectl apply -k examples/team-a" in notes
     assert "CRDs" in notes and "stay" in notes
 
+
+
+def test_the_tenant_pod_rules_and_llmos_own_pods_agree(cluster):
+    """With imagePullPolicy Always required in tenant namespaces, llmos's own pods must pull Always too: the chart
+    refuses a configuration that would have the API server refuse the operator's pods."""
+    out = helm(cluster, "template", "llmos", str(CHART), "--set", "config.runtime.imagePullPolicy=IfNotPresent")
+    assert out.returncode != 0 and "config.runtime.imagePullPolicy is IfNotPresent" in out.stderr, out.stderr
+    out = helm(cluster, "template", "llmos", str(CHART), "--set", "config.runtime.imagePullPolicy=IfNotPresent",
+               "--set", "isolation.pods.requireImagePullAlways=false")
+    assert out.returncode == 0, out.stderr
+    tenancy = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "ValidatingAdmissionPolicy"
+               and d["metadata"]["name"] == "llmos-operator-tenant-pods"]
+    (pods,) = tenancy
+    assert next(v for v in pods["spec"]["variables"] if v["name"] == "notPulledAlways")["expression"] == "[]"

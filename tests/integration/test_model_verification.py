@@ -151,7 +151,9 @@ def test_key_rotation_verifies_and_unverifies(objects, namespace, cluster, signe
     objects.wait_condition("models", "m", "Verified", "False", "UntrustedKey", timeout=30)
     objects.wait_condition("modeldeployments", "d", "ModelVerified", "False", "UntrustedKey", timeout=30)
     wait_for(lambda: not deployment_exists(apps, namespace, "d"), message="pods of the unverified model gone")
-    assert objects.get("tenants", namespace)["status"].get("usage", {}).get("gpus", {}).get("h100", 0) == 0
+    # Its pods' GPUs stay counted while they terminate, then are freed.
+    wait_for(lambda: objects.get("tenants", namespace)["status"].get("usage", {}).get("gpus", {}).get("h100", 0) == 0,
+             timeout=30, message="the tenant's GPUs freed")
 
 
 def test_a_trusted_key_can_come_from_a_secret(objects, namespace, cluster, signed_model):

@@ -252,14 +252,16 @@ FORGED_IMAGE = "registry.example/tenant/anything:1"
 
 
 def _forge_replica_set(cluster, namespace: str, workdir, name: str) -> None:
-    """With the tenant's own token (admin of the namespace): a ReplicaSet with the labels and pod template
-    annotations of the serving one, another image and no GPU (which the tenant may write), at 0 replicas; the Deployment controller adopts it (its labels
-    match the selector), so it even carries a controller reference to llmos's Deployment."""
+    """A ReplicaSet with the labels and pod template annotations of the serving one, another image and no GPU, at 0
+    replicas; the Deployment controller adopts it (its labels match the selector), so it even carries a controller
+    reference to llmos's Deployment. A tenant may no longer write it (the chart's children-are-the-operators policy:
+    llmos's labels): that is checked with the tenant's own token; the forgery is then made with the platform admin's
+    identity, so that the operator's own check (never roll back to a template it did not record) stays tested."""
     apps = client.AppsV1Api(cluster.api)
     template = apps.read_namespaced_deployment(name, namespace).spec.template
     template.spec.containers[0].image = FORGED_IMAGE
     for container in template.spec.containers:
-        container.resources = None  # the GPU policy refuses a tenant's ReplicaSet that asks for a GPU
+        container.resources = None  # the GPU policy refuses a ReplicaSet that asks for a GPU
     labels = {k: v for k, v in template.metadata.labels.items() if k != "app.kubernetes.io/managed-by"}
     template.metadata.labels = {**labels, "pod-template-hash": "forged"}
     body = client.V1ReplicaSet(
@@ -269,10 +271,13 @@ def _forge_replica_set(cluster, namespace: str, workdir, name: str) -> None:
     user = make_user(cluster.api, cluster.name, f"{namespace[:50]}-u", "tenant-admin", admin_of=[namespace],
                      workdir=workdir)
     try:
-        client.AppsV1Api(user.api).create_namespaced_replica_set(namespace, body)
+        with pytest.raises(client.ApiException) as refused:
+            client.AppsV1Api(user.api).create_namespaced_replica_set(namespace, body)
+        assert "children-are-the-operators" in refused.value.body, refused.value.body
     finally:
         user.close()
         client.CoreV1Api(cluster.api).delete_namespace(f"{namespace[:50]}-u")
+    apps.create_namespaced_replica_set(namespace, body)
 
 
 def test_auto_rollback_of_a_revision_that_never_gets_ready_and_a_stop_without_it(objects, namespace, cluster,

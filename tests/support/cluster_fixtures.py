@@ -92,7 +92,12 @@ def crds(cluster):
     # The chart and image tests install further releases of llmos on this cluster; their operators write GPU
     # Deployments into tenant namespaces too, so this release's admission policies must know them as operators.
     others = [f"system:serviceaccount:{release}:{release}-operator" for release in ("llmos-chart", "llmos-image")]
-    platform.install(cluster.name, values={"isolation": {"extraOperatorUsernames": others}})
+    # A workload kind of a CRD (tests/support/hostile.py) under the GPU and tenant pod policies, as a platform lists
+    # LeaderWorkerSet or RayCluster.
+    from tests.support.hostile import GANG_WORKLOAD
+
+    platform.install(cluster.name, values={"isolation": {"extraOperatorUsernames": others,
+                                                         "extraGpuWorkloads": [GANG_WORKLOAD]}})
     return True
 
 

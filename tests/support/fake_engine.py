@@ -4,9 +4,13 @@ Built like vLLM's server: a Starlette app on uvicorn (uvloop, httptools when ins
 applied the way vLLM applies it (a class is added with ``app.add_middleware``), so the runtime's guard
 (llmos_runtime.guard) runs in front of it exactly as in the real engine.
 
-Implements what the runtime uses: /health, /metrics, /v1/models, /v1/completions (streaming too, one chunk every
-``--chunk-delay`` s), /v1/load_lora_adapter and /v1/unload_lora_adapter (a path containing "reject" is refused), and
-SageMaker-like /adapters routes (so tests can show they are closed). ``--api-key`` guards /v1/* like vLLM's.
+Implements what the runtime uses: /health (answering after ``--health-delay`` s, like vLLM's under a saturated
+event loop), /metrics (vLLM's running/waiting gauges and generation-token counter, one token per chunk),
+/v1/models, /v1/completions (streaming too, one chunk every ``--chunk-delay`` s; the prompt "stall" first waits
+``--stall-seconds`` without generating, like a hung engine core under a live API server), /v1/load_lora_adapter
+and /v1/unload_lora_adapter (a path containing "reject" is refused), and SageMaker-like /adapters routes (so tests
+can show they are closed). ``--api-key`` guards /v1/* like vLLM's; ``--ignore-middleware`` leaves ``--middleware``
+out (an engine whose guard is not in force). The keep-alive is vLLM's: ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, default 5.
 Run as ``python fake_engine.py [vLLM-style args] --port N``; unknown arguments are ignored like a real engine's.
 """
 
@@ -28,17 +32,27 @@ def build_app(args: argparse.Namespace):
     from starlette.routing import Route
 
     loras: dict[str, str] = {}
-    stats = {"aborted": 0, "running": 0}
+    stats = {"aborted": 0, "running": 0, "tokens": 0}
 
     async def health(_r: Request):
+        await asyncio.sleep(args.health_delay)
         return Response()
 
     async def metrics(_r: Request):
         # Everything, whatever ?name[]= asks (as vLLM 0.32's /metrics route does): the runtime filters.
         return PlainTextResponse(
             "# HELP vllm:fake a fake engine metric\n# TYPE vllm:fake gauge\nvllm:fake 1.0\n"
-            f"vllm:num_requests_running {stats['running']}\nvllm:num_requests_waiting 0.0\n"
-            f"vllm:kv_cache_usage_perc 0.0\nllmos_fake_aborted_total {stats['aborted']}\n")
+            f"vllm:num_requests_running {stats['running']}\nvllm:num_requests_waiting 0\n"
+            "vllm:kv_cache_usage_perc 0.0\n"
+            f'vllm:generation_tokens_total{{model_name="{args.served_model_name}"}} {stats["tokens"]}\n'
+            f"llmos_fake_aborted_total {stats['aborted']}\n")
+
+    async def token(body: dict) -> None:
+        if body.get("prompt") == "stall" and not body.get("stalled"):
+            body["stalled"] = True
+            await asyncio.sleep(args.stall_seconds)  # a hung engine: in flight, no token
+        await asyncio.sleep(args.chunk_delay)
+        stats["tokens"] += 1
 
     async def models(_r: Request):
         data = [{"id": args.served_model_name, "object": "model"}] + [{"id": n, "object": "model"} for n in loras]
@@ -56,7 +70,7 @@ def build_app(args: argparse.Namespace):
             try:
                 # a long non-streaming generation: aborted when the client leaves (like vLLM's)
                 for _ in range(n):
-                    await asyncio.sleep(args.chunk_delay)
+                    await token(body)
                     if await request.is_disconnected():
                         stats["aborted"] += 1
                         return Response(status_code=499)
@@ -69,7 +83,7 @@ def build_app(args: argparse.Namespace):
             stats["running"] += 1
             try:
                 for i in range(n):
-                    await asyncio.sleep(args.chunk_delay)
+                    await token(body)
                     fin = "length" if i == n - 1 else None
                     ev = {"object": "text_completion", "model": model,
                           "choices": [{"index": 0, "text": "x", "finish_reason": fin}]}
@@ -123,7 +137,7 @@ def build_app(args: argparse.Namespace):
             return await call_next(request)
 
         app.add_middleware(BaseHTTPMiddleware, dispatch=api_key)
-    for path in args.middleware:  # what vLLM's --middleware does
+    for path in [] if args.ignore_middleware else args.middleware:  # what vLLM's --middleware does
         module, name = path.rsplit(".", 1)
         obj = getattr(importlib.import_module(module), name)
         if inspect.isclass(obj):
@@ -143,19 +157,24 @@ def main(argv: list[str]) -> None:
     p.add_argument("--exit-code", type=int, default=None, help="exit with this code instead of serving")
     p.add_argument("--api-key", default=None, help="like vLLM: /v1/* needs 'Authorization: Bearer <key>'")
     p.add_argument("--middleware", action="append", default=[], help="like vLLM's: an ASGI middleware import path")
+    p.add_argument("--ignore-middleware", action="store_true", help="leave --middleware out (no guard)")
+    p.add_argument("--health-delay", type=float, default=0.0, help="seconds /health takes to answer")
+    p.add_argument("--stall-seconds", type=float, default=1e9, help="how long the prompt 'stall' generates nothing")
     args, _unknown = p.parse_known_args(argv)
     if args.exit_code is not None:
         print("fake engine: failing on purpose", file=sys.stderr)
         sys.exit(args.exit_code)
 
+    import os
     import time
 
     import uvicorn
 
     time.sleep(args.startup_delay)
-    # vLLM's settings: uvloop, a 5 s keep-alive
+    # vLLM's settings: uvloop, the keep-alive of VLLM_HTTP_TIMEOUT_KEEP_ALIVE (default 5 s)
     uvicorn.run(build_app(args), host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=5, loop="auto", http="auto")
+                timeout_keep_alive=int(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "5")), loop="auto",
+                http="auto")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""A small local round-robin load balancer for the zero-failed-requests test (loopback only).
+"""A small local round-robin load balancer for the zero-failed-requests tests (loopback only).
 
-It behaves like a Kubernetes Service fronted by a retrying gateway: it health-checks every backend's ``/readyz``
-(every ``check_interval`` s) and routes only to backends that answered 200 last time; a request that a backend
-refused before doing any work (connection refused, or HTTP 503 — what a draining llmos runtime answers) is retried
-on the next ready backend. A request that reached a backend is never retried (it may not be idempotent): if it
-fails, the client sees the failure.
+By default it behaves like a Kubernetes Service fronted by a retrying gateway: it health-checks every backend's
+``/readyz`` (every ``check_interval`` s) and routes only to backends that answered 200 last time; a request that a
+backend refused before doing any work (connection refused, or HTTP 503 — what a draining llmos runtime answers) is
+retried on the next ready backend. A request that reached a backend is never retried (it may not be idempotent): if
+it fails, the client sees the failure.
+
+``propagation_delay`` and ``retry=False`` make it a stand-in for endpoint propagation behind a plain L4 path
+(kube-proxy, most gateways for a POST): a backend that turned not ready keeps receiving requests for
+``propagation_delay`` s more (the time endpoint removal takes to reach the load balancer), and nothing is retried:
+a refusal reaches the client. Its upstream connections are pooled (keep-alive), like a gateway's.
 
 Runs in a thread with its own event loop so a synchronous test can drive processes around it.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+NO_BACKEND_HEADER = "X-Test-No-Backend"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length",
         "proxy-connection"}
 
@@ -32,6 +38,8 @@ class Backend:
     removed: bool = False
     served: int = 0
     refused: int = 0
+    unready_since: float | None = None  # when its /readyz last turned non-200
+    closed: int = 0  # answers that carried Connection: close
 
 
 @dataclass
@@ -43,9 +51,12 @@ class LBStats:
 
 
 class RoundRobinLB:
-    def __init__(self, check_interval: float = 0.2, retry_deadline: float = 30.0):
+    def __init__(self, check_interval: float = 0.2, retry_deadline: float = 30.0, *, propagation_delay: float = 0.0,
+                 retry: bool = True):
         self.check_interval = check_interval
         self.retry_deadline = retry_deadline
+        self.propagation_delay = propagation_delay
+        self.retry = retry
         self.backends: list[Backend] = []
         self.stats = LBStats()
         self.port: int | None = None
@@ -76,7 +87,16 @@ class RoundRobinLB:
         with self._lock:
             return [b.name for b in self.backends if b.ready]
 
-    def start(self) -> "RoundRobinLB":
+    def routed_names(self) -> list[str]:
+        """Backends requests still go to: ready ones, and those whose removal has not propagated yet."""
+        now = time.monotonic()
+        with self._lock:
+            return [b.name for b in self.backends if self._routable(b, now)]
+
+    def _routable(self, b: Backend, now: float) -> bool:
+        return b.ready or (b.unready_since is not None and now - b.unready_since < self.propagation_delay)
+
+    def start(self) -> RoundRobinLB:
         self._thread = threading.Thread(target=self._run, name="test-lb", daemon=True)
         self._thread.start()
         if not self._started.wait(30):
@@ -119,9 +139,12 @@ class RoundRobinLB:
     async def _check_one(self, b: Backend) -> None:
         try:
             async with self._check_session.get(b.health + "/readyz") as r:
-                b.ready = r.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            b.ready = False
+                ready = r.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            ready = False
+        if b.ready and not ready:
+            b.unready_since = time.monotonic()
+        b.ready = ready
 
     async def _check_loop(self) -> None:
         while True:
@@ -131,10 +154,11 @@ class RoundRobinLB:
             await asyncio.sleep(self.check_interval)
 
     def _pick(self, exclude: set[str]) -> Backend | None:
+        now = time.monotonic()
         with self._lock:
-            ready = [b for b in self.backends if b.ready and b.name not in exclude]
+            ready = [b for b in self.backends if self._routable(b, now) and b.name not in exclude]
             if not ready:
-                ready = [b for b in self.backends if b.ready]
+                ready = [b for b in self.backends if self._routable(b, now)]
             if not ready:
                 return None
             self._rr += 1
@@ -147,6 +171,8 @@ class RoundRobinLB:
         tried: set[str] = set()
         while True:
             b = self._pick(tried)
+            if b is None and not self.retry:  # the endpoint is gone: this request would go to another replica
+                return web.Response(status=503, text="no backend", headers={NO_BACKEND_HEADER: "1"})
             if b is None:
                 if time.monotonic() > deadline:
                     return web.Response(status=503, text="no ready backend")
@@ -158,12 +184,15 @@ class RoundRobinLB:
                     request.method, b.api + request.rel_url.path_qs, headers=headers, data=body or None
                 )
             except aiohttp.ClientConnectorError:
+                if not self.retry:
+                    b.refused += 1
+                    return web.Response(status=502, text=f"{b.name} refused the connection")
                 b.ready = False  # connection refused: nothing was sent; safe to retry elsewhere
                 b.refused += 1
                 tried.add(b.name)
                 self.stats.retried += 1
                 continue
-            if upstream.status == 503 and time.monotonic() < deadline:
+            if upstream.status == 503 and self.retry and time.monotonic() < deadline:
                 upstream.close()  # refused before doing any work: retry elsewhere
                 b.ready = False
                 b.refused += 1
@@ -173,6 +202,8 @@ class RoundRobinLB:
             break
         b.served += 1
         self.stats.forwarded += 1
+        if upstream.headers.get("Connection", "").lower() == "close":
+            b.closed += 1
         try:
             resp = web.StreamResponse(status=upstream.status)
             for k, v in upstream.headers.items():

@@ -86,7 +86,7 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "LoadGenerator":
+    def start(self) -> LoadGenerator:
         for i in range(self.workers):
             t = threading.Thread(target=self._worker, args=(i,), name=f"load-{i}", daemon=True)
             t.start()

@@ -157,16 +157,16 @@ def test_what_was_applied_is_remembered_per_deployment_and_forgotten_with_it():
     world.tenant("t", ["t-a"], {"h100": 4})
     world.deploy("t-a", "d", 1, 1, "h100")
     service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"},
-                            "ownerReferences": [{"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment",
-                                                 "name": "d", "uid": "uid-mdep-t-a-d", "controller": True}]},
+               "metadata": {"name": "d", "namespace": "t-a", "labels": {"llmos.dev/model-deployment": "d"}},
                "spec": {"ports": [{"port": 8000}]}}
+    owner = {"apiVersion": "llmos.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "d",
+                                                                                      "uid": "uid-mdep-t-a-d"}}
 
     writer = world.manager.model_deployments.children
 
     def apply() -> int:
         before = len(world.kube.writes)
-        writer.apply(service)
+        writer.apply(service, owner)
         return len(world.kube.writes) - before
 
     assert apply() == 1

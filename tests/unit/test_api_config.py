@@ -60,8 +60,18 @@ def test_to_yaml_round_trips():
     assert config_from_yaml(cfg.to_yaml()) == cfg
 
 
-@pytest.mark.parametrize("text", ["gpuClasses: {H100: {}}", "runtime: {openaiPort: 0}", "bogus: 1", "- a list"])
+@pytest.mark.parametrize("text", ["gpuClasses: {H100: {}}", "runtime: {openaiPort: 0}", "bogus: 1", "- a list",
+                                  "tenancy: {quota: {cpu: -1}}", "tenancy: {defaultRequests: {memory: lots}}",
+                                  "tenancy: {quota: {resourceQuotas: 1}}"])
 def test_invalid_configuration_is_refused_with_a_path(text):
     with pytest.raises(ConfigError) as info:
         config_from_yaml(text)
     assert "invalid operator configuration" in str(info.value)
+
+
+def test_tenancy_defaults_and_quantities_written_as_numbers():
+    cfg = config_from_yaml("tenancy: {quota: {cpu: 8, pods: 20}}")
+    assert cfg.tenancy.quota.cpu == "8" and cfg.tenancy.quota.pods == 20
+    assert cfg.tenancy.quota.memory == "64Gi" and cfg.tenancy.default_requests.cpu == "100m"
+    # What the Multi-Tenancy Benchmarks ask of tenant pods, and what the chart's policy checks on llmos's own.
+    assert default_config().runtime.image_pull_policy == "Always"

@@ -187,6 +187,38 @@ def test_source_verify_mode():
     assert errors_of(model({"source": {"uri": "pvc://w/m", "verify": "later"}})) == ["spec.source.verify"]
 
 
+def _tenant_quota(quota: dict) -> dict:
+    return {"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
+            "spec": {"namespaces": ["a1"], "quota": quota}}
+
+
+@pytest.mark.parametrize("value", [8, 0, "8", "500m", "1.5", ".5", "64Gi", "1e3", "100M", "2Ki"])
+def test_tenant_quota_quantities_accepted(value):
+    quota = parse_as(Tenant, _tenant_quota({"cpu": value, "memory": value, "ephemeralStorage": value})).spec.quota
+    assert quota.cpu == value and quota.memory == value and quota.ephemeral_storage == value
+
+
+@pytest.mark.parametrize("value", [-1, "-1", "1.5x", "Gi", "", "1 Gi", "1" * 33])
+def test_tenant_quota_quantities_refused_with_the_field(value):
+    """The same rule as the CRD's CEL (a twin): int-or-string, a non-negative quantity of at most 32 characters."""
+    assert errors_of(_tenant_quota({"cpu": value})) == ["spec.quota.cpu"]
+    assert errors_of(_tenant_quota({"ephemeralStorage": value})) == ["spec.quota.ephemeralStorage"]
+
+
+def test_tenant_quota_counts_and_exec_policy():
+    raw = _tenant_quota({"pods": 10, "services": 2, "configMaps": 3, "secrets": 4, "persistentVolumeClaims": 5,
+                         "replicationControllers": 0, "loadBalancers": 1})
+    raw["spec"]["policy"] = {"allowExec": True}
+    t = parse_as(Tenant, raw)
+    q = t.spec.quota
+    assert (q.pods, q.services, q.config_maps, q.secrets, q.persistent_volume_claims, q.replication_controllers,
+            q.load_balancers) == (10, 2, 3, 4, 5, 0, 1)
+    assert t.spec.policy.allow_exec is True
+    assert parse_as(Tenant, _tenant_quota({})).spec.policy.allow_exec is False
+    assert parse_as(Tenant, _tenant_quota({})).spec.quota.cpu is None  # unset: the operator's default
+    assert errors_of(_tenant_quota({"configMaps": -1})) == ["spec.quota.configMaps"]
+
+
 AUTOSCALED = {"model": "m", "gpu": {"class": "h100", "count": 1}}
 
 

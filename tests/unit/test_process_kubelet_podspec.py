@@ -74,4 +74,4 @@ def test_valueless_runtime_flags_keep_their_neighbours(tmp_path):
                          fsroot=tmp_path / "root", pvcs={}, base_env={}, host_sources=True)
     i = local.argv.index("--allow-remote-code")
     assert local.argv[i + 1].startswith("--") and local.argv[i + 1] != "--"
-    assert local.argv[local.argv.index("--adapters-file") + 1].endswith("etc/llmos/adapters/adapters.json")
+    assert local.argv[local.argv.index("--cache-dir") + 1].endswith("var/cache/llmos")

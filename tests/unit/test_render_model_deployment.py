@@ -41,8 +41,8 @@ def children(m=None, d=None, **kw):
 
 
 def _unhashed(name):
-    """``chat-trust-<content hash>`` → ``chat-trust``."""
-    return "chat-trust" if name.startswith("chat-trust-") else name
+    """``llama-trust-<content hash>`` (the Model's) → ``llama-trust``."""
+    return "llama-trust" if name.startswith("llama-trust-") else name
 
 
 def deployment(**kw):
@@ -57,14 +57,25 @@ def container(**kw):
 def test_children_kinds_names_and_labels():
     objs = render_children(mdep(replicas=2), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
     assert [(o["apiVersion"], o["kind"], _unhashed(o["metadata"]["name"])) for o in objs] == [
-        ("v1", "ConfigMap", "chat-trust"), ("v1", "ConfigMap", "chat-adapters"), ("apps/v1", "Deployment", "chat"),
+        ("v1", "ConfigMap", "llama-trust"), ("apps/v1", "Deployment", "chat"),
         ("v1", "Service", "chat"), ("policy/v1", "PodDisruptionBudget", "chat")]
+    trust, *own = objs
+    # The trust ConfigMap is the Model's (shared by its deployments); the rest the deployment's.
+    assert trust["metadata"]["labels"] == {"app.kubernetes.io/name": "llmos-runtime",
+                                           "app.kubernetes.io/managed-by": "llmos", "llmos.dev/model": "llama"}
     for o in objs:
         assert o["metadata"]["namespace"] == "team-a"
+        assert "ownerReferences" not in o["metadata"]
+    for o in own:
         assert o["metadata"]["labels"] == {
             "app.kubernetes.io/name": "llmos-runtime", "app.kubernetes.io/instance": "chat",
             "app.kubernetes.io/managed-by": "llmos", "llmos.dev/model-deployment": "chat"}
-        assert "ownerReferences" not in o["metadata"]
+    # An adapters ConfigMap only where the Model declares adapters (loaded live: there whether any is served or not).
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
+    assert ("ConfigMap", "chat-adapters") in children(m=m)
+    # Nothing to carry for an unsigned Model without adapters: no trust ConfigMap, no volume.
+    unsigned = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)
+    assert [k for k in unsigned if k[0] == "ConfigMap"] == []
 
 
 def test_command_is_exactly_the_runtime_cli():
@@ -73,7 +84,7 @@ def test_command_is_exactly_the_runtime_cli():
     assert container(d=d, m=model(quantization="awq"))["command"] == [
         "llmos-runtime", "serve", "--source", "hf://meta/llama-3-8b", "--revision", "main", "--served-name", "llama",
         "--signature", "/etc/llmos/trust/model.sig", "--trusted-key", "/etc/llmos/trust/signer.pem",
-        "--expect-digest", DIGEST, "--adapters-file", "/etc/llmos/adapters/adapters.json", "--cache-dir", "/var/cache/llmos",
+        "--expect-digest", DIGEST, "--cache-dir", "/var/cache/llmos",
         "--port", "8000", "--health-port", "8081", "--",
         "--tensor-parallel-size", "2", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
         "--quantization", "awq", "--enforce-eager"]
@@ -90,6 +101,64 @@ def test_command_variants():
     assert engine == ["--tensor-parallel-size", "2", "--enable-lora", "--max-loras", "2"]
 
 
+def test_runtime_settings_are_rendered_only_when_set():
+    assert not {"--watchdog-unready-after", "--watchdog-restart-after", "--drain-grace", "--keep-alive"} & set(
+        container()["command"])
+    d = mdep(runtime={"watchdogUnreadySeconds": 10, "watchdogRestartSeconds": 60, "drainGraceSeconds": 20,
+                      "keepAliveSeconds": 350})
+    cmd = container(d=d)["command"]
+    runtime_args = cmd[:cmd.index("--")]
+    for flag, value in (("--watchdog-unready-after", "10"), ("--watchdog-restart-after", "60"),
+                        ("--drain-grace", "20"), ("--keep-alive", "350")):
+        assert runtime_args[runtime_args.index(flag) + 1] == value
+    # what the runtime parses from the rendered command is what the spec says
+    from llmos_runtime.cli import parse_args
+
+    cfg = parse_args(cmd[1:])
+    assert (cfg.watchdog_unready_after, cfg.watchdog_restart_after, cfg.drain_grace, cfg.keep_alive) == \
+        (10.0, 60.0, 20.0, 350)
+
+
+@pytest.mark.parametrize("runtime", [{}, {"drainGraceSeconds": 0}, {"drainGraceSeconds": 600},
+                                     {"drainGraceSeconds": 45, "keepAliveSeconds": 30}])
+def test_the_termination_budget_fits_the_rendered_grace_period(runtime):
+    """preStop + drain grace + drain + flush + engine stop (+ kill wait, close) of the runtime that the rendered
+    command starts — its defaults or the flags rendered — fits terminationGracePeriodSeconds."""
+    from llmos_runtime.cli import parse_args
+    from llmos_runtime.termination import FLUSH_SECONDS, KILL_WAIT_SECONDS, TerminationBudget
+
+    d = mdep(runtime=runtime)
+    pod = deployment(d=d)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    cfg = parse_args(c["command"][1:])  # what the runtime in this pod will do
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    budget = TerminationBudget(pre_stop=pre_stop, drain_grace=cfg.drain_grace, drain_timeout=cfg.drain_timeout,
+                               flush=FLUSH_SECONDS, engine_stop=cfg.engine_stop_timeout,
+                               kill_wait=KILL_WAIT_SECONDS)
+    spent = pre_stop + cfg.drain_grace + cfg.drain_timeout + FLUSH_SECONDS + cfg.engine_stop_timeout + \
+        KILL_WAIT_SECONDS
+    assert pod["terminationGracePeriodSeconds"] >= budget.total() > spent  # the servers' close on top
+    assert cfg.drain_grace == runtime.get("drainGraceSeconds", 10)
+
+
+def test_the_api_defaults_of_the_runtime_settings_are_the_runtimes():
+    """spec.runtime's CEL rule and descriptions spell the runtime's defaults; they must be the same numbers."""
+    from llmos_operator.api.types import RuntimeSpec
+    from llmos_runtime import config as rc
+    from llmos_runtime.termination import DEFAULT_DRAIN_GRACE
+
+    assert (rc.DEFAULT_WATCHDOG_UNREADY_AFTER, rc.DEFAULT_WATCHDOG_RESTART_AFTER) == (30, 120)
+    assert (DEFAULT_DRAIN_GRACE, rc.DEFAULT_KEEP_ALIVE) == (10, 75)
+    for field, default in (("watchdog_unready_seconds", 30), ("watchdog_restart_seconds", 120),
+                           ("drain_grace_seconds", 10), ("keep_alive_seconds", 75)):
+        assert f"(default {default})" in RuntimeSpec.model_fields[field].description
+    with pytest.raises(ValueError, match="watchdogRestartSeconds must be greater"):
+        RuntimeSpec.model_validate({"watchdogUnreadySeconds": 200})
+    with pytest.raises(ValueError, match="watchdogRestartSeconds must be greater"):
+        RuntimeSpec.model_validate({"watchdogUnreadySeconds": 40, "watchdogRestartSeconds": 40})
+    assert RuntimeSpec.model_validate({"watchdogRestartSeconds": 31}).watchdog_restart_seconds == 31
+
+
 def test_deployment_spec():
     d = deployment(replicas=3)
     spec = d["spec"]
@@ -99,7 +168,8 @@ def test_deployment_spec():
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     assert spec["progressDeadlineSeconds"] == 2400
     pod = spec["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 120
+    # preStop 5 + drain grace 10 + drain 100 + flush 1 + engine stop 15 + kill wait 5 + close 2
+    assert pod["terminationGracePeriodSeconds"] == 138
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -113,8 +183,8 @@ def test_container():
     c = container()
     assert c["name"] == "runtime" and c["image"] == "ghcr.io/llmos/runtime:0.1.0"
     # No HF_HUB_OFFLINE here: the runtime downloads hf:// sources itself, then starts vLLM offline.
-    assert c["env"][:1] == [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
-    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][1:]}
+    # nor VLLM_ALLOW_RUNTIME_LORA_UPDATING: the runtime sets it for the engine only where adapters are served
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert downward == {"LLMOS_POD_NAME": "metadata.name", "LLMOS_POD_NAMESPACE": "metadata.namespace"}
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("openai", 8000), ("health", 8081)]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
@@ -136,16 +206,20 @@ def test_container():
 
 
 def test_volumes_and_mounts():
-    c = container()
+    m = model(adapters=[{"name": "sql", "source": {"uri": "hf://a/sql"}}])
+    c = container(m=m)
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["trust"] == {"name": "trust", "mountPath": "/etc/llmos/trust", "readOnly": True}
     assert mounts["adapters"]["mountPath"] == "/etc/llmos/adapters"
     assert mounts["cache"]["mountPath"] == "/var/cache/llmos"
     assert "dshm" in mounts  # tensor parallel 2 needs shared memory
-    volumes = {v["name"]: v for v in deployment()["spec"]["template"]["spec"]["volumes"]}
-    trust = children()[("ConfigMap", "chat-trust")]["metadata"]["name"]
-    assert volumes["trust"]["configMap"]["name"] == trust and trust.startswith("chat-trust-")
+    assert c["command"][c["command"].index("--adapters-file") + 1] == "/etc/llmos/adapters/adapters.json"
+    volumes = {v["name"]: v for v in deployment(m=m)["spec"]["template"]["spec"]["volumes"]}
+    trust = children(m=m)[("ConfigMap", "llama-trust")]["metadata"]["name"]
+    assert volumes["trust"]["configMap"]["name"] == trust and trust.startswith("llama-trust-")
     assert volumes["adapters"]["configMap"]["name"] == "chat-adapters"
+    assert "adapters" not in {m["name"] for m in container()["volumeMounts"]}
+    assert "--adapters-file" not in container()["command"]
     assert volumes["cache"] == {"name": "cache", "emptyDir": {}}
     single = container(d=mdep(gpu={"class": "h100", "count": 1}))
     assert "dshm" not in {m["name"] for m in single["volumeMounts"]}
@@ -188,16 +262,17 @@ def test_template_hash_rolls_on_a_new_model_revision_only():
 
 
 def test_trust_configmap():
-    cm = children()[("ConfigMap", "chat-trust")]
+    cm = children()[("ConfigMap", "llama-trust")]
     assert cm["data"] == {"model.sig": BUNDLE.decode(), "signer.pem": PEM.decode()}
     assert cm["immutable"] is True and cm["metadata"]["annotations"] == {"llmos.dev/model-digest": DIGEST}
     # Named by content: another bundle is another ConfigMap, and the pods name the one made with them.
     other = children(bundle=BUNDLE + b" ")
-    assert other[("ConfigMap", "chat-trust")]["metadata"]["name"] != cm["metadata"]["name"]
-    binary = children(bundle=b"\xff\x00")[("ConfigMap", "chat-trust")]
+    assert other[("ConfigMap", "llama-trust")]["metadata"]["name"] != cm["metadata"]["name"]
+    binary = children(bundle=b"\xff\x00")[("ConfigMap", "llama-trust")]
     assert binary["binaryData"] == {"model.sig": "/wA="}
-    disabled = children(m=model(signature={"policy": "Disabled"}), bundle=None, signer_pem=None)
-    assert disabled[("ConfigMap", "chat-trust")]["data"] == {}
+    # Another deployment of the same Model revision mounts the same one.
+    again = render_children(mdep(), model(), H100, CFG, bundle=BUNDLE, signer_pem=PEM)
+    assert cm["metadata"]["name"] in {o["metadata"]["name"] for o in again}
     with pytest.raises(RenderError) as info:
         children(bundle=None)
     assert info.value.reason == "SignatureUnavailable"
@@ -219,7 +294,7 @@ def test_adapters_configmap():
     unsigned = model(signature={"policy": "Disabled"}, adapters=[{"name": "fr", "source": {"uri": "hf://a/fr"}}])
     cm = children(m=unsigned, d=mdep(adapters=["fr"]), bundle=None, signer_pem=None)[("ConfigMap", "chat-adapters")]
     assert json.loads(cm["data"]["adapters.json"])["adapters"][0]["signature"] is None
-    empty = children()[("ConfigMap", "chat-adapters")]
+    empty = children(m=m)[("ConfigMap", "chat-adapters")]
     assert json.loads(empty["data"]["adapters.json"]) == {"adapters": []}
     with pytest.raises(RenderError) as info:
         children(m=m, d=mdep(adapters=["de"]))
@@ -247,12 +322,13 @@ def test_no_pdb_for_one_replica():
 
 def test_config_changes_flow_through():
     cfg = config_from_yaml("runtime: {image: 'r/rt:2', openaiPort: 9000, healthPort: 9001, cpuPerGPU: 0}\n")
-    objs = render_children(mdep(), model(), cfg.gpu_class("h100"), cfg, bundle=BUNDLE, signer_pem=PEM)
-    c = objs[2]["spec"]["template"]["spec"]["containers"][0]
+    objs = {o["kind"]: o for o in render_children(mdep(), model(), cfg.gpu_class("h100"), cfg, bundle=BUNDLE,
+                                                     signer_pem=PEM)}
+    c = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "r/rt:2" and c["command"][c["command"].index("--port") + 1] == "9000"
     assert [p["containerPort"] for p in c["ports"]] == [9000, 9001]
     assert "cpu" not in c["resources"]["requests"]
-    assert objs[3]["spec"]["ports"][0]["port"] == 9000
+    assert objs["Service"]["spec"]["ports"][0]["port"] == 9000
 
 
 def test_helpers():
@@ -289,7 +365,7 @@ def test_pods_without_adapters_get_no_token_and_adapters_trust_every_tenant_key(
     cmd = pod["containers"][0]["command"]
     keys = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--trusted-key"]
     assert keys == ["/etc/llmos/trust/signer.pem", "/etc/llmos/trust/key-release.pem", "/etc/llmos/trust/key-team.pem"]
-    assert objs[("ConfigMap", "chat-trust")]["data"]["key-team.pem"] == "TEAM-PEM"
+    assert objs[("ConfigMap", "llama-trust")]["data"]["key-team.pem"] == "TEAM-PEM"
 
 
 def test_runtime_is_told_the_platforms_engine_policy_and_verify_mode():

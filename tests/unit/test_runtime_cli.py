@@ -41,7 +41,13 @@ def test_defaults():
     assert cfg.cache_dir == Path("/var/cache/llmos") and cfg.pvc_root == Path("/mnt/pvc")
     assert cfg.signature is None and cfg.trusted_keys == [] and cfg.adapters_file is None
     assert cfg.engine_args == [] and not cfg.lora_enabled
-    assert cfg.drain_timeout == 100.0  # fits terminationGracePeriodSeconds 120 minus the 5 s preStop
+    assert (cfg.drain_timeout, cfg.drain_grace) == (100.0, 10.0)  # termination.py's budget
+    assert (cfg.watchdog_unready_after, cfg.watchdog_restart_after) == (30.0, 120.0)
+    assert cfg.keep_alive == 75  # longer than load balancers' 60 s
+    cfg = parse_args(["serve", "--source", "hf://org/m", "--served-name", "m", "--watchdog-unready-after", "5",
+                      "--watchdog-restart-after", "40", "--drain-grace", "3", "--keep-alive", "120"])
+    assert (cfg.watchdog_unready_after, cfg.watchdog_restart_after, cfg.drain_grace, cfg.keep_alive) == \
+        (5.0, 40.0, 3.0, 120)
 
 
 def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
@@ -65,8 +71,10 @@ def test_engine_args_that_look_like_runtime_flags_stay_with_the_engine():
         ["serve", "--source", "file:///m", "--served-name", "m", "--", "--trust_remote_code"],
         ["serve", "--source", "file:///m", "--served-name", "m", "--allow-engine-flag=--ssl-keyfile",
          "--", "--ssl-keyfile", "/k"],  # TLS: never, even when allowed
-        ["serve", "--source", "file:///m", "--served-name", "m", "--engine-unready-after", "5",
-         "--engine-dead-after", "2"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--watchdog-unready-after", "50",
+         "--watchdog-restart-after", "20"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--drain-grace", "-1"],
+        ["serve", "--source", "file:///m", "--served-name", "m", "--keep-alive", "0"],
         ["serve", "--source", "file:///m", "--served-name", "m", "--expect-digest", "sha256:" + "a" * 64],  # unsigned
         ["serve", "--source", "file:///m", "--served-name", "m", "--signature", "/s", "--trusted-key", "/k",
          "--expect-digest", "a" * 64],  # no sha256: prefix
@@ -112,8 +120,24 @@ def test_engine_command_and_env():
     assert "LLMOS_GUARD_TOKEN" not in engine_env(cfg, {"LLMOS_GUARD_TOKEN": "from-the-pod"})
     assert env["HF_HUB_OFFLINE"] == "1"  # the engine never fetches anything: the weights are local and verified
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PATH"] == "/bin"
+    assert env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "75"  # vLLM's uvicorn keeps idle connections longer than LBs
+    # runtime LoRA updating only where adapters are served: not without an adapters file, nor without --enable-lora
+    pod_env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     no_adapters = parse_args(["serve", "--source", "file:///m", "--served-name", "m"])
-    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_env(no_adapters, {})
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_env(no_adapters, pod_env)
+    no_lora = parse_args(["serve", "--source", "file:///m", "--served-name", "m", "--adapters-file", "/a.json"])
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_env(no_lora, pod_env)
+
+
+def test_the_engine_env_loads_no_sagemaker_code():
+    """vLLM's SageMaker bootstrap loads handlers and middlewares (outside the guard) named by CUSTOM_* and a model.py
+    from SAGEMAKER_MODEL_PATH: none of it reaches the engine."""
+    cfg = parse_args(RENDERED)
+    pod = {"CUSTOM_FASTAPI_MIDDLEWARE_THROTTLE": "evil:mw", "CUSTOM_SCRIPT_FILENAME": "x.py",
+           "CUSTOM_FASTAPI_PING_HANDLER": "evil:ping", "SAGEMAKER_MODEL_PATH": "/mnt/pvc/shared", "PATH": "/bin"}
+    env = engine_env(cfg, pod, empty_dir=Path("/tmp/g/empty"))
+    assert not [k for k in env if k.startswith("CUSTOM_")]
+    assert env["SAGEMAKER_MODEL_PATH"] == "/tmp/g/empty" and env["PATH"] == "/bin"
 
 
 def test_expect_digest_parses():

@@ -61,6 +61,7 @@ def fake_engine(monkeypatch):
 
 
 def make_cfg(tmp_path: Path, model: Path, public_key: Path | None, **kw) -> RuntimeConfig:
+    kw.setdefault("drain_grace", 0.2)  # the production grace (10 s) waits for load balancers there are none of here
     return RuntimeConfig(
         source=f"file://{model}",
         served_name="tiny",
@@ -109,7 +110,7 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
         {"name": "reject", "source": f"file://{reject}", "signature": None},
     ]}))
     cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters_dir / "adapters.json",
-                   engine_args=["--enable-lora", "--chunk-delay", "0.05"], drain_timeout=30)
+                   engine_args=["--enable-lora", "--chunk-delay", "0.05"], drain_timeout=30, drain_grace=1.0)
     rt = Runtime(cfg)
     api, health = f"http://127.0.0.1:{cfg.port}", f"http://127.0.0.1:{cfg.health_port}"
 
@@ -138,7 +139,7 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
             async with s.get(health + "/metrics?name[]=vllm:num_requests_running&name[]=vllm:num_requests_waiting") \
                     as r:
                 text = await r.text()
-            assert text == "vllm:num_requests_running 0\nvllm:num_requests_waiting 0.0\n"
+            assert text == "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
 
             # a stream of 40 chunks (2 s) is in flight when SIGTERM arrives
             stream = await s.post(api + "/v1/completions",
@@ -148,6 +149,10 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
             assert first.startswith(b"data: ")
             os.kill(os.getpid(), signal.SIGTERM)
             await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=2)
+            # the drain grace: new requests are still served, each answer closing its connection
+            async with s.post(api + "/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
+                assert r.status == 200 and r.headers["Connection"] == "close"
+            await asyncio.sleep(1.2)
             t = time.monotonic()
             async with s.post(api + "/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
                 assert r.status == 503
@@ -163,7 +168,9 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
     assert asyncio.run(scenario()) == 0
     assert rt.engine is not None and rt.engine.returncode is not None
     assert not (tmp_path / "termination-log").exists()
-    assert "SIGTERM: draining (not ready; new requests refused; 1 in flight)" in caplog.text  # the guard's count
+    assert "SIGTERM: draining (not ready; new requests served with Connection: close for 1s; 1 in flight)" \
+        in caplog.text  # the guard's count
+    assert "drain grace over: new requests refused; 1 in flight" in caplog.text
 
 
 async def _is(s, url, code):

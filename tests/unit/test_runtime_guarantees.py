@@ -226,10 +226,13 @@ def test_a_phase_past_its_budget_fails_healthz_and_exits_6(tmp_path, keys, fake_
     assert seen[0] == 200
 
 
-def test_a_wedged_engine_turns_the_pod_not_ready_then_not_live(tmp_path, keys, fake_engine):
+def test_a_silent_engine_turns_the_pod_not_ready_then_not_live(tmp_path, keys, fake_engine):
+    """vLLM's API server stopped (SIGSTOP): no /health answer at all. Not ready after --watchdog-unready-after, not
+    live after --watchdog-restart-after, with a termination message that says why."""
     priv, pub = keys
     model = signed_dir(tmp_path / "model", FILES, priv)
-    cfg = make_cfg(tmp_path, model, pub, engine_health_interval=0.2, engine_unready_after=2, engine_dead_after=5)
+    cfg = make_cfg(tmp_path, model, pub, engine_health_interval=0.2, watchdog_unready_after=1.0,
+                   watchdog_restart_after=3.0)
     rt = Runtime(cfg)
     _, health = _urls(cfg)
 
@@ -242,16 +245,19 @@ def test_a_wedged_engine_turns_the_pod_not_ready_then_not_live(tmp_path, keys, f
             try:
                 await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=3)
                 assert await status(s, health + "/healthz") == 200  # not ready first, still live
+                async with s.get(health + "/readyz") as r:
+                    assert "engine did not answer /health for" in (await r.json())["reason"]
                 await wait_for(lambda: _is(s, health + "/healthz", 503), timeout=5)
                 async with s.get(health + "/healthz") as r:
-                    assert "did not answer /health" in (await r.json())["reason"]
+                    assert "engine did not answer /health for" in (await r.json())["reason"]
             finally:
                 os.kill(pid, signal.SIGCONT)
         os.kill(os.getpid(), signal.SIGTERM)
         return await asyncio.wait_for(main, 30)
 
     asyncio.run(scenario())
-    assert "engine did not answer /health 5 times in a row" in _termination(tmp_path)
+    line = _termination(tmp_path)
+    assert line.startswith("engine did not answer /health for ") and "(--watchdog-restart-after 3); restarting" in line
 
 
 def test_the_runtime_uses_the_engines_api_key_for_its_own_calls(tmp_path, keys, fake_engine):
@@ -296,10 +302,31 @@ def test_adapters_verify_against_any_trusted_key_without_a_model_signature(tmp_p
     from llmos_runtime.adapters import AdapterSpec
     from llmos_runtime.verify import load_trusted_keys
 
-    rt.trusted_keys = load_trusted_keys(cfg.trusted_keys)
-    path, summary = asyncio.run(rt._prepare_adapter(
+    rt.weights.trusted_keys = load_trusted_keys(cfg.trusted_keys)
+    path, summary = asyncio.run(rt.weights.prepare_adapter(
         AdapterSpec("lora", f"file://{lora}", lora / "model.sig")))
-    assert path == lora.resolve() and summary["file_count"] == 1
+    assert path.parent == (tmp_path / "cache" / "adapters").resolve() and summary["file_count"] == 1
+
+
+def test_an_adapter_larger_than_the_limit_is_not_copied(tmp_path, keys):
+    """Adapters are copied into pod-private storage (the pod's emptyDir) before verification: at most
+    --adapter-max-bytes each, counted while copying; nothing is left of a copy that stopped."""
+    from llmos_runtime.adapters import AdapterSpec
+    from llmos_runtime.verify import load_trusted_keys
+
+    priv, pub = keys
+    lora = signed_dir(tmp_path / "lora", {"adapter_config.json": b"{}", "a.safetensors": b"a" * 4096}, priv)
+    cfg = make_cfg(tmp_path, tmp_path, None, adapter_max_bytes=1000)
+    cfg.trusted_keys = [pub]
+    rt = Runtime(cfg)
+    rt.weights.trusted_keys = load_trusted_keys(cfg.trusted_keys)
+    with pytest.raises(RuntimeError, match=r"larger than the 1000 bytes allowed for a copy \(--adapter-max-bytes\)"):
+        asyncio.run(rt.weights.prepare_adapter(AdapterSpec("lora", f"file://{lora}", lora / "model.sig")))
+    assert list((tmp_path / "cache" / "adapters").iterdir()) == []
+    cfg.adapter_max_bytes = 8192
+    path, summary = asyncio.run(rt.weights.prepare_adapter(AdapterSpec("lora", f"file://{lora}", lora / "model.sig")))
+    assert summary["file_count"] == 2 and sorted(p.name for p in path.iterdir()) == ["a.safetensors",
+                                                                                     "adapter_config.json"]
 
 
 def test_an_engine_that_cannot_be_spawned_exits_5_with_a_message(tmp_path, keys, monkeypatch):

@@ -80,8 +80,9 @@ def test_only_the_inference_api_is_public_and_only_while_serving(tmp_path):
         status, _, body, reached, _ = _call(guard, method, path)
         assert (status, body, reached) == (200, b"engine", [path]), (method, path)
     for method, path in MANAGEMENT:
-        status, _, body, reached, _ = _call(guard, method, path)
+        status, headers, body, reached, _ = _call(guard, method, path)
         assert status == 404 and reached == [], (method, path)
+        assert headers[b"x-llmos-guard"] == b"refused"  # what the runtime's self-test recognises
         assert "not part of this model's inference API" in json.loads(body)["error"]["message"]
     # a wrong token is no token
     assert _call(guard, "POST", "/v1/load_lora_adapter", [(b"x-llmos-runtime-token", b"guess")])[0] == 404
@@ -90,7 +91,7 @@ def test_only_the_inference_api_is_public_and_only_while_serving(tmp_path):
     assert _call(guard, "POST", "/v1/load_lora_adapter", tok)[3] == ["/v1/load_lora_adapter"]
     assert _call(guard, "DELETE", "/adapters/x", tok)[0] == 404
     status, _, body, reached, _ = _call(guard, "GET", "/llmos/inflight", tok)
-    assert status == 200 and json.loads(body) == {"inflight": 0} and reached == []
+    assert status == 200 and json.loads(body) == {"inflight": 0, "waiting": 0} and reached == []
 
     # WebSocket (vLLM's /v1/realtime): the handshake is closed, nothing reaches the engine
     *_, reached, sent = _call(guard, "GET", "/v1/realtime", kind="websocket")
@@ -103,6 +104,69 @@ def test_only_the_inference_api_is_public_and_only_while_serving(tmp_path):
     assert status == 503 and headers[b"x-llmos-draining"] == b"1"
     assert _call(guard, "GET", "/health", tok)[0] == 200
     assert _call(guard, "GET", "/health")[0] == 503
+
+
+def test_the_drain_grace_serves_with_connection_close_then_refuses(tmp_path):
+    """After SIGTERM the runtime keeps `serving` for the drain grace and adds `closing`: answers end their
+    connection (a pooled client reconnects, to another replica once the endpoint is gone); then `serving` goes."""
+    guard = InferenceOnly(None, guard_dir=str(tmp_path), token="secret")
+    (tmp_path / "serving").touch()
+    status, headers, body, reached, _ = _call(guard, "POST", "/v1/completions")
+    assert (status, body) == (200, b"engine") and b"connection" not in headers  # keep-alive while ready
+    (tmp_path / "closing").touch()
+    status, headers, body, reached, _ = _call(guard, "POST", "/v1/completions")
+    assert (status, body, reached) == (200, b"engine", ["/v1/completions"]) and headers[b"connection"] == b"close"
+    (tmp_path / "draining").touch()
+    (tmp_path / "serving").unlink()
+    status, headers, *_ = _call(guard, "POST", "/v1/completions")
+    assert status == 503 and headers[b"x-llmos-draining"] == b"1" and headers[b"connection"] == b"close"
+
+
+def test_waiting_counts_requests_on_the_engine_not_on_the_client(tmp_path):
+    """The watchdog's input: a request counts as waiting on the engine from the end of its body until its answer is
+    complete, except while the server writes to the client (a slow reader) — and not while its body is still
+    arriving (a slow sender must not make the pod look hung)."""
+    guard = InferenceOnly(None, guard_dir=str(tmp_path), token="secret")
+    (tmp_path / "serving").touch()
+    seen: dict[str, int] = {}
+    gates = {name: asyncio.Event() for name in ("body", "engine", "client", "end")}
+
+    async def app(scope, receive, send):
+        await gates["body"].wait()
+        await receive()  # the body arrives
+        seen["after body"] = guard.waiting
+        await gates["engine"].wait()  # the engine generates
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(msg):
+        if msg["type"] == "http.response.body" and msg.get("more_body"):
+            seen["while writing"] = guard.waiting
+            await gates["client"].wait()  # a client reading slowly
+
+    async def go():
+        guard.app = app
+        task = asyncio.create_task(guard({"type": "http", "method": "POST", "path": "/v1/completions",
+                                          "headers": []}, receive, send))
+        await asyncio.sleep(0.01)
+        seen["before body"] = guard.waiting
+        gates["body"].set()
+        await asyncio.sleep(0.01)
+        seen["generating"] = guard.waiting
+        gates["engine"].set()
+        await asyncio.sleep(0.01)
+        seen["inflight while writing"] = guard.inflight
+        gates["client"].set()
+        await task
+        seen["after"] = guard.waiting + guard.inflight
+
+    asyncio.run(go())
+    assert seen == {"before body": 0, "after body": 1, "generating": 1, "while writing": 0,
+                    "inflight while writing": 1, "after": 0}
 
 
 def test_a_token_less_guard_lets_no_one_manage(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from .types import CATEGORY, GROUP, KINDS, VERSION, Resource
 
@@ -36,7 +37,7 @@ ALLOWED_KEYS = {
 _KEY_ORDER = ["description", "type", "format", "enum", "default"]
 
 
-def _structural(node: dict, defs: dict, *, in_status: bool) -> dict:
+def _structural(node: dict[str, Any], defs: dict[str, Any], *, in_status: bool) -> dict[str, Any]:
     """Convert one pydantic JSON-schema node into a structural one."""
     node = dict(node)
     if "$ref" in node:
@@ -83,14 +84,14 @@ def _structural(node: dict, defs: dict, *, in_status: bool) -> dict:
     return ordered
 
 
-def schema_of(model: type) -> dict:
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     """Structural schema of one pydantic model (spec or status type)."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     return _structural(raw, defs, in_status=model.__name__.endswith("Status"))
 
 
-def openapi_schema(cls: type[Resource]) -> dict:
+def openapi_schema(cls: type[Resource]) -> dict[str, Any]:
     fields = cls.model_fields
     spec_schema = schema_of(fields["spec"].annotation)  # type: ignore[arg-type]
     status_schema = schema_of(fields["status"].annotation)  # type: ignore[arg-type]
@@ -110,7 +111,7 @@ def openapi_schema(cls: type[Resource]) -> dict:
     return root
 
 
-def crd_for(cls: type[Resource]) -> dict:
+def crd_for(cls: type[Resource]) -> dict[str, Any]:
     version: dict[str, Any] = {
         "name": VERSION,
         "served": True,
@@ -144,7 +145,7 @@ def crd_for(cls: type[Resource]) -> dict:
     }
 
 
-def all_crds() -> dict[str, dict]:
+def all_crds() -> dict[str, dict[str, Any]]:
     """File name → CRD, for every kind."""
     return {f"{cls.PLURAL}.{GROUP}.yaml": crd_for(cls) for cls in KINDS.values()}
 
@@ -154,7 +155,7 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def to_yaml(crd: dict) -> str:
+def to_yaml(crd: dict[str, Any]) -> str:
     return HEADER + yaml.dump(crd, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)
 
 
@@ -181,7 +182,7 @@ def drift(root: Path = REPO_ROOT) -> list[str]:
 # Structural-schema checks (what the API server refuses, so that a test catches it without a cluster)
 
 
-def structural_problems(schema: dict, path: str = "") -> list[str]:
+def structural_problems(schema: dict[str, Any], path: str = "") -> list[str]:
     """Ways in which ``schema`` is not a structural schema that the API server accepts with defaults and CEL."""
     problems: list[str] = []
     here = path or "<root>"

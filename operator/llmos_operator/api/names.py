@@ -15,10 +15,12 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MODEL_DEPLOYMENT = "llmos.dev/model-deployment"  # on every child of a ModelDeployment and on its pods
+LABEL_MODEL = "llmos.dev/model"  # on a Model's trust ConfigMaps (shared by its deployments)
 LABEL_TENANT = "llmos.dev/tenant"  # on a namespace: the tenant llmos gave it to
 LABEL_RELEASED = "llmos.dev/released"  # on a namespace a Tenant gave up (or whose Tenant was deleted)
 LABEL_GATEWAY = "llmos.dev/gateway"  # on a namespace whose pods may call every tenant's models
 LABEL_ALLOW_REMOTE_CODE = "llmos.dev/allow-remote-code"  # read by the chart's engine-flag admission policy
+LABEL_ALLOW_EXEC = "llmos.dev/allow-exec"  # read by the chart's no-exec admission policy (Tenant.spec.policy.allowExec)
 
 # Annotations ------------------------------------------------------------------------------------------------------
 ANNOTATION_ADOPT = "llmos.dev/adopt"  # set by the platform: this existing namespace may be taken by that tenant
@@ -37,9 +39,12 @@ RESOURCE_QUOTA_NAME = "llmos-gpus"
 NETWORK_POLICY_NAME = "llmos-tenant-isolation"
 EGRESS_POLICY_NAME = "llmos-tenant-egress"
 RUNTIME_BINDING_NAME = "llmos-runtime-pods"
-# What a released namespace keeps
-RELEASED_QUOTA_NAME = "llmos-released-gpus"
-RELEASED_POLICY_NAME = "llmos-released-deny-ingress"
+TENANT_QUOTA_NAME = "llmos-tenant-quota"  # CPU, memory and object counts (Tenant.spec.quota), beside the GPU one
+LIMIT_RANGE_NAME = "llmos-tenant-limits"  # default requests, so that pods asking for nothing meet that quota
+# What a released namespace keeps (every name llmos gives there starts with RELEASED_PREFIX)
+RELEASED_PREFIX = "llmos-released-"
+RELEASED_QUOTA_NAME = RELEASED_PREFIX + "gpus"
+RELEASED_POLICY_NAME = RELEASED_PREFIX + "deny-ingress"
 
 # Conditions -------------------------------------------------------------------------------------------------------
 READY = "Ready"

@@ -12,7 +12,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_TENANT
+from ..api.names import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, LABEL_TENANT, MANAGED_BY
 from ..api.types import GROUP, KINDS, VERSION, InvalidObject, Resource, Tenant, parse_as
 from ..config import OperatorConfig
 from ..core.ownership import Ownership, ownership
@@ -58,7 +58,9 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
         # A rollback applies the template of the last complete rollout, which its ReplicaSet keeps.
         "ReplicaSet": informer("ReplicaSet", "ReplicaSet", replica_set_summary, label_selector=children),
         "Service": informer("Service", "Service", child_summary, label_selector=children),
-        "ConfigMap": informer("ConfigMap", "ConfigMap", child_summary, label_selector=children),
+        # A deployment's adapters ConfigMap and its Model's trust ConfigMaps (shared by the Model's deployments).
+        "ConfigMap": informer("ConfigMap", "ConfigMap", child_summary,
+                              label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"),
         "PodDisruptionBudget": informer("PodDisruptionBudget", "PodDisruptionBudget", child_summary,
                                         label_selector=children),
         # What Models are verified with, watched so a change re-verifies them: bundle ConfigMaps (any, as tenants

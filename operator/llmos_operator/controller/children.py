@@ -9,18 +9,18 @@ import json
 import os
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
+from cachetools import LRUCache
 from kubernetes.client import ApiException
 
-from ..api.names import LABEL_MODEL_DEPLOYMENT
+from ..api.names import LABEL_MODEL
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
-from ..kube.client import controller_uid
-from ..render.common import trust_configmap_name
-from .cache import owned_by, spec_version
+from ..kube.client import controller_uid, with_owner
+from .cache import spec_version
 from .state import Context
 from .summaries import SUMMARY
 
@@ -36,22 +36,25 @@ class ChildWriter:
         # produced, when)}; dropped with the deployment (a fixed cap, once 50,000, re-applied every child of a
         # 10,000-deployment fleet whenever it was reached)
         self._applied: dict[tuple[str, str], dict[tuple[str, str], tuple[str, Any, float]]] = {}
+        # id of a rendered object → (the object, its digest); the object is kept so that its id is not reused
+        self._digests: LRUCache = LRUCache(maxsize=20_000)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._applied.pop((namespace, name), None)
 
-    def apply(self, child: dict) -> dict:
+    def apply(self, child: dict, owner_obj: Mapping[str, Any]) -> dict:
         """Write a ModelDeployment's child (its ownerReference names the deployment): created, or replaced whole if
         it is the deployment's own (``Kube.write_owned``: raises NotOwned for an object in the way that is not,
         Gone if it vanished meanwhile) — unless the same rendering was written already and the stored child has not
         been changed since (its generation, or resourceVersion for kinds without one; a hand edit of the spec is
         put back at once) and was last written within ``REAPPLY_SECONDS``: a reconcile woken by a pod or a status
-        change then writes nothing."""
+        change then writes nothing. ``owner_obj``: the deployment, or the Model (its trust ConfigMap)."""
+        digest = self._digest(child)  # of the rendering, before the owner is added: the same owner per name
+        child = with_owner(child, owner_obj)
         meta = child["metadata"]
         key = (child["kind"], meta["name"])
-        owner = (meta["namespace"], meta["labels"][LABEL_MODEL_DEPLOYMENT])
-        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        owner = (meta["namespace"], owner_obj["metadata"]["name"])
         informer = self.ctx.cache.store.informers.get(child["kind"])
         stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
         with self._lock:
@@ -63,6 +66,18 @@ class ChildWriter:
         with self._lock:
             self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
         return applied
+
+    def _digest(self, child: dict) -> str:
+        """sha256 of a rendering, once per rendered object (the renderings of an unchanged spec are reused:
+        controller/model_deployment.py)."""
+        with self._lock:
+            known = self._digests.get(id(child))
+        if known is not None and known[0] is child:
+            return known[1]
+        digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            self._digests[id(child)] = (child, digest)
+        return digest
 
     def write_failure(self, child: dict, exc: ApiException, key: Hashable) -> RenderError:
         """The API server refused a child (quota, admission policy, "range is full"): its words and when llmos
@@ -92,22 +107,24 @@ class ChildWriter:
                 and mdep.status.serving_template is not None:
             events(raw, "Normal", "RolloutCompleted", f"all replicas serve template {plan.serving_template}")
 
-    def collect_trust_configmaps(self, namespace: str, name: str, children: list[dict],
-                                 users: list[dict | None]) -> None:
-        """Delete this deployment's trust ConfigMaps that nothing uses: not the one just rendered, not one named by
-        ``users`` (the Deployment, its ReplicaSets — a rollback may need one — and its pods)."""
+    def collect_trust_configmaps(self, namespace: str, model: str, children: list[dict]) -> None:
+        """Delete the Model's trust ConfigMaps that nothing uses: not the one just rendered, not one a Deployment,
+        ReplicaSet (a rollback may need one) or pod of the namespace mounts — whichever deployment of the Model it
+        belongs to."""
+        cache = self.ctx.cache
+        mine = [cm for cm in cache["ConfigMap"].list(namespace)
+                if (cm["metadata"].get("labels") or {}).get(LABEL_MODEL) == model]
+        if len(mine) <= 1:
+            return  # the one in use (the common case: nothing to read further)
         used = {c["metadata"]["name"] for c in children if c["kind"] == "ConfigMap"}
-        for obj in users:
-            spec = (obj or {}).get("spec") or {}
-            pod_spec = (spec.get("template") or {}).get("spec") or spec
-            for volume in pod_spec.get("volumes") or []:
-                if volume.get("configMap"):
-                    used.add(volume["configMap"].get("name"))
-        prefix = trust_configmap_name(name, "")
-        for cm in self.ctx.cache["ConfigMap"].list(namespace, owned_by(name)):
-            cm_name = cm["metadata"]["name"]
-            if cm_name.startswith(prefix) and cm_name not in used:
-                self.ctx.kube.delete("ConfigMap", cm_name, namespace, uid=cm["metadata"].get("uid"))
+        for kind in ("Deployment", "ReplicaSet", "Pod"):
+            for obj in cache[kind].list(namespace):
+                spec = obj.get("spec") or {}
+                pod_spec = (spec.get("template") or {}).get("spec") or spec
+                used |= {v["configMap"].get("name") for v in pod_spec.get("volumes") or [] if v.get("configMap")}
+        for cm in mine:
+            if cm["metadata"]["name"] not in used:
+                self.ctx.kube.delete("ConfigMap", cm["metadata"]["name"], namespace, uid=cm["metadata"].get("uid"))
 
     def whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
         """``replica_sets`` with the one of ``template`` read live, whole (or left out if it is gone)."""

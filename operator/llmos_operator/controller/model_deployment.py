@@ -20,7 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 from kubernetes.client import ApiException
 
-from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, RECONCILING, RUNTIME_CONTAINER
+from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, LABEL_MODEL, RECONCILING, RUNTIME_CONTAINER
 from ..api.types import Model, ModelDeployment, Tenant
 from ..config import GPUClass
 from ..core import policy
@@ -43,8 +43,9 @@ from ..core.status import (
     verified_condition,
     worth_an_event,
 )
+from ..core.verification import Verification
 from ..core.workloads import pod_gpus
-from ..kube.client import NotOwned, controller_uid, with_owner
+from ..kube.client import Gone, NotOwned, controller_uid
 from ..render import pod_requests, render_children
 from .cache import owned_by
 from .children import ChildWriter
@@ -85,6 +86,8 @@ class ModelDeploymentReconciler:
         # deployment key → ((uid, generation), when it was first found waiting for admission)
         self._waiting_since: dict[str, tuple[tuple[str | None, int | None], float]] = {}
         self._fit_memo: LRUCache = LRUCache(maxsize=256)
+        # deployment key → (what its children were rendered from, the children): reused while that is unchanged
+        self._rendered: dict[str, tuple[tuple[Any, ...], list[dict]]] = {}
 
     def reconcile(self, namespace: str, name: str) -> None:
         raw = self.ctx.cache["ModelDeployment"].get(name, namespace)
@@ -131,6 +134,7 @@ class ModelDeploymentReconciler:
         key = ledger_key(namespace, name)
         self.ctx.state.forget_model_deployment(key)
         self._waiting_since.pop(key, None)
+        self._rendered.pop(key, None)
         self.children.forget(namespace, name)
 
     def _observe(self, mdep: ModelDeployment) -> _Observed:
@@ -179,12 +183,7 @@ class ModelDeploymentReconciler:
             return
         assert seen.gpu_class is not None
         try:
-            children = render_children(
-                mdep, model, seen.gpu_class, self.ctx.config, replicas=decision.replicas,
-                bundle=outcome.bundle if outcome.verified else None,
-                signer_pem=outcome.signer_pem if outcome.verified else None,
-                adapter_bundles=self._adapter_bundles(mdep, model, outcome.keys, seen), tenant_keys=outcome.keys,
-            )
+            children = self._render(mdep, model, decision, outcome, seen)
         except RenderError as exc:
             seen.render_error = exc
             return
@@ -198,10 +197,32 @@ class ModelDeploymentReconciler:
                 return
         self._ask_surge(mdep.key, seen.plan.surge_wanted)
         ns, name = mdep.metadata.namespace or "", mdep.metadata.name
-        self.children.collect_trust_configmaps(ns, name, children, [seen.deployment, *seen.replica_sets, *seen.pods])
+        self.children.collect_trust_configmaps(ns, model.metadata.name, children)
         pdb = self.ctx.cache["PodDisruptionBudget"].get(name, ns)
         if not any(c["kind"] == "PodDisruptionBudget" for c in children) and pdb is not None:
             self.ctx.kube.delete("PodDisruptionBudget", name, ns, uid=pdb["metadata"].get("uid"))  # down to one
+
+    def _render(self, mdep: ModelDeployment, model: Model, decision: Decision, outcome: Verification,
+                seen: _Observed) -> list[dict]:
+        """The children, rendered again only when what they are rendered from changed: most reconciles are woken by
+        a pod or a status and render the same objects (rendering and hashing them was a tenth of the operator's
+        CPU in a burst)."""
+        assert seen.gpu_class is not None
+        adapter_bundles = self._adapter_bundles(mdep, model, outcome.keys, seen)
+        inputs = (mdep.metadata.uid, mdep.metadata.generation, model.metadata.uid, model.metadata.generation,
+                  model.status.digest, decision.replicas, outcome.verified, outcome.bundle, outcome.signer_pem,
+                  tuple(sorted((outcome.keys or {}).items())), tuple(sorted(adapter_bundles.items())))
+        known = self._rendered.get(mdep.key)
+        if known is not None and known[0] == inputs:
+            return known[1]
+        children = render_children(
+            mdep, model, seen.gpu_class, self.ctx.config, replicas=decision.replicas,
+            bundle=outcome.bundle if outcome.verified else None,
+            signer_pem=outcome.signer_pem if outcome.verified else None,
+            adapter_bundles=adapter_bundles, tenant_keys=outcome.keys,
+        )
+        self._rendered[mdep.key] = (inputs, children)
+        return children
 
     def _plan(self, mdep: ModelDeployment, decision: Decision, desired: dict, seen: _Observed) -> RolloutPlan:
         facts = RolloutFacts(
@@ -221,8 +242,14 @@ class ModelDeploymentReconciler:
     def _write(self, raw: dict, mdep: ModelDeployment, child: dict, seen: _Observed) -> bool:
         """Write one child; False (and the failure in ``seen``) when the API server refused it or an object that is
         not the deployment's own is in the way (then admission frees its GPUs: nothing runs until it is gone)."""
+        # A Model's trust ConfigMap is the Model's (its deployments share it); everything else the deployment's.
+        owner = raw
+        if (child["metadata"].get("labels") or {}).get(LABEL_MODEL):
+            owner = self.ctx.cache["Model"].get(mdep.spec.model, mdep.metadata.namespace) or {}
+            if not owner.get("metadata", {}).get("uid"):
+                raise Gone(f"Model {mdep.spec.model} is gone")
         try:
-            applied = self.children.apply(with_owner(child, raw))
+            applied = self.children.apply(child, owner)
         except NotOwned as exc:
             seen.render_error = RenderError(CHILD_CONFLICT, str(exc))
             self.ctx.state.set_child_conflict(mdep.key, mdep.metadata.uid, (exc.kind, exc.name), str(exc))
@@ -291,8 +318,9 @@ class ModelDeploymentReconciler:
         old = mdep.status.to_dict()
         if status_changed(old, status):
             self.ctx.kube.patch_status("ModelDeployment", mdep.metadata.name, mdep.metadata.namespace, status)
+            served_before = bool(old.get("servingTemplate"))
             for t in transitions(old.get("conditions", []), status["conditions"]):
-                if worth_an_event(t):
+                if worth_an_event(t, served_before):
                     good = (t.status == "True") != (t.type in ("Degraded", "ScalingLimited"))
                     self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
         return status

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from cachetools import LRUCache
+
 from ..api.names import LABEL_MODEL_DEPLOYMENT
 from ..core.rollout import TEMPLATE_CHECKSUM, template_checksum
 from ..core.workloads import gpus_requested
@@ -33,6 +35,23 @@ def metadata_summary(obj: dict) -> dict:
 def without_managed_fields(obj: dict) -> dict:
     obj.get("metadata", {}).pop("managedFields", None)
     return obj
+
+
+# (uid, generation) → the sha256 of a Deployment's or ReplicaSet's pod template: a template changes only with the
+# generation, and every status write of a rollout sends the whole object again (hashing it each time was ~5 % of the
+# operator's CPU in a burst).
+_CHECKSUMS: LRUCache = LRUCache(maxsize=50_000)
+
+
+def _checksum(obj: dict) -> str | None:
+    meta = obj.get("metadata") or {}
+    key = (meta.get("uid"), meta.get("generation"))
+    if key[0] is None or key[1] is None:
+        return template_checksum(obj)
+    found = _CHECKSUMS.get(key)
+    if found is None:
+        found = _CHECKSUMS[key] = template_checksum(obj)
+    return found
 
 
 SUMMARY = "llmosSummary"  # set on a summarized object: it is not the whole object (read it live when that matters)
@@ -97,7 +116,7 @@ def replica_set_summary(rs: dict) -> dict:
     rollback, the one reader of a whole old template, reads that ReplicaSet live."""
     spec = rs.get("spec") or {}
     template = spec.get("template") or {}
-    return {"kind": "ReplicaSet", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(rs), "metadata": _metadata(rs),
+    return {"kind": "ReplicaSet", SUMMARY: True, TEMPLATE_CHECKSUM: _checksum(rs), "metadata": _metadata(rs),
             "spec": {"replicas": spec.get("replicas"),
                      "template": {"metadata": template.get("metadata") or {},
                                   "spec": {"volumes": _configmap_volumes(template.get("spec") or {})}}},
@@ -111,7 +130,7 @@ def deployment_summary(deployment: dict) -> dict:
     spec = deployment.get("spec") or {}
     template = spec.get("template") or {}
     pod_spec = template.get("spec") or {}
-    return {"kind": "Deployment", SUMMARY: True, TEMPLATE_CHECKSUM: template_checksum(deployment),
+    return {"kind": "Deployment", SUMMARY: True, TEMPLATE_CHECKSUM: _checksum(deployment),
             "metadata": _metadata(deployment),
             "spec": {**{k: spec[k] for k in ("replicas", "paused", "strategy", "progressDeadlineSeconds") if k in spec},
                      "template": {"metadata": template.get("metadata") or {},

@@ -15,7 +15,7 @@ import time
 
 from kubernetes.client import ApiException
 
-from ..api.names import LABEL_MANAGED_BY, MANAGED_BY
+from ..api.names import LABEL_MANAGED_BY, MANAGED_BY, RESOURCE_QUOTA_NAME
 from ..api.types import Tenant
 from ..core import policy
 from ..core.gpu_pods import controller_of
@@ -101,7 +101,7 @@ class TenantReconciler:
         for child in render_tenant_children(tenant, self.ctx.config, namespaces=owned):
             if child["kind"] == "Namespace":
                 children.append(child)  # namespaces are not owned: deleting a tenant must not delete workloads
-            elif child["kind"] != "ResourceQuota":  # the admission pass writes it, from the ledger
+            elif child["metadata"]["name"] != RESOURCE_QUOTA_NAME:  # the GPU backstop is admission's, from the ledger
                 children.append(with_owner(child, raw))
         digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
         last_digest, applied_at, models_for = self._applied.get(name, (None, 0.0, None))

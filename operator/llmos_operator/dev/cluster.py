@@ -224,6 +224,14 @@ def ensure_nodes(name: str, pools: tuple[NodePool, ...], bins: Binaries, timeout
                      input=yaml.safe_dump_all(manifests), check=False)
     if result.returncode != 0:
         raise ClusterError(f"could not create fake nodes: {result.stderr.strip()}")
+    # Capacity is status: a node made by an older `llmos dev up` learns a new resource (ephemeral-storage) only so.
+    status = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": m["metadata"]["name"]},
+               "status": {k: m["status"][k] for k in ("capacity", "allocatable")}} for m in manifests]
+    result = kubectl(name, "apply", "--server-side", "--force-conflicts", "--subresource=status",
+                     "--field-manager=llmos-dev-nodes", "-f", "-", bins=bins, input=yaml.safe_dump_all(status),
+                     check=False)
+    if result.returncode != 0:
+        raise ClusterError(f"could not set the fake nodes' capacity: {result.stderr.strip()}")
     start = time.monotonic()
     not_ready = wait_nodes_ready(kubeconfig_path(name), {m["metadata"]["name"] for m in manifests}, timeout)
     if not_ready:

@@ -24,6 +24,8 @@ class NodePool:
     # default; a per-class name (the device plugin's resource renaming, e.g. nvidia.com/h100) lets each namespace's
     # ResourceQuota tell the classes apart (docs/security.md, "A per-class backstop").
     gpu_resource: str = GPU_RESOURCE
+    # A kubelet reports its disk; tenant pods get an ephemeral-storage request from the tenant LimitRange.
+    ephemeral_storage: str = "1Ti"
 
 
 DEFAULT_POOLS = (
@@ -78,7 +80,8 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
                 "type": "kwok",
                 "llmos.dev/pool": pool.name,
             }
-            capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
+            capacity = {"cpu": pool.cpu, "memory": pool.memory, "ephemeral-storage": pool.ephemeral_storage,
+                        "pods": "110"}
             taints = []
             if pool.gpus:
                 labels.update({

@@ -30,8 +30,13 @@ PLATFORM_TEMPLATES = (
     "templates/leader-election.yaml",
     "templates/tenant-roles.yaml",
     "templates/admission-policies.yaml",
+    "templates/admission-children.yaml",
+    "templates/admission-tenancy.yaml",
     "templates/engine-flags.yaml",
 )
+# Admission policies a newer chart no longer renders are deleted from a cluster an older one was installed on (they
+# would keep refusing what the chart now allows).
+PRUNED_KINDS = ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
 TOKEN_DURATION = "48h"
 
 
@@ -80,7 +85,19 @@ def install(name: str = cluster.DEFAULT_CLUSTER, *, values: dict | None = None) 
     cluster.kubectl(name, "wait", "--for=condition=Established", "--timeout=60s", "crd/tenants.llmos.dev",
                     "crd/models.llmos.dev", "crd/modeldeployments.llmos.dev")
     _apply(name, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}])
-    _apply(name, render(values=values))
+    objects = render(values=values)
+    _apply(name, objects)
+    _prune(name, objects)
+
+
+def _prune(name: str, objects: list[dict], release: str = RELEASE) -> None:
+    rendered = {o["metadata"]["name"] for o in objects if o["kind"].startswith("ValidatingAdmissionPolicy")}
+    for kind in PRUNED_KINDS:
+        listed = cluster.kubectl(name, "get", kind, "-l", f"app.kubernetes.io/instance={release}",
+                                 "-o", "jsonpath={.items[*].metadata.name}", check=False)
+        stale = [n for n in listed.stdout.split() if n not in rendered]
+        if stale:
+            cluster.kubectl(name, "delete", kind, *stale, "--ignore-not-found")
 
 
 def operator_environment(name: str = cluster.DEFAULT_CLUSTER, *, values: dict | None = None) -> dict[str, str]:

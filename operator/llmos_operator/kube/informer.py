@@ -101,18 +101,21 @@ class Informer:
 
     def _apply(self, event_type: str, obj: dict) -> None:
         key = self._key(obj)
+        filtered = False  # the transform no longer keeps an object the store has
         if self.transform is not None and event_type != "DELETED":
             kept = self.transform(obj)
-            if kept is None:  # not one this store keeps (any more)
+            if kept is None:
                 with self._lock:
                     if key not in self._objects:
                         return
-                event_type = "DELETED"
+                event_type, filtered = "DELETED", True
             else:
                 obj = kept
         with self._lock:
             if event_type == "DELETED":
-                obj = self._objects.pop(key, obj)
+                stored = self._objects.pop(key, None)
+                if filtered and stored is not None:
+                    obj = stored  # what the store kept is what goes
                 in_namespace = self._by_namespace.get(key[0])
                 if in_namespace is not None:
                     in_namespace.pop(key[1], None)

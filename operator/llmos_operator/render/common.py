@@ -13,6 +13,7 @@ from ..api.names import (
     LABEL_GATEWAY,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
+    LABEL_MODEL,
     LABEL_MODEL_DEPLOYMENT,
     LABEL_NAME,
     LABEL_TENANT,
@@ -36,10 +37,11 @@ SIGNER_KEY_FILE = "signer.pem"
 ADAPTERS_FILE = "adapters.json"
 
 
-def trust_configmap_name(mdep_name: str, content_hash: str) -> str:
-    """One trust ConfigMap per content: a pod keeps reading the bundle it was made for while a newer revision rolls
-    out, and a rollback finds the old one still there."""
-    return f"{mdep_name}-trust-{content_hash[:10]}"
+def trust_configmap_name(model_name: str, content_hash: str) -> str:
+    """A Model's trust ConfigMap, one per content, shared by every deployment of that Model in the namespace: a pod
+    keeps reading the bundle it was made for while a newer revision rolls out, and a rollback finds the old one
+    still there."""
+    return f"{model_name}-trust-{content_hash[:10]}"
 
 
 def adapters_configmap_name(mdep_name: str) -> str:
@@ -71,6 +73,7 @@ __all__ = [  # the names the renderers share (those of api/names.py re-exported)
     "LABEL_GATEWAY",
     "LABEL_INSTANCE",
     "LABEL_MANAGED_BY",
+    "LABEL_MODEL",
     "LABEL_MODEL_DEPLOYMENT",
     "LABEL_NAME",
     "LABEL_TENANT",

@@ -2,12 +2,14 @@
 
 Children (all in the ModelDeployment's namespace, without ownerReferences — the handler adds them):
 
-- ConfigMap ``<name>-trust-<content hash>``: ``model.sig`` (the signature bundle) and ``signer.pem`` (the signer's
-  public key), mounted at /etc/llmos/trust. Immutable and named by its content, so each revision's pods keep the
-  bundle they were made for (the controller deletes those no ReplicaSet or pod uses any more).
-- ConfigMap ``<name>-adapters``: ``adapters.json``, the adapter set wanted, and ``<adapter>.sig``, the signature
-  bundle of each adapter, mounted at /etc/llmos/adapters. The runtime watches it and loads/unloads adapters live, so
-  a change does not restart pods. ``adapters.json`` is
+- ConfigMap ``<model>-trust-<content hash>``: ``model.sig`` (the signature bundle) and ``signer.pem`` (the signer's
+  public key), mounted at /etc/llmos/trust. The Model's, not the deployment's: every deployment of the same Model
+  revision mounts the same one (the Model is its owner). Immutable and named by its content, so each revision's pods
+  keep the bundle they were made for (the controller deletes those no ReplicaSet or pod uses any more). None for an
+  unsigned Model without adapters.
+- ConfigMap ``<name>-adapters`` (only when the Model declares adapters): ``adapters.json``, the adapter set wanted,
+  and ``<adapter>.sig``, the signature bundle of each adapter, mounted at /etc/llmos/adapters. The runtime watches
+  it and loads/unloads adapters live, so a change does not restart pods. ``adapters.json`` is
   ``{"adapters": [{"name", "source": {"uri", "revision"?}, "signature": "<adapter>.sig" | null}]}``: the signature
   is a path relative to the file (null when the adapter's policy, else the Model's, is Disabled); a required
   signature whose bundle the operator did not supply is written as the API's object, which the runtime refuses
@@ -29,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmos_runtime.engine_args import REMOTE_CODE_FLAG, has_flag
+from llmos_runtime.termination import TerminationBudget
 
 from ..api.types import Model, ModelDeployment
 from ..config import GPUClass, OperatorConfig
@@ -41,7 +44,12 @@ from .common import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_MODEL_DIGEST,
     CACHE_DIR,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_NAME,
+    MANAGED_BY,
     PVC_ROOT,
+    RUNTIME_APP,
     RUNTIME_CONTAINER,
     RUNTIME_SERVICE_ACCOUNT,
     SIGNATURE_FILE,
@@ -56,8 +64,6 @@ from .common import (
 )
 
 RUNTIME_UID = 1000
-TERMINATION_GRACE_SECONDS = 120  # the runtime drains in-flight requests for up to ~110 s
-PRESTOP_SLEEP_SECONDS = 5  # endpoints drop the pod before it gets SIGTERM
 REVISION_HISTORY_LIMIT = 5
 STARTUP_PERIOD_SECONDS = 10
 
@@ -135,14 +141,28 @@ def runtime_command(mdep: ModelDeployment, model: Model, config: OperatorConfig,
         cmd += ["--allow-engine-flag", flag]
     if has_flag(mdep.spec.engine.extra_args, REMOTE_CODE_FLAG):
         cmd += ["--allow-remote-code"]  # admission let it through: the tenant's policy allows remote code
+    serving = mdep.spec.runtime
+    for flag, value in (("--watchdog-unready-after", serving.watchdog_unready_seconds),
+                        ("--watchdog-restart-after", serving.watchdog_restart_seconds),
+                        ("--drain-grace", serving.drain_grace_seconds), ("--keep-alive", serving.keep_alive_seconds)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if model.spec.adapters:
+        cmd += ["--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}"]
     cmd += [
-        "--adapters-file", f"{ADAPTERS_DIR}/{ADAPTERS_FILE}",
         "--cache-dir", CACHE_DIR,
         "--port", str(config.runtime.openai_port),
         "--health-port", str(config.runtime.health_port),
         "--",
     ]
     return cmd + engine_args(mdep, model)
+
+
+def termination_budget(mdep: ModelDeployment) -> TerminationBudget:
+    """The pod's stop timeline (llmos_runtime.termination): preStop, drain grace, drain, flush, engine stop; the
+    rendered terminationGracePeriodSeconds is its total."""
+    grace = mdep.spec.runtime.drain_grace_seconds
+    return TerminationBudget() if grace is None else TerminationBudget(drain_grace=float(grace))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -174,11 +194,13 @@ def _configmap(mdep: ModelDeployment, name: str, data: dict[str, str], binary: d
 
 
 def render_trust_configmap(
-    mdep: ModelDeployment, model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None,
+    model: Model, bundle: bytes | str | None, signer_pem: bytes | str | None,
     tenant_keys: Mapping[str, bytes | str] | None = None,
-) -> dict:
-    """ConfigMap ``<name>-trust`` with ``model.sig`` and ``signer.pem`` (absent when the signature is Disabled), and
-    ``key-<name>.pem`` for each key the tenant trusts when adapters are served (any of them may sign an adapter)."""
+) -> dict | None:
+    """The Model's ConfigMap ``<model>-trust-<content hash>``, shared by its deployments (the Model is its owner):
+    ``model.sig`` and ``signer.pem`` (absent when the signature is Disabled), and ``key-<name>.pem`` for each key the
+    tenant trusts when the Model declares adapters (any of them may sign one). None when there is nothing to carry
+    (an unsigned Model without adapters)."""
     if _signature_enabled(model) and (bundle is None or signer_pem is None):
         raise RenderError(
             "SignatureUnavailable",
@@ -189,11 +211,17 @@ def render_trust_configmap(
     if _signature_enabled(model):
         _text_or_binary(data, binary, SIGNATURE_FILE, bundle)
         _text_or_binary(data, binary, SIGNER_KEY_FILE, signer_pem)
-    if mdep.spec.adapters:
+    if model.spec.adapters:
         for key_name, pem in sorted((tenant_keys or {}).items()):
             _text_or_binary(data, binary, tenant_key_file(key_name), pem)
-    cm = _configmap(mdep, trust_configmap_name(mdep.metadata.name, stable_hash(data, binary)), data, binary)
-    cm["immutable"] = True
+    if not data and not binary:
+        return None
+    name = trust_configmap_name(model.metadata.name, stable_hash(data, binary))
+    cm: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "data": data, "immutable": True, "metadata": {
+        "name": name, "namespace": model.metadata.namespace,
+        "labels": {LABEL_NAME: RUNTIME_APP, LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: model.metadata.name}}}
+    if binary:
+        cm["binaryData"] = binary
     if model.status.digest and _signature_enabled(model):
         cm["metadata"]["annotations"] = {ANNOTATION_MODEL_DIGEST: model.status.digest}
     return cm
@@ -280,19 +308,19 @@ def render_deployment(
     selector = selector_labels(name)
     requests = pod_requests(mdep, gpu_class, config)
     pvc_volumes, pvc_mounts = _pvc_volumes(mdep, model)
+    budget = termination_budget(mdep)
 
     if trust_configmap is None:
-        trust_configmap = render_trust_configmap(mdep, model, bundle, signer_pem)["metadata"]["name"]
-    volumes = [
-        {"name": "trust", "configMap": {"name": trust_configmap}},
-        {"name": "adapters", "configMap": {"name": adapters_configmap_name(name)}},
-        {"name": "cache", "emptyDir": {}},
-    ]
-    mounts = [
-        {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
-        {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True},
-        {"name": "cache", "mountPath": CACHE_DIR},
-    ]
+        trust = render_trust_configmap(model, bundle, signer_pem)
+        trust_configmap = trust["metadata"]["name"] if trust is not None else None
+    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": CACHE_DIR}]
+    if trust_configmap is not None:
+        volumes.append({"name": "trust", "configMap": {"name": trust_configmap}})
+        mounts.append({"name": "trust", "mountPath": TRUST_DIR, "readOnly": True})
+    if model.spec.adapters:  # adapters are loaded live: the ConfigMap is there whether any is served yet or not
+        volumes.append({"name": "adapters", "configMap": {"name": adapters_configmap_name(name)}})
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
     if mdep.tensor_parallel_size > 1 and runtime.shm_size_gib:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{runtime.shm_size_gib}Gi"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -304,8 +332,8 @@ def render_deployment(
         "image": mdep.spec.engine.image or runtime.image,
         "imagePullPolicy": runtime.image_pull_policy,
         "command": runtime_command(mdep, model, config, tenant_keys),
+        # The runtime sets the engine's environment itself (runtime LoRA updates only where adapters are served).
         "env": [
-            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             # The runtime reports its loaded adapters in an annotation of its own pod.
             {"name": "LLMOS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "LLMOS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -326,11 +354,13 @@ def render_deployment(
         "startupProbe": _http_probe(
             "/healthz", STARTUP_PERIOD_SECONDS, -(-runtime.startup_timeout_seconds // STARTUP_PERIOD_SECONDS), 5
         ),
-        # The runtime debounces itself (its engine health poll turns /readyz red after 3 failed polls, ~9 s, and
-        # /healthz after 15, ~45 s; startup phases have budgets): the kubelet acts on its answer promptly.
+        # The runtime judges its engine itself (its watchdog turns /readyz red for a hung or silent engine after
+        # 30 s, /healthz after 120 s, never for a slow answer under load; startup phases have budgets): the kubelet
+        # acts on its answer promptly.
         "readinessProbe": _http_probe("/readyz", 5, 2, 3),
         "livenessProbe": _http_probe("/healthz", 10, 3, 5),
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        # endpoints start dropping the pod before it gets SIGTERM (then it serves on for the drain grace)
+        "lifecycle": {"preStop": {"sleep": {"seconds": round(budget.pre_stop)}}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
@@ -340,7 +370,7 @@ def render_deployment(
         # it to that annotation); a pod without adapters needs no API access at all.
         "automountServiceAccountToken": bool(mdep.spec.adapters),
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": budget.grace_period_seconds(),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_UID,
@@ -440,14 +470,15 @@ def render_children(
     Raises :class:`RenderError` (reason ``UnknownAdapter`` or ``SignatureUnavailable``) when the spec cannot be
     served; put it in a condition.
     """
-    trust = render_trust_configmap(mdep, model, bundle, signer_pem, tenant_keys)
-    children = [
-        trust,
-        render_adapters_configmap(mdep, model, adapter_bundles),
+    trust = render_trust_configmap(model, bundle, signer_pem, tenant_keys)
+    children = [trust] if trust is not None else []
+    if model.spec.adapters:
+        children.append(render_adapters_configmap(mdep, model, adapter_bundles))
+    children += [
         render_deployment(
             mdep, model, gpu_class, config,
-            replicas=replicas, bundle=bundle, signer_pem=signer_pem,
-            tenant_keys=list(tenant_keys or {}), trust_configmap=trust["metadata"]["name"],
+            replicas=replicas, bundle=bundle, signer_pem=signer_pem, tenant_keys=list(tenant_keys or {}),
+            trust_configmap=trust["metadata"]["name"] if trust is not None else None,
         ),
         render_service(mdep, config),
     ]

@@ -1,10 +1,12 @@
 """Desired children of a Tenant in each namespace it owns, and what stays in a namespace it gave up.
 
-Owned namespace: labels (tenant, Pod Security ``restricted``, remote code allowed or not), a GPU ResourceQuota backstop
-equal to what the admission ledger reserves there, ingress and egress NetworkPolicies, the runtime's ServiceAccount
-and RoleBinding. The Namespace dicts carry only the labels llmos needs: server-side apply them onto an existing
-namespace, never own a namespace by the Tenant (deleting a Tenant must not delete its tenants' data). The rest is
-llmos's own and owned by the Tenant.
+Owned namespace: labels (tenant, Pod Security ``restricted``, remote code and exec allowed or not), a GPU ResourceQuota
+backstop equal to what the admission ledger reserves there, a second ResourceQuota on CPU, memory and object counts
+(``Tenant.spec.quota``) with a LimitRange giving default requests, ingress and egress NetworkPolicies, the runtime's
+ServiceAccount and RoleBinding. Every child carries ``app.kubernetes.io/managed-by: llmos`` and a fixed name: the
+chart's admission policies keep them the operator's. The Namespace dicts carry only the labels llmos needs:
+server-side apply them onto an existing namespace, never own a namespace by the Tenant (deleting a Tenant must not
+delete its tenants' data). The rest is llmos's own and owned by the Tenant.
 
 Released namespace (its Tenant was deleted or no longer lists it): a zero GPU ResourceQuota and a deny-all ingress
 policy that are NOT owned by the Tenant, so garbage collection leaves them; the tenant label gives way to
@@ -14,14 +16,21 @@ policy that are NOT owned by the Tenant, so garbage collection leaves them; the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import ROUND_CEILING, Decimal
+
+from kubernetes.utils.quantity import parse_quantity
 
 from ..api.names import (
     EGRESS_POLICY_NAME,
+    LABEL_ALLOW_EXEC,
     LABEL_ALLOW_REMOTE_CODE,
     LABEL_GATEWAY,
+    LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_RELEASED,
     LABEL_TENANT,
+    LIMIT_RANGE_NAME,
+    MANAGED_BY,
     NETWORK_POLICY_NAME,
     OPERATOR_APP,
     RELEASED_POLICY_NAME,
@@ -29,6 +38,7 @@ from ..api.names import (
     RESOURCE_QUOTA_NAME,
     RUNTIME_BINDING_NAME,
     RUNTIME_SERVICE_ACCOUNT,
+    TENANT_QUOTA_NAME,
 )
 from ..api.types import Tenant
 from ..config import OperatorConfig
@@ -41,7 +51,7 @@ LINK_LOCAL = "169.254.0.0/16"  # cloud metadata endpoints live here
 
 
 def _labels(tenant: Tenant) -> dict[str, str]:
-    return {LABEL_TENANT: tenant.metadata.name}
+    return {LABEL_TENANT: tenant.metadata.name, LABEL_MANAGED_BY: MANAGED_BY}
 
 
 def gpu_resources(config: OperatorConfig) -> list[str]:
@@ -50,9 +60,11 @@ def gpu_resources(config: OperatorConfig) -> list[str]:
 
 
 def render_namespace(tenant: Tenant, namespace: str) -> dict:
-    labels = {**_labels(tenant), **POD_SECURITY}
+    labels = {LABEL_TENANT: tenant.metadata.name, **POD_SECURITY}
     if tenant.spec.policy.allow_remote_code:
         labels[LABEL_ALLOW_REMOTE_CODE] = "true"
+    if tenant.spec.policy.allow_exec:
+        labels[LABEL_ALLOW_EXEC] = "true"
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
 
 
@@ -68,6 +80,77 @@ def render_resource_quota(tenant: Tenant, namespace: str, config: OperatorConfig
         "metadata": {"name": RESOURCE_QUOTA_NAME, "namespace": namespace, "labels": _labels(tenant)},
         "spec": {"hard": hard},
     }
+
+
+def _quantity(value: int | str) -> Decimal:
+    return Decimal(parse_quantity(value))
+
+
+def _format(amount: Decimal, *, cpu: bool = False) -> str:
+    """A quantity as people write it: whole CPUs or millicores; bytes in the largest binary unit that divides them."""
+    if cpu:
+        if amount == amount.to_integral_value():
+            return str(int(amount))
+        return f"{int((amount * 1000).to_integral_value(ROUND_CEILING))}m"
+    whole = int(amount.to_integral_value(ROUND_CEILING))
+    for suffix, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if whole and whole % size == 0:
+            return f"{whole // size}{suffix}"
+    return str(whole)
+
+
+def model_pods_share(tenant: Tenant, config: OperatorConfig) -> dict[str, Decimal]:
+    """The most llmos's model pods of this tenant can request in one namespace: admission keeps their GPUs (rollout
+    surge and departing pods included) within the GPU quota, each pod has at least one GPU, and per GPU a pod asks
+    for runtime.cpuPerGPU / memoryGiBPerGPU — or, where that is 0, the LimitRange's default request (per pod, so at
+    most that per GPU). Added to the tenant's own budget, so that a deployment the GPU quota admitted is never
+    refused by the CPU or memory quota."""
+    gpus = Decimal(sum(tenant.spec.quota.gpus.values()))
+    runtime, defaults = config.runtime, config.tenancy.default_requests
+    cpu = Decimal(runtime.cpu_per_gpu) if runtime.cpu_per_gpu else _quantity(defaults.cpu)
+    memory = Decimal(runtime.memory_gib_per_gpu * 2**30) if runtime.memory_gib_per_gpu else _quantity(defaults.memory)
+    storage = _quantity(defaults.ephemeral_storage)
+    return {"cpu": gpus * cpu, "memory": gpus * memory, "ephemeral-storage": gpus * storage, "pods": gpus}
+
+
+def render_tenant_quota(tenant: Tenant, namespace: str, config: OperatorConfig) -> dict:
+    """CPU, memory, ephemeral storage and object counts of one namespace (``Tenant.spec.quota``, unset fields from
+    ``tenancy.quota`` of the configuration): the tenant's own budget plus llmos's model pods' share
+    (:func:`model_pods_share`); object counts include llmos's objects. No NodePort Services at all."""
+    quota, defaults = tenant.spec.quota, config.tenancy.quota
+
+    def pick(name: str) -> int | str:
+        value = getattr(quota, name)
+        return getattr(defaults, name) if value is None else value
+
+    share = model_pods_share(tenant, config)
+    hard = {
+        "requests.cpu": _format(_quantity(pick("cpu")) + share["cpu"], cpu=True),
+        "requests.memory": _format(_quantity(pick("memory")) + share["memory"]),
+        "requests.ephemeral-storage": _format(_quantity(pick("ephemeral_storage")) + share["ephemeral-storage"]),
+        "pods": str(int(pick("pods")) + int(share["pods"])),
+        "services": str(pick("services")),
+        "services.nodeports": "0",
+        "services.loadbalancers": str(pick("load_balancers")),
+        "configmaps": str(pick("config_maps")),
+        "secrets": str(pick("secrets")),
+        "persistentvolumeclaims": str(pick("persistent_volume_claims")),
+        "replicationcontrollers": str(pick("replication_controllers")),
+        "resourcequotas": str(defaults.resource_quotas),
+    }
+    return {"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": TENANT_QUOTA_NAME, "namespace": namespace, "labels": _labels(tenant)},
+            "spec": {"hard": hard}}
+
+
+def render_limit_range(tenant: Tenant, namespace: str, config: OperatorConfig) -> dict:
+    """Default requests for containers that name none (no default limits: a limit llmos did not ask for would
+    throttle or kill a model pod)."""
+    defaults = config.tenancy.default_requests
+    return {"apiVersion": "v1", "kind": "LimitRange",
+            "metadata": {"name": LIMIT_RANGE_NAME, "namespace": namespace, "labels": _labels(tenant)},
+            "spec": {"limits": [{"type": "Container", "defaultRequest": {
+                "cpu": defaults.cpu, "memory": defaults.memory, "ephemeral-storage": defaults.ephemeral_storage}}]}}
 
 
 def render_network_policy(tenant: Tenant, namespace: str, config: OperatorConfig | None = None) -> dict:
@@ -142,13 +225,16 @@ def render_tenant_children(
     reserved: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[dict]:
     """For each namespace the tenant owns (default: all it claims; pass the owned ones after the refused and
-    conflicting claims are taken out): Namespace, ResourceQuota (``reserved``: namespace → resource → GPUs),
-    NetworkPolicies, and the runtime's ServiceAccount and RoleBinding."""
+    conflicting claims are taken out): Namespace, GPU ResourceQuota (``reserved``: namespace → resource → GPUs),
+    the CPU/memory/object ResourceQuota and its LimitRange, NetworkPolicies, and the runtime's ServiceAccount and
+    RoleBinding."""
     out: list[dict] = []
     for ns in namespaces if namespaces is not None else tenant.spec.namespaces:
         out += [
             render_namespace(tenant, ns),
             render_resource_quota(tenant, ns, config, (reserved or {}).get(ns)),
+            render_limit_range(tenant, ns, config),  # first: a pod that names no requests meets the quota below
+            render_tenant_quota(tenant, ns, config),
             render_network_policy(tenant, ns, config),
             render_egress_policy(tenant, ns, config),
         ]
@@ -161,14 +247,14 @@ def render_released_namespace(namespace: str, former_tenant: str, config: Operat
     collection of the Tenant does not remove them. Apply the Namespace with the same field manager so the tenant
     label llmos wrote is removed."""
     labels = {LABEL_RELEASED: former_tenant, **POD_SECURITY}
+    child_labels = {LABEL_RELEASED: former_tenant, LABEL_MANAGED_BY: MANAGED_BY}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
         {"apiVersion": "v1", "kind": "ResourceQuota",
-         "metadata": {"name": RELEASED_QUOTA_NAME, "namespace": namespace, "labels": {LABEL_RELEASED: former_tenant}},
+         "metadata": {"name": RELEASED_QUOTA_NAME, "namespace": namespace, "labels": child_labels},
          "spec": {"hard": {f"requests.{r}": "0" for r in gpu_resources(config)}}},  # extended resources: requests only
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-         "metadata": {"name": RELEASED_POLICY_NAME, "namespace": namespace,
-                      "labels": {LABEL_RELEASED: former_tenant}},
+         "metadata": {"name": RELEASED_POLICY_NAME, "namespace": namespace, "labels": child_labels},
          "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}},
     ]
 
@@ -176,6 +262,8 @@ def render_released_namespace(namespace: str, former_tenant: str, config: Operat
 # What the tenant's children in a namespace are, by kind and name: removed when the namespace is released.
 TENANT_CHILDREN = (
     ("ResourceQuota", RESOURCE_QUOTA_NAME),
+    ("ResourceQuota", TENANT_QUOTA_NAME),
+    ("LimitRange", LIMIT_RANGE_NAME),
     ("NetworkPolicy", NETWORK_POLICY_NAME),
     ("NetworkPolicy", EGRESS_POLICY_NAME),
     ("RoleBinding", RUNTIME_BINDING_NAME),

@@ -352,7 +352,7 @@ def adapter_status(wanted: Sequence[str], reports: Sequence[Mapping[str, Any]],
     return out
 
 
-def worth_an_event(t: Any) -> bool:
+def worth_an_event(t: Any, served_before: bool = False) -> bool:
     """Events for what a person acts on, not for every condition a new deployment passes through (they were 7 of
     the 15 API requests a new ModelDeployment cost): admission and verification verdicts (not a new deployment's
     "Model verified", which the Model's Event says), becoming Ready, losing readiness, turning Degraded and
@@ -368,6 +368,13 @@ def worth_an_event(t: Any) -> bool:
         return t.status == "False" and t.reason in (EXTERNAL_AUTOSCALER, METRICS_UNAVAILABLE)
     if t.type == MODEL_VERIFIED and t.status == "True" and t.old_status is None:
         return False  # a new deployment of a verified Model: the Model's own Event says so
-    if t.type in (DEGRADED, READY):
+    if t.type == QUOTA_ADMITTED and t.status == "True" and t.old_status is None:
+        return False  # admitted at once: Ready follows (an admission after waiting in the queue has its Event)
+    if t.type == READY:
+        # Losing readiness, and recovering it (``served_before``: a rollout of it completed before); a new deployment
+        # turning Ready for the first time says so in its status (an Event each was a fifth of the operator's writes
+        # in a burst of new deployments).
+        return t.old_status == "True" or (t.status == "True" and served_before)
+    if t.type == DEGRADED:
         return bool(t.status == "True" or t.old_status == "True")
     return True
