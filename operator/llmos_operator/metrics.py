@@ -17,6 +17,24 @@ GPUS_USED = Gauge("llmos_tenant_gpus_used", "GPUs reserved by admitted deploymen
 API_REQUESTS = client.API_REQUESTS  # what the operator asks the API server (kube/client.py)
 GPUS_ALLOWED = Gauge("llmos_tenant_gpus_allowed", "GPU quota", ["tenant", "gpu_class"])
 
+# The autoscaler (controller/autoscaler.py): its reads, rounds and decisions; per deployment what it asks for, what
+# admission granted and the load it read.
+AUTOSCALER_READS = Counter("llmos_autoscaler_reads_total",
+                           "Reads of a replica's /metrics by the autoscaler, by result", ["result"])
+AUTOSCALER_ROUND_SECONDS = Histogram(
+    "llmos_autoscaler_round_seconds", "One round: every autoscaled deployment's replicas read and decided",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+AUTOSCALER_DECISIONS = Counter("llmos_autoscaler_decisions_total",
+                               "Changes of a desired replica count, by direction", ["direction"])
+AUTOSCALER_DEPLOYMENTS = Gauge("llmos_autoscaler_deployments", "ModelDeployments whose load the autoscaler follows")
+AUTOSCALER_DESIRED = Gauge("llmos_autoscaler_desired_replicas", "Replicas the autoscaler asks for",
+                           ["namespace", "modeldeployment"])
+AUTOSCALER_GRANTED = Gauge("llmos_autoscaler_granted_replicas", "Replicas admission granted (the quota allows)",
+                           ["namespace", "modeldeployment"])
+AUTOSCALER_VALUE = Gauge("llmos_autoscaler_metric_value", "The metric averaged per ready replica, as last read",
+                         ["namespace", "modeldeployment", "metric"])
+
 
 class TenantSeries:
     """Which tenant and (tenant, GPU class) series are set, so that those of a Tenant or class that is gone are

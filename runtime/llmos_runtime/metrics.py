@@ -40,5 +40,6 @@ class RuntimeMetrics:
             registry=r,
         )
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, names: list[str] | None = None) -> bytes:
+        """The runtime's series (``names``: only those, as ``/metrics?name[]=…`` asks)."""
+        return generate_latest(self.registry.restricted_registry(names) if names else self.registry)

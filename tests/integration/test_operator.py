@@ -181,20 +181,23 @@ def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, nam
     assert f"{namespace}/{pod}#pod" not in objects.get("tenants", namespace)["status"]["reservations"]
 
 
-def test_scale_up_is_admitted_for_the_difference_only(objects, namespace):
+def test_scale_up_is_admitted_for_the_difference_and_in_part_when_it_does_not_fit(objects, namespace):
     objects.tenant(gpus={"h100": 6})
     objects.model()
     objects.deployment("grow", replicas=2, count=2)
     objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "True")
     objects.patch("modeldeployments", "grow", {"spec": {"replicas": 4}})  # 8 GPUs > 6: the difference does not fit
     cond = objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "False", "QuotaExceeded")
-    assert "h100" in cond["message"]
-    tenant = objects.get("tenants", namespace)
-    assert tenant["status"]["usage"]["gpus"]["h100"] == 4  # keeps its old reservation, serving 2 replicas
-    objects.patch("modeldeployments", "grow", {"spec": {"replicas": 3}})  # 6 GPUs: the difference fits
-    objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "True")
+    assert "3 of 4 replicas granted" in cond["message"] and "h100" in cond["message"]
+    # what fits of the difference is granted (one more replica of 2 GPUs), the rest waits in the queue
     wait_for(lambda: objects.get("tenants", namespace)["status"]["usage"]["gpus"]["h100"] == 6,
-             message="usage 6 after the scale-up")
+             message="usage 6: 3 replicas of 2 GPUs")
+    limited = objects.wait_condition("modeldeployments", "grow", "ScalingLimited", "True", "QuotaExceeded")
+    assert limited["message"].startswith("h100 6/6: 3 of 4 replicas granted")
+    objects.patch("modeldeployments", "grow", {"spec": {"replicas": 3}})  # 6 GPUs: all of it fits
+    objects.wait_condition("modeldeployments", "grow", "QuotaAdmitted", "True")
+    objects.wait_condition("modeldeployments", "grow", "ScalingLimited", "False")
+    assert objects.get("tenants", namespace)["status"]["usage"]["gpus"]["h100"] == 6
 
 
 @pytest.mark.parametrize("case", ["unknown-class", "no-tenant", "cordoned", "missing-model"])

@@ -39,9 +39,11 @@ def build_app(args: argparse.Namespace):
         return Response()
 
     async def metrics(_r: Request):
+        # Everything, whatever ?name[]= asks (as vLLM 0.32's /metrics route does): the runtime filters.
         return PlainTextResponse(
             "# HELP vllm:fake a fake engine metric\n# TYPE vllm:fake gauge\nvllm:fake 1.0\n"
             f"vllm:num_requests_running {stats['running']}\nvllm:num_requests_waiting 0\n"
+            "vllm:kv_cache_usage_perc 0.0\n"
             f'vllm:generation_tokens_total{{model_name="{args.served_model_name}"}} {stats["tokens"]}\n'
             f"llmos_fake_aborted_total {stats['aborted']}\n")
 

@@ -9,7 +9,8 @@ Same command, arguments and environment as the container, with these explicit tr
   flags whose container defaults point into the pod's filesystem (``--pvc-root``, ``--cache-dir``,
   ``--termination-log``) are passed explicitly with their mapped values.
 - Ports: the container ports ``openai`` and ``health`` become free loopback ports (``--port``/``--health-port``
-  rewritten, ``--host 127.0.0.1`` added).
+  rewritten, ``--host 127.0.0.1`` added), or, for a pod with a loopback address of its own (``host``,
+  ``keep_ports``), stay as they are with ``--host <that address>``.
 - Entry point: ``llmos-runtime`` is this environment's console script.
 - Environment: literal values as they are; downward-API ``fieldRef`` values get local stand-ins (pod name
   ``<deployment>-local-0``, the namespace, 127.0.0.1 as pod IP); ``KUBECONFIG`` points nowhere (no API server, so
@@ -93,13 +94,17 @@ def pod_to_local(
     container_name: str = "runtime",
     field_values: Mapping[str, str] | None = None,
     host_sources: bool = False,
+    host: str = "127.0.0.1",
+    keep_ports: bool = False,
 ) -> LocalPod:
     """Materialise the Deployment's pod template under ``fsroot`` and build the local process's argv/env.
 
     ``configmaps``: rendered ConfigMaps by name. ``pvcs``: claim name -> a local folder with the claim's content.
     ``field_values``: downward-API values that override the local stand-ins (a real pod's name, namespace, node).
     ``host_sources``: a ``file://`` source outside every mount is this machine's path, kept as it is (the process
-    kubelet runs pods on this machine; otherwise such a source is an error)."""
+    kubelet runs pods on this machine; otherwise such a source is an error). ``host``: the address to listen on;
+    ``keep_ports``: keep the container's ports (a pod IP of its own, 127.x.y.z: every pod may use the same ports,
+    and the operator reaches them where it would in a cluster) instead of free loopback ports."""
     pod = deployment["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == container_name]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -133,7 +138,7 @@ def pod_to_local(
     runtime_args, engine_args = cmd[2:split], cmd[split + 1 :]
 
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-    port, health_port = free_port(), free_port()
+    port, health_port = (ports["openai"], ports["health"]) if keep_ports else (free_port(), free_port())
     port_map = {str(ports["openai"]): str(port), str(ports["health"]): str(health_port)}
 
     out: list[str] = []
@@ -169,13 +174,13 @@ def pod_to_local(
             p = termination_path if flag == "--termination-log" else default
             out += [flag, str(fsroot) + p]
     (fsroot / "dev").mkdir(parents=True, exist_ok=True)
-    out += ["--host", "127.0.0.1"]
+    out += ["--host", host]
 
     meta = deployment.get("metadata", {})
     downward = {  # the downward API, for a local "pod"
         "metadata.name": f"{meta.get('name', 'pod')}-local-0",
         "metadata.namespace": meta.get("namespace", "default"),
-        "status.podIP": "127.0.0.1",
+        "status.podIP": host,
         "spec.nodeName": "localhost",
         **(field_values or {}),
     }

@@ -23,6 +23,10 @@ test the pods must serve real answers from a real vLLM, so the local cluster's s
 ``endpoints()`` tells a test's load balancer where each pod listens, whether it is ready, deleting, and the digest
 its ``/readyz`` names. ``close()`` always kills every process it started.
 
+``pod_ips=True``: each pod gets a loopback address of its own (its ``status.podIP``) and listens there on the
+container's ports, where the operator reaches it as in a cluster (the autoscaler reads the load there). ``runner``
+starts another process than the runtime (tests/support/load_pod.py's stand-in), given the pod and its address.
+
 Not done (no meaning here): images, resources and cgroups, security contexts, liveness and startup probes (the
 runtime's own budgets end a stuck start), init containers, PVC volumes, node status.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +45,7 @@ import httpx
 from kubernetes import client, watch
 
 from tests.support.podspec import _configmap_files, pod_to_local
-from tests.support.runtime_proc import RuntimeProcess, cpu_env, write_configmap
+from tests.support.runtime_proc import LoopbackAddresses, RuntimeProcess, cpu_env, write_configmap
 
 log = logging.getLogger("process-kubelet")
 
@@ -89,6 +94,7 @@ class _PodWorker:
         self.probe_failures = 0
         self.termination_log: Path | None = None
         self.deleting = False
+        self.ip = kubelet.addresses.next() if kubelet.addresses else "127.0.0.1"  # the pod's address
         self._starts = 0
         self._mounts: dict[str, tuple[str, Path, dict]] = {}  # configmap name -> (mount path, local dir, files)
         self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.name}", daemon=True)
@@ -111,13 +117,20 @@ class _PodWorker:
         self._starts += 1
         fsroot = self.kubelet.root / self.name / f"start-{self._starts}"
         fsroot.mkdir(parents=True, exist_ok=True)
+        if self.kubelet.runner is not None:
+            self._mounts, self.termination_log = {}, None
+            self.proc = self.kubelet.runner(self.pod, self.ip, fsroot).start()
+            self.started_at, self.waiting, self.ready = _now(), None, False
+            self.kubelet._event(f"{self.name}: started (pid {self.proc.proc.pid}, {self.ip}, start {self._starts})")
+            return
         configmaps = self._read_configmaps()
         template = {"metadata": self.pod["metadata"], "spec": {"template": {"spec": self.pod["spec"]}}}
         local = pod_to_local(
             template, configmaps, fsroot=fsroot, pvcs={}, base_env=cpu_env(), host_sources=True,
             field_values={"metadata.name": self.name, "metadata.namespace": self.kubelet.namespace,
                           "metadata.uid": self.uid, "spec.nodeName": self.pod["spec"]["nodeName"],
-                          "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"},
+                          "status.podIP": self.ip, "status.hostIP": "127.0.0.1"},
+            host=self.ip, keep_ports=self.kubelet.pod_ips,
         )
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
         self._mounts = {}
@@ -128,7 +141,7 @@ class _PodWorker:
                 self._mounts[cm_name] = (m["mountPath"], local.local(m["mountPath"]), configmaps[cm_name])
         self.termination_log = local.termination_log
         self.proc = RuntimeProcess(argv=local.argv, env=local.env, log_path=fsroot / "runtime.log", port=local.port,
-                                   health_port=local.health_port, name=self.name).start()
+                                   health_port=local.health_port, name=self.name, host=self.ip).start()
         self.started_at = _now()
         self.waiting = None
         self.ready = False
@@ -231,7 +244,7 @@ class _PodWorker:
             cs["lastState"] = {"terminated": self.last_terminated}
         body = {"status": {
             "phase": "Running", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.start_time,
+            "podIP": self.ip, "podIPs": [{"ip": self.ip}], "startTime": self.start_time,
             "conditions": [
                 self._condition("PodReadyToStartContainers", True),
                 self._condition("Initialized", True),
@@ -342,10 +355,17 @@ class _PodWorker:
                 raise
 
 
+Runner = Callable[[dict, str, Path], RuntimeProcess]  # (pod, its address, its filesystem root) → a process to start
+
+
 class ProcessKubelet:
-    def __init__(self, api: client.ApiClient, namespace: str, root: Path, *, probe_period: float = 1.0):
+    def __init__(self, api: client.ApiClient, namespace: str, root: Path, *, probe_period: float = 1.0,
+                 pod_ips: bool = False, runner: Runner | None = None):
         if not namespace.startswith(NAMESPACE_PREFIX):
             raise ValueError(f"the process kubelet runs pods of {NAMESPACE_PREFIX}* namespaces only, not {namespace}")
+        self.pod_ips = pod_ips or runner is not None
+        self.runner = runner
+        self.addresses = LoopbackAddresses() if self.pod_ips else None
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace

@@ -6,11 +6,14 @@ always kill the whole tree with one ``killpg``. Loopback only; ports are picked 
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LoopbackAddresses:
+    """Addresses of 127.0.0.0/8 for local "pods", each its own (``127.a.b.c``, ``a`` random per allocator)."""
+
+    def __init__(self) -> None:
+        self._prefix = f"127.{random.randint(64, 254)}"
+        self._numbers = itertools.count(random.randint(0, 200) * 256 + 1)
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            n = next(self._numbers)
+            while n % 256 in (0, 255):
+                n = next(self._numbers)
+        return f"{self._prefix}.{n // 256 % 256}.{n % 256}"
+
+
 def runtime_command() -> list[str]:
     """The ``llmos-runtime`` console script of this environment."""
     exe = Path(sys.executable).with_name("llmos-runtime")
@@ -53,6 +72,7 @@ class RuntimeProcess:
     port: int
     health_port: int
     name: str = "runtime"
+    host: str = "127.0.0.1"  # where it listens (a pod IP of tests/support/process_kubelet.py, or loopback)
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     ready_after: float | None = None
@@ -60,11 +80,11 @@ class RuntimeProcess:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def health(self) -> str:
-        return f"http://127.0.0.1:{self.health_port}"
+        return f"http://{self.host}:{self.health_port}"
 
     def start(self) -> RuntimeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

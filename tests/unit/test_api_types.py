@@ -217,3 +217,32 @@ def test_tenant_quota_counts_and_exec_policy():
     assert parse_as(Tenant, _tenant_quota({})).spec.policy.allow_exec is False
     assert parse_as(Tenant, _tenant_quota({})).spec.quota.cpu is None  # unset: the operator's default
     assert errors_of(_tenant_quota({"configMaps": -1})) == ["spec.quota.configMaps"]
+
+
+AUTOSCALED = {"model": "m", "gpu": {"class": "h100", "count": 1}}
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "path"),
+    [
+        ({"minReplicas": 3, "maxReplicas": 2, "metric": "runningRequests", "target": 2},
+         "spec.autoscaling.minReplicas"),
+        ({"maxReplicas": 2, "metric": "kvCacheUsage", "target": 1.5}, "spec.autoscaling.target"),
+        ({"maxReplicas": 2, "metric": "runningRequests", "target": 0}, "spec.autoscaling.target"),
+        ({"maxReplicas": 2, "metric": "queueDepth", "target": 1}, "spec.autoscaling.metric"),
+        ({"maxReplicas": 2, "metric": "runningRequests"}, "spec.autoscaling.target"),
+        ({"minReplicas": 0, "maxReplicas": 2, "metric": "runningRequests", "target": 1},
+         "spec.autoscaling.minReplicas"),
+    ],
+)
+def test_autoscaling_errors_name_the_field(autoscaling, path):
+    assert path in errors_of(mdep({**AUTOSCALED, "autoscaling": autoscaling}))
+
+
+def test_autoscaling_defaults():
+    obj = parse_object(mdep({**AUTOSCALED, "autoscaling": {"maxReplicas": 4, "metric": "kvCacheUsage",
+                                                           "target": 0.8}}))
+    a = obj.spec.autoscaling
+    assert (a.min_replicas, a.max_replicas, a.target) == (1, 4, 0.8)
+    assert (a.scale_up_stabilization_seconds, a.scale_down_stabilization_seconds) == (0, 300)
+    assert parse_object(mdep(AUTOSCALED)).spec.autoscaling is None

@@ -111,7 +111,8 @@ def columns(plural: str) -> dict[str, str]:
 
 def test_printer_columns():
     assert columns("modeldeployments") == {
-        "Model": ".spec.model", "GPU": ".status.gpuSummary", "Ready": ".status.readySummary",
+        "Model": ".spec.model", "GPU": ".status.gpuSummary", "Desired": ".status.desiredReplicas",
+        "Granted": ".status.grantedReplicas", "Ready": ".status.readySummary",
         "Admitted": '.status.conditions[?(@.type=="QuotaAdmitted")].status', "Age": ".metadata.creationTimestamp"}
     assert columns("models") == {
         "Source": ".spec.source.uri", "Verified": '.status.conditions[?(@.type=="Verified")].status',

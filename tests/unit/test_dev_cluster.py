@@ -87,3 +87,13 @@ def test_dev_up_can_advertise_gpus_per_class(monkeypatch):
     assert resources == {"h100": "nvidia.com/h100", "l4": "nvidia.com/l4"}
     nodes = {n["metadata"]["labels"]["llmos.dev/pool"]: n["status"]["allocatable"] for n in node_manifests(seen["pools"])}
     assert nodes["h100"]["nvidia.com/h100"] == "8" and "nvidia.com/gpu" not in nodes["h100"]
+
+
+def test_fake_pods_get_loopback_addresses():
+    """KWOK gives a node's pods addresses from its podCIDR: in 127.0.0.0/8, whatever connects to a fake pod (the
+    operator's autoscaler) stays on this machine."""
+    import ipaddress
+
+    cidrs = [n["spec"]["podCIDR"] for n in node_manifests(DEFAULT_POOLS)]
+    assert len(set(cidrs)) == len(cidrs)
+    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("127.0.0.0/8")) for c in cidrs)

@@ -120,7 +120,7 @@ def test_scale_up_that_does_not_fit_keeps_the_old_reservation():
     d = up.decisions["a-ns/x"]
     assert d.admitted and d.reason == QUOTA_EXCEEDED
     assert d.reserved == 4 and d.replicas == 2 and d.requested == 8
-    assert "scale-up to 4 replicas waits" in d.message and "needs 4 more h100 GPUs" in d.message
+    assert "2 of 4 replicas granted" in d.message and "needs 4 more h100 GPUs" in d.message
     assert up.ledger["a-ns/x"]["gpus"] == 4
     assert up.admitted_count("a") == 2 and up.queued_count("a") == 0
 
@@ -278,7 +278,8 @@ def test_random_sequences_never_exceed_quota():
                 key = rng.choice(sorted(live))
                 old = live[key]
                 live[key] = Request(old.namespace, old.name, old.uid, old.tenant, old.gpu_class,
-                                    rng.randint(0, 4), old.gpus_per_replica, old.created)
+                                    rng.randint(0, 4), old.gpus_per_replica, old.created,
+                                    min_replicas=rng.choice([None, 1, 2]), partial=rng.random() < 0.8)
             before = {k: v["gpus"] for k, v in ledger.items()}
             result = admit(live.values(), ledger, tns, CLASSES)
             for t, q in quotas.items():
@@ -292,8 +293,12 @@ def test_random_sequences_never_exceed_quota():
                     assert d.replicas * r.gpus_per_replica <= d.reserved and d.replicas <= r.replicas
                     if d.reason == ADMITTED:
                         assert d.reserved == r.demand
-                    else:  # a waiting scale-up keeps exactly what it had
-                        assert d.reserved == before[key]
+                    elif key in before:  # a waiting scale-up keeps what it had, plus whole replicas that fit
+                        assert before[key] <= d.reserved < r.demand
+                        assert (d.reserved - before[key]) % r.gpus_per_replica == 0
+                        assert r.partial or d.reserved == before[key]
+                    else:  # a first admission in part: at least its min_replicas
+                        assert r.min_replicas is not None and d.replicas >= min(r.min_replicas, r.replicas)
             # Pure: a second pass over its own output changes nothing.
             assert admit(live.values(), result.ledger, tns, CLASSES).ledger == result.ledger
             ledger = result.ledger
@@ -460,3 +465,81 @@ def test_a_surge_entry_goes_with_its_deployment():
     rolling = run([_replace(req("x", gpus=2), surge=2)], ledger=first.ledger)
     gone = run([], ledger=rolling.ledger)
     assert gone.ledger == {} and set(gone.dropped) == {"a-ns/x", "a-ns/x#surge"}
+
+
+# Issue 21: scale-ups granted in part -------------------------------------------------------------------------------
+
+
+def test_a_scale_up_gets_the_whole_replicas_that_fit_and_the_rest_waits_in_the_queue():
+    tns = tenants(a={"h100": 12})
+    first = run([req("x", gpus=2, replicas=2, t=0), req("y", gpus=4, t=1)], tns=tns)  # 8 of 12
+    up = run([req("x", gpus=2, replicas=6, t=0), req("y", gpus=4, t=1)], first.ledger, tns=tns)
+    d = up.decisions["a-ns/x"]
+    assert d.admitted and d.reason == QUOTA_EXCEEDED and d.limited
+    assert (d.replicas, d.wanted_replicas, d.reserved, d.queue_position) == (4, 6, 8, 1)
+    assert d.pool == "h100 12/12" and up.usage("a") == {"h100": 12}
+    assert "4 of 6 replicas granted" in d.message and "needs 4 more h100 GPUs" in d.message
+    # the next pass changes nothing, and says the same
+    again = run([req("x", gpus=2, replicas=6, t=0), req("y", gpus=4, t=1)], up.ledger, tns=tns)
+    assert again.ledger == up.ledger and again.decisions["a-ns/x"] == d
+
+
+def test_only_whole_replicas_are_granted():
+    tns = tenants(a={"h100": 7})
+    first = run([req("x", gpus=2, replicas=1)], tns=tns)
+    up = run([req("x", gpus=2, replicas=5)], first.ledger, tns=tns)
+    assert up.decisions["a-ns/x"].replicas == 3 and up.ledger["a-ns/x"]["gpus"] == 6  # 1 GPU left over
+
+
+def test_what_waits_of_a_scale_up_keeps_its_place_in_the_tenant_queue():
+    tns = tenants(a={"h100": 4})
+    first = run([req("x", replicas=2, t=0)], tns=tns)
+    # a newer deployment queues behind the rest of x's scale-up ...
+    up = run([req("x", replicas=6, t=0), req("late", t=5)], first.ledger, tns=tns)
+    assert up.decisions["a-ns/x"].replicas == 4
+    late = up.decisions["a-ns/late"]
+    assert not late.admitted and late.queue_position == 2 and "waits behind a-ns/x" in late.message
+    # ... and x scaling down lets it in
+    down = run([req("x", replicas=1, t=0), req("late", t=5)], up.ledger, tns=tns)
+    assert down.decisions["a-ns/late"].admitted and down.decisions["a-ns/x"].complete
+
+
+def test_an_older_queued_deployment_goes_before_a_newer_ones_scale_up():
+    tns = tenants(a={"h100": 4})
+    ledger = {"a-ns/new": {"class": "h100", "gpus": 2, "uid": "uid-new"}}
+    r = run([req("old", gpus=4, t=0), req("new", replicas=4, t=1)], ledger, tns=tns)
+    assert not r.decisions["a-ns/old"].admitted
+    assert r.decisions["a-ns/new"].replicas == 2  # nothing of its scale-up overtakes the older request
+
+
+def test_no_partial_grant_while_a_new_pod_shape_waits():
+    tns = tenants(a={"h100": 6})
+    first = run([req("x", gpus=2, replicas=1)], tns=tns)
+    up = run([_replace(req("x", gpus=4, replicas=2), partial=False)], first.ledger, tns=tns)
+    assert up.decisions["a-ns/x"].reserved == 2 and up.decisions["a-ns/x"].replicas == 0
+
+
+def test_a_first_admission_takes_min_replicas_whole_and_the_rest_as_it_fits():
+    tns = tenants(a={"h100": 5})
+    r = run([_replace(req("x", gpus=2, replicas=4), min_replicas=2)], tns=tns)
+    d = r.decisions["a-ns/x"]
+    assert d.admitted and d.replicas == 2 and d.reserved == 4 and d.limited and r.admitted_count("a") == 1
+    # min_replicas do not fit: nothing is granted, as for a deployment without autoscaling
+    r = run([_replace(req("x", gpus=2, replicas=4), min_replicas=3)], tns=tns)
+    assert not r.decisions["a-ns/x"].admitted and r.ledger == {}
+    # and without min_replicas a new deployment is still all or nothing
+    assert not run([req("x", gpus=2, replicas=4)], tns=tns).decisions["a-ns/x"].admitted
+
+
+def test_scale_ups_and_rollout_surge_together_never_exceed_the_quota():
+    tns = tenants(a={"h100": 6})
+    first = run([req("x", replicas=2, t=0), req("y", replicas=2, t=1)], tns=tns)  # 4 of 6
+    both = run([_replace(req("x", replicas=2, t=0), surge=1), req("y", replicas=5, t=1)], first.ledger, tns=tns)
+    assert both.usage("a") == {"h100": 6}
+    assert both.decisions["a-ns/y"].replicas == 4  # the scale-up took the two free GPUs ...
+    assert both.decisions["a-ns/x"].surge == 0 and "waits" in both.decisions["a-ns/x"].surge_message  # ... not surge
+    # surge already held counts as used: a scale-up cannot take it
+    rolling = run([_replace(req("x", replicas=2, t=0), surge=1), req("y", replicas=2, t=1)], first.ledger, tns=tns)
+    assert rolling.decisions["a-ns/x"].surge == 1
+    up = run([_replace(req("x", replicas=2, t=0), surge=1), req("y", replicas=5, t=1)], rolling.ledger, tns=tns)
+    assert up.decisions["a-ns/y"].replicas == 3 and up.usage("a") == {"h100": 6}

@@ -104,16 +104,22 @@ def test_limit_range_gives_default_requests_and_no_limits():
         "cpu": "50m", "memory": "64Mi", "ephemeral-storage": "2Gi"}}]}
 
 
-def test_network_policy_admits_own_namespaces_and_gateways_only():
+def test_network_policy_admits_own_namespaces_gateways_and_the_operator_to_the_health_port_only():
     (policy, _) = by_kind(render_tenant_children(tenant({}, ["a1"]), default_config()))["NetworkPolicy"]
     assert policy["apiVersion"] == "networking.k8s.io/v1"
     assert policy["spec"] == {
         "podSelector": {},
         "policyTypes": ["Ingress"],
-        "ingress": [{"from": [
-            {"namespaceSelector": {"matchLabels": {"llmos.dev/tenant": "team-a"}}},
-            {"namespaceSelector": {"matchLabels": {"llmos.dev/gateway": "true"}}},
-        ]}],
+        "ingress": [
+            {"from": [
+                {"namespaceSelector": {"matchLabels": {"llmos.dev/tenant": "team-a"}}},
+                {"namespaceSelector": {"matchLabels": {"llmos.dev/gateway": "true"}}},
+            ]},
+            # the autoscaler reads the engine's load on the runtime's health port (/metrics), nothing else
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llmos-system"}},
+                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "llmos-operator"}}}],
+             "ports": [{"protocol": "TCP", "port": 8081}]},
+        ],
     }
 
 

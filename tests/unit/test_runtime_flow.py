@@ -135,6 +135,11 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
                 text = await r.text()
             assert "vllm:fake 1.0" in text and "llmos_runtime_ready 1.0" in text
             assert "llmos_runtime_adapters_loaded 1.0" in text
+            # what the operator's autoscaler asks for: the engine's gauges named, nothing else
+            async with s.get(health + "/metrics?name[]=vllm:num_requests_running&name[]=vllm:num_requests_waiting") \
+                    as r:
+                text = await r.text()
+            assert text == "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
 
             # a stream of 40 chunks (2 s) is in flight when SIGTERM arrives
             stream = await s.post(api + "/v1/completions",

@@ -165,25 +165,30 @@ def test_runtime_failure_surfaces():
     assert c["Degraded"]["status"] == "True"
 
 
-def test_scale_up_waiting_keeps_serving():
+def test_scale_up_granted_in_part_serves_what_fits_and_says_why_not_more():
     small = mdep(replicas=2, count=2)
     ledger = admit([Request.from_model_deployment(small, "a")], {}, {"a": TenantInfo("a", {"h100": 6})},
                    {"h100"}).ledger
     big = mdep(replicas=4, count=2)
     dec = admit([Request.from_model_deployment(big, "a")], ledger, {"a": TenantInfo("a", {"h100": 6})},
                 {"h100"}).decisions["a1/chat"]
-    assert dec.admitted and dec.replicas == 2
-    st = desired_status(big, CFG, decision=dec, model=model(), deployment=child(2), now=T1)
+    assert dec.admitted and dec.replicas == 3 and dec.limited  # 8 GPUs asked, 6 of the quota: 3 whole replicas
+    st = desired_status(big, CFG, decision=dec, model=model(), deployment=child(3), now=T1)
     c = conds(st)
-    # Two replicas serve, but the change is not done: not Ready (kubectl wait, Flux, Argo CD keep waiting), and
-    # kstatus's Reconciling says it waits in the queue (8 GPUs fit the quota of 6 some day? no: Stalled).
-    assert c["Ready"]["status"] == "False" and "scale-up to 4 replicas waits" in c["Ready"]["message"]
-    assert c["Ready"]["message"].startswith("2/2 replicas ready")
+    # Three replicas serve, but the change is not done: not Ready (kubectl wait, Flux, Argo CD keep waiting), and
+    # kstatus's Reconciling says it waits in the queue.
+    assert c["Ready"]["status"] == "False" and "3 of 4 replicas granted" in c["Ready"]["message"]
+    assert c["Ready"]["message"].startswith("3/3 replicas ready")
     assert c["QuotaAdmitted"]["status"] == "False" and c["QuotaAdmitted"]["reason"] == "QuotaExceeded"
     assert c["Reconciling"]["status"] == "True" and c["Stalled"]["status"] == "False"
-    never = conds(desired_status(big, CFG, decision=dec, model=model(), deployment=child(2), quota_limit=6, now=T1))
+    assert c["ScalingLimited"]["status"] == "True" and c["ScalingLimited"]["reason"] == "QuotaExceeded"
+    assert c["ScalingLimited"]["message"].startswith("h100 6/6: 3 of 4 replicas granted; 1 more wait")
+    never = conds(desired_status(big, CFG, decision=dec, model=model(), deployment=child(3), quota_limit=6, now=T1))
     assert never["Stalled"]["status"] == "True" and never["Stalled"]["reason"] == "QuotaNeverFits"
-    assert st["readySummary"] == "2/4" and st["endpoint"]
+    assert "3 of 4 replicas run" in never["Ready"]["message"]
+    assert "holds at most 3 replicas" in never["ScalingLimited"]["message"]
+    assert st["readySummary"] == "3/4" and st["endpoint"]
+    assert (st["desiredReplicas"], st["grantedReplicas"]) == (4, 3)
 
 
 def test_render_error_and_pending_decision():

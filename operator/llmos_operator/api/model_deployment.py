@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from .autoscaling import AutoscalingSpec, AutoscalingStatus
 from .base import (
     _AGE,
     DNS_1035_LABEL,
@@ -162,7 +163,8 @@ class ModelDeploymentSpec(ApiModel):
     )
 
     model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Name of a Model in this namespace.")
-    replicas: int = Field(1, ge=0, le=1000, description="Number of replicas.")
+    replicas: int = Field(1, ge=0, le=1000, description="Number of replicas (with spec.autoscaling: where it "
+                          "starts).")
     gpu: GPUSpec
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     adapters: list[Annotated[str, Field(max_length=63)]] = Field(
@@ -179,6 +181,11 @@ class ModelDeploymentSpec(ApiModel):
     )
     access: AccessSpec = Field(
         default_factory=AccessSpec, description="API keys.", json_schema_extra={"default": {}}
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Follow the load between minReplicas and maxReplicas (spec.replicas is then only where "
+        "it starts; the scale subresource's writes are not used). Not together with an external autoscaler "
+        "(HorizontalPodAutoscaler, KEDA) on this object: that is reported (ScalingActive=False) and scaling holds."
     )
 
 
@@ -224,6 +231,14 @@ class ModelDeploymentStatus(ApiModel):
         "the Model changes."
     )
     queue_position: int | None = Field(None, ge=1, description="Place in the admission queue while waiting.")
+    desired_replicas: int | None = Field(
+        None, ge=0, description="Replicas wanted: spec.replicas, or the autoscaler's count (status.autoscaling)."
+    )
+    granted_replicas: int | None = Field(
+        None, ge=0, description="Replicas the tenant's quota reserves GPUs for (fewer than desired while the rest "
+        "waits: ScalingLimited)."
+    )
+    autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's last decision.")
     selector: str | None = Field(None, max_length=1024, description="Label selector of the pods (scale subresource).")
     gpu_summary: str | None = Field(None, max_length=128, description='GPU class × GPUs per replica, e.g. "h100×2".')
     remote_code: bool | None = Field(
@@ -238,7 +253,7 @@ class ModelDeploymentStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     conditions: list[Condition] = _conditions_field(
-        "Ready, QuotaAdmitted, ModelVerified, Progressing and Degraded."
+        "Ready, QuotaAdmitted, ModelVerified, Progressing, Degraded, ScalingActive and ScalingLimited."
     )
 
 
@@ -252,6 +267,8 @@ class ModelDeployment(Resource):
     PRINTER_COLUMNS = (
         PrinterColumn("Model", "string", ".spec.model", "Model served"),
         PrinterColumn("GPU", "string", ".status.gpuSummary", "GPU class × GPUs per replica"),
+        PrinterColumn("Desired", "integer", ".status.desiredReplicas", "Replicas wanted (spec or autoscaler)"),
+        PrinterColumn("Granted", "integer", ".status.grantedReplicas", "Replicas the quota reserves GPUs for"),
         PrinterColumn("Ready", "string", ".status.readySummary", "Ready/desired replicas"),
         _condition_column("Admitted", "QuotaAdmitted"),
         _condition_column("Status", "Ready", "reason", priority=1),

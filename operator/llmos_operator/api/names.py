@@ -7,6 +7,7 @@ from __future__ import annotations
 # Who made an object ---------------------------------------------------------------------------------------------
 MANAGED_BY = "llmos"
 RUNTIME_APP = "llmos-runtime"
+OPERATOR_APP = "llmos-operator"  # app.kubernetes.io/name of the operator's pods (the chart's selector label)
 FIELD_MANAGER = "llmos"  # server-side apply field manager of the operator
 
 # Labels -----------------------------------------------------------------------------------------------------------
@@ -60,6 +61,8 @@ NAMESPACES_READY = "NamespacesReady"  # the Tenant's: every namespace it lists i
 OVER_QUOTA = "OverQuota"  # the Tenant's: reservations above a quota that was lowered
 ISOLATED = "Isolated"  # the Tenant's: every GPU pod of its namespaces belongs to an admitted ModelDeployment
 CHILD_CONFLICT = "ChildConflict"  # reason: an object in the way of a child is not llmos's
+SCALING_ACTIVE = "ScalingActive"  # a ModelDeployment's with spec.autoscaling: the replica count follows its load
+SCALING_LIMITED = "ScalingLimited"  # fewer replicas granted than wanted (quota), or the load wants more than max
 
 
 def selector_labels(mdep_name: str) -> dict[str, str]:

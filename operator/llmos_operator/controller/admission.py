@@ -37,6 +37,7 @@ from ..core.quota import (
 )
 from ..core.status import model_servable, model_serving, status_changed, tenant_status, transitions
 from ..core.status.model import verified_condition
+from ..core.workloads import pod_gpus
 from ..kube.client import Gone, NotOwned, with_owner
 from ..render import render_resource_quota
 from .gpu_pods import GPUPodReconciler
@@ -150,7 +151,12 @@ class Admission:
 
     def _candidate(self, mdep: ModelDeployment, owner: str | None, tenant: Tenant | None,
                    ledger: Mapping[str, Any], out: _Candidates) -> None:
-        request = Request.from_model_deployment(mdep, owner, surge=self.ctx.state.surge_ask(mdep.key))
+        # A scale-up is granted in part (whole replicas that fit), unless the pods change shape: replicas of the
+        # old and the new gpu.count are not mixed (the Deployment is left as it is until the new shape fits).
+        stored = self.ctx.cache["Deployment"].get(mdep.metadata.name, mdep.metadata.namespace)
+        partial = stored is None or pod_gpus(stored) in (None, mdep.spec.gpu.count)
+        request = Request.from_model_deployment(mdep, owner, surge=self.ctx.state.surge_ask(mdep.key),
+                                                partial=partial)
         refusal = policy.deployment_refusal(mdep, tenant, self.ctx.config) if tenant else None
         conflict = self.ctx.state.child_conflict(mdep.key, mdep.metadata.uid)
         if refusal is None and conflict is not None:
@@ -166,7 +172,8 @@ class Admission:
                 # The Model's new revision is being verified, or was rejected: the previous one keeps serving on
                 # the GPUs it holds; nothing changes until the newest revision is verified.
                 frozen = ("ModelNotVerified", f"Model {model.metadata.name}'s newest revision is not verified")
-                out.requests.append(Request.from_model_deployment(mdep, owner, surge=request.surge, frozen=frozen))
+                out.requests.append(Request.from_model_deployment(mdep, owner, surge=request.surge, frozen=frozen,
+                                                                  partial=partial))
             else:
                 # An unverified model reserves no GPU: its deployments are not even candidates.
                 out.refused[mdep.key] = not_a_candidate(request, "ModelNotVerified", _not_servable(mdep, model))

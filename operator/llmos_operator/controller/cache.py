@@ -26,6 +26,7 @@ from ..core.ownership import Ownership, ownership
 from ..kube.client import KindPath, Kube
 from ..kube.informer import Informer, Store
 from .summaries import (
+    autoscaler_summary,
     child_summary,
     deployment_summary,
     metadata_summary,
@@ -81,6 +82,10 @@ def build_store(kube: Kube, config: OperatorConfig, on: dict[str, EventHandler])
         # their plain text (core/api_keys.py).
         "ApiKeySecret": informer("ApiKeySecret", "Secret", _key_secret_summary,
                                  field_selector=f"type={API_KEY_SECRET_TYPE}"),
+        # External autoscalers (KEDA makes HorizontalPodAutoscalers too): one on a ModelDeployment with
+        # spec.autoscaling is reported and holds the count, rather than fighting llmos's autoscaler.
+        "HorizontalPodAutoscaler": informer("HorizontalPodAutoscaler", "HorizontalPodAutoscaler",
+                                            autoscaler_summary),
     })
 
 

@@ -7,7 +7,8 @@ are not used: it shares one unfiltered watch per resource (label filters run in 
 ConfigMap of the cluster has been sent) and its listing has no "complete" signal; the informers of ``kube/`` select
 on the API server and say when they are synced (docs/architecture.md).
 
-Start-up order: informers list everything, then the workers start (nothing is decided on a half-known world).
+Start-up order: informers list everything, then the workers start (nothing is decided on a half-known world), then
+the autoscaler (controller/autoscaler.py), which needs no ordering: what it decided before is in the status.
 Decisions are published by admission passes; a deployment that finds none waits for one (its key comes back), so no
 pass has to run before the workers.
 """
@@ -33,6 +34,7 @@ from ..kube.workqueue import WorkQueue, run_workers
 from .admission import Admission, Conflict
 from .api_keys import KIND as API_KEYS
 from .api_keys import ApiKeysReconciler
+from .autoscaler import Autoscaler
 from .cache import Cache, build_store
 from .children import ChildWriter
 from .gpu_pods import GPUPodReconciler
@@ -69,6 +71,7 @@ class Manager:
             "PodDisruptionBudget": self.triggers.child, "HTTPRoute": self.triggers.child,
             "BundleConfigMap": self.triggers.bundle_configmap,
             "KeySecret": self.triggers.key_secret, "ApiKeySecret": self.triggers.api_key_secret,
+            "HorizontalPodAutoscaler": self.triggers.autoscaler,
         })
         self.ctx.cache.store = self.store
         self.gpu_pods = GPUPodReconciler(self.ctx)
@@ -78,6 +81,7 @@ class Manager:
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
         self.api_keys = ApiKeysReconciler(self.ctx)
         self.usage = UsageMeter(self.ctx)
+        self.autoscaler = Autoscaler(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
                              sync_within=STORE_SYNC_TIMEOUT)
@@ -126,9 +130,11 @@ class Manager:
         self.workers.extend(run_workers(self.queue, self.handle, workers, self.on_error))
         self.usage.start()
         threading.Thread(target=self._resync, args=(resync_seconds,), name="llmos-resync", daemon=True).start()
+        self.autoscaler.start()
 
     def stop(self) -> None:
         self.usage.stop()
+        self.autoscaler.stop()
         self.queue.close()
         self.store.stop()
 

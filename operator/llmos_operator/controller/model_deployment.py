@@ -24,6 +24,7 @@ from ..api.names import ANNOTATION_ADAPTERS, CHILD_CONFLICT, LABEL_MODEL, RECONC
 from ..api.types import Model, ModelDeployment, Tenant
 from ..config import GPUClass
 from ..core import policy
+from ..core.autoscaling import external_autoscalers, wanted_replicas
 from ..core.errors import RenderError
 from ..core.placement import Fit, can_ever_fit, summarize_scheduling_failures
 from ..core.quota import Decision, ledger_key
@@ -99,8 +100,10 @@ class ModelDeploymentReconciler:
             return  # invalid (logged)
         self._recheck_conflict(mdep)
         decision = self.ctx.state.decision(key, mdep.metadata.uid)
-        if decision is None or decision.generation != mdep.metadata.generation:
-            # Nothing is rendered, and no status claims this generation, before admission has decided it.
+        if (decision is None or decision.generation != mdep.metadata.generation
+                or decision.wanted_replicas != wanted_replicas(mdep)):
+            # Nothing is rendered, and no status claims this generation, before admission has decided it (nor a
+            # replica count the autoscaler asks for before admission has granted it).
             self.ctx.admit_again(namespace=namespace)
             self._admission_pending(mdep)
             return
@@ -297,11 +300,16 @@ class ModelDeploymentReconciler:
             scheduling, termination_messages, adapter_reports = _pod_facts(seen.pods)
         revision, target = _revisions(mdep, seen.model, [seen.deployment, *seen.replica_sets], seen.plan)
         tenant = self.ctx.cache.stored(Tenant, decision.tenant) if decision.tenant else None
+        ns = mdep.metadata.namespace or ""
         facts = DeploymentFacts(
             decision=decision, model=seen.model, deployment=seen.deployment, fit=fit, scheduling=scheduling,
             termination_messages=termination_messages, render_error=seen.render_error, plan=seen.plan,
             hold=seen.hold, revision=revision, target_revision=target,
             quota_limit=tenant.spec.quota.gpus.get(mdep.spec.gpu.class_, 0) if tenant is not None else None,
+            autoscaler=self.ctx.state.autoscaler_report(mdep.key, mdep.metadata.uid),
+            external_autoscalers=external_autoscalers(self.ctx.cache["HorizontalPodAutoscaler"].list(ns),
+                                                      mdep.metadata.name) if mdep.spec.autoscaling else (),
+            poll_seconds=self.ctx.config.autoscaler.poll_seconds,
         )
         status = desired_status(mdep, self.ctx.config, facts)
         status["adapters"] = (adapter_status(mdep.spec.adapters, adapter_reports, seen.adapter_checks)
@@ -313,7 +321,7 @@ class ModelDeploymentReconciler:
             served_before = bool(old.get("servingTemplate"))
             for t in transitions(old.get("conditions", []), status["conditions"]):
                 if worth_an_event(t, served_before):
-                    good = (t.status == "True") != (t.type == "Degraded")
+                    good = (t.status == "True") != (t.type in ("Degraded", "ScalingLimited"))
                     self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
         return status
 

@@ -6,6 +6,7 @@
 - admission → triggers: which deployments' departing pods still hold GPUs (``releasing``);
 - models → deployments: the last verification of each Model (``verification``);
 - tenants → admission: the namespaces and keys each tenant may not have, shown in its status;
+- autoscaler → deployments: what it last found of each autoscaled deployment (``autoscaler_report``);
 - what each namespace's GPU backstop allows, as last written.
 
 And :class:`AdmissionScope`, what the next admission pass must decide again, as events report it. Everything a
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import OperatorConfig
+from ..core.autoscaling import AutoscalerReport
 from ..core.quota import Decision
 from ..core.verification import Verification
 from ..kube.client import Kube
@@ -86,6 +88,8 @@ class SharedState:
         self._tenant_conflicts: dict[str, dict[str, str]] = {}
         # deployment key → (its uid, (kind, name) of the object in the way of a child, why): not even a candidate
         self._child_conflicts: dict[str, tuple[str, tuple[str, str], str]] = {}
+        # deployment key → (its uid, the autoscaler's last report)
+        self._autoscaler_reports: dict[str, tuple[str, AutoscalerReport]] = {}
 
     # Decisions ------------------------------------------------------------------------------------------------------
 
@@ -190,6 +194,23 @@ class SharedState:
         with self._lock:
             self._child_conflicts.pop(key, None)
 
+    # The autoscaler's reports ---------------------------------------------------------------------------------
+
+    def set_autoscaler_report(self, key: str, uid: str | None, report: AutoscalerReport | None) -> bool:
+        """Record what the autoscaler found (None: forget it); True if that changed what it says."""
+        with self._lock:
+            before = self._autoscaler_reports.get(key)
+            if report is None:
+                self._autoscaler_reports.pop(key, None)
+                return before is not None
+            self._autoscaler_reports[key] = (uid or "", report)
+            return before != (uid or "", report)
+
+    def autoscaler_report(self, key: str, uid: str | None) -> AutoscalerReport | None:
+        with self._lock:
+            found = self._autoscaler_reports.get(key)
+        return found[1] if found is not None and found[0] == (uid or "") else None
+
     # Intruders removed ------------------------------------------------------------------------------------------
 
     def removed_intruder(self, namespace: str, uid: str, description: str) -> None:
@@ -215,6 +236,7 @@ class SharedState:
         with self._lock:
             self._surge_asks.pop(key, None)
             self._child_conflicts.pop(key, None)
+            self._autoscaler_reports.pop(key, None)
 
     def forget_model(self, namespace: str, name: str) -> None:
         with self._lock:

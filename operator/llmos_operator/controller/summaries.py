@@ -73,8 +73,8 @@ def _configmap_volumes(pod_spec: dict) -> list[dict]:
 def pod_summary(pod: dict) -> dict:
     """What the controller reads of a pod: labels and annotations (template hash, adapter report), owners, deletion,
     node (or the node selector and required affinity, to tell the GPU class it asks for), mounted ConfigMaps, its
-    containers' and init containers' resources (the GPUs it holds), phase, conditions and the containers' states
-    (exit codes, messages, restarts)."""
+    containers' and init containers' resources (the GPUs it holds), phase, conditions, the containers' states
+    (exit codes, messages, restarts) and its IP (where the autoscaler reads the engine's load)."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     states = [{k: cs[k] for k in ("name", "ready", "started", "restartCount", "state", "lastState") if k in cs}
               for cs in status.get("containerStatuses") or []]
@@ -86,7 +86,7 @@ def pod_summary(pod: dict) -> dict:
                      "initContainers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
                                         for c in spec.get("initContainers") or []]},
             "status": {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
-                       "containerStatuses": states}}
+                       "containerStatuses": states, "podIP": status.get("podIP")}}
 
 
 def pods_worth_keeping(gpu_resources: Iterable[str]) -> Callable[[dict], dict | None]:
@@ -138,6 +138,14 @@ def deployment_summary(deployment: dict) -> dict:
                                            "containers": [{"name": c.get("name"), "resources": c.get("resources")}
                                                           for c in pod_spec.get("containers") or []]}}},
             "status": deployment.get("status") or {}}
+
+
+def autoscaler_summary(hpa: dict) -> dict:
+    """A HorizontalPodAutoscaler's name and what it scales (one on a ModelDeployment with spec.autoscaling is
+    reported, not left to fight llmos's autoscaler)."""
+    target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    return {"kind": "HorizontalPodAutoscaler", "metadata": _metadata(hpa),
+            "spec": {"scaleTargetRef": {k: target.get(k) for k in ("apiVersion", "kind", "name")}}}
 
 
 def child_summary(obj: dict) -> dict:

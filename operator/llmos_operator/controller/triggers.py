@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from ..api.names import LABEL_MODEL_DEPLOYMENT, LABEL_RELEASED, LABEL_TENANT
+from ..core.autoscaling import scale_target
 from ..core.workloads import gpus_requested, holds_gpus
 from .state import Context
 
@@ -25,14 +26,17 @@ class Triggers:
         self._gpu_resources = tuple({c.resource_name for c in ctx.config.gpu_classes.values()})
         # namespace → (tenant label, released label), for the labelled ones
         self._namespaces: dict[str | None, tuple[str | None, str | None]] = {}
+        # HorizontalPodAutoscaler uid → the ModelDeployment it scales, as last seen (a change wakes both)
+        self._hpa_targets: dict[str | None, tuple[str | None, str]] = {}
 
-    def _changed(self, key: tuple, event_type: str, meta: dict) -> bool:
-        """Is this event more than a status write or a metadata edit of an object llmos already acted on?"""
+    def _changed(self, key: tuple, event_type: str, meta: dict, extra: object = None) -> bool:
+        """Is this event more than a status write or a metadata edit of an object llmos already acted on?
+        (``extra``: a part of the status that is an input, the autoscaler's recorded count.)"""
         with self._lock:
             if event_type == "DELETED":
                 self._seen.pop(key, None)
                 return True
-            seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+            seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")), extra)
             if self._seen.get(key) == seen:
                 return False
             self._seen[key] = seen
@@ -45,7 +49,9 @@ class Triggers:
         ns, name = meta.get("namespace"), meta.get("name")
         if event_type == "DELETED":
             self.ctx.cache.forget("ModelDeployment", ns, name)
-        if self._changed(("ModelDeployment", ns, name), event_type, meta):
+        # The autoscaler's count is recorded in the status: a new one is a new demand for admission.
+        recorded = ((body.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
+        if self._changed(("ModelDeployment", ns, name), event_type, meta, recorded):
             self.ctx.admit_again(namespace=ns)
             self.ctx.wake("ModelDeployment", ns, name)
             self.ctx.wake("ApiKeys", ns)  # its replicas: the share of a limit one replica enforces alone
@@ -84,6 +90,19 @@ class Triggers:
         if meta.get("name"):
             self.ctx.wake("ApiKeys", meta["name"])
         self.ctx.admit_again(everything=True)  # ownership may have moved
+
+    def autoscaler(self, event_type: str, body: dict) -> None:
+        """A HorizontalPodAutoscaler came, went or changed target: the ModelDeployments it scaled and scales say
+        so (ScalingActive) and the autoscaler holds their count."""
+        meta = body.get("metadata") or {}
+        target = None if event_type == "DELETED" else scale_target(body)
+        now = (meta.get("namespace"), target) if target else None
+        with self._lock:
+            before = self._hpa_targets.pop(meta.get("uid"), None)
+            if now is not None:
+                self._hpa_targets[meta.get("uid")] = now
+        for found in {before, now} - {None}:
+            self.ctx.wake("ModelDeployment", *found)  # type: ignore[misc]
 
     # Children -------------------------------------------------------------------------------------------------------
 

@@ -57,10 +57,20 @@ def _snake(key: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in key)
 
 
+def pod_cidr(pool_index: int, node_index: int) -> str:
+    """A fake node's pod range, inside the loopback network: KWOK gives its pods addresses from it, so whatever
+    connects to a fake pod (the operator's autoscaler reading a replica's load) stays on this machine, where a
+    refused connection is all it gets (KWOK's default range, 10.0.0.0/24, would send it to the network)."""
+    block = 100 + 16 * pool_index + node_index // 256
+    if block > 255:
+        raise ValueError(f"too many fake nodes for loopback pod ranges (pool {pool_index}, node {node_index})")
+    return f"127.{block}.{node_index % 256}.0/24"
+
+
 def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
     """Node objects KWOK takes over (the kwok.x-k8s.io/node annotation) and keeps Ready."""
     nodes = []
-    for pool in pools:
+    for pool_index, pool in enumerate(pools):
         for i in range(pool.count):
             name = f"kwok-{pool.name}-{i}"
             labels = {
@@ -90,7 +100,7 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict]:
                     "labels": labels,
                     "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                 },
-                "spec": {"taints": taints},
+                "spec": {"taints": taints, "podCIDR": pod_cidr(pool_index, i), "podCIDRs": [pod_cidr(pool_index, i)]},
                 "status": {"capacity": capacity, "allocatable": dict(capacity)},
             })
     return nodes

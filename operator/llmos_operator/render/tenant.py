@@ -27,11 +27,13 @@ from ..api.names import (
     LABEL_ALLOW_REMOTE_CODE,
     LABEL_GATEWAY,
     LABEL_MANAGED_BY,
+    LABEL_NAME,
     LABEL_RELEASED,
     LABEL_TENANT,
     LIMIT_RANGE_NAME,
     MANAGED_BY,
     NETWORK_POLICY_NAME,
+    OPERATOR_APP,
     RELEASED_POLICY_NAME,
     RELEASED_QUOTA_NAME,
     RESOURCE_QUOTA_NAME,
@@ -153,8 +155,14 @@ def render_limit_range(tenant: Tenant, namespace: str, config: OperatorConfig) -
 
 
 def render_network_policy(tenant: Tenant, namespace: str, config: OperatorConfig | None = None) -> dict:
-    """Ingress to every pod only from the tenant's own namespaces and from gateway namespaces."""
+    """Ingress to every pod only from the tenant's own namespaces and from gateway namespaces; and the operator's
+    pods to the runtime's health port, where the autoscaler reads the engine's load (``/metrics``)."""
     gateway = config.network.gateway_label if config else LABEL_GATEWAY
+    operator = [] if config is None else [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+                  "podSelector": {"matchLabels": {LABEL_NAME: OPERATOR_APP}}}],
+        "ports": [{"protocol": "TCP", "port": config.runtime.health_port}],
+    }]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -168,7 +176,8 @@ def render_network_policy(tenant: Tenant, namespace: str, config: OperatorConfig
                         {"namespaceSelector": {"matchLabels": {LABEL_TENANT: tenant.metadata.name}}},
                         {"namespaceSelector": {"matchLabels": {gateway: "true"}}},
                     ]
-                }
+                },
+                *operator,
             ],
         },
     }

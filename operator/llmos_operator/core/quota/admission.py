@@ -5,8 +5,11 @@ returns the new ledger and one :class:`Decision` per deployment. Rules:
 
 - A deployment's demand is ``replicas × gpu.count`` GPUs of ``gpu.class``.
 - A deployment that holds a reservation keeps it. Scaling down shrinks the reservation at once; scaling up asks for
-  the difference only, and while the difference does not fit it keeps running on its old reservation
-  (``admitted=True``, ``reason=QuotaExceeded``, ``replicas`` = what the old reservation pays for).
+  the difference only, and when the difference does not fit it gets as many whole replicas of it as fit
+  (``Request.partial``; not while a new pod shape waits) and the rest waits in the queue, in order, blocking the
+  later requests of its pool like any other (``admitted=True``, ``reason=QuotaExceeded``, ``replicas`` = what the
+  reservation now pays for, ``limited``). A first admission is all or nothing, unless the request names
+  ``min_replicas`` (autoscaled deployments: minReplicas): then those come all together, the rest as above.
 - Everything else waits in one queue ordered by tenant priority (higher first), then creation time, then
   ``namespace/name``. In order, each is admitted if its tenant's unused quota of that class covers it (and the
   cluster capacity of the class, if given).
@@ -216,28 +219,62 @@ class _Pass:
         return (-priority, r.created, r.key)
 
     def decide(self, r: Request, held: int) -> None:
-        """Admit a waiting request if its tenant's quota (and the class's capacity) allows, in queue order."""
+        """Admit a waiting request if its tenant's quota (and the class's capacity) allows, in queue order; a
+        scale-up (or a first admission above its ``min_replicas``) that does not fit whole gets the whole replicas
+        that fit, and the rest waits in the queue."""
         holds = r.key in self.new_ledger  # admitted before (possibly with 0 GPUs): it keeps its reservation
         refusal = self._refusal(r, held, holds)
         if refusal is not None:
             self.decisions[r.key] = waiting_decision(r, held, holds, *refusal)
             return
         tenant = self.tenants[r.tenant or ""]
-        pool, limit, delta = (r.tenant, r.gpu_class), tenant.gpus.get(r.gpu_class, 0), r.demand - held
-        reason, message = self._wait_reason(r, held, tenant, pool, limit, delta)
-        if reason is not None:
-            position = self.queue_length[pool] = self.queue_length.get(pool, 0) + 1
-            self.decisions[r.key] = waiting_decision(r, held, holds, reason, f"{message} (queue position {position})",
-                                                     position)
-            if reason == INSUFFICIENT_CAPACITY:
-                self.blocked_pools.setdefault(pool, r.key)  # keep order inside the tenant too
+        pool, limit = (r.tenant, r.gpu_class), tenant.gpus.get(r.gpu_class, 0)
+        room = self._room(r, pool, limit)
+        if room is not None and r.demand - held <= room:
+            self._reserve(r, pool, held, r.demand, holds)
+            self.decisions[r.key] = admitted_decision(
+                r, f" (tenant {tenant.name} now uses {self.used[pool]} of {limit})")
             return
-        self.new_ledger[r.key] = entry(r.gpu_class, r.demand, r.uid)
-        self.used[pool] = self.used.get(pool, 0) + delta
-        self.class_used[r.gpu_class] = self.class_used.get(r.gpu_class, 0) + delta
+        granted = self._part_that_fits(r, held, holds, room)
+        if granted > held or (granted > 0 and not holds):
+            self._reserve(r, pool, held, granted, holds)
+            holds = True
+        reason, message = self._wait_reason(r, granted, tenant, pool, limit, r.demand - granted)
+        assert reason is not None  # what is left does not fit: that is why only part was granted
+        position = self.queue_length[pool] = self.queue_length.get(pool, 0) + 1
+        self.decisions[r.key] = waiting_decision(r, granted, holds, reason, f"{message} (queue position {position})",
+                                                 position)
+        if reason == INSUFFICIENT_CAPACITY:
+            self.blocked_pools.setdefault(pool, r.key)  # keep order inside the tenant too
+
+    def _room(self, r: Request, pool: Pool, limit: int) -> int | None:
+        """GPUs this request may take now: what is left of its tenant's quota (and of the class's capacity); None
+        when an earlier request of its pool (or class) waits, which it may not overtake."""
+        if not self.backfill and (pool in self.blocked_pools or r.gpu_class in self.blocked_classes):
+            return None
+        room = limit - self.used.get(pool, 0)
+        cap = self.capacity.get(r.gpu_class)
+        if cap is not None:
+            room = min(room, cap - self.class_used.get(r.gpu_class, 0))
+        return max(room, 0)
+
+    def _part_that_fits(self, r: Request, held: int, holds: bool, room: int | None) -> int:
+        """GPUs to reserve when the whole request does not fit: ``held`` plus as many whole replicas as ``room``
+        allows — for a reservation held, or a first admission of at least ``min_replicas`` — else ``held``."""
+        per = r.gpus_per_replica
+        if room is None or not r.partial or per <= 0:
+            return held
+        granted = held + (room // per) * per
+        if not holds and granted < (r.replicas if r.min_replicas is None else r.min_replicas) * per:
+            return held  # a new deployment's first replicas come all together (minReplicas) or not at all
+        return granted
+
+    def _reserve(self, r: Request, pool: Pool, held: int, gpus: int, holds: bool) -> None:
+        self.new_ledger[r.key] = entry(r.gpu_class, gpus, r.uid)
+        self.used[pool] = self.used.get(pool, 0) + gpus - held
+        self.class_used[r.gpu_class] = self.class_used.get(r.gpu_class, 0) + gpus - held
         if not holds:
             self.deployments[r.tenant] = self.deployments.get(r.tenant, 0) + 1
-        self.decisions[r.key] = admitted_decision(r, f" (tenant {tenant.name} now uses {self.used[pool]} of {limit})")
 
     def _refusal(self, r: Request, held: int, holds: bool) -> tuple[str, str] | None:
         """Why a request cannot be admitted whatever the quota: no tenant, cordoned, unknown class, too many."""
@@ -305,7 +342,13 @@ class _Pass:
     def result(self) -> AdmissionResult:
         decisions = {key: replace(d, generation=self.by_key[key].generation,
                                   surge=self.new_ledger.get(surge_key(key), {}).get("gpus", 0),
-                                  surge_wanted=self.by_key[key].surge or 0)
+                                  surge_wanted=self.by_key[key].surge or 0,
+                                  wanted_replicas=self.by_key[key].replicas)
                      for key, d in self.decisions.items()}
+        for key, d in decisions.items():
+            tenant = self.tenants.get(d.tenant) if d.tenant is not None else None
+            if d.limited and tenant is not None:  # what ScalingLimited names: the class, its use and its quota
+                used = self.used.get((d.tenant, d.gpu_class), 0)
+                decisions[key] = replace(d, pool=f"{d.gpu_class} {used}/{tenant.gpus.get(d.gpu_class, 0)}")
         return AdmissionResult(ledger=dict(sorted(self.new_ledger.items())), decisions=dict(sorted(decisions.items())),
                                dropped=sorted(set(self.dropped)), held_owners=self.held_owners)

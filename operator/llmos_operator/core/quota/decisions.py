@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from ...api.types import ModelDeployment, Tenant
+from ..autoscaling import gang_replicas, wanted_replicas
 from .ledger import Ledger, deployment_key, ledger_key, pod_key
 
 ADMITTED = "Admitted"
@@ -72,6 +73,11 @@ class Request:
     generation: int | None = None  # of the ModelDeployment: the decision is for this spec
     surge: int | None = None  # GPUs its rollout wants above the reservation; None: unknown, keep what is held
     frozen: tuple[str, str] | None = None  # (reason, message): keep the reservation as it is, ask for nothing
+    # The fewest replicas a first admission may grant (the rest as quota allows); None: all of them or nothing.
+    min_replicas: int | None = None
+    # A scale-up of a reservation held may be granted in part (as many whole replicas as fit). False while a new pod
+    # shape waits: replicas of two shapes are not mixed.
+    partial: bool = True
 
     @property
     def key(self) -> str:
@@ -83,18 +89,20 @@ class Request:
 
     @classmethod
     def from_model_deployment(cls, mdep: ModelDeployment, tenant: str | None, *, surge: int | None = None,
-                              frozen: tuple[str, str] | None = None) -> Request:
+                              frozen: tuple[str, str] | None = None, partial: bool = True) -> Request:
         meta = mdep.metadata
         return cls(
             generation=meta.generation,
             surge=surge,
             frozen=frozen,
+            partial=partial,
+            min_replicas=gang_replicas(mdep),
             namespace=meta.namespace or "",
             name=meta.name,
             uid=meta.uid or "",
             tenant=tenant,
             gpu_class=mdep.spec.gpu.class_,
-            replicas=mdep.spec.replicas,
+            replicas=wanted_replicas(mdep),
             gpus_per_replica=mdep.spec.gpu.count,
             created=parse_time(meta.creation_timestamp),
         )
@@ -139,11 +147,18 @@ class Decision:
     surge: int = 0  # surge GPUs reserved for its rollout
     surge_wanted: int = 0  # surge GPUs asked for (more than ``surge`` while the rollout waits for quota)
     surge_message: str = ""  # why the surge waits
+    wanted_replicas: int = 0  # replicas asked for (the spec's, or the autoscaler's)
+    pool: str = ""  # while granted in part: "<class> <used>/<quota>" of its tenant after the pass
 
     @property
     def complete(self) -> bool:
         """The whole spec is admitted."""
         return self.reason == ADMITTED
+
+    @property
+    def limited(self) -> bool:
+        """Admitted, with fewer replicas than asked for: the rest waits in the queue."""
+        return self.admitted and self.replicas < self.wanted_replicas
 
 
 @dataclass(frozen=True)
@@ -207,7 +222,8 @@ def not_a_candidate(r: Request, reason: str, message: str) -> Decision:
     """The decision for a deployment that reserves nothing and waits for nothing in the queue: the platform's policy
     refuses it, or its Model may not be served."""
     return Decision(key=r.key, tenant=r.tenant, admitted=False, reason=reason, message=message,
-                    gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0, generation=r.generation)
+                    gpu_class=r.gpu_class, requested=r.demand, reserved=0, replicas=0, generation=r.generation,
+                    wanted_replicas=r.replicas)
 
 
 def admitted_decision(r: Request, suffix: str) -> Decision:
@@ -221,12 +237,13 @@ def admitted_decision(r: Request, suffix: str) -> Decision:
 def waiting_decision(
     r: Request, held: int, holds: bool, reason: str, message: str, position: int | None = None
 ) -> Decision:
-    """A request that (partly) waits. If it ``holds`` a reservation (of ``held`` GPUs) it keeps running on it."""
+    """A request that (partly) waits. If it ``holds`` a reservation (of ``held`` GPUs: what it held, or what part of
+    its scale-up fitted) it runs on that."""
     replicas = min(r.replicas, held // r.gpus_per_replica) if r.gpus_per_replica else 0
     if holds:
         message = (
-            f"scale-up to {r.replicas} replicas waits: {message}; "
-            f"meanwhile {replicas} replicas run on the {held} GPUs already reserved"
+            f"{replicas} of {r.replicas} replicas granted ({held} {r.gpu_class} GPUs reserved); the other "
+            f"{r.replicas - replicas} wait: {message}"
         )
     return Decision(
         key=r.key, tenant=r.tenant, admitted=holds, reason=reason, message=message, gpu_class=r.gpu_class,

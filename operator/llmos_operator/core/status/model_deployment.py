@@ -21,17 +21,35 @@ from ...api.names import (
     QUOTA_ADMITTED,
     READY,
     RECONCILING,
+    SCALING_ACTIVE,
+    SCALING_LIMITED,
     STALLED,
     selector_string,
 )
 from ...api.types import Model, ModelDeployment
 from ...config import OperatorConfig
+from ..autoscaling import (
+    EXTERNAL_AUTOSCALER,
+    METRICS_UNAVAILABLE,
+    AutoscalerReport,
+    gang_replicas,
+    wanted_replicas,
+)
 from ..errors import RenderError
 from ..placement import Fit
 from ..quota import Decision
-from ..rollout import COMPLETE, ROLLED_BACK, ROLLOUT_FAILED, ROLLOUT_STOPPED, WAITING_FOR_SURGE, RolloutPlan
+from ..rollout import (
+    COMPLETE,
+    ROLLED_BACK,
+    ROLLOUT_FAILED,
+    ROLLOUT_STOPPED,
+    STARTING,
+    WAITING_FOR_SURGE,
+    RolloutPlan,
+)
 from .conditions import condition, merge_conditions, now_rfc3339
 from .model import ModelCheck, check_model
+from .scaling import quota_satisfied, scaling_conditions
 
 # Reasons that do not go away without someone changing a spec, a key, a quota or the nodes: kstatus Stalled.
 STALLED_REASONS = frozenset({
@@ -55,7 +73,8 @@ class DeploymentFacts:
     rendered or written. ``plan``: the rollout planner's answer. ``hold``: (reason, message) when the stored
     Deployment is left as it is (the Model's new revision is being verified or was rejected; a new pod shape waits
     for quota). ``quota_limit``: the tenant's quota of the class (a request above it can never be admitted).
-    ``revision``/``target_revision``: what serves and what rolls."""
+    ``revision``/``target_revision``: what serves and what rolls. ``autoscaler``: the autoscaler's last report
+    (None: none yet). ``external_autoscalers``: HorizontalPodAutoscalers targeting it (``<namespace>/<name>``)."""
 
     decision: Decision | None
     model: Model | None
@@ -69,6 +88,9 @@ class DeploymentFacts:
     quota_limit: int | None = None
     revision: str | None = None
     target_revision: str | None = None
+    autoscaler: AutoscalerReport | None = None
+    external_autoscalers: tuple[str, ...] = ()
+    poll_seconds: float = 5.0
 
     @property
     def admitted(self) -> bool:
@@ -124,6 +146,8 @@ def desired_status(mdep: ModelDeployment, config: OperatorConfig, facts: Deploym
 
     if decision is None:
         admitted = condition(QUOTA_ADMITTED, "Unknown", "Pending", "admission has not run yet", gen)
+    elif quota_satisfied(mdep, decision) and not decision.complete:  # minReplicas granted; the rest: ScalingLimited
+        admitted = condition(QUOTA_ADMITTED, True, "Admitted", decision.message, gen)
     else:
         admitted = condition(QUOTA_ADMITTED, decision.complete, decision.reason, decision.message, gen)
     verified_status: bool | str = "Unknown" if check.verified is None else check.verified
@@ -134,9 +158,11 @@ def desired_status(mdep: ModelDeployment, config: OperatorConfig, facts: Deploym
         condition(MODEL_VERIFIED, verified_status, check.reason, check.message, gen),
         condition(PROGRESSING, *progressing, gen), condition(DEGRADED, *degraded, gen),
         *_kstatus(ready, degraded, check, gen),
+        *scaling_conditions(mdep, decision, facts.autoscaler, facts.external_autoscalers, mdep.status.conditions,
+                            facts.poll_seconds, facts.quota_limit),
     ]
-    return {**_counts(mdep, config, facts, check, rollout),
-            "conditions": merge_conditions(mdep.status.conditions, ordered, now)}
+    kept = [c for c in mdep.status.conditions if c.type != SCALING_ACTIVE or mdep.spec.autoscaling is not None]
+    return {**_counts(mdep, config, facts, check, rollout), "conditions": merge_conditions(kept, ordered, now)}
 
 
 def _verdict(mdep: ModelDeployment, facts: DeploymentFacts, check: ModelCheck,
@@ -161,7 +187,7 @@ def _verdict(mdep: ModelDeployment, facts: DeploymentFacts, check: ModelCheck,
             AS_EXPECTED
     failures = [m.strip() for m in facts.termination_messages if m and m.strip()]
     runtime_failed: Verdict = (True, "RuntimeFailed", failures[0]) if failures else AS_EXPECTED
-    if rollout.complete and not decision.complete:
+    if rollout.complete and not quota_satisfied(mdep, decision):
         # Serving what is reserved while the rest of the spec waits: not Ready, so that `kubectl wait` and GitOps
         # tools do not take a change that waits for quota for done.
         message = f"{rollout.ready}/{rollout.want} replicas ready; {decision.message}"
@@ -170,10 +196,22 @@ def _verdict(mdep: ModelDeployment, facts: DeploymentFacts, check: ModelCheck,
         ready: Verdict = ((True, "ScaledToZero", "0 replicas admitted") if rollout.want == 0
                           else (True, "Serving", f"{rollout.ready}/{rollout.want} replicas ready"))
         return ready, (False, "Complete", f"{rollout.updated} replicas of the current revision"), runtime_failed
+    if _scaling(mdep, facts, rollout, failures):
+        # An autoscaled deployment adding or removing replicas of the revision it serves, its minimum ready: Ready
+        # (what it promises serves), not a new Warning Event at every scale.
+        scaling = (True, "Scaling", f"{rollout.ready}/{rollout.want} replicas ready, scaling to {rollout.want}")
+        return scaling, scaling, AS_EXPECTED
     reason, message = _rolling_reason(mdep, facts, rollout, failures)
     stuck = reason in ("Unschedulable", "ProgressDeadlineExceeded")
     bad = reason in ("Unschedulable", "RuntimeFailed", "ProgressDeadlineExceeded")
     return (False, reason, message), (not stuck, reason, message), (True, reason, message) if bad else AS_EXPECTED
+
+
+def _scaling(mdep: ModelDeployment, facts: DeploymentFacts, rollout: _Rollout, failures: list[str]) -> bool:
+    gang = gang_replicas(mdep)
+    return (gang is not None and rollout.ready >= gang and rollout.updated >= rollout.replicas and not failures
+            and not rollout.deadline_exceeded and (facts.fit is None or facts.fit.fits)
+            and quota_satisfied(mdep, facts.decision))
 
 
 def _rolling_reason(mdep: ModelDeployment, facts: DeploymentFacts, rollout: _Rollout,
@@ -222,7 +260,7 @@ def _held_or_planned(mdep: ModelDeployment, facts: DeploymentFacts, rollout: _Ro
             message = before.message  # what failed, as said when it failed
         failed: Verdict = (False, "RolloutFailed", message)
         return failed, failed, (True, "RolloutFailed", message)
-    if ready[0] and plan.phase != COMPLETE:
+    if ready[0] and plan.phase != COMPLETE and not (ready[1] == "Scaling" and plan.phase == STARTING):
         # The Deployment's counters say done before the pods of the template are all seen: not yet.
         return (False, plan.phase, plan.message), (True, plan.phase, plan.message), degraded
     return verdict
@@ -235,8 +273,13 @@ def _never_fits(mdep: ModelDeployment, facts: DeploymentFacts, ready: Verdict,
     if (ready[0] or ready[1] != "QuotaExceeded" or facts.quota_limit is None or decision is None
             or decision.requested <= facts.quota_limit):
         return ready, progressing
-    why = (f"asks for {decision.requested} {mdep.spec.gpu.class_} GPUs but the tenant's quota is "
-           f"{facts.quota_limit}: it can never be admitted; lower replicas or gpu.count, or raise the quota")
+    if decision.admitted:
+        why = (f"asks for {decision.requested} {mdep.spec.gpu.class_} GPUs but the tenant's quota is "
+               f"{facts.quota_limit}: {decision.replicas} of {decision.wanted_replicas} replicas run, the others can "
+               "never be admitted; lower replicas or gpu.count, or raise the quota")
+    else:
+        why = (f"asks for {decision.requested} {mdep.spec.gpu.class_} GPUs but the tenant's quota is "
+               f"{facts.quota_limit}: it can never be admitted; lower replicas or gpu.count, or raise the quota")
     return (False, "QuotaNeverFits", why), (False, "QuotaNeverFits", why)
 
 
@@ -258,6 +301,7 @@ def _counts(mdep: ModelDeployment, config: OperatorConfig, facts: DeploymentFact
             rollout: _Rollout | None) -> dict[str, Any]:
     """Everything of the status but its conditions."""
     plan, decision, admitted = facts.plan, facts.decision, facts.admitted
+    desired = decision.wanted_replicas if decision is not None else wanted_replicas(mdep)
     ready_count = rollout.ready if rollout else 0
     updated_count = rollout.updated if rollout else 0
     if plan is not None and rollout is not None:
@@ -281,7 +325,11 @@ def _counts(mdep: ModelDeployment, config: OperatorConfig, facts: DeploymentFact
         "queuePosition": decision.queue_position if decision is not None else None,
         "selector": selector_string(mdep.metadata.name),
         "gpuSummary": f"{mdep.spec.gpu.class_}×{mdep.spec.gpu.count}",
-        "readySummary": f"{ready_count}/{mdep.spec.replicas}",
+        "readySummary": f"{ready_count}/{desired}",
+        "desiredReplicas": desired,
+        "grantedReplicas": decision.replicas if decision is not None and decision.admitted else 0,
+        # the autoscaler's record goes with spec.autoscaling (only the autoscaler writes it)
+        **({"autoscaling": None} if mdep.spec.autoscaling is None else {}),
     }
 
 
@@ -309,9 +357,15 @@ def worth_an_event(t: Any, served_before: bool = False) -> bool:
     the 15 API requests a new ModelDeployment cost): admission and verification verdicts (not a new deployment's
     "Model verified", which the Model's Event says), becoming Ready, losing readiness, turning Degraded and
     recovering. Progressing and kstatus's Reconciling/Stalled repeat Ready; the rollout phases have their own
-    Events."""
+    Events. Scaling: becoming limited (a Warning naming the numbers), and an autoscaler that cannot act for a reason
+    someone must fix (an external autoscaler, unreadable metrics) — not a new deployment's replicas still starting;
+    each new count has its own Event (ScaledUp, ScaledDown)."""
     if t.type in (PROGRESSING, RECONCILING, STALLED):
         return False
+    if t.type == SCALING_LIMITED:
+        return bool(t.status == "True")
+    if t.type == SCALING_ACTIVE:
+        return t.status == "False" and t.reason in (EXTERNAL_AUTOSCALER, METRICS_UNAVAILABLE)
     if t.type == MODEL_VERIFIED and t.status == "True" and t.old_status is None:
         return False  # a new deployment of a verified Model: the Model's own Event says so
     if t.type == QUOTA_ADMITTED and t.status == "True" and t.old_status is None:
