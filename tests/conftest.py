@@ -78,4 +78,17 @@ def namespace(cluster: Cluster, request) -> str:
         except client.ApiException:
             time.sleep(0.2)
     yield name
+    # Tenants claiming it go first, whatever the test did or failed to do: a leftover Tenant would make the namespace
+    # again and keep GPUs of the fake nodes reserved for every later test of the session.
+    custom = client.CustomObjectsApi(cluster.api)
+    try:
+        tenants = custom.list_cluster_custom_object("llmos.dev", "v1alpha1", "tenants")["items"]
+    except client.ApiException:
+        tenants = []  # no CRDs in this session
+    for tenant in tenants:
+        if any(ns == name or ns.startswith(name + "-") for ns in tenant.get("spec", {}).get("namespaces", [])):
+            try:
+                custom.delete_cluster_custom_object("llmos.dev", "v1alpha1", "tenants", tenant["metadata"]["name"])
+            except client.ApiException:
+                pass
     core.delete_namespace(name, propagation_policy="Background")

@@ -262,10 +262,16 @@ def test_the_operator_may_change_its_deployment(operator_identity, served):
     ns, name = served
     apps = client.AppsV1Api(operator_identity.api)
     for replicas in (1, 2):
-        current = apps.read_namespaced_deployment(name, ns)
-        current.spec.replicas = replicas
-        current.metadata.annotations = {**(current.metadata.annotations or {}), "llmos.dev/note": "operator"}
-        apps.replace_namespaced_deployment(name, ns, current)
+        for attempt in range(10):  # the Deployment controller and the operator write it too: read again on 409
+            current = apps.read_namespaced_deployment(name, ns)
+            current.spec.replicas = replicas
+            current.metadata.annotations = {**(current.metadata.annotations or {}), "llmos.dev/note": "operator"}
+            try:
+                apps.replace_namespaced_deployment(name, ns, current)
+                break
+            except client.ApiException as exc:
+                if exc.status != 409 or attempt == 9:
+                    raise
 
 
 def test_controllers_still_scale_and_collect_llmos_objects(cluster, tenant_admin, tenant_namespaces):

@@ -259,7 +259,7 @@ class Admission:
         conflicts: dict[str, dict[str, str]] = {t.metadata.name: {} for t in tenants}
         for ns, reserved in sorted(wanted.items()):
             known = self.ctx.state.backstop(ns)
-            if known is not None and known[0] == reserved:
+            if (known is not None and known[0] == reserved) or self.ctx.cache.terminating(ns):
                 continue
             tenant = by_name[owners[ns]]
             quota = with_owner(render_resource_quota(tenant, ns, self.ctx.config, reserved), tenant_ref(tenant))

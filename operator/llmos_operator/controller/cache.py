@@ -168,6 +168,12 @@ class Cache:
         return {n["metadata"]["name"]: n["metadata"]["labels"][LABEL_TENANT] for n in self.store["Namespace"].list()
                 if LABEL_TENANT in (n["metadata"].get("labels") or {})}
 
+    def terminating(self, namespace: str) -> bool:
+        """Being deleted: the API server refuses every new object in it (403), so nothing is written there."""
+        stored = self.store["Namespace"].get(namespace)
+        return stored is not None and bool(stored["metadata"].get("deletionTimestamp")
+                                           or (stored.get("status") or {}).get("phase") == "Terminating")
+
     def ownership(self) -> Ownership:
         """Who owns which namespace, computed once per change of the Tenant or Namespace store: every admission pass
         and Tenant reconcile reads it, and recomputing it each time (O(tenants)) made an idle operator with 1,000

@@ -62,7 +62,8 @@ class ChildWriter:
         if (stored is not None and last is not None and last[0] == digest and last[1] == spec_version(stored)
                 and controller_uid(stored) == controller_uid(child) and time.monotonic() - last[2] < REAPPLY_SECONDS):
             return stored
-        applied = self.ctx.kube.write_owned(child, controller_uid(child) or "", stored)
+        applied = self.ctx.kube.write_owned(child, controller_uid(child) or "", stored,
+                                            absent=informer is not None and informer.synced.is_set())
         with self._lock:
             self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
         return applied

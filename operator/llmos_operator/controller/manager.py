@@ -15,6 +15,7 @@ pass has to run before the workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -116,7 +117,8 @@ class Manager:
         if isinstance(exc, (Conflict, ChildWriteFailed, Gone)):
             log.info("%s: %s; retrying in %.1f s", key, exc, retry_in or 0)
         elif isinstance(exc, ApiException):
-            log.warning("%s: API error %s %s; retrying in %.1f s", key, exc.status, exc.reason, retry_in or 0)
+            log.warning("%s: API error %s %s: %s; retrying in %.1f s", key, exc.status, exc.reason,
+                        api_message(exc), retry_in or 0)
         else:
             log.exception("%s failed; retrying in %.1f s", key, retry_in or 0, exc_info=exc)
 
@@ -235,3 +237,13 @@ def run(*, config_path: str | None, liveness: str | None, metrics_port: int,
         standalone=True,  # the Lease above elects the one active replica; kopf's own peering is not used
     )
     return 0
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own words (which permission, which policy refused), short enough for one log line."""
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+    try:
+        message = str(json.loads(body).get("message", body))
+    except (ValueError, AttributeError):
+        message = body
+    return message[:400]

@@ -100,7 +100,8 @@ class TenantReconciler:
     def _apply_children(self, tenant: Tenant, raw: dict, owned: list[str], reclaimed: list[str]) -> None:
         name = tenant.metadata.name
         children = []
-        for child in render_tenant_children(tenant, self.ctx.config, namespaces=owned):
+        writable = [ns for ns in owned if not self.ctx.cache.terminating(ns)]
+        for child in render_tenant_children(tenant, self.ctx.config, namespaces=writable):
             if child["kind"] == "Namespace":
                 children.append(child)  # namespaces are not owned: deleting a tenant must not delete workloads
             elif child["metadata"]["name"] != RESOURCE_QUOTA_NAME:  # the GPU backstop is admission's, from the ledger

@@ -128,7 +128,10 @@ class Kube:
             method, url, body=data, headers=headers, timeout=urllib3.Timeout(total=REQUEST_TIMEOUT),
             preload_content=True, retries=False)
         if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=RESTResponse(response))
+            exc = ApiException(http_resp=RESTResponse(response))
+            exc.body = response.data.decode(errors="replace")
+            exc.reason = f"{exc.reason} ({method} {path.split('?')[0]})"  # the log says which request was refused
+            raise exc
         return json.loads(response.data) if response.data else None
 
     def apply(self, obj: dict, force: bool = True) -> dict:
@@ -138,14 +141,21 @@ class Kube:
         query = [("fieldManager", self.field_manager), ("force", "true" if force else "false")]
         return self.call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
 
-    def write_owned(self, obj: dict, owner_uid: str, stored: Mapping[str, Any] | None = None) -> dict:
+    def write_owned(self, obj: dict, owner_uid: str, stored: Mapping[str, Any] | None = None, *,
+                    absent: bool = False) -> dict:
         """Write ``obj`` only as an object ``owner_uid`` controls: created if absent, else replaced whole (PUT) with
         the stored object's uid as a precondition — never merged into an object someone else made, nor into one that
         replaced ours meanwhile, and no field another writer added survives (annotations others keep on it, such as
         the Deployment controller's revision, stay). ``stored``: the object as the caller last saw it (None: not
-        known to exist). Raises NotOwned when an object of that name is someone else's (nothing is written), Gone
-        when ours vanished or was replaced between the read and the write."""
+        known to exist). ``absent``: a watch-fed cache says there is none; otherwise an unknown object is read
+        before it is created, because a create refused as AlreadyExists is still charged to the namespace's object
+        count quota until the quota controller's next full count (minutes): after a few operator restarts every
+        create in a tenant namespace would be refused as over quota. Raises NotOwned when an object of that name is
+        someone else's (nothing is written), Gone when ours vanished or was replaced between the read and the
+        write."""
         meta = obj["metadata"]
+        if stored is None and not absent:
+            stored = self.get(obj["kind"], meta["name"], meta.get("namespace"))
         if stored is None:
             try:
                 return self.create(obj)
