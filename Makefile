@@ -46,7 +46,9 @@ crds: venv
 tools:
 	bash hack/setup-tools.sh
 
-demo: venv binaries tools
+# Only what the demo runs (no kstatus, no Gateway API CRDs: those are the tests').
+demo: venv tools
+	bash hack/build-binaries.sh demo
 	$(PY) -m llmos_operator.cli dev demo
 
 test: venv binaries images tools

@@ -7,13 +7,15 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
-KWOK_GO_TOOLCHAIN="${KWOK_GO_TOOLCHAIN:-go1.27.3}"   # kwok's go.mod asks for Go 1.27
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"   # kstatus: the reference status reader (Flux, kpt)
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.6.3}"  # the Gateway API CRDs the operator's HTTPRoutes are checked against
 CACHE="${LLMOS_CACHE:-$HOME/.cache/llmos}"
 BIN="$CACHE/bin"
 export GOFLAGS="-mod=mod -buildvcs=false"
+# The Go on the machine for every build: one toolchain, so kwok, helm and etcd reuse the k8s.io packages the
+# Kubernetes build compiled (a downloaded toolchain would compile them all again into a cache of its own).
+export GOTOOLCHAIN=local
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
@@ -26,6 +28,28 @@ build_in_module() {
   (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
   mv "$out.tmp" "$out"
   log "built $(basename "$out") in $(( $(date +%s) - start )) s"
+}
+
+# build_cmds_in_module DIR OUTDIR LDFLAGS PACKAGE...: one `go build` for several commands of one module: the
+# package graph is loaded and compiled once, and the links (single-threaded, the slow end of each) overlap.
+build_cmds_in_module() {
+  local dir="$1" outdir="$2" ldflags="$3" start pkg missing=() tmp
+  shift 3
+  for pkg in "$@"; do [[ -x "$outdir/$(basename "$pkg")" ]] || missing+=("$pkg"); done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  log "building ${missing[*]##*/} (several minutes on a cold Go cache)…"
+  start=$(date +%s)
+  tmp="$outdir/.tmp-$$"
+  mkdir -p "$tmp"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${missing[@]}")
+  for pkg in "${missing[@]}"; do mv "$tmp/$(basename "$pkg")" "$outdir/"; done
+  rmdir "$tmp"
+  log "built ${missing[*]##*/} in $(( $(date +%s) - start )) s"
+}
+
+# write_go_mod FILE CONTENT: the throw-away module's go.mod, rewritten when this script asks for another one.
+write_go_mod() {
+  [[ -f "$1" && "$(cat "$1")" == "$2" ]] || printf '%s\n' "$2" > "$1"
 }
 
 k8s_minor() { local m="${K8S_VERSION#v1.}"; echo "${m%%.*}"; }
@@ -50,26 +74,23 @@ k8s() {
     mv "$mod/go.mod.tmp" "$mod/go.mod"
   fi
   local stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for cmd in kube-scheduler kubectl kube-controller-manager kube-apiserver; do
-    build_in_module "$mod" "$dir/$cmd" "k8s.io/kubernetes/cmd/$cmd" "$stamp"
-  done
+  build_cmds_in_module "$mod" "$dir" "$stamp" k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
 }
 
 etcd() {
   local dir="$BIN/etcd-$ETCD_VERSION" mod="$CACHE/src/etcd-$ETCD_VERSION"
   mkdir -p "$dir" "$mod"
-  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/etcd-build\ngo 1.26\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$mod/go.mod"
+  write_go_mod "$mod/go.mod" "$(printf 'module llmos.dev/etcd-build\ngo 1.26\nrequire go.etcd.io/etcd/server/v3 %s' "$ETCD_VERSION")"
   build_in_module "$mod" "$dir/etcd" "go.etcd.io/etcd/server/v3" ""
 }
 
 kwok() {
   local dir="$BIN/kwok-$KWOK_VERSION" mod="$CACHE/src/kwok-$KWOK_VERSION"
   mkdir -p "$dir" "$mod"
-  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/kwok-build\ngo 1.27\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" > "$mod/go.mod"
-  for cmd in kwok kwokctl; do
-    GOTOOLCHAIN="$KWOK_GO_TOOLCHAIN" build_in_module "$mod" "$dir/$cmd" "sigs.k8s.io/kwok/cmd/$cmd" \
-      "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
-  done
+  # kwok v0.8.0 asks for Go 1.26.0: the machine's Go builds it
+  write_go_mod "$mod/go.mod" "$(printf 'module llmos.dev/kwok-build\ngo 1.26\nrequire sigs.k8s.io/kwok %s' "$KWOK_VERSION")"
+  build_cmds_in_module "$mod" "$dir" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+    sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 }
 
 helm() {
@@ -110,7 +131,10 @@ gateway_api() {
 }
 
 case "${1:-all}" in
-  all) k8s; etcd; kwok; helm; kstatus; gateway_api ;;
+  # What `llmos dev up` and the demo run (the chart rendered by helm): k8s.io first, as the others reuse its
+  # compiled packages; etcd's module download overlaps with it.
+  demo) k8s & etcd; wait $! ; kwok; helm ;;
+  all) k8s & etcd; wait $!; kwok; helm; kstatus; gateway_api ;;
   paths)
     echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
     echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)"

@@ -16,6 +16,11 @@ Also accepted: ``source`` as the API's ``{"uri": ..., "revision": ...}`` and ``s
 ``"policy": "Disabled"`` (= null) or ``"path"``; any other signature object (a ``bundleRef`` or ``uri`` the pod cannot
 read) makes that adapter fail closed, with the reason reported.
 
+Every ``audit_interval`` seconds (5) the engine's own list of adapters (``GET /v1/models``: LoRA cards carry a
+``parent``) is compared with the set this runtime verified and loaded; anything else — loaded through the
+management route by someone holding the guard token, e.g. from ``kubectl exec`` — is unloaded and reported
+(``foreignUnloaded`` in the report, a counter and an error in the log).
+
 The file is read every ``poll_interval`` seconds and compared by content (a ConfigMap update swaps a symlink, so
 mtimes are not reliable). Each change is reconciled: removed adapters are unloaded, new or changed ones fetched,
 verified and loaded with vLLM's runtime LoRA API (``/v1/load_lora_adapter``, which needs
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 RETRY_SECONDS = 30.0
+AUDIT_SECONDS = 5.0  # issue 18: an adapter the runtime did not verify is unloaded within ≤ 10 s
 
 
 class AdapterFileError(Exception):
@@ -186,6 +192,7 @@ class AdapterManager:
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
         release: Releaser | None = None,
+        audit_interval: float = AUDIT_SECONDS,
     ):
         self.path = path
         self.engine_url = engine_url.rstrip("/")
@@ -201,6 +208,8 @@ class AdapterManager:
         self.file_error: str | None = None
         self.generation: str | None = None  # sha256 of the last file content reconciled
         self.reconciled_at: float | None = None
+        self.audit_interval = audit_interval
+        self.foreign_unloaded: dict[str, float] = {}  # name → when an adapter the runtime did not load was unloaded
         self._wanted: list[AdapterSpec] = []
         self._invalid: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -222,6 +231,7 @@ class AdapterManager:
             "reconciledAt": self.reconciled_at,
             "fileError": self.file_error,
             "loaded": [self.loaded_[n].to_json() for n in sorted(self.loaded_)],
+            "foreignUnloaded": sorted(self.foreign_unloaded),
             "failed": [self.failed[n].to_json(n in self.loaded_) for n in sorted(self.failed)]
             + [{"name": n, "source": None, "reason": r, "previousVersionLoaded": n in self.loaded_}
                for n, r in sorted(self._invalid.items())],
@@ -390,8 +400,34 @@ class AdapterManager:
         self.metrics.adapter_load_seconds.observe(elapsed)
         log.info("loaded adapter %s from %s in %.2fs", spec.name, spec.source, elapsed)
 
+    async def audit(self) -> list[str]:
+        """Unload every adapter the engine serves that this runtime did not verify and load; their names."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        async with self._lock:  # not while a load is half done (the engine has it, loaded_ not yet)
+            async with self._session.get(self.engine_url + "/v1/models", headers=self._headers,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if r.status != 200:
+                    return []
+                cards = (await r.json()).get("data") or []
+            foreign = [c["id"] for c in cards if isinstance(c, dict) and c.get("parent")
+                       and isinstance(c.get("id"), str) and c["id"] not in self.loaded_]
+            for name in foreign:
+                log.error("adapter %s is loaded in the engine but was not verified and loaded by the runtime: "
+                          "unloading it", name)
+                status, text = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+                if status == 200:
+                    self.foreign_unloaded[name] = time.time()
+                    self.metrics.adapters_foreign_unloaded.inc()
+                else:
+                    log.error("unloading foreign adapter %s failed: %s", name, self._engine_error(status, text))
+        if foreign and self.on_change is not None:
+            self.on_change()
+        return foreign
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll the file until ``stop`` is set."""
+        """Poll the file until ``stop`` is set; audit the engine's adapters every ``audit_interval``."""
+        next_audit = time.monotonic() + self.audit_interval
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
@@ -402,3 +438,9 @@ class AdapterManager:
                 await self.reconcile()
             except Exception:  # noqa: BLE001 - the watcher must survive anything
                 log.exception("adapter reconcile failed")
+            if self.lora_enabled and time.monotonic() >= next_audit:
+                next_audit = time.monotonic() + self.audit_interval
+                try:
+                    await self.audit()
+                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                    log.debug("adapter audit: engine not answering: %s", e)

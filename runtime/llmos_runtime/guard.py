@@ -89,6 +89,7 @@ RUNTIME_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", METERING_PATH),
     ("GET", "/metrics"),
     ("GET", "/health"),  # the runtime's health poll must see the engine, not the replica's readiness
+    ("GET", "/v1/models"),  # the adapter audit reads what the engine serves, without an API key
 )
 
 

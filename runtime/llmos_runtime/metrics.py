@@ -30,6 +30,10 @@ class RuntimeMetrics:
         )
         self.adapters_loaded = Gauge("llmos_runtime_adapters_loaded", "adapters currently loaded", registry=r)
         self.adapters_failed = Gauge("llmos_runtime_adapters_failed", "adapters wanted but not loaded", registry=r)
+        self.adapters_foreign_unloaded = Counter(
+            "llmos_runtime_adapters_foreign_unloaded",
+            "adapters found loaded in the engine that the runtime did not verify and load, unloaded", registry=r
+        )
         self.adapter_loads = Counter(
             "llmos_runtime_adapter_loads", "adapter load attempts, by result", ["result"], registry=r
         )

@@ -260,3 +260,50 @@ def test_a_transient_failure_keeps_a_verified_version_serving(tmp_path, monkeypa
         await eng.runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_an_adapter_the_runtime_did_not_load_is_unloaded_by_the_audit(tmp_path):
+    """Issue 18: someone with the guard token (``kubectl exec`` into the pod) loads an unverified adapter through the
+    management route; the audit finds it in the engine's /v1/models and unloads it, and reports it."""
+    f = tmp_path / "adapters.json"
+    write(f, [{"name": "good", "source": "file:///x/good", "signature": None}])
+
+    async def prepare(spec: AdapterSpec):
+        return Path(spec.source.removeprefix("file://")), None
+
+    class EngineWithModels(FakeLoRAEngine):
+        async def start(self):
+            app = web.Application()
+            app.router.add_post("/v1/load_lora_adapter", self.load)
+            app.router.add_post("/v1/unload_lora_adapter", self.unload)
+            app.router.add_get("/v1/models", self.models)
+            self.runner = web.AppRunner(app, access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+        async def models(self, request):  # vLLM's shape: the base model, then each LoRA with its parent
+            return web.json_response({"object": "list", "data": [{"id": "base", "parent": None}] + [
+                {"id": name, "root": path, "parent": "base"} for name, path in self.loaded.items()]})
+
+    async def scenario():
+        eng = EngineWithModels()
+        await eng.start()
+        changes: list[int] = []
+        mgr = AdapterManager(f, engine_url=eng.url, prepare=prepare, metrics=RuntimeMetrics(), served_name="base",
+                             on_change=lambda: changes.append(1))
+        try:
+            await mgr.reconcile(force=True)
+            assert await mgr.audit() == []  # what the runtime loaded stays
+            eng.loaded["injected"] = "/tmp/unverified"  # loaded behind the runtime's back
+            assert await mgr.audit() == ["injected"]
+            assert sorted(eng.loaded) == ["good"]
+            assert mgr.report()["foreignUnloaded"] == ["injected"]
+            assert mgr.metrics.adapters_foreign_unloaded._value.get() == 1
+            assert changes  # reported on the pod
+        finally:
+            await mgr.close()
+            await eng.runner.cleanup()
+
+    asyncio.run(scenario())
