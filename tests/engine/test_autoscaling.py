@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 
 from tests.engine.conftest import record
-from tests.engine.test_rolling_update import CPU_ENGINE, ENGINE_START_TIMEOUT, EndpointSync
+from tests.engine.test_rolling_update import CPU_ENGINE, ENGINE_START_TIMEOUT, NO_KEYS, EndpointSync
 from tests.support.cluster_fixtures import Objects
 from tests.support.lb import RoundRobinLB
 from tests.support.load import LoadGenerator
@@ -68,7 +68,8 @@ def test_a_load_step_scales_one_to_two_and_back_without_a_failed_request(cluster
                  message=f"namespace {namespace} made by the operator, with the runtime's ServiceAccount")
         objects.model("m", policy="Disabled", uri=f"file://{test_models.model_v1}")
         objects.wait_condition("models", "m", "Verified", "False", "SignatureDisabled", timeout=60)
-        objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE, autoscaling=AUTOSCALING)
+        # the load generator carries no API key (keys are tests/engine/test_api_keys*'s subject)
+        objects.deployment("d", model="m", replicas=1, engine=CPU_ENGINE, autoscaling=AUTOSCALING, access=NO_KEYS)
         started = time.monotonic()
         wait_for(lambda: len(_ready(kubelet)) == 1, timeout=ENGINE_START_TIMEOUT, interval=1,
                  message="the first replica ready" + explain())
