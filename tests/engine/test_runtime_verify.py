@@ -39,7 +39,7 @@ def test_verification_failure_exits_before_vllm_starts(test_models: TestModels, 
         signature=model / "model.sig",
         trusted_keys=[key],
         # would make vLLM fail loudly if it were ever started
-        engine_args=["--dtype", "float32", "--max-model-len", "256"],
+        engine_args=["--dtype", "float32", "--max-model-len", "256", "--enforce-eager"],
     )
     started = time.monotonic()
     code = rp.wait(timeout=120)

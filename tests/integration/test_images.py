@@ -179,7 +179,7 @@ def test_cpu_runtime_image_serves_the_signed_model_and_refuses_a_tampered_one(im
                 image, "serve", "--source", "file:///models/tiny", "--signature", "/models/tiny/model.sig",
                 "--trusted-key", "/keys/signer.pem", "--served-name", "tiny", "--host", "127.0.0.1",
                 "--port", str(port), "--health-port", str(health_port), "--termination-log", "/tmp/termination-log",
-                "--", "--dtype", "float32", "--max-model-len", "256"]
+                "--", "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
 
     # Tampered weights: refused before vLLM starts, exit code 4, the file named.
     refused = _run(*serve(f"llmos-runtime-tampered-{uuid.uuid4().hex[:6]}", tampered, free_port(), free_port(),

@@ -16,7 +16,7 @@ Same command, arguments and environment as the container, with these explicit tr
   ``<deployment>-local-0``, the namespace, 127.0.0.1 as pod IP); ``KUBECONFIG`` points nowhere (no API server, so
   the runtime's pod annotation report is off — /adapters on the health port carries the same report).
 - CPU mode (the engine arguments after ``--``; see ``cpu_engine_args``): tensor parallelism 1, no GPU memory
-  fraction, ``--dtype float32``. The environment gets ``CPU_ENV`` (KV cache size, no thread pinning).
+  fraction, ``--dtype float32``, ``--enforce-eager`` (no torch.compile: 10-45 s less per engine start). The environment gets ``CPU_ENV`` (KV cache size, no thread pinning).
 - Not translated (no meaning for a local process): image, resources, securityContext (runAsUser 1000), probes
   (the tests poll /healthz and /readyz themselves), preStop (the tests send SIGTERM directly).
 """
@@ -59,7 +59,9 @@ def cpu_engine_args(args: list[str]) -> list[str]:
         else:
             out += [a] if eq or value is None else [a, value]
         i += step
-    return out + ["--dtype", "float32"]
+    # eager: torch.compile of even a tiny model costs 10-45 s of each engine start on 2 shared cores (and vLLM 0.32's
+    # compile cache fails to load here, so every start compiles again); the tests are about the runtime, not it
+    return out + ["--dtype", "float32"] + ([] if "--enforce-eager" in out else ["--enforce-eager"])
 
 
 @dataclass

@@ -54,7 +54,8 @@ def test_a_rendered_pod_becomes_a_local_runtime_command(tmp_path):
     assert argv[argv.index("--expect-digest") + 1] == "sha256:" + "ab" * 32  # passed through as rendered
     assert local.env["LLMOS_POD_NAME"] == "d-abc-123" and local.env["LLMOS_POD_NAMESPACE"] == "llmos-kubelet-x"
     engine = argv[argv.index("--") + 1:]
-    assert engine == ["--tensor-parallel-size", "1", "--max-model-len", "512", "--dtype", "float32"]
+    assert engine == ["--tensor-parallel-size", "1", "--max-model-len", "512", "--dtype", "float32",
+                      "--enforce-eager"]
     assert argv[argv.index("--port") + 1] == str(local.port) != "8000"
 
 
