@@ -45,7 +45,10 @@ class ApiKeysReconciler:
         secrets = self.ctx.cache["ApiKeySecret"].list(namespace)
         self._tell_refusals(namespace, secrets)
         limits = tenant.spec.limits.model_dump(by_alias=True, exclude_none=True)
-        table = render_key_table(namespace, owner, secrets, limits, self._replicas(namespace))
+        # Replicas size each replica's share of a limit; with no valid key every request is refused (or, with
+        # apiKeys Disabled, never limited), so a namespace without keys does not rewrite its table at every scale.
+        replicas = self._replicas(namespace) if any(s.get("parsed") for s in secrets) else {}
+        table = render_key_table(namespace, owner, secrets, limits, replicas)
         child = with_owner(table, raw_tenant)
         digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
         last = self._applied.get(namespace)
