@@ -564,6 +564,11 @@ def run_equivalent(figures: Figures, args, size: Size, pool, new_api, core, wait
     log(f"raw equivalent: creating the children of {len(children)} ModelDeployments "
         f"({sum(len(c) for c in children)} objects)")
     cpu0 = component_cpu(cluster_name)
+    profile = None
+    if args.profile_dir:
+        profile = ApiServerProfile(new_api(), args.profile_seconds,
+                                   args.profile_dir / f"equivalent-{size.deployments}.pprof")
+        profile.start()
     start = time.monotonic()
     list(pool.map(create, children))
     figures.equivalent_apply_s = time.monotonic() - start
@@ -574,6 +579,8 @@ def run_equivalent(figures: Figures, args, size: Size, pool, new_api, core, wait
     figures.equivalent_all_available_s = max(tracker.done[k] for k in keys) - start
     figures.equivalent_cpu = cpu_between(cpu0, component_cpu(cluster_name))
     watch.stopping.set()
+    if profile is not None:
+        profile.join()  # the API server makes one CPU profile at a time
     log(f"raw equivalent: all available after {figures.equivalent_all_available_s:.1f} s; deleting them")
     for ns in eq_ns:
         core.delete_namespace(ns)
@@ -699,6 +706,8 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
 
         # 1b. raw equivalent ---------------------------------------------------------------------------------------
         bundle, public_key = signed_model(workdir)
+        if profile is not None:
+            profile.join()  # the API server makes one CPU profile at a time
         run_equivalent(figures, args, size, pool, new_api, core, wait_service_accounts, bundle, public_key, name,
                        started_watchers)
 

@@ -96,7 +96,10 @@ def load_private_key(data: bytes | str | PrivateKey, password: bytes | str | Non
         msg = str(err)
         if msg.startswith("expected a private key"):
             raise
-        if "password" in msg.lower() or "decrypt" in msg.lower():
+        # A wrong password decrypts to garbage that, about once in 300 keys, has valid padding: OpenSSL then fails
+        # to parse it ("Could not deserialize key data") instead of saying the password is wrong.
+        encrypted = pw is not None and b"ENCRYPTED PRIVATE KEY" in raw
+        if "password" in msg.lower() or "decrypt" in msg.lower() or encrypted:
             raise ValueError("cannot decrypt private key: wrong or missing password") from None
         raise ValueError(f"not a PEM or DER private key ({msg})") from None
     except Exception as err:  # noqa: BLE001 — any failure to load is "not a key", said with its cause

@@ -47,6 +47,28 @@ def test_a_restarted_operator_continues_from_the_status_it_wrote():
     assert TenantGPUTime.from_status({"gpus": {"h100": 2}}) is None
 
 
+def test_the_meter_writes_reserved_changes_soon_and_serving_changes_alone_rarely():
+    from llmos_operator.controller.usage import (
+        CHANGE_WRITE_SECONDS,
+        PERSIST_SECONDS,
+        SERVING_CHANGE_WRITE_SECONDS,
+        UsageMeter,
+    )
+
+    meter = UsageMeter(ctx=None)  # type: ignore[arg-type] — _due reads only what the meter wrote
+    t0 = ts(2026, 12, 3)
+    written = TenantGPUTime.starting(t0).advance(t0, {"h100": 4}, {"h100": 2})
+    meter._persisted["t"] = (t0, ((("h100", 4),), (("h100", 2),)))
+    assert not meter._due("t", written, t0 + PERSIST_SECONDS - 1)
+    assert meter._due("t", written, t0 + PERSIST_SECONDS)
+    reserved = written.advance(t0 + 1, {"h100": 6}, {"h100": 2})
+    assert not meter._due("t", reserved, t0 + CHANGE_WRITE_SECONDS - 0.5)
+    assert meter._due("t", reserved, t0 + CHANGE_WRITE_SECONDS)
+    serving = written.advance(t0 + 1, {"h100": 4}, {"h100": 4})
+    assert not meter._due("t", serving, t0 + CHANGE_WRITE_SECONDS)
+    assert meter._due("t", serving, t0 + SERVING_CHANGE_WRITE_SECONDS)
+
+
 def test_the_ledger_counts_every_entry():
     assert reserved_gpus({"a/x": {"class": "h100", "gpus": 4}, "a/x#surge": {"class": "h100", "gpus": 2, "kind": "surge"},
                           "a/p#pod": {"class": "l4", "gpus": 1, "kind": "pod"}}) == {"h100": 6, "l4": 1}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from .gpu_pods import GPUPodReconciler
 from .state import AdmissionScope, Context
 
 log = logging.getLogger("llmos.controller.admission")
+PARALLEL_WRITES = 8  # Tenant statuses and GPU backstops a pass writes at once
 
 
 class Conflict(Exception):
@@ -64,6 +66,7 @@ class Admission:
         self._series = metrics.TenantSeries()
         # the tenant gauges as last published: admitted, queued (by tenant), GPUs used, allowed (by tenant and class)
         self._series_values: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
+        self._writers = ThreadPoolExecutor(PARALLEL_WRITES, thread_name_prefix="llmos-admission-write")
 
     def reconcile(self) -> None:
         with self._lock:
@@ -80,6 +83,23 @@ class Admission:
             except BaseException:
                 self.ctx.scope.give_back(scope)  # the queue's retry decides it all the same
                 raise
+
+    def _each(self, write: Callable[[Any], None], items: list) -> None:
+        """``write`` each item, up to ``PARALLEL_WRITES`` at once: a pass that decided a burst of tenants writes
+        one status per tenant and one backstop per namespace, and one after the other they held every decision of
+        the burst back (deployments waited long enough to need an AdmissionPending status write each). Returns when
+        all are done; then raises ``Conflict`` if any write met one (the pass decides again), else the first other
+        failure."""
+        if len(items) <= 1:
+            for item in items:
+                write(item)
+            return
+        futures = [self._writers.submit(write, item) for item in items]
+        errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        conflict = next((e for e in failed if isinstance(e, Conflict)), None)
+        if conflict is not None or failed:
+            raise conflict or failed[0]
 
     def _deciding(self, scope: AdmissionScope.Taken, ownership: Ownership,
                   previous: Mapping[str, tuple[str, Decision]]) -> set[str | None]:
@@ -119,8 +139,8 @@ class Admission:
                 intruders.setdefault(owner, []).append(f"{intruder.namespace}/{intruder.name} ({intruder.why})")
         for ns, owner in deciding_owners.items():  # removed, still terminating: still reported
             intruders.setdefault(owner, []).extend(self.ctx.state.removed_intruders(ns).values())
-        for tenant in deciding_tenants:
-            self._write_tenant_status(tenant, ownership, result, intruders.get(tenant.metadata.name, []))
+        self._each(lambda tenant: self._write_tenant_status(tenant, ownership, result,
+                                                           intruders.get(tenant.metadata.name, [])), deciding_tenants)
         self._publish_series(ownership.by_name, deciding_tenants, result)
         # The ledger is stored. Each namespace's GPU backstop follows it before any pod may use the decisions.
         self._write_backstops(deciding_tenants, deciding_owners, result)
@@ -257,10 +277,11 @@ class Admission:
             wanted[ns][gpu_class.resource_name] = wanted[ns].get(gpu_class.resource_name, 0) + entry["gpus"]
         by_name = {t.metadata.name: t for t in tenants}
         conflicts: dict[str, dict[str, str]] = {t.metadata.name: {} for t in tenants}
-        for ns, reserved in sorted(wanted.items()):
+
+        def write(ns: str, reserved: dict[str, int]) -> None:
             known = self.ctx.state.backstop(ns)
             if (known is not None and known[0] == reserved) or self.ctx.cache.terminating(ns):
-                continue
+                return
             tenant = by_name[owners[ns]]
             quota = with_owner(render_resource_quota(tenant, ns, self.ctx.config, reserved), tenant_ref(tenant))
             try:
@@ -268,11 +289,13 @@ class Admission:
                                                     known[1] if known is not None else None)
             except NotOwned as exc:
                 conflicts[tenant.metadata.name][f"{ns}/ResourceQuota"] = f"namespace {ns}: {exc}"
-                continue
+                return
             except Gone:
                 self.ctx.state.set_backstop(ns, None)
                 raise
             self.ctx.state.set_backstop(ns, reserved, written)
+
+        self._each(lambda item: write(*item), sorted(wanted.items()))
         for name, found in conflicts.items():
             self.ctx.state.set_tenant_conflicts(name, "backstop", found)
 

@@ -113,6 +113,7 @@ class Cache:
         self._lock = threading.Lock()
         self._parsed: dict[tuple, tuple[str | None, Any]] = {}  # (type, ns, name) → (resourceVersion, parsed)
         self._ownership: tuple[tuple[int, int], Ownership] | None = None
+        self._labelled: tuple[int, dict[str, str]] | None = None
         # ("ConfigMap" | "Secret", ns, name) → (resourceVersion, data, binaryData) of the last live read
         self._contents: LRUCache = LRUCache(maxsize=10_000)
 
@@ -165,8 +166,16 @@ class Cache:
         return out
 
     def labelled_namespaces(self) -> dict[str, str]:
-        return {n["metadata"]["name"]: n["metadata"]["labels"][LABEL_TENANT] for n in self.store["Namespace"].list()
-                if LABEL_TENANT in (n["metadata"].get("labels") or {})}
+        """Namespace → the tenant it is labelled for, computed once per change of the Namespace store (the usage
+        meter reads it at every change of what it integrates). The same dict is returned until then: read only."""
+        version = self.store["Namespace"].version
+        memo = self._labelled
+        if memo is not None and memo[0] == version:
+            return memo[1]
+        result = {n["metadata"]["name"]: n["metadata"]["labels"][LABEL_TENANT] for n in self.store["Namespace"].list()
+                  if LABEL_TENANT in (n["metadata"].get("labels") or {})}
+        self._labelled = (version, result)
+        return result
 
     def terminating(self, namespace: str) -> bool:
         """Being deleted: the API server refuses every new object in it (403), so nothing is written there."""

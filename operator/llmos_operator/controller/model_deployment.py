@@ -38,6 +38,7 @@ from ..core.status import (
     merge_conditions,
     model_servable,
     now_rfc3339,
+    progress_only,
     status_changed,
     transitions,
     verified_condition,
@@ -58,6 +59,8 @@ log = logging.getLogger("llmos.controller.model_deployment")
 # one decided sooner (nearly all) skips that status write: the decision's own status follows at once.
 ADMISSION_PENDING_GRACE_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 15  # a slow safety net for facts nobody watches (nodes)
+# A starting deployment's counters and progress message are written at most this often (transitions at once).
+PROGRESS_WRITE_SECONDS = 10.0
 
 
 class ChildWriteFailed(Exception):
@@ -88,6 +91,7 @@ class ModelDeploymentReconciler:
         self._fit_memo: LRUCache = LRUCache(maxsize=256)
         # deployment key → (what its children were rendered from, the children): reused while that is unchanged
         self._rendered: dict[str, tuple[tuple[Any, ...], list[dict]]] = {}
+        self._status_written: dict[str, float] = {}  # deployment key → when its status was last written (monotonic)
 
     def reconcile(self, namespace: str, name: str) -> None:
         raw = self.ctx.cache["ModelDeployment"].get(name, namespace)
@@ -135,6 +139,7 @@ class ModelDeploymentReconciler:
         self.ctx.state.forget_model_deployment(key)
         self._waiting_since.pop(key, None)
         self._rendered.pop(key, None)
+        self._status_written.pop(key, None)
         self.children.forget(namespace, name)
 
     def _observe(self, mdep: ModelDeployment) -> _Observed:
@@ -317,13 +322,28 @@ class ModelDeploymentReconciler:
         status["remoteCode"] = True if seen.deployment is not None and policy.remote_code(mdep) else None
         old = mdep.status.to_dict()
         if status_changed(old, status):
+            if self._progress_waits(mdep, old, status):
+                return status
             self.ctx.kube.patch_status("ModelDeployment", mdep.metadata.name, mdep.metadata.namespace, status)
+            self._status_written[mdep.key] = time.monotonic()
             served_before = bool(old.get("servingTemplate"))
             for t in transitions(old.get("conditions", []), status["conditions"]):
                 if worth_an_event(t, served_before):
                     good = (t.status == "True") != (t.type in ("Degraded", "ScalingLimited"))
                     self.ctx.events(raw, "Normal" if good else "Warning", t.reason, t.message)
         return status
+
+    def _progress_waits(self, mdep: ModelDeployment, old: dict, status: dict) -> bool:
+        """A starting deployment's progress alone (``progress_only``) is written at most every
+        ``PROGRESS_WRITE_SECONDS``: the change waits (the key comes back then) unless something else is written
+        first, which carries it along."""
+        if not progress_only(old, status):
+            return False
+        left = PROGRESS_WRITE_SECONDS - (time.monotonic() - self._status_written.get(mdep.key, float("-inf")))
+        if left <= 0:
+            return False
+        self.ctx.wake_later(left, "ModelDeployment", mdep.metadata.namespace, mdep.metadata.name)
+        return True
 
     def _admission_pending(self, mdep: ModelDeployment) -> None:
         """Say that a new generation waits for admission, without claiming it: only the Reconciling condition

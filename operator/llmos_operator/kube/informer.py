@@ -57,6 +57,7 @@ class Informer:
         self._objects: dict[tuple[str | None, str], dict] = {}
         # namespace → {name: object}: a reconcile lists one namespace's objects without scanning every namespace's
         self._by_namespace: dict[str | None, dict[str, dict]] = {}
+        self._namespace_versions: dict[str | None, int] = {}  # namespace → bumped on every change of its objects
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +87,12 @@ class Informer:
             else:
                 objs = list(self._by_namespace.get(namespace, {}).values())
         return objs if where is None else [o for o in objs if where(o)]
+
+    def namespace_version(self, namespace: str | None) -> int:
+        """Bumped on every change of the namespace's objects: lets readers memoize what they compute per namespace
+        (``version`` changes with every namespace's)."""
+        with self._lock:
+            return self._namespace_versions.get(namespace, 0)
 
     def namespaces(self) -> builtins.list[str | None]:
         """The namespaces that hold at least one object."""
@@ -127,6 +134,7 @@ class Informer:
                 self._objects[key] = obj
                 self._by_namespace.setdefault(key[0], {})[key[1]] = obj
             self.version += 1
+            self._namespace_versions[key[0]] = self._namespace_versions.get(key[0], 0) + 1
         if self.on_event is not None:
             try:
                 self.on_event(event_type, obj)

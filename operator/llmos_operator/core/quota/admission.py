@@ -232,8 +232,10 @@ class _Pass:
         room = self._room(r, pool, limit)
         if room is not None and r.demand - held <= room:
             self._reserve(r, pool, held, r.demand, holds)
-            self.decisions[r.key] = admitted_decision(
-                r, f" (tenant {tenant.name} now uses {self.used[pool]} of {limit})")
+            # No tenant-wide figure in the message: it would change with every other deployment the tenant admits,
+            # each change a new decision, a reconcile and a status write of every deployment the tenant has (the
+            # Tenant's status carries what it uses).
+            self.decisions[r.key] = admitted_decision(r)
             return
         granted = self._part_that_fits(r, held, holds, room)
         if granted > held or (granted > 0 and not holds):

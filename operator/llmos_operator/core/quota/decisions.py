@@ -226,7 +226,7 @@ def not_a_candidate(r: Request, reason: str, message: str) -> Decision:
                     wanted_replicas=r.replicas)
 
 
-def admitted_decision(r: Request, suffix: str) -> Decision:
+def admitted_decision(r: Request, suffix: str = "") -> Decision:
     return Decision(
         key=r.key, tenant=r.tenant, admitted=True, reason=ADMITTED,
         message=f"{r.demand} {r.gpu_class} GPUs reserved ({shape(r)}){suffix}",

@@ -19,6 +19,7 @@ from .model_deployment import (
     adapter_status,
     desired_status,
     endpoint_url,
+    progress_only,
     worth_an_event,
 )
 from .tenant import tenant_status
@@ -26,6 +27,6 @@ from .tenant import tenant_status
 __all__ = [
     "MAX_MESSAGE", "STALLED_REASONS", "DeploymentFacts", "ModelCheck", "Transition", "adapter_status", "check_model",
     "condition", "desired_status", "endpoint_url", "is_true", "map_patch", "merge_conditions", "model_servable",
-    "model_serving", "model_status", "now_rfc3339", "status_changed", "tenant_status", "transitions",
+    "model_serving", "model_status", "now_rfc3339", "progress_only", "status_changed", "tenant_status", "transitions",
     "verified_condition", "worth_an_event",
 ]

@@ -378,3 +378,30 @@ def worth_an_event(t: Any, served_before: bool = False) -> bool:
     if t.type == DEGRADED:
         return bool(t.status == "True" or t.old_status == "True")
     return True
+
+
+# A deployment on its way to its first Ready passes through these; their counters and messages change with every pod
+# and ReplicaSet status write.
+STARTING_REASONS = frozenset({"Creating", "RollingOut", "Starting", "PodsPending"})
+PROGRESS_FIELDS = frozenset({"replicas", "readyReplicas", "updatedReplicas", "readySummary", "conditions"})
+
+
+def progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Does ``new`` differ from the stored ``old`` only in a starting deployment's progress (counters, and the
+    reason and message of a Ready that is False before and after, for a starting reason)? Such a change may wait a
+    little to be written with the next one: each was a third of a new deployment's status writes. Everything else
+    (a condition turning, a new generation, a hold, a failure, any other field) is written at once."""
+    def by_type(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        return {c["type"]: c for c in status.get("conditions") or []}
+    before, after = by_type(old), by_type(new)
+    ready_before, ready_after = before.get(READY), after.get(READY)
+    if ready_before is None or ready_after is None or before.keys() != after.keys():
+        return False
+    if not all(r.get("status") == "False" and r.get("reason") in STARTING_REASONS
+               for r in (ready_before, ready_after)):
+        return False
+    def turned(c: Mapping[str, Any], was: Mapping[str, Any]) -> bool:
+        return (c.get("status"), c.get("observedGeneration")) != (was.get("status"), was.get("observedGeneration"))
+    if any(turned(c, before[t]) for t, c in after.items()):
+        return False
+    return all(old.get(k) == v for k, v in new.items() if k not in PROGRESS_FIELDS)
