@@ -37,7 +37,26 @@ def _dev(args: argparse.Namespace) -> int:
     raise AssertionError(args.dev_command)
 
 
+def _few_malloc_arenas() -> None:
+    """glibc gives threads that allocate at once their own malloc arenas (up to 8 per core), each fragmented on
+    its own; the operator runs ~30 threads (informers, workers, writers). Two arenas, set before any thread starts,
+    as ``MALLOC_ARENA_MAX=2`` would (where that is set, it wins). Peak RSS at 1,000 deployments (bench/scale.py):
+    245 MB with it, 257–303 MB in the runs before without it."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): nothing to tune
+
+
 def _operator(args: argparse.Namespace) -> int:
+    _few_malloc_arenas()
     from .controller import manager
     from .kube.leader import LeaseNamespaceMissing
 

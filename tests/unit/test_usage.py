@@ -47,11 +47,12 @@ def test_a_restarted_operator_continues_from_the_status_it_wrote():
     assert TenantGPUTime.from_status({"gpus": {"h100": 2}}) is None
 
 
-def test_the_meter_writes_reserved_changes_soon_and_serving_changes_alone_rarely():
+def test_the_meter_writes_reserved_changes_soon_and_serving_changes_once_settled():
     from llmos_operator.controller.usage import (
         CHANGE_WRITE_SECONDS,
         PERSIST_SECONDS,
         SERVING_CHANGE_WRITE_SECONDS,
+        SERVING_SETTLE_SECONDS,
         UsageMeter,
     )
 
@@ -65,7 +66,10 @@ def test_the_meter_writes_reserved_changes_soon_and_serving_changes_alone_rarely
     assert not meter._due("t", reserved, t0 + CHANGE_WRITE_SECONDS - 0.5)
     assert meter._due("t", reserved, t0 + CHANGE_WRITE_SECONDS)
     serving = written.advance(t0 + 1, {"h100": 4}, {"h100": 4})
+    meter._serving_changed["t"] = t0 + 1  # replicas still turning ready: the write waits for them to settle
     assert not meter._due("t", serving, t0 + CHANGE_WRITE_SECONDS)
+    assert meter._due("t", serving, t0 + 1 + SERVING_SETTLE_SECONDS)
+    meter._serving_changed["t"] = t0 + SERVING_CHANGE_WRITE_SECONDS - 1  # never settling: written at the latest
     assert meter._due("t", serving, t0 + SERVING_CHANGE_WRITE_SECONDS)
 
 

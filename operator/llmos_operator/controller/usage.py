@@ -1,11 +1,12 @@
 """GPU time per tenant and class (core/usage.py), kept by the active operator: every ``TICK_SECONDS`` it reads the
 ledgers (Tenants' ``status.reservations``) and the ready replicas of each tenant's ModelDeployments from the store,
 integrates, and writes the period's GPU-hours into ``Tenant.status.usage`` (a merge patch of those fields only), from
-which a restarted operator continues: when the reserved GPUs changed (at most every ``CHANGE_WRITE_SECONDS``, so a
-burst of admissions is not a burst of writes), when only the serving ones did at most every
-``SERVING_CHANGE_WRITE_SECONDS``, and otherwise every ``PERSIST_SECONDS`` — with unchanged GPUs the stored figures
-already let a restarted operator integrate the time it was away exactly, so the periodic write only refreshes what
-`kubectl get tenant -o yaml` shows (every minute for 100 tenants was 1.7 requests/s of an idle operator).
+which a restarted operator continues. It writes when the reserved GPUs changed (at most every
+``CHANGE_WRITE_SECONDS``, so a burst of admissions is not a burst of writes); when only the serving ones changed, once
+they have not changed for ``SERVING_SETTLE_SECONDS`` (a burst of replicas turning ready is one write), else at most
+every ``SERVING_CHANGE_WRITE_SECONDS``; and otherwise every ``PERSIST_SECONDS`` — with unchanged GPUs the stored
+figures already let a restarted operator integrate the time it was away exactly, so the periodic write only refreshes
+what `kubectl get tenant -o yaml` shows (every minute for 100 tenants was 1.7 requests/s of an idle operator).
 Prometheus reads the counters ``llmos_tenant_gpu_seconds_{reserved,serving}_total`` (the period's GPU-seconds,
 integrated up to the instant of the scrape: exact between two looks, since what held in between is known) and the gauges
 ``llmos_tenant_gpus_{reserved,serving}``."""
@@ -32,6 +33,7 @@ CHANGE_WRITE_SECONDS = float(os.environ.get("LLMOS_USAGE_CHANGE_WRITE_SECONDS", 
 # Tenant write at 2 s); what is billed is the reserved GPUs, so a change of the serving ones alone waits longer. After
 # an operator crash the serving GPU-seconds may be off by at most this window times the GPUs that changed in it.
 SERVING_CHANGE_WRITE_SECONDS = float(os.environ.get("LLMOS_USAGE_SERVING_WRITE_SECONDS", "60"))
+SERVING_SETTLE_SECONDS = 5.0  # ...or sooner, once the serving GPUs have not changed for this long
 
 
 class UsageMeter(Collector):
@@ -40,6 +42,7 @@ class UsageMeter(Collector):
         self._lock = threading.Lock()
         self._states: dict[str, TenantGPUTime] = {}
         self._persisted: dict[str, tuple[float, tuple]] = {}  # tenant → (when, the GPUs then) as last written
+        self._serving_changed: dict[str, float] = {}  # tenant → when its serving GPUs last changed
         self._serving: dict[str, tuple[int, dict[str, int]]] = {}  # namespace → (its store version, serving GPUs)
         self._reserved: dict[str, tuple[str | None, dict[str, int]]] = {}  # tenant → (resourceVersion, ledger GPUs)
         self._stop = threading.Event()
@@ -83,6 +86,7 @@ class UsageMeter(Collector):
             for name in set(self._states) - set(seen):  # a Tenant deleted: its series go with it
                 self._states.pop(name, None)
                 self._persisted.pop(name, None)
+                self._serving_changed.pop(name, None)
             for name, (reserved, serving, stored) in seen.items():
                 state = self._states.get(name)
                 if state is None:
@@ -90,6 +94,8 @@ class UsageMeter(Collector):
                 elif state.reserved == reserved and state.serving == serving:
                     continue  # integrating is lazy: a later advance counts the same (a look at every change
                     # of any tenant integrated every tenant: a fifth of the operator's CPU in a burst)
+                if state.serving != serving:
+                    self._serving_changed[name] = now
                 self._states[name] = state.advance(now, reserved, serving)
             # written every PERSIST_SECONDS and whenever the GPUs changed: a restarted operator integrates the time
             # it was away with the GPUs last written, which are then the ones that held
@@ -103,7 +109,9 @@ class UsageMeter(Collector):
         if gpus[0] != reserved:
             return now - written_at >= CHANGE_WRITE_SECONDS
         if gpus[1] != serving:
-            return now - written_at >= SERVING_CHANGE_WRITE_SECONDS
+            # once its replicas stopped changing (a burst of them turning ready is one write), else at the latest
+            settled = now - self._serving_changed.get(name, 0.0) >= SERVING_SETTLE_SECONDS
+            return now - written_at >= (CHANGE_WRITE_SECONDS if settled else SERVING_CHANGE_WRITE_SECONDS)
         return now - written_at >= PERSIST_SECONDS
 
     def persist(self, name: str, now: float | None = None) -> None:

@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from kubernetes.client.rest import RESTResponse
 from prometheus_client import Counter
+from pydantic_core import from_json
 
 log = logging.getLogger("llmos.kube")
 REQUEST_TIMEOUT = 30.0  # seconds, per request
@@ -132,7 +133,7 @@ class Kube:
             exc.body = response.data.decode(errors="replace")
             exc.reason = f"{exc.reason} ({method} {path.split('?')[0]})"  # the log says which request was refused
             raise exc
-        return json.loads(response.data) if response.data else None
+        return from_json(response.data) if response.data else None
 
     def apply(self, obj: dict, force: bool = True) -> dict:
         """Server-side apply: idempotent, and puts back any field llmos owns that someone edited by hand."""

@@ -19,7 +19,6 @@ the operator, after every Pod and ConfigMap of the cluster has been sent), and i
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import random
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes.client import ApiException
+from pydantic_core import from_json
 
 from .client import Kube
 
@@ -242,10 +242,12 @@ class Informer:
                     return
                 self.last_heard = time.monotonic()
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                if b"\n" not in buffer:
+                    continue
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        yield from_json(line)  # pydantic's (Rust) parser: decoding events was a fifth of the CPU
         finally:
             raw.release_conn()
 
