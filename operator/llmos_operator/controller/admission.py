@@ -85,11 +85,10 @@ class Admission:
                 raise
 
     def _each(self, write: Callable[[Any], None], items: list) -> None:
-        """``write`` each item, up to ``PARALLEL_WRITES`` at once: a pass that decided a burst of tenants writes
-        one status per tenant and one backstop per namespace, and one after the other they held every decision of
-        the burst back (deployments waited long enough to need an AdmissionPending status write each). Returns when
-        all are done; then raises ``Conflict`` if any write met one (the pass decides again), else the first other
-        failure."""
+        """``write`` each item, up to ``PARALLEL_WRITES`` at once: a pass that decided a burst of 100 tenants
+        writes a status per tenant and a backstop per namespace, 200 round trips to a busy API server one after the
+        other while every decision of the burst waited for them. Returns when all are done; then raises ``Conflict``
+        if any write met one (the pass decides again), else the first other failure."""
         if len(items) <= 1:
             for item in items:
                 write(item)
