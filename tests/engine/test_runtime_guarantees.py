@@ -41,6 +41,7 @@ import httpx
 import pytest
 
 from tests.engine.conftest import CPU_ENGINE_ARGS, Launcher, record
+from tests.support.load import sse_lines
 from tests.support.runtime_proc import RuntimeProcess
 from tests.support.tiny_model import TestModels
 from tests.support.waiting import wait_for
@@ -258,7 +259,7 @@ def _stream_in_thread(rp: RuntimeProcess, max_tokens: int) -> tuple[threading.Th
                 "stream": True, "stream_options": {"include_usage": True},
             }) as r:
                 out["status"] = r.status_code
-                for line in r.iter_lines():
+                for line in sse_lines(r):
                     if line.startswith("data: ") and line != "data: [DONE]":
                         out["chunks"] += 1
                         out["first"].set()

@@ -22,7 +22,7 @@ import pytest
 
 from tests.engine.conftest import Launcher, record
 from tests.support.lb import RoundRobinLB
-from tests.support.load import LoadGenerator
+from tests.support.load import LoadGenerator, sse_lines
 from tests.support.tiny_model import TestModels
 
 pytestmark = pytest.mark.engine
@@ -55,7 +55,7 @@ class PinnedStream(threading.Thread):
                     self.error = f"HTTP {r.status_code}"
                     return
                 done = False
-                for line in r.iter_lines():
+                for line in sse_lines(r):
                     self.first.set()
                     if line == "data: [DONE]":
                         done = True
