@@ -543,3 +543,12 @@ def test_scale_ups_and_rollout_surge_together_never_exceed_the_quota():
     assert rolling.decisions["a-ns/x"].surge == 1
     up = run([_replace(req("x", replicas=2, t=0), surge=1), req("y", replicas=5, t=1)], rolling.ledger, tns=tns)
     assert up.decisions["a-ns/y"].replicas == 3 and up.usage("a") == {"h100": 6}
+
+
+def test_a_decision_does_not_change_when_the_tenant_admits_another_deployment():
+    """A decision that named the tenant's running total changed with every other admission of the tenant, and each
+    change meant a reconcile and a status write of every deployment the tenant has."""
+    first = run([req("x", gpus=2, t=0)])
+    both = run([req("w", gpus=2, t=-1), req("x", gpus=2, t=0)], ledger=first.ledger)  # w decided before x
+    assert both.decisions["a-ns/x"] == first.decisions["a-ns/x"]
+    assert both.decisions["a-ns/x"].message == "2 h100 GPUs reserved (1 × 2)"
