@@ -42,8 +42,9 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
     log = log_file(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     platform.install(name)  # idempotent: the ServiceAccount and its RBAC must exist before its token
-    env = dict(os.environ, KUBECONFIG=str(platform.operator_kubeconfig(name)), **platform.operator_environment(name),
-               **(extra_env or {}))
+    # extra_env wins over the chart's environment (the demo gives its own configuration file)
+    env = {**os.environ, "KUBECONFIG": str(platform.operator_kubeconfig(name)), **platform.operator_environment(name),
+           **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmos_operator.cli", "operator", "run", "--standalone",
          "--metrics-port", str(metrics_port), "--liveness", f"http://127.0.0.1:{health_port}/healthz"],
