@@ -156,7 +156,8 @@ def test_only_owned_namespaces():
 
 
 def test_released_namespace_keeps_zero_gpus_and_no_ingress_unowned():
-    ns, quota, policy = render_released_namespace("a1", "team-a", default_config())
+    quota, policy, ns = render_released_namespace("a1", "team-a", default_config())
+    assert ns["kind"] == "Namespace"  # last: once the namespace reads released, its quota and policy exist
     assert ns["metadata"]["labels"]["llmos.dev/released"] == "team-a"
     assert "llmos.dev/tenant" not in ns["metadata"]["labels"]
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "0"}

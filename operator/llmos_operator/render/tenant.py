@@ -249,14 +249,15 @@ def render_released_namespace(namespace: str, former_tenant: str, config: Operat
     label llmos wrote is removed."""
     labels = {LABEL_RELEASED: former_tenant, **POD_SECURITY}
     child_labels = {LABEL_RELEASED: former_tenant, LABEL_MANAGED_BY: MANAGED_BY}
+    # The Namespace's label last: whoever sees the namespace released finds its zero quota and policy in place.
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
         {"apiVersion": "v1", "kind": "ResourceQuota",
          "metadata": {"name": RELEASED_QUOTA_NAME, "namespace": namespace, "labels": child_labels},
          "spec": {"hard": {f"requests.{r}": "0" for r in gpu_resources(config)}}},  # extended resources: requests only
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
          "metadata": {"name": RELEASED_POLICY_NAME, "namespace": namespace, "labels": child_labels},
          "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
     ]
 
 
