@@ -46,12 +46,19 @@ crds: venv
 tools:
 	bash hack/setup-tools.sh
 
-# Only what the demo runs (no kstatus, no Gateway API CRDs: those are the tests').
-demo: venv tools
-	bash hack/build-binaries.sh demo
+# Only what the demo runs (no kstatus, no Gateway API CRDs: those are the tests'). The Go builds (CPU) run beside the
+# Python environment and the Debian tools (mostly downloads on a fresh machine).
+demo:
+	@bash hack/build-binaries.sh demo & binaries=$$!; \
+	$(MAKE) --no-print-directory venv tools; rc=$$?; \
+	wait $$binaries || rc=$$?; exit $$rc
 	$(PY) -m llmos_operator.cli dev demo
 
-test: venv binaries images tools
+# The Go builds beside the environment, the tools and the images, as for the demo.
+test:
+	@bash hack/build-binaries.sh all & binaries=$$!; \
+	$(MAKE) --no-print-directory venv tools images; rc=$$?; \
+	wait $$binaries || rc=$$?; exit $$rc
 	bash hack/run-tests.sh
 
 clean-cluster: venv

@@ -84,19 +84,45 @@ etcd() {
   build_in_module "$mod" "$dir/etcd" "go.etcd.io/etcd/server/v3" ""
 }
 
+# prefetch DIR OUTPUT PACKAGE...: download the modules PACKAGE needs (network; little CPU) unless OUTPUT is built,
+# while another build uses the CPUs. A failure here is the build's to report.
+prefetch() {
+  local dir="$1" out="$2"
+  shift 2
+  [[ -x "$out" ]] || (cd "$dir" && go list -deps "$@" >/dev/null 2>&1) || true
+}
+
+kwok_module() {
+  mkdir -p "$BIN/kwok-$KWOK_VERSION" "$CACHE/src/kwok-$KWOK_VERSION"
+  # kwok v0.8.0 asks for Go 1.26.0: the machine's Go builds it
+  write_go_mod "$CACHE/src/kwok-$KWOK_VERSION/go.mod" \
+    "$(printf 'module llmos.dev/kwok-build\ngo 1.26\nrequire sigs.k8s.io/kwok %s' "$KWOK_VERSION")"
+}
+
 kwok() {
   local dir="$BIN/kwok-$KWOK_VERSION" mod="$CACHE/src/kwok-$KWOK_VERSION"
-  mkdir -p "$dir" "$mod"
-  # kwok v0.8.0 asks for Go 1.26.0: the machine's Go builds it
-  write_go_mod "$mod/go.mod" "$(printf 'module llmos.dev/kwok-build\ngo 1.26\nrequire sigs.k8s.io/kwok %s' "$KWOK_VERSION")"
+  kwok_module
   build_cmds_in_module "$mod" "$dir" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 }
 
+helm_module() {
+  local mod="$CACHE/src/helm-$HELM_VERSION"
+  mkdir -p "$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)" "$mod"
+  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/helm-build\ngo 1.26\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$mod/go.mod"
+}
+
+# The modules of kwok and helm, downloaded while Kubernetes compiles (a cold demo spent minutes on them after it).
+prefetch_kwok_and_helm() {
+  kwok_module
+  helm_module
+  prefetch "$CACHE/src/kwok-$KWOK_VERSION" "$BIN/kwok-$KWOK_VERSION/kwokctl" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  prefetch "$CACHE/src/helm-$HELM_VERSION" "$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)/helm" helm.sh/helm/v3/cmd/helm
+}
+
 helm() {
   local dir="$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)" mod="$CACHE/src/helm-$HELM_VERSION"
-  mkdir -p "$dir" "$mod"
-  [[ -f "$mod/go.mod" ]] || printf 'module llmos.dev/helm-build\ngo 1.26\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$mod/go.mod"
+  helm_module
   build_in_module "$mod" "$dir/helm" "helm.sh/helm/v3/cmd/helm" \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(k8s_minor) -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(k8s_minor)"
 }
@@ -132,9 +158,9 @@ gateway_api() {
 
 case "${1:-all}" in
   # What `llmos dev up` and the demo run (the chart rendered by helm): k8s.io first, as the others reuse its
-  # compiled packages; etcd's module download overlaps with it.
-  demo) k8s & etcd; wait $! ; kwok; helm ;;
-  all) k8s & etcd; wait $!; kwok; helm; kstatus; gateway_api ;;
+  # compiled packages; etcd, and the downloads of kwok's and helm's modules, overlap with it.
+  demo) k8s & k8s_pid=$!; etcd; prefetch_kwok_and_helm; wait $k8s_pid; kwok; helm ;;
+  all) k8s & k8s_pid=$!; etcd; prefetch_kwok_and_helm; wait $k8s_pid; kwok; helm; kstatus; gateway_api ;;
   paths)
     echo "K8S_BIN=$BIN/k8s-$K8S_VERSION"; echo "ETCD_BIN=$BIN/etcd-$ETCD_VERSION"
     echo "KWOK_BIN=$BIN/kwok-$KWOK_VERSION"; echo "HELM_BIN=$BIN/helm-$HELM_VERSION-k8s$(k8s_minor)"

@@ -87,6 +87,12 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def crds(cluster):
     """The chart's CRDs, RBAC, tenant roles and admission policies (release `llmos` in `llmos-system`)."""
+    install_platform(cluster.name)
+    return True
+
+
+def install_platform(cluster_name: str) -> None:
+    """The release as the test run has it (again after a test, such as the demo's, installed the chart's defaults)."""
     from llmos_operator.dev import platform
 
     # The chart and image tests install further releases of llmos on this cluster; their operators write GPU
@@ -96,9 +102,8 @@ def crds(cluster):
     # LeaderWorkerSet or RayCluster.
     from tests.support.hostile import GANG_WORKLOAD
 
-    platform.install(cluster.name, values={"isolation": {"extraOperatorUsernames": others,
+    platform.install(cluster_name, values={"isolation": {"extraOperatorUsernames": others,
                                                          "extraGpuWorkloads": [GANG_WORKLOAD]}})
-    return True
 
 
 @pytest.fixture(scope="session")

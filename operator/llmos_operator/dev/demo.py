@@ -4,11 +4,13 @@ queued for quota), then a status table."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from . import cluster, limits_store, operator_process, platform
 
 EXAMPLES = cluster.REPO_ROOT / "examples"
+SETTLE_SECONDS = 120  # every deployment decided, the admitted ones Ready (seconds on a quiet machine)
 
 
 def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
@@ -24,33 +26,46 @@ def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
     for tenant_part in ("team-a", "team-b"):
         cluster.kubectl(name, "apply", "-k", str(EXAMPLES / tenant_part))
 
-    # Settle: every ModelDeployment has an admission decision and the admitted ones have their pods.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        out = cluster.kubectl(name, "get", "modeldeployments", "-A", "-o", "json").stdout
-        items = json.loads(out)["items"]
-        # NoTenant, ModelNotVerified: seen before its Tenant or Model was reconciled (all were just applied).
-        decided = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] != "Unknown"
-                                           and c.get("reason") not in ("NoTenant", "ModelNotVerified")
-                                           for c in d.get("status", {}).get("conditions", []))]
-        ready = [d for d in items if any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in d.get("status", {}).get("conditions", []))]
-        admitted = [d for d in items if any(c["type"] == "QuotaAdmitted" and c["status"] == "True"
-                                            for c in d.get("status", {}).get("conditions", []))]
-        if items and len(decided) == len(items) and admitted and len(ready) == len(admitted):
-            break
-        time.sleep(1)
+    unsettled = settle(name, timeout=SETTLE_SECONDS)
 
     print(cluster.kubectl(name, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count").stdout)
     print(cluster.kubectl(name, "get", "llmos", "-A").stdout)
     print(gpu_table(name))
     print(f"(set up in {time.monotonic() - start:.0f} s)\n")
+    if unsettled:
+        print(f"Not settled after {SETTLE_SECONDS} s: {', '.join(unsettled)}. The operator's log says why: "
+              f"{operator_process.log_file(name)}", file=sys.stderr)
+        return 1
     print(f"The cluster and the operator keep running. Use them with:\n  export KUBECONFIG={kubeconfig}\n"
           f"  {cluster.binaries(build=False).kubectl} get llmos -A\n"
           f"Operator log: {operator_process.log_file(name)}\nLimit store (API keys): {store}\n"
           f"A key for team-a: .venv/bin/llmos key create demo -n team-a --rpm 600 --kubeconfig {kubeconfig}\n"
           "Stop everything: .venv/bin/llmos dev down")
     return 0
+
+
+def settle(name: str, timeout: float) -> list[str]:
+    """Wait until every ModelDeployment has an admission decision and the admitted ones are Ready; returns those
+    that are not (namespace/name: what is missing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = json.loads(cluster.kubectl(name, "get", "modeldeployments", "-A", "-o", "json").stdout)["items"]
+        missing = [f"{d['metadata']['namespace']}/{d['metadata']['name']}: {why}"
+                   for d in items if (why := _unsettled(d))]
+        if (items and not missing) or time.monotonic() > deadline:
+            return missing or ([] if items else ["no ModelDeployment"])
+        time.sleep(1)
+
+
+def _unsettled(deployment: dict) -> str | None:
+    conditions = {c["type"]: c for c in deployment.get("status", {}).get("conditions", [])}
+    admitted = conditions.get("QuotaAdmitted", {})
+    # NoTenant, ModelNotVerified: seen before its Tenant or Model was reconciled (all were just applied).
+    if admitted.get("status", "Unknown") == "Unknown" or admitted.get("reason") in ("NoTenant", "ModelNotVerified"):
+        return f"no admission decision ({admitted.get('reason', 'none yet')})"
+    if admitted["status"] == "True" and conditions.get("Ready", {}).get("status") != "True":
+        return f"admitted, not Ready ({conditions.get('Ready', {}).get('reason', 'no Ready condition')})"
+    return None
 
 
 def gpu_table(name: str) -> str:
