@@ -17,7 +17,7 @@ import pytest
 
 # The platform (CRDs, chart RBAC), the operator process and the `objects` helper: shared by tests/integration and
 # tests/engine (the end-to-end rollout), registered here once so that a run starts one of each.
-pytest_plugins = ["tests.support.cluster_fixtures"]
+pytest_plugins = ["tests.support.cluster_fixtures", "tests.support.runtime_harness"]
 
 _MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "engine": "engine"}
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,85 +18,16 @@ import aiohttp
 import pytest
 
 from llmos_runtime import server as server_mod
-from llmos_runtime.config import RuntimeConfig
-from llmos_runtime.engine import free_port
 from llmos_runtime.server import Runtime
+from tests.support.runtime_harness import SMALL_MODEL, is_status, make_cfg, signed_dir, status, wait_for
 from tests.support.runtime_proc import write_configmap
-from tests.support.tiny_model import make_signing_key
 
 pytestmark = pytest.mark.unit
-
-FAKE_ENGINE = str(Path(__file__).resolve().parents[1] / "support" / "fake_engine.py")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return make_signing_key(tmp_path_factory.mktemp("keys"))
-
-
-def signed_dir(path: Path, files: dict[str, bytes], private_key: Path) -> Path:
-    from llmos_signing import sign_model
-
-    path.mkdir(parents=True)
-    for name, data in files.items():
-        (path / name).write_bytes(data)
-    sign_model(path, private_key.read_bytes())
-    return path
-
-
-@pytest.fixture
-def fake_engine(monkeypatch):
-    """Replace vLLM by tests/support/fake_engine.py; records the commands the runtime would have run."""
-    calls = []
-
-    real = server_mod.engine_command
-
-    def command(cfg, model_dir, python=None):
-        calls.append((model_dir, cfg.port))
-        return [sys.executable, FAKE_ENGINE, *real(cfg, model_dir)[3:]]  # the real arguments, guard included
-
-    monkeypatch.setattr(server_mod, "engine_command", command)
-    return calls
-
-
-def make_cfg(tmp_path: Path, model: Path, public_key: Path | None, **kw) -> RuntimeConfig:
-    kw.setdefault("drain_grace", 0.2)  # the production grace (10 s) waits for load balancers there are none of here
-    return RuntimeConfig(
-        source=f"file://{model}",
-        served_name="tiny",
-        signature=model / "model.sig" if public_key else None,
-        trusted_keys=[public_key] if public_key else [],
-        cache_dir=tmp_path / "cache",
-        host="127.0.0.1",
-        port=free_port(),
-        health_port=free_port(),
-        termination_log=tmp_path / "termination-log",
-        pvc_root=tmp_path / "pvc",
-        adapters_poll_interval=0.1,
-        **kw,
-    )
-
-
-async def wait_for(cond, timeout=20.0, poll=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(poll)
-    raise AssertionError("timed out")
-
-
-async def status(session: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with session.get(url) as r:
-            return r.status
-    except aiohttp.ClientError:
-        return None
 
 
 def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 4096}, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     good = signed_dir(tmp_path / "lora-good", {"adapter_config.json": b"{}", "a.safetensors": b"a" * 64}, priv)
     bad = signed_dir(tmp_path / "lora-bad", {"adapter_config.json": b"{}", "a.safetensors": b"b" * 64}, priv)
     (bad / "a.safetensors").write_bytes(b"c" * 64)  # tampered after signing
@@ -117,8 +47,8 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/healthz", 200))
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/healthz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             assert fake_engine and fake_engine[0][0] == model
 
             async with s.get(health + "/adapters") as r:
@@ -148,7 +78,7 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
             first = await stream.content.readline()
             assert first.startswith(b"data: ")
             os.kill(os.getpid(), signal.SIGTERM)
-            await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=2)
+            await wait_for(lambda: is_status(s, health + "/readyz", 503), timeout=2)
             # the drain grace: new requests are still served, each answer closing its connection
             async with s.post(api + "/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
                 assert r.status == 200 and r.headers["Connection"] == "close"
@@ -173,13 +103,9 @@ def test_serve_adapters_and_drain(tmp_path, keys, fake_engine, caplog):
     assert "drain grace over: new requests refused; 1 in flight" in caplog.text
 
 
-async def _is(s, url, code):
-    return await status(s, url) == code
-
-
 def test_tampered_model_exits_4_without_starting_the_engine(tmp_path, keys, fake_engine, capsys):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", {"config.json": b"{}", "model.safetensors": b"w" * 4096}, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     data = bytearray((model / "model.safetensors").read_bytes())
     data[100] ^= 1
     (model / "model.safetensors").write_bytes(bytes(data))
@@ -248,10 +174,10 @@ def test_not_ready_until_engine_healthy_and_adapter_hot_load(tmp_path, keys, fak
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/healthz", 200))
+            await wait_for(lambda: is_status(s, health + "/healthz", 200))
             # before ready the API port is closed (the engine is loading) or answers 503 (the guard), never 200
             assert await status(s, api + "/v1/models") in (None, 503)
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
 
             async def answers(name):
                 async with s.post(api + "/v1/completions", json={"model": name, "max_tokens": 1}) as r:
@@ -312,7 +238,7 @@ def _readyz_then_stop(cfg) -> tuple[dict, int]:
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             async with s.get(health + "/readyz") as r:
                 body = await r.json()
             rt._on_signal(signal.SIGTERM)

@@ -18,24 +18,9 @@ from llmos_runtime import server as server_mod
 from llmos_runtime import sources as sources_mod
 from llmos_runtime.resources import cgroup_cpu_limit, cpu_threads
 from llmos_runtime.server import Runtime
-from tests.unit.test_runtime_flow import (  # noqa: F401 - fixtures
-    _is,
-    fake_engine,
-    keys,
-    make_cfg,
-    signed_dir,
-    status,
-    wait_for,
-)
+from tests.support.runtime_harness import SMALL_MODEL, is_status, make_cfg, signed_dir, status, urls, wait_for
 
 pytestmark = pytest.mark.unit
-
-FILES = {"config.json": b"{}", "model.safetensors": b"w" * 4096}
-
-
-def _urls(cfg):
-    return f"http://127.0.0.1:{cfg.port}", f"http://127.0.0.1:{cfg.health_port}"
-
 
 def _termination(tmp_path: Path) -> str:
     return (tmp_path / "termination-log").read_text()
@@ -43,7 +28,7 @@ def _termination(tmp_path: Path) -> str:
 
 def test_a_file_added_after_verification_is_refused_before_ready(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--startup-delay", "1.5"])
     rt = Runtime(cfg)
 
@@ -61,7 +46,7 @@ def test_a_file_added_after_verification_is_refused_before_ready(tmp_path, keys,
 
 def test_a_file_rewritten_after_verification_is_refused_before_ready(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     rt = Runtime(make_cfg(tmp_path, model, pub, engine_args=["--startup-delay", "1.5"]))
 
     async def scenario():
@@ -78,7 +63,7 @@ def test_a_file_rewritten_after_verification_is_refused_before_ready(tmp_path, k
 
 def test_a_flipped_symlink_changes_nothing_the_real_path_is_served(tmp_path, keys, fake_engine):
     priv, pub = keys
-    v1 = signed_dir(tmp_path / "v1", FILES, priv)
+    v1 = signed_dir(tmp_path / "v1", SMALL_MODEL, priv)
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "model.safetensors").write_bytes(b"unsigned v2")
@@ -87,7 +72,7 @@ def test_a_flipped_symlink_changes_nothing_the_real_path_is_served(tmp_path, key
     cfg = make_cfg(tmp_path, current, None, engine_args=["--startup-delay", "1"])
     cfg.signature, cfg.trusted_keys = v1 / "model.sig", [pub]
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
@@ -96,7 +81,7 @@ def test_a_flipped_symlink_changes_nothing_the_real_path_is_served(tmp_path, key
         tmp_link.symlink_to(v2)
         os.rename(tmp_link, current)  # flipped after verification
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
         os.kill(os.getpid(), signal.SIGTERM)
         return await asyncio.wait_for(main, 30)
 
@@ -106,17 +91,17 @@ def test_a_flipped_symlink_changes_nothing_the_real_path_is_served(tmp_path, key
 
 def test_verify_copy_serves_a_private_copy(tmp_path, keys, fake_engine):
     priv, pub = keys
-    shared = signed_dir(tmp_path / "shared", FILES, priv)
+    shared = signed_dir(tmp_path / "shared", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, shared, pub, engine_args=["--startup-delay", "1"], verify_mode="copy")
     rt = Runtime(cfg)  # the signature lives inside the shared directory: it is not copied as a model file
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         await wait_for(_phase(rt, "engine-starting"))
         (shared / "model-00002.safetensors").write_bytes(b"another writer")  # the shared volume changes
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
         os.kill(os.getpid(), signal.SIGTERM)
         return await asyncio.wait_for(main, 30)
 
@@ -127,7 +112,7 @@ def test_verify_copy_serves_a_private_copy(tmp_path, keys, fake_engine):
 
 
 class _Fetcher:
-    content = FILES
+    content = SMALL_MODEL
 
     def fetch(self, source, dest: Path) -> None:
         for name, data in _Fetcher.content.items():
@@ -136,24 +121,24 @@ class _Fetcher:
 
 def test_a_download_that_fails_verification_is_not_cached(tmp_path, keys, fake_engine, monkeypatch):
     priv, pub = keys
-    signed = signed_dir(tmp_path / "signed", FILES, priv)
+    signed = signed_dir(tmp_path / "signed", SMALL_MODEL, priv)
     monkeypatch.setattr(sources_mod, "DEFAULT_FETCHERS", {"s3": _Fetcher})
-    _Fetcher.content = {**FILES, "model.safetensors": b"half-uploaded"}
+    _Fetcher.content = {**SMALL_MODEL, "model.safetensors": b"half-uploaded"}
     cfg = make_cfg(tmp_path, signed, pub)
     cfg.source = "s3://bucket/model"
     assert asyncio.run(Runtime(cfg).main()) == 4
     assert list((tmp_path / "cache" / "models").iterdir()) == []  # evicted: the next start fetches again
 
-    _Fetcher.content = FILES  # the upload completed
+    _Fetcher.content = SMALL_MODEL  # the upload completed
     cfg2 = make_cfg(tmp_path, signed, pub)
     cfg2.source = "s3://bucket/model"
     rt = Runtime(cfg2)
-    _, health = _urls(cfg2)
+    _, health = urls(cfg2)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
         os.kill(os.getpid(), signal.SIGTERM)
         return await asyncio.wait_for(main, 30)
 
@@ -170,26 +155,26 @@ class _ObjectStore(_Fetcher):
 
 def test_a_signed_remote_model_is_fetched_and_verified_in_one_pass(tmp_path, keys, fake_engine, monkeypatch):
     priv, pub = keys
-    signed = signed_dir(tmp_path / "signed", FILES, priv)
+    signed = signed_dir(tmp_path / "signed", SMALL_MODEL, priv)
     monkeypatch.setattr(sources_mod, "DEFAULT_FETCHERS", {"s3": _ObjectStore})
-    _Fetcher.content = {**FILES, "model.safetensors": b"w" * 100}  # half uploaded
+    _Fetcher.content = {**SMALL_MODEL, "model.safetensors": b"w" * 100}  # half uploaded
     cfg = make_cfg(tmp_path, signed, pub)
     cfg.source = "s3://bucket/model"
     assert asyncio.run(Runtime(cfg).main()) == 4
     assert "hash mismatch: model.safetensors" in _termination(tmp_path)
     assert list((tmp_path / "cache" / "models").iterdir()) == []
 
-    _Fetcher.content = FILES
+    _Fetcher.content = SMALL_MODEL
     _ObjectStore.opened = []
     cfg2 = make_cfg(tmp_path, signed, pub)
     cfg2.source = "s3://bucket/model"
     rt = Runtime(cfg2)
-    _, health = _urls(cfg2)
+    _, health = urls(cfg2)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             async with s.get(health + "/readyz") as r:
                 verification = (await r.json())["verification"]
         os.kill(os.getpid(), signal.SIGTERM)
@@ -203,16 +188,16 @@ def test_a_signed_remote_model_is_fetched_and_verified_in_one_pass(tmp_path, key
 
 def test_a_phase_past_its_budget_fails_healthz_and_exits_6(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--startup-delay", "30"], load_budget=1.0)
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
     seen = []
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/healthz", 200))  # alive while within budget
+            await wait_for(lambda: is_status(s, health + "/healthz", 200))  # alive while within budget
             while not main.done():
                 code = await status(s, health + "/healthz")
                 if code is not None:
@@ -230,24 +215,24 @@ def test_a_silent_engine_turns_the_pod_not_ready_then_not_live(tmp_path, keys, f
     """vLLM's API server stopped (SIGSTOP): no /health answer at all. Not ready after --watchdog-unready-after, not
     live after --watchdog-restart-after, with a termination message that says why."""
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_health_interval=0.2, watchdog_unready_after=1.0,
                    watchdog_restart_after=3.0)
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             pid = rt.engine.proc.pid
             os.kill(pid, signal.SIGSTOP)
             try:
-                await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=3)
+                await wait_for(lambda: is_status(s, health + "/readyz", 503), timeout=3)
                 assert await status(s, health + "/healthz") == 200  # not ready first, still live
                 async with s.get(health + "/readyz") as r:
                     assert "engine did not answer /health for" in (await r.json())["reason"]
-                await wait_for(lambda: _is(s, health + "/healthz", 503), timeout=5)
+                await wait_for(lambda: is_status(s, health + "/healthz", 503), timeout=5)
                 async with s.get(health + "/healthz") as r:
                     assert "engine did not answer /health for" in (await r.json())["reason"]
             finally:
@@ -262,7 +247,7 @@ def test_a_silent_engine_turns_the_pod_not_ready_then_not_live(tmp_path, keys, f
 
 def test_the_runtime_uses_the_engines_api_key_for_its_own_calls(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     lora = signed_dir(tmp_path / "lora", {"adapter_config.json": b"{}"}, priv)
     adapters = tmp_path / "adapters.json"
     adapters.write_text(json.dumps({"adapters": [
@@ -270,12 +255,12 @@ def test_the_runtime_uses_the_engines_api_key_for_its_own_calls(tmp_path, keys, 
     cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters,
                    engine_args=["--enable_lora", "--api-key", "s3cret"])  # underscore spelling: LoRA is on
     rt = Runtime(cfg)
-    api, health = _urls(cfg)
+    api, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             async with s.get(health + "/adapters") as r:
                 rep = await r.json()
             async with s.post(api + "/v1/completions", json={"model": "lora"},
@@ -331,7 +316,7 @@ def test_an_adapter_larger_than_the_limit_is_not_copied(tmp_path, keys):
 
 def test_an_engine_that_cannot_be_spawned_exits_5_with_a_message(tmp_path, keys, monkeypatch):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     monkeypatch.setattr(server_mod, "engine_command", lambda *a, **k: [str(tmp_path / "no-such-python")])
     assert asyncio.run(Runtime(make_cfg(tmp_path, model, pub)).main()) == 5
     line = _termination(tmp_path)

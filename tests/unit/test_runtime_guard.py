@@ -14,14 +14,7 @@ import pytest
 
 from llmos_runtime.guard import InferenceOnly
 from llmos_runtime.server import Runtime
-from tests.unit.test_runtime_flow import (  # noqa: F401 - fixtures
-    _is,
-    fake_engine,
-    keys,
-    make_cfg,
-    signed_dir,
-    wait_for,
-)
+from tests.support.runtime_harness import is_status, make_cfg, signed_dir, wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -193,7 +186,7 @@ def test_through_the_pods_port_adapters_cannot_be_managed_and_hangups_abort(tmp_
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             assert await models(s) == ["lora", "tiny"]
             unsigned = {"lora_name": "lora", "lora_path": "/tmp/unsigned", "load_inplace": True}
             for method, path, body in [("POST", "/v1/load_lora_adapter", unsigned),

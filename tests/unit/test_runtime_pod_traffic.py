@@ -26,24 +26,9 @@ import aiohttp
 import pytest
 
 from llmos_runtime.server import Runtime
-from tests.unit.test_runtime_flow import (  # noqa: F401 - fixtures
-    _is,
-    fake_engine,
-    keys,
-    make_cfg,
-    signed_dir,
-    status,
-    wait_for,
-)
+from tests.support.runtime_harness import SMALL_MODEL, is_status, make_cfg, signed_dir, status, urls, wait_for
 
 pytestmark = pytest.mark.unit
-
-FILES = {"config.json": b"{}", "model.safetensors": b"w" * 4096}
-
-
-def _urls(cfg):
-    return f"http://127.0.0.1:{cfg.port}", f"http://127.0.0.1:{cfg.health_port}"
-
 
 async def _json(s: aiohttp.ClientSession, url: str) -> dict:
     async with s.get(url) as r:
@@ -57,26 +42,26 @@ async def _text(s: aiohttp.ClientSession, url: str) -> str:
 
 def test_a_hung_engine_leaves_readiness_with_the_reason_and_comes_back(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     # the prompt "stall": 4 s in flight without a token (the engine core stuck), then it generates again
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--stall-seconds", "4", "--chunk-delay", "0.05"],
                    engine_health_interval=0.2, watchdog_unready_after=1.0, watchdog_restart_after=30.0)
     rt = Runtime(cfg)
-    api, health = _urls(cfg)
+    api, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             request = asyncio.create_task(s.post(api + "/v1/completions",
                                                  json={"model": "tiny", "prompt": "stall", "max_tokens": 3}))
             t = time.monotonic()
-            await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=4)
+            await wait_for(lambda: is_status(s, health + "/readyz", 503), timeout=4)
             unready_after = time.monotonic() - t
             ready = await _json(s, health + "/readyz")
             metrics = await _text(s, health + "/metrics")
             assert await status(s, health + "/healthz") == 200  # not ready, still live
-            await wait_for(lambda: _is(s, health + "/readyz", 200), timeout=10)  # tokens again: ready again
+            await wait_for(lambda: is_status(s, health + "/readyz", 200), timeout=10)  # tokens again: ready again
             async with await request as r:
                 assert r.status == 200
         os.kill(os.getpid(), signal.SIGTERM)
@@ -91,18 +76,18 @@ def test_a_hung_engine_leaves_readiness_with_the_reason_and_comes_back(tmp_path,
 
 def test_a_long_hung_engine_is_not_live_and_says_why(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_health_interval=0.2, watchdog_unready_after=0.5,
                    watchdog_restart_after=2.0, engine_stop_timeout=1.0)  # the hung request holds uvicorn's exit
     rt = Runtime(cfg)
-    api, health = _urls(cfg)
+    api, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             request = asyncio.create_task(s.post(api + "/v1/completions", json={"model": "tiny", "prompt": "stall"}))
-            await wait_for(lambda: _is(s, health + "/healthz", 503), timeout=5)
+            await wait_for(lambda: is_status(s, health + "/healthz", 503), timeout=5)
             reason = (await _json(s, health + "/healthz"))["reason"]
             request.cancel()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -119,17 +104,17 @@ def test_an_idle_engine_and_a_slow_health_answer_are_never_judged(tmp_path, keys
     """/health answering in 1 s every time (a saturated event loop), nothing in flight: ready and live throughout.
     (Before issue 19, a poll timed out after 0.8 × the interval and 15 of those killed the pod.)"""
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--health-delay", "1.0"], engine_health_interval=0.2,
                    watchdog_unready_after=2.0, watchdog_restart_after=3.0)
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
     seen: list[tuple[int | None, int | None]] = []
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200), timeout=30)
+            await wait_for(lambda: is_status(s, health + "/readyz", 200), timeout=30)
             deadline = time.monotonic() + 4.5  # 1.5 times the restart threshold
             while time.monotonic() < deadline:
                 seen.append((await status(s, health + "/healthz"), await status(s, health + "/readyz")))
@@ -143,10 +128,10 @@ def test_an_idle_engine_and_a_slow_health_answer_are_never_judged(tmp_path, keys
 
 def test_an_engine_without_its_guard_is_refused_before_ready(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--ignore-middleware"])
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
     seen = []
 
     async def scenario():
@@ -167,20 +152,20 @@ def test_an_engine_without_its_guard_is_refused_before_ready(tmp_path, keys, fak
 
 def test_an_engine_crash_during_the_drain_exits_5(tmp_path, keys, fake_engine):
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub, engine_args=["--chunk-delay", "0.05"], drain_grace=5.0)
     rt = Runtime(cfg)
-    api, health = _urls(cfg)
+    api, health = urls(cfg)
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             stream = await s.post(api + "/v1/completions",
                                   json={"model": "tiny", "prompt": "x", "max_tokens": 400, "stream": True})
             await stream.content.readline()
             os.kill(os.getpid(), signal.SIGTERM)
-            await wait_for(lambda: _is(s, health + "/readyz", 503), timeout=2)
+            await wait_for(lambda: is_status(s, health + "/readyz", 503), timeout=2)
             os.kill(rt.engine.proc.pid, signal.SIGKILL)  # the engine dies while the drain waits
             code = await asyncio.wait_for(main, 30)
             stream.close()
@@ -194,10 +179,10 @@ def test_pooled_connections_survive_an_idle_time_longer_than_uvicorns_default(tm
     """A client's pooled connection idles 6 s (uvicorn's and vLLM's default keep-alive is 5 s) on each port: the
     next request goes over the same connection."""
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     cfg = make_cfg(tmp_path, model, pub)
     rt = Runtime(cfg)
-    api, health = _urls(cfg)
+    api, health = urls(cfg)
     created: dict[str, int] = {"api": 0, "health": 0}
 
     async def pooled(name: str, url: str, method: str, body) -> None:
@@ -217,7 +202,7 @@ def test_pooled_connections_survive_an_idle_time_longer_than_uvicorns_default(tm
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as probe:
-            await wait_for(lambda: _is(probe, health + "/readyz", 200))
+            await wait_for(lambda: is_status(probe, health + "/readyz", 200))
         await asyncio.gather(pooled("api", api + "/v1/completions", "POST", {"model": "tiny", "max_tokens": 1}),
                              pooled("health", health + "/readyz", "GET", None))
         os.kill(os.getpid(), signal.SIGTERM)
@@ -233,7 +218,7 @@ def test_an_adapter_swapped_after_verification_is_never_loaded(tmp_path, keys, f
     from llmos_runtime.adapters import AdapterManager
 
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     shared = signed_dir(tmp_path / "shared-lora", {"adapter_config.json": b"{}", "a.safetensors": b"v" * 64}, priv)
     adapters = tmp_path / "adapters.json"
     adapters.write_text(json.dumps({"adapters": [
@@ -250,13 +235,13 @@ def test_an_adapter_swapped_after_verification_is_never_loaded(tmp_path, keys, f
     monkeypatch.setattr(AdapterManager, "_post", swap_then_post)
     cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters, engine_args=["--enable-lora"])
     rt = Runtime(cfg)
-    _, health = _urls(cfg)
+    _, health = urls(cfg)
     copies = tmp_path / "cache" / "adapters"
 
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, health + "/readyz", 200))
+            await wait_for(lambda: is_status(s, health + "/readyz", 200))
             report = await _json(s, health + "/adapters")
             loaded_path = Path(report["loaded"][0]["path"])
             served_bytes = (loaded_path / "a.safetensors").read_bytes()
@@ -296,7 +281,7 @@ def test_the_health_ports_details_answer_only_inside_the_pod(tmp_path, keys, fak
     if ip is None:
         pytest.skip("this machine has no non-loopback address")
     priv, pub = keys
-    model = signed_dir(tmp_path / "model", FILES, priv)
+    model = signed_dir(tmp_path / "model", SMALL_MODEL, priv)
     adapters = tmp_path / "adapters.json"
     adapters.write_text(json.dumps({"adapters": []}))
     cfg = make_cfg(tmp_path, model, pub, adapters_file=adapters, engine_args=["--enable-lora"])
@@ -307,7 +292,7 @@ def test_the_health_ports_details_answer_only_inside_the_pod(tmp_path, keys, fak
     async def scenario():
         main = asyncio.create_task(rt.main())
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: _is(s, inside + "/readyz", 200))
+            await wait_for(lambda: is_status(s, inside + "/readyz", 200))
             out = {
                 "inside /adapters": await status(s, inside + "/adapters"),
                 "outside /adapters": await status(s, outside + "/adapters"),
