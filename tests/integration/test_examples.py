@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from llmos_operator.dev import demo, operator_process
+from llmos_runtime.engine import free_port
 from tests.support.cluster_fixtures import install_platform
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -17,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_the_demo_brings_the_examples_up_and_prints_their_gpus(cluster, crds, operator, capsys):
     operator.stop()  # the demo runs its own operator, as `make demo` does
     try:
-        rc = demo.run(cluster.name)
+        rc = demo.run(cluster.name, ports=(free_port(), free_port(), free_port()))
         out, err = capsys.readouterr()
         assert rc == 0, out + err
         # the GPU table: team-a's h100 quota is full (chat 2×2 + batch 4), experiment (4 more) is queued

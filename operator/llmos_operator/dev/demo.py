@@ -13,12 +13,14 @@ EXAMPLES = cluster.REPO_ROOT / "examples"
 SETTLE_SECONDS = 120  # every deployment decided, the admitted ones Ready (seconds on a quiet machine)
 
 
-def run(name: str = cluster.DEFAULT_CLUSTER) -> int:
+def run(name: str = cluster.DEFAULT_CLUSTER, *, ports: tuple[int, int, int] = (9090, 8080, limits_store.PORT)) -> int:
+    """``ports``: the operator's metrics and liveness ports, the limit store's (the tests give free ones)."""
     start = time.monotonic()
     kubeconfig = cluster.up(name)
     platform.install(name)  # the chart's CRDs, RBAC, tenant roles and admission policies
-    store = limits_store.start(name)  # API keys' limits, shared by a deployment's replicas
-    operator_process.start(name, extra_env={"LLMOS_OPERATOR_CONFIG": str(limits_store.operator_config(name, store))})
+    store = limits_store.start(name, port=ports[2])  # API keys' limits, shared by a deployment's replicas
+    operator_process.start(name, metrics_port=ports[0], health_port=ports[1],
+                           extra_env={"LLMOS_OPERATOR_CONFIG": str(limits_store.operator_config(name, store))})
     # (as the chart's operator ServiceAccount, not the admin)
 
     # The same manifests a platform team and a tenant apply (examples/*/kustomization.yaml; docs/gitops.md).
