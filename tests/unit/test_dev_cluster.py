@@ -4,7 +4,10 @@ exercised by every integration test run, and by `llmos dev up --nodes` with 250 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
+
+import pytest
 
 from llmos_operator.cli import build_parser
 from llmos_operator.dev import cluster
@@ -97,3 +100,16 @@ def test_fake_pods_get_loopback_addresses():
     cidrs = [n["spec"]["podCIDR"] for n in node_manifests(DEFAULT_POOLS)]
     assert len(set(cidrs)) == len(cidrs)
     assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("127.0.0.0/8")) for c in cidrs)
+
+
+def test_the_demo_operator_refuses_a_port_another_program_holds(tmp_path, monkeypatch):
+    """Else its liveness wait takes the other program's answer (an operator left by an earlier demo) for its own."""
+    from llmos_operator.dev import operator_process
+
+    monkeypatch.setenv("LLMOS_CACHE", str(tmp_path))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(cluster.ClusterError, match=f"port {port} is in use"):
+            operator_process.start("no-such-cluster", metrics_port=port, health_port=port)

@@ -7,6 +7,7 @@ One per cluster: its pid and log live in the cluster's folder, and `llmos dev do
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,11 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
     pid = running_pid(name)
     if pid is not None:
         return pid
+    busy = sorted({port for port in (metrics_port, health_port) if _listening(port)})
+    if busy:  # (else the liveness wait would take another process's answer for this one's)
+        raise cluster.ClusterError(
+            f"port {', '.join(map(str, busy))} is in use: another operator (of another cluster: `llmos dev down "
+            f"--name <it>`), or another program (`ss -ltnp` names it)")
     log = log_file(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     platform.install(name)  # idempotent: the ServiceAccount and its RBAC must exist before its token
@@ -61,6 +67,14 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
         except OSError:
             time.sleep(0.2)
     raise cluster.ClusterError(f"the operator did not answer its liveness probe within {timeout} s; see {log}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def stop(name: str, timeout: float = 15) -> bool:
