@@ -39,6 +39,25 @@ def _log_offsets(op: OperatorProcess) -> dict[Path, int]:
     return {p: p.stat().st_size for p in op.log_dir.glob(f"llmos-operator-{op.name}-*.log")}
 
 
+def _tenancy_snapshot(cluster, namespace: str) -> dict[str, dict]:
+    """Tenants (resourceVersion, spec.namespaces, conditions) and the labels of the namespaces generated Tenants
+    claim: what a failure of the quiet-window check shows, to tell which object loops."""
+    tenants = client.CustomObjectsApi(cluster.api).list_cluster_custom_object("llmos.dev", "v1alpha1", "tenants")
+    out = {f"Tenant/{t['metadata']['name']}": {
+        "rv": t["metadata"]["resourceVersion"], "namespaces": t["spec"].get("namespaces"),
+        "conditions": [(c["type"], c["status"], c.get("reason"), c.get("message", "")[:200])
+                       for c in t.get("status", {}).get("conditions", [])]} for t in tenants["items"]}
+    for ns in client.CoreV1Api(cluster.api).list_namespace().items:
+        if ns.metadata.name.startswith(f"{namespace}-x"):
+            out[f"Namespace/{ns.metadata.name}"] = {"rv": ns.metadata.resource_version, "labels": ns.metadata.labels}
+    return out
+
+
+def _what_changed(before: dict[str, dict], after: dict[str, dict]) -> dict[str, tuple]:
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+            if (before.get(k) or {}).get("rv") != (after.get(k) or {}).get("rv")}
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -658,9 +677,9 @@ def test_generated_specs_are_refused_with_a_field_or_reported_and_never_crash_or
             wait_for(lambda: all_reported(made) is True, timeout=120, interval=1,
                      message=f"the operator's report on every accepted object of pass {number}")
             if number == 2:
-                before = _reconciles(operator)
+                before, seen_before = _reconciles(operator), _tenancy_snapshot(cluster, namespace)
                 time.sleep(QUIET_WINDOW)
-                after = _reconciles(operator)
+                after, seen_after = _reconciles(operator), _tenancy_snapshot(cluster, namespace)
                 live = {k: len(v) for k, v in made.items()}
                 live["Tenant"] += 1
                 live["Model"] += 1
@@ -669,7 +688,9 @@ def test_generated_specs_are_refused_with_a_field_or_reported_and_never_crash_or
                 for kind, count in live.items():
                     # The resync (every 5 s here) requeues each Tenant and its Models; a not-Ready deployment comes
                     # back every 15 s. A hot loop would be hundreds.
-                    assert grown.get(kind, 0) <= 3 * (count + len(made_tenants)) + 10, (kind, grown)
+                    assert grown.get(kind, 0) <= 3 * (count + len(made_tenants)) + 10, (
+                        kind, grown, _what_changed(seen_before, seen_after),  # (a hot loop seen once in CI)
+                        _log_since(operator, offsets)[-4000:])
                 assert grown.get("admission", 0) <= 3 * QUIET_WINDOW, grown
             delete(made)
             time.sleep(3)  # the deletions' reconciles

@@ -179,3 +179,18 @@ def test_with_a_parent_gateway_each_deployment_gets_its_http_route():
     assert rule["filters"][0]["urlRewrite"]["path"] == {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v1"}
     assert rule["backendRefs"] == [{"name": "chat", "port": 8000}]
     assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+
+
+def test_a_terminating_namespace_of_a_deleted_tenant_loses_its_label_and_nothing_loops():
+    """The Tenant and its namespace deleted together (`kubectl delete -k`): nothing may be created in the namespace,
+    but its tenant label goes, else admission wakes the gone Tenant for it again and again (a hot loop seen in CI)."""
+    world = world_with()
+    ns = world.api.get("Namespace", "t-a")
+    ns["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    ns["status"] = {"phase": "Terminating"}
+    world.api.put(ns)
+    world.api.delete("Tenant", "t")
+    world.drain(rounds=200)  # a loop would not drain
+    labels = world.api.get("Namespace", "t-a")["metadata"]["labels"]
+    assert "llmos.dev/tenant" not in labels and labels["llmos.dev/released"] == "t", labels
+    assert world.api.get("ResourceQuota", "llmos-released-gpus", "t-a") is None  # nothing created in it

@@ -15,7 +15,7 @@ import time
 
 from kubernetes.client import ApiException
 
-from ..api.names import LABEL_MANAGED_BY, MANAGED_BY, RESOURCE_QUOTA_NAME
+from ..api.names import LABEL_MANAGED_BY, LABEL_RELEASED, LABEL_TENANT, MANAGED_BY, RESOURCE_QUOTA_NAME
 from ..api.types import Tenant
 from ..core import policy
 from ..core.gpu_pods import controller_of
@@ -160,10 +160,23 @@ class TenantReconciler:
             self.triggers.models_in(ns)
         self._applied[name] = (digest, applied_at, verified_for)
 
+    def _unlabel_terminating(self, namespace: str, tenant: str) -> None:
+        """A namespace being deleted keeps no label of a Tenant that is gone: admission wakes the Tenant of every
+        such label to release it, and the wake would come back at once, a hot loop until the namespace is gone
+        (seen in CI, 1,386 Tenant reconciles in 10 s). A merge patch, not an apply: an apply would make the
+        namespace again were it gone meanwhile."""
+        try:
+            self.ctx.kube.merge_patch("Namespace", namespace, None, {"metadata": {"labels": {
+                LABEL_TENANT: None, LABEL_RELEASED: tenant}}})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def release_namespace(self, namespace: str, tenant: str, why: str) -> None:
         """The tenant is gone from this namespace: no GPUs, no ingress, no llmos pods; its users and data stay."""
         stored = self.ctx.cache["Namespace"].get(namespace)
         if stored is not None and (stored.get("status") or {}).get("phase") == "Terminating":
+            self._unlabel_terminating(namespace, tenant)
             return  # being deleted: nothing to keep safe, and nothing may be created in it
         kube = self.ctx.kube
         try:
@@ -171,8 +184,11 @@ class TenantReconciler:
                 kube.apply(child)  # first: the zero quota holds before anything else changes
         except ApiException:
             live = kube.get("Namespace", namespace)
-            if live is None or (live.get("status") or {}).get("phase") == "Terminating":
+            if live is None:
                 return  # deleted meanwhile (the store had not heard yet)
+            if (live.get("status") or {}).get("phase") == "Terminating":
+                self._unlabel_terminating(namespace, tenant)
+                return
             raise
         for dep in kube.list("Deployment", namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
             # A live read: the store holds only deployments labelled with their ModelDeployment. Only llmos's own
