@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,15 @@ STAGES_MARK = "llmos.dev/test-hold"
 
 class ClusterError(RuntimeError):
     pass
+
+
+def port_in_use(port: int) -> bool:
+    """Does something accept connections on this loopback port?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def cache_dir() -> Path:

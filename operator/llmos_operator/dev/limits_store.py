@@ -5,7 +5,6 @@ the model pods (``limits.storeURL``)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ PORT = 6389
 def start(name: str = cluster.DEFAULT_CLUSTER, port: int = PORT) -> str:
     """Start the store unless it runs; returns its URL."""
     url = f"redis://127.0.0.1:{port}"
-    if _listening(port):
+    if cluster.port_in_use(port):
         return url
     binary = shutil.which("valkey-server") or shutil.which("redis-server")
     if binary is None:
@@ -32,7 +31,7 @@ def start(name: str = cluster.DEFAULT_CLUSTER, port: int = PORT) -> str:
                             stderr=subprocess.STDOUT, start_new_session=True)
     (cluster.cluster_dir(name) / "limits-store.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 10
-    while not _listening(port):
+    while not cluster.port_in_use(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise cluster.ClusterError(f"the limit store did not start; see {folder / 'server.log'}")
         time.sleep(0.05)
@@ -48,10 +47,3 @@ def operator_config(name: str, url: str) -> Path:
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

@@ -7,7 +7,6 @@ One per cluster: its pid and log live in the cluster's folder, and `llmos dev do
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
     pid = running_pid(name)
     if pid is not None:
         return pid
-    busy = sorted({port for port in (metrics_port, health_port) if _listening(port)})
+    busy = sorted({port for port in (metrics_port, health_port) if cluster.port_in_use(port)})
     if busy:  # (else the liveness wait would take another process's answer for this one's)
         raise cluster.ClusterError(
             f"port {', '.join(map(str, busy))} is in use: another operator (of another cluster: `llmos dev down "
@@ -68,13 +67,6 @@ def start(name: str, *, metrics_port: int = 9090, health_port: int = 8080, extra
             time.sleep(0.2)
     raise cluster.ClusterError(f"the operator did not answer its liveness probe within {timeout} s; see {log}")
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def stop(name: str, timeout: float = 15) -> bool:
