@@ -583,7 +583,10 @@ def test_drain_on_sigterm(pod):
     record("drain: stream chunks received after SIGTERM", chunks_after)
     record("drain: stream end -> process exit (s)", round(exited - stream_end, 2))
     assert failed == [], f"{len(failed)} of {len(after)} requests after SIGTERM failed: {failed[:10]}"
-    assert len(after) >= 30 and max(t for t, _ in after) >= PROPAGATION - 1  # it really kept sending
+    # it really kept sending through the stand-in's propagation window. The client waits for each answer, so how
+    # many fit in the window depends on the engine's latency beside the long stream (27 to 48 measured on 2 busy
+    # cores): the window's coverage is the property, the count only a floor.
+    assert len(after) >= 10 and max(t for t, _ in after) >= PROPAGATION - 1
     assert lb.stats.retried == 0 and backend.closed >= len(after) - 2  # (sent before the runtime saw SIGTERM)
     assert refused_in < 1.0
     # the request accepted during the grace completed after refusals began, and closed its connection

@@ -99,10 +99,13 @@ def template_checksum(obj: Mapping[str, Any] | None) -> str | None:
         return None
     if TEMPLATE_CHECKSUM in obj:
         return str(obj[TEMPLATE_CHECKSUM])
-    template = copy.deepcopy((obj.get("spec") or {}).get("template") or {})
-    labels = (template.get("metadata") or {}).get("labels")
-    if labels:
-        labels.pop("pod-template-hash", None)
+    # Copies only the dicts on the way to the one label it drops (a deep copy of the pod spec was ~5 % of the
+    # operator's CPU in a burst).
+    template = dict((obj.get("spec") or {}).get("template") or {})
+    metadata = template.get("metadata") or {}
+    if metadata.get("labels"):
+        labels = {k: v for k, v in metadata["labels"].items() if k != "pod-template-hash"}
+        template["metadata"] = {**metadata, "labels": labels}
     canonical = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
