@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -60,6 +61,11 @@ def _operator(args: argparse.Namespace) -> int:
     from .controller import manager
     from .kube.leader import LeaseNamespaceMissing
 
+    liveness_port = urllib.parse.urlsplit(args.liveness).port
+    if args.metrics_port and liveness_port == args.metrics_port:  # one server would answer both, the other not start
+        print(f"llmos operator: --metrics-port {args.metrics_port} is also the port of --liveness {args.liveness}: "
+              "give them different ports", file=sys.stderr)
+        return 2
     try:
         return manager.run(
             config_path=args.config,

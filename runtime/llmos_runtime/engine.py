@@ -7,7 +7,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +22,6 @@ class EngineExited(Exception):
     def __init__(self, code: int):
         super().__init__(f"engine exited with code {code}")
         self.code = code
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import yaml
 from kubernetes import client
 
 from tests.support import processes
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "llmos"
 GROUP, VERSION = "llmos.dev", "v1alpha1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def helm(cluster, *args: str, check: bool = False, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from llmos_operator.dev import demo, operator_process
-from llmos_runtime.engine import free_port
 from tests.support.cluster_fixtures import install_platform
+from tests.support.ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

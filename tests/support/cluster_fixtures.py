@@ -7,7 +7,6 @@ kubeconfig, so the chart's RBAC is what the tests prove enough — and helpers t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import pytest
 from kubernetes import client
 
 from tests.support import processes
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "llmos.dev", "v1alpha1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:
@@ -40,8 +34,8 @@ class OperatorProcess:
         self.kubeconfig, self.log_dir, self.cluster_name = kubeconfig, log_dir, cluster_name
         self.standalone, self.name = standalone, name
         self.proc: subprocess.Popen | None = None
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
+        self.metrics_port = free_port()
+        self.health_port = free_port()
         self.starts = 0
         self.env: dict[str, str] = {}  # a test's overrides for the next start()
 

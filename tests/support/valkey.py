@@ -9,11 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port
 
 
 class Valkey:
@@ -21,7 +17,7 @@ class Valkey:
         self.binary = shutil.which("valkey-server") or shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("no valkey-server or redis-server: run `make tools`")
-        self.port, self.password, self.workdir = _free_port(), password, workdir
+        self.port, self.password, self.workdir = free_port(), password, workdir
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -113,3 +113,18 @@ def test_the_demo_operator_refuses_a_port_another_program_holds(tmp_path, monkey
         port = held.getsockname()[1]
         with pytest.raises(cluster.ClusterError, match=f"port {port} is in use"):
             operator_process.start("no-such-cluster", metrics_port=port, health_port=port)
+
+
+def test_the_operator_refuses_one_port_for_metrics_and_liveness(capsys):
+    from llmos_operator import cli
+
+    rc = cli.main(["operator", "run", "--metrics-port", "18093", "--liveness", "http://127.0.0.1:18093/healthz"])
+    assert rc == 2
+    assert "--metrics-port 18093 is also the port of --liveness" in capsys.readouterr().err
+
+
+def test_free_ports_of_the_tests_are_never_handed_out_twice():
+    from tests.support.ports import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
