@@ -282,8 +282,7 @@ class Operator:
         self.source, self.kubeconfig, self.log_path = source, kubeconfig, log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
+        self.health_port, self.metrics_port = _free_ports(2)
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
@@ -380,12 +379,17 @@ class ApiServerProfile(threading.Thread):
             log(f"API server profile failed: {exc}")
 
 
-def _free_port() -> int:
+def _free_ports(count: int) -> list[int]:
+    """``count`` different loopback ports: all held at once while picked (one after the other, the kernel may hand
+    out the same port twice, and the operator's metrics server would answer its liveness probe)."""
+    import contextlib
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
 
 
 def operator_source(spec: str, workdir: Path) -> Path:

@@ -192,7 +192,7 @@ def test_tenant_has_no_rights_on_quotas_and_limit_ranges(tenant_admin, tenant_na
     """The quota objects are beyond the `admin` role altogether (Multi-Tenancy Benchmark: block modification of
     resource quotas)."""
     ns = tenant_namespaces[1]
-    for target in ("resourcequota/llmos-gpus", "limitrange/llmos-tenant-limits"):
+    for target in ("resourcequota/llmos-tenant-quota", "limitrange/llmos-tenant-limits"):
         out = tenant_admin.kubectl("delete", "-n", ns, target)
         assert out.returncode != 0 and "forbidden" in out.stderr.lower(), out.stderr
 

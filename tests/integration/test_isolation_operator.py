@@ -51,7 +51,7 @@ def policy_hole(cluster, namespace):
 
     def drop_quota() -> None:
         try:
-            client.CoreV1Api(cluster.api).delete_namespaced_resource_quota("llmos-gpus", namespace)
+            client.CoreV1Api(cluster.api).delete_namespaced_resource_quota("llmos-tenant-quota", namespace)
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
@@ -176,7 +176,7 @@ def test_an_orphaned_replica_set_loses_its_gpu_pods(as_tenant, namespace, cluste
 
 def _quota_exists(core: client.CoreV1Api, namespace: str) -> bool:
     try:
-        core.read_namespaced_resource_quota("llmos-gpus", namespace)
+        core.read_namespaced_resource_quota("llmos-tenant-quota", namespace)
         return True
     except client.ApiException as exc:
         if exc.status == 404:
@@ -203,13 +203,10 @@ def test_a_per_class_backstop_tells_gpu_classes_apart(cluster, namespace):
     every class (nvidia.com/gpu, the device plugin's default) it bounds the number of GPUs, not their class; with the
     device plugin's per-class names (`llmos dev up --per-class-gpu-resources`, resourceName per GPU class) it bounds
     each class. (Not a tenant namespace: only the quota is under test here, no policy in front of it.)"""
-    from llmos_operator.api import parse_object
     from llmos_operator.config import parse_config
-    from llmos_operator.render import render_resource_quota
+    from llmos_operator.render.tenant import gpu_backstop
 
     core = client.CoreV1Api(cluster.api)
-    tenant = parse_object({"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
-                           "spec": {"namespaces": [namespace], "quota": {"gpus": {"h100": 8, "l4": 4}}}})
     per_class = parse_config({"gpuClasses": {
         "h100": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, "resourceName": "nvidia.com/h100"},
         "l4": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-L4"}, "resourceName": "nvidia.com/l4"}}})
@@ -227,23 +224,26 @@ def test_a_per_class_backstop_tells_gpu_classes_apart(cluster, namespace):
             return False
 
     # The ledger reserves 4 H100 and no L4 in this namespace.
-    quota = render_resource_quota(tenant, namespace, per_class, {"nvidia.com/h100": 4})
-    assert quota["spec"]["hard"] == {"requests.nvidia.com/h100": "4", "requests.nvidia.com/l4": "0"}
-    core.create_namespaced_resource_quota(namespace, quota)
-    wait_for(lambda: core.read_namespaced_resource_quota("llmos-gpus", namespace).status.hard, timeout=30,
+    def quota(hard: dict) -> dict:  # the GPU lines of the tenant's quota alone
+        return {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus"}, "spec": {"hard": hard}}
+
+    hard = gpu_backstop(per_class, {"nvidia.com/h100": 4})
+    assert hard == {"requests.nvidia.com/h100": "4", "requests.nvidia.com/l4": "0"}
+    core.create_namespaced_resource_quota(namespace, quota(hard))
+    wait_for(lambda: core.read_namespaced_resource_quota("gpus", namespace).status.hard, timeout=30,
              message="the quota observed")
     assert not admitted(pod("l4-grab", "nvidia.com/l4", 4))  # another class: refused
     assert admitted(pod("h100-own", "nvidia.com/h100", 4))
     assert not admitted(pod("h100-more", "nvidia.com/h100", 1))
-    core.delete_namespaced_resource_quota("llmos-gpus", namespace)
+    core.delete_namespaced_resource_quota("gpus", namespace)
     for name in ("h100-own",):
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
     # One name for every class: 4 GPUs reserved as H100 also let 4 "L4" GPUs in; the class is the operator's to check.
-    shared = render_resource_quota(tenant, namespace, parse_config({}), {"nvidia.com/gpu": 4})
-    assert shared["spec"]["hard"] == {"requests.nvidia.com/gpu": "4"}
-    core.create_namespaced_resource_quota(namespace, shared)
-    wait_for(lambda: core.read_namespaced_resource_quota("llmos-gpus", namespace).status.hard, timeout=30,
+    shared = gpu_backstop(parse_config({}), {"nvidia.com/gpu": 4})
+    assert shared == {"requests.nvidia.com/gpu": "4"}
+    core.create_namespaced_resource_quota(namespace, quota(shared))
+    wait_for(lambda: core.read_namespaced_resource_quota("gpus", namespace).status.hard, timeout=30,
              message="the quota observed")
     l4_pod = pod("any-class", "nvidia.com/gpu", 4)
     l4_pod["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-L4"}

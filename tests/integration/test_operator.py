@@ -52,7 +52,7 @@ def test_tenant_owns_its_namespaces_with_quota_backstop_and_network_policy(objec
     objects.deployment("chat", replicas=2, count=2)
     objects.wait_condition("modeldeployments", "chat", "QuotaAdmitted", "True")
     # Exactly the 4 reserved: a rollout's surge is reserved in the ledger (and so here) only while it rolls.
-    wait_for(lambda: core.read_namespaced_resource_quota("llmos-gpus", namespace).spec.hard[
+    wait_for(lambda: core.read_namespaced_resource_quota("llmos-tenant-quota", namespace).spec.hard[
         "requests.nvidia.com/gpu"] == "4", message="the backstop following the ledger")
 
 
@@ -171,7 +171,7 @@ def test_a_terminating_pod_keeps_its_gpus_reserved_until_it_is_gone(objects, nam
     assert {k: v for k, v in held[f"{namespace}/{pod}#pod"].items() if k != "uid"} == {
         "class": "h100", "gpus": 4, "kind": "pod"}
     assert objects.condition("modeldeployments", "second", "QuotaAdmitted")["status"] == "False"
-    quota = core.read_namespaced_resource_quota("llmos-gpus", namespace)
+    quota = core.read_namespaced_resource_quota("llmos-tenant-quota", namespace)
     assert quota.spec.hard.get("requests.nvidia.com/gpu") == "4", quota.spec.hard
 
     core.patch_namespaced_pod(pod, namespace, {"metadata": {"finalizers": None}})

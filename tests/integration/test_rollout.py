@@ -126,7 +126,7 @@ def test_spare_gpus_surge_one_replica_reserved_in_the_ledger_during_the_roll_onl
     events = client.CoreV1Api(cluster.api).list_namespaced_event(
         namespace, field_selector="involvedObject.name=d").items
     assert {"RolloutStarted", "RolloutCompleted"} <= {e.reason for e in events}
-    quota = client.CoreV1Api(cluster.api).read_namespaced_resource_quota("llmos-gpus", namespace)
+    quota = client.CoreV1Api(cluster.api).read_namespaced_resource_quota("llmos-tenant-quota", namespace)
     assert quota.spec.hard["requests.nvidia.com/gpu"] == "4"  # the backstop follows the ledger: surge gone
 
 
@@ -217,7 +217,7 @@ def test_an_admission_pass_between_a_model_edit_and_its_verification_keeps_the_d
              timeout=90, message="d rolled to v2")
     assert apps.read_namespaced_deployment("d", namespace).metadata.uid == uid
     assert not objects.get("tenants", namespace)["status"]["reservations"].get(f"{namespace}/queued")
-    assert core.read_namespaced_resource_quota("llmos-gpus", namespace).spec.hard["requests.nvidia.com/gpu"] in (
+    assert core.read_namespaced_resource_quota("llmos-tenant-quota", namespace).spec.hard["requests.nvidia.com/gpu"] in (
         "8", "16")
 
 

@@ -70,8 +70,40 @@ def test_model_deployment_reconciler_renders_children_once_admitted():
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-mdep-t-a-chat"
     assert conditions(world.api.get("ModelDeployment", "chat", "t-a"))["QuotaAdmitted"]["status"] == "True"
     assert world.api.get("Tenant", "t")["status"]["reservations"]["t-a/chat"]["gpus"] == 8
-    quota = world.api.get("ResourceQuota", "llmos-gpus", "t-a")
-    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
+    quota = world.api.get("ResourceQuota", "llmos-tenant-quota", "t-a")
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "8" and quota["spec"]["hard"]["requests.cpu"]
+
+
+def test_one_quota_holds_the_ledgers_gpus_and_the_tenants_quota_and_follows_both():
+    world = world_with()
+    hard = world.api.get("ResourceQuota", "llmos-tenant-quota", "t-a")["spec"]["hard"]
+    assert hard["requests.nvidia.com/gpu"] == "0" and hard["requests.cpu"] == "32"  # 16 of its own + 8 GPUs × 2
+    world.deploy("t-a", "chat", 1, 4, "h100")
+    world.drain()
+    quota = world.api.get("ResourceQuota", "llmos-tenant-quota", "t-a")
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "4"
+    tenant = world.api.get("Tenant", "t")
+    tenant["spec"]["quota"]["cpu"] = "4"
+    world.api.put(tenant)
+    world.drain()
+    hard = world.api.get("ResourceQuota", "llmos-tenant-quota", "t-a")["spec"]["hard"]
+    assert (hard["requests.nvidia.com/gpu"], hard["requests.cpu"]) == ("4", "20")
+    assert [q["metadata"]["name"] for q in world.api.list("ResourceQuota", "t-a")] == ["llmos-tenant-quota"]
+
+
+def test_the_gpu_quota_of_before_issue_22_goes_only_where_the_tenant_owns_it():
+    world = World()
+    for ns, owner in (("t-a", [{"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "name": "t",
+                                "uid": "uid-tenant-t", "controller": True}]), ("t-b", None)):
+        world.api.put(builders.namespace(ns, "t"))
+        world.api.put({"apiVersion": "v1", "kind": "ResourceQuota", "spec": {"hard": {"requests.nvidia.com/gpu": "2"}},
+                       "metadata": {"name": "llmos-gpus", "namespace": ns, "ownerReferences": owner,
+                                    "labels": {"app.kubernetes.io/managed-by": "llmos"}}})
+    world.tenant("t", ["t-a", "t-b"], {"h100": 8})
+    world.drain()
+    assert world.api.get("ResourceQuota", "llmos-gpus", "t-a") is None
+    assert world.api.get("ResourceQuota", "llmos-gpus", "t-b") is not None  # not the tenant's: left alone
+    assert world.api.get("ResourceQuota", "llmos-tenant-quota", "t-b") is not None
 
 
 def test_a_deployment_in_the_way_gets_no_write_and_no_gpus_until_it_is_gone():

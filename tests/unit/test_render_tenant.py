@@ -29,7 +29,7 @@ def test_per_namespace_children():
                                 "pod-security.kubernetes.io/enforce-version": "latest"}}
         for ns in ("a1", "a2")]
     assert [(q["metadata"]["namespace"], q["metadata"]["name"]) for q in objs["ResourceQuota"]] == [
-        ("a1", "llmos-gpus"), ("a1", "llmos-tenant-quota"), ("a2", "llmos-gpus"), ("a2", "llmos-tenant-quota")]
+        ("a1", "llmos-tenant-quota"), ("a2", "llmos-tenant-quota")]  # one: each pod create updates each quota's status
     assert [r["metadata"]["name"] for r in objs["LimitRange"]] == ["llmos-tenant-limits"] * 2
     assert [p["metadata"]["name"] for p in objs["NetworkPolicy"]] == ["llmos-tenant-isolation", "llmos-tenant-egress"] * 2
     (binding, _) = objs["RoleBinding"]
@@ -42,9 +42,11 @@ def test_per_namespace_children():
         assert "ownerReferences" not in o["metadata"]
         if o["kind"] != "Namespace":  # the chart's admission policies keep llmos's objects the operator's
             assert o["metadata"]["labels"] == {"llmos.dev/tenant": "team-a", "app.kubernetes.io/managed-by": "llmos"}
-    # What a release removes is every child but the namespace, and the key table (controller/api_keys.py writes it).
+    # What a release removes is every child but the namespace, the key table (controller/api_keys.py writes it) and
+    # the GPU quota of before issue 22.
     children = {(o["kind"], o["metadata"]["name"]) for o in render_tenant_children(tenant({}, ["a1"]), default_config())}
-    assert children - {("Namespace", "a1")} | {("ConfigMap", "llmos-api-keys")} == set(TENANT_CHILDREN)
+    assert children - {("Namespace", "a1")} | {("ConfigMap", "llmos-api-keys"), ("ResourceQuota", "llmos-gpus")} == set(
+        TENANT_CHILDREN)
 
 
 def test_remote_code_label_only_where_the_platform_allows_it():
@@ -67,7 +69,7 @@ def _tenant_quota(objs):
 
 def test_tenant_quota_defaults_cover_the_mtb_keys_and_forbid_node_ports():
     hard = _tenant_quota(render_tenant_children(tenant({}, ["a1"]), default_config()))
-    assert hard == {"requests.cpu": "16", "requests.memory": "64Gi", "requests.ephemeral-storage": "100Gi",
+    assert hard == {"requests.nvidia.com/gpu": "0", "requests.cpu": "16", "requests.memory": "64Gi", "requests.ephemeral-storage": "100Gi",
                     "pods": "50", "services": "50", "services.nodeports": "0", "services.loadbalancers": "0",
                     "configmaps": "100", "secrets": "100", "persistentvolumeclaims": "20",
                     "replicationcontrollers": "10", "resourcequotas": "4"}
@@ -137,17 +139,17 @@ def test_egress_allows_dns_own_namespaces_and_outside_only():
     assert egress["spec"]["egress"][2]["to"][0]["ipBlock"]["except"] == ["169.254.0.0/16", "100.64.0.0/10"]
 
 
-def test_resource_quota_is_what_the_ledger_reserves_in_that_namespace():
+def test_the_quota_allows_the_gpus_the_ledger_reserves_in_that_namespace():
     cfg = config_from_yaml("""
 gpuClasses:
   h100: {nodeLabels: {p: h100}}
   mi300: {nodeLabels: {p: mi300}, resourceName: amd.com/gpu}
 """)
     objs = render_tenant_children(tenant({"h100": 8, "mi300": 8}), cfg, reserved={"a1": {"nvidia.com/gpu": 6}})
-    q1, q2 = [q for q in by_kind(objs)["ResourceQuota"] if q["metadata"]["name"] == "llmos-gpus"]
-    assert q1["spec"]["hard"] == {"requests.amd.com/gpu": "0", "requests.nvidia.com/gpu": "6"}
+    q1, q2 = [{k: v for k, v in q["spec"]["hard"].items() if k.endswith("gpu")} for q in by_kind(objs)["ResourceQuota"]]
+    assert q1 == {"requests.amd.com/gpu": "0", "requests.nvidia.com/gpu": "6"}
     # Nothing reserved in a2: zero, never the tenant's total copied into each namespace.
-    assert q2["spec"]["hard"] == {"requests.amd.com/gpu": "0", "requests.nvidia.com/gpu": "0"}
+    assert q2 == {"requests.amd.com/gpu": "0", "requests.nvidia.com/gpu": "0"}
 
 
 def test_only_owned_namespaces():

@@ -10,7 +10,7 @@ from tests.support.memory_api import MemoryAPI
 
 def _quota(owner_uid: str, gpus: str = "4") -> dict:
     return {"apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": "llmos-gpus", "namespace": "team-a",
+            "metadata": {"name": "llmos-tenant-quota", "namespace": "team-a",
                          "ownerReferences": [{"apiVersion": "llmos.dev/v1alpha1", "kind": "Tenant", "name": "a",
                                               "uid": owner_uid, "controller": True}]},
             "spec": {"hard": {"requests.nvidia.com/gpu": gpus}}}

@@ -35,11 +35,13 @@ RUNTIME_CONTAINER = "runtime"
 RUNTIME_SERVICE_ACCOUNT = "llmos-runtime"
 
 # A Tenant's children in each of its namespaces --------------------------------------------------------------------
-RESOURCE_QUOTA_NAME = "llmos-gpus"
 NETWORK_POLICY_NAME = "llmos-tenant-isolation"
 EGRESS_POLICY_NAME = "llmos-tenant-egress"
 RUNTIME_BINDING_NAME = "llmos-runtime-pods"
-TENANT_QUOTA_NAME = "llmos-tenant-quota"  # CPU, memory and object counts (Tenant.spec.quota), beside the GPU one
+# The one ResourceQuota: GPUs the ledger reserves here, CPU, memory and object counts (Tenant.spec.quota). One, not two:
+# quota admission updates the status of every quota a pod counts against, at every pod create.
+TENANT_QUOTA_NAME = "llmos-tenant-quota"
+LEGACY_GPU_QUOTA_NAME = "llmos-gpus"  # the GPU lines alone, before issue 22: removed where found
 API_KEYS_CONFIGMAP = "llmos-api-keys"  # the key hashes of a namespace, which its model pods enforce
 API_KEY_SECRET_TYPE = "llmos.dev/api-key"  # a Secret holding one API key (its plain text is only there)
 LIMIT_RANGE_NAME = "llmos-tenant-limits"  # default requests, so that pods asking for nothing meet that quota

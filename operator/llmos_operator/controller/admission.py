@@ -20,7 +20,14 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from .. import metrics
-from ..api.names import CHILD_CONFLICT, OVER_QUOTA
+from ..api.names import (
+    CHILD_CONFLICT,
+    LABEL_MANAGED_BY,
+    LEGACY_GPU_QUOTA_NAME,
+    MANAGED_BY,
+    OVER_QUOTA,
+    TENANT_QUOTA_NAME,
+)
 from ..api.types import InvalidObject, Model, ModelDeployment, Tenant
 from ..core import policy
 from ..core.ownership import Ownership
@@ -39,8 +46,8 @@ from ..core.quota import (
 from ..core.status import model_servable, model_serving, status_changed, tenant_status, transitions
 from ..core.status.model import verified_condition
 from ..core.workloads import pod_gpus
-from ..kube.client import Gone, NotOwned, with_owner
-from ..render import render_resource_quota
+from ..kube.client import Gone, NotOwned, controller_uid, with_owner
+from ..render import render_tenant_quota
 from .gpu_pods import GPUPodReconciler
 from .state import AdmissionScope, Context
 
@@ -264,7 +271,8 @@ class Admission:
 
     def _write_backstops(self, tenants: list[Tenant], owners: Mapping[str, str], result: AdmissionResult) -> None:
         """Each owned namespace's ResourceQuota allows exactly the GPUs the ledger reserves there (rollout surge and
-        GPUs of departing pods included, as reserved): never the tenant's total copied into every namespace."""
+        GPUs of departing pods included, as reserved): never the tenant's total copied into every namespace. The same
+        quota holds the tenant's CPU, memory and object counts, so it is written again when the Tenant changed."""
         wanted: dict[str, dict[str, int]] = {ns: {} for ns in owners}
         for key, entry in result.ledger.items():
             ns = key.split("/", 1)[0]
@@ -278,21 +286,30 @@ class Admission:
         conflicts: dict[str, dict[str, str]] = {t.metadata.name: {} for t in tenants}
 
         def write(ns: str, reserved: dict[str, int]) -> None:
-            known = self.ctx.state.backstop(ns)
-            if (known is not None and known[0] == reserved) or self.ctx.cache.terminating(ns):
-                return
             tenant = by_name[owners[ns]]
-            quota = with_owner(render_resource_quota(tenant, ns, self.ctx.config, reserved), tenant_ref(tenant))
+            quota = with_owner(render_tenant_quota(tenant, ns, self.ctx.config, reserved), tenant_ref(tenant))
+            inputs = (tenant.metadata.uid, tuple(sorted(quota["spec"]["hard"].items())))
+            known = self.ctx.state.backstop(ns)
+            if (known is not None and known[0] == inputs) or self.ctx.cache.terminating(ns):
+                return
+            legacy, stored = [], known[1] if known is not None else None
+            if known is None:  # first write of this process: one read finds ours and any left from before issue 22
+                found = {q["metadata"]["name"]: q for q in self.ctx.kube.list(
+                    "ResourceQuota", ns, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")}
+                stored = found.get(TENANT_QUOTA_NAME)
+                legacy = [q for name, q in found.items() if name == LEGACY_GPU_QUOTA_NAME]
             try:
-                written = self.ctx.kube.write_owned(quota, tenant.metadata.uid or "",
-                                                    known[1] if known is not None else None)
+                written = self.ctx.kube.write_owned(quota, tenant.metadata.uid or "", stored, absent=stored is None)
             except NotOwned as exc:
                 conflicts[tenant.metadata.name][f"{ns}/ResourceQuota"] = f"namespace {ns}: {exc}"
                 return
             except Gone:
                 self.ctx.state.set_backstop(ns, None)
                 raise
-            self.ctx.state.set_backstop(ns, reserved, written)
+            self.ctx.state.set_backstop(ns, inputs, written)
+            for old in legacy:  # after ours is in place: no moment without a GPU backstop
+                if controller_uid(old) == tenant.metadata.uid:
+                    self.ctx.kube.delete("ResourceQuota", LEGACY_GPU_QUOTA_NAME, ns, uid=old["metadata"].get("uid"))
 
         self._each(lambda item: write(*item), sorted(wanted.items()))
         for name, found in conflicts.items():

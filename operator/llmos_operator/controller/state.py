@@ -7,7 +7,7 @@
 - models → deployments: the last verification of each Model (``verification``);
 - tenants → admission: the namespaces and keys each tenant may not have, shown in its status;
 - autoscaler → deployments: what it last found of each autoscaled deployment (``autoscaler_report``);
-- what each namespace's GPU backstop allows, as last written.
+- what each namespace's ResourceQuota (GPU backstop and tenant quota) was made of, as last written.
 
 And :class:`AdmissionScope`, what the next admission pass must decide again, as events report it. Everything a
 reconciler keeps only for itself (what it last applied, memos) stays in that reconciler.
@@ -79,8 +79,8 @@ class SharedState:
         self._releasing: frozenset[str] = frozenset()
         self._verified: dict[tuple[str, str], tuple[str | None, int | None, Verification]] = {}
         self._refusals: dict[str, tuple[dict[str, str], list[str]]] = {}  # tenant → (namespaces, keys) refused
-        # namespace → ({GPU resource: GPUs}, the ResourceQuota as written) of its backstop, as last written
-        self._backstops: dict[str, tuple[dict[str, int], dict[str, Any]]] = {}
+        # namespace → (what its ResourceQuota was rendered from, the quota as written), as last written
+        self._backstops: dict[str, tuple[Hashable, dict[str, Any]]] = {}
         # namespace → {pod uid: "<namespace>/<pod> (why)"} of intruders removed whose pods are still terminating
         self._removed_intruders: dict[str, dict[str, str]] = {}
         # tenant → {what: why} of objects in the way of its children (its namespaces' policies, quotas, runtime
@@ -155,17 +155,17 @@ class SharedState:
 
     # Backstops ------------------------------------------------------------------------------------------------------
 
-    def backstop(self, namespace: str) -> tuple[dict[str, int], dict[str, Any]] | None:
+    def backstop(self, namespace: str) -> tuple[Hashable, dict[str, Any]] | None:
         with self._lock:
             return self._backstops.get(namespace)
 
-    def set_backstop(self, namespace: str, reserved: dict[str, int] | None,
+    def set_backstop(self, namespace: str, inputs: Hashable | None,
                      written: dict[str, Any] | None = None) -> None:
         with self._lock:
-            if reserved is None or written is None:
+            if inputs is None or written is None:
                 self._backstops.pop(namespace, None)
             else:
-                self._backstops[namespace] = (reserved, written)
+                self._backstops[namespace] = (inputs, written)
 
     def set_tenant_conflicts(self, tenant: str, source: str, conflicts: dict[str, str]) -> None:
         """What ``source`` (its reconciler, admission's backstops) found in the way of the tenant's children."""

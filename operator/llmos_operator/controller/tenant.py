@@ -3,7 +3,7 @@ having made them for this tenant and without the platform's adopt annotation), t
 runtime's ServiceAccount and RoleBinding, re-applied only when what it renders changed (or after
 ``REAPPLY_SECONDS``); the namespaces it gave up, or all of them when it is deleted, are released. Then its Models are
 re-verified when its keys or namespaces changed, and admission decides again when what it reads of the tenant
-changed. The ResourceQuota backstop is admission's to write, from the ledger."""
+changed. The ResourceQuota (GPU backstop and the tenant's quota) is admission's to write, from the ledger."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 
 from kubernetes.client import ApiException
 
-from ..api.names import LABEL_MANAGED_BY, LABEL_RELEASED, LABEL_TENANT, MANAGED_BY, RESOURCE_QUOTA_NAME
+from ..api.names import LABEL_MANAGED_BY, LABEL_RELEASED, LABEL_TENANT, MANAGED_BY, TENANT_QUOTA_NAME
 from ..api.types import Tenant
 from ..core import policy
 from ..core.gpu_pods import controller_of
@@ -104,7 +104,7 @@ class TenantReconciler:
         for child in render_tenant_children(tenant, self.ctx.config, namespaces=writable):
             if child["kind"] == "Namespace":
                 children.append(child)  # namespaces are not owned: deleting a tenant must not delete workloads
-            elif child["metadata"]["name"] != RESOURCE_QUOTA_NAME:  # the GPU backstop is admission's, from the ledger
+            elif child["metadata"]["name"] != TENANT_QUOTA_NAME:  # the quota is admission's, from the ledger
                 children.append(with_owner(child, raw))
         digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
         last_digest, applied_at, models_for = self._applied.get(name, (None, 0.0, None))

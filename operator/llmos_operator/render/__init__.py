@@ -12,8 +12,9 @@ Children of an admitted ModelDeployment (``render.model_deployment``)::
 Children of a Tenant (``render.tenant``)::
 
     render_tenant_children(tenant, config, namespaces=owned)
-    # → Namespace (labels only), ingress and egress NetworkPolicies, runtime ServiceAccount and RoleBinding
-    render_resource_quota(tenant, ns, config, reserved)  # the ledger's GPUs there (written by admission)
+    # → Namespace (labels only), LimitRange, ResourceQuota, ingress and egress NetworkPolicies, runtime
+    #   ServiceAccount and RoleBinding
+    render_tenant_quota(tenant, ns, config, reserved)  # the ledger's GPUs there and Tenant.spec.quota (admission's)
     render_released_namespace(ns, former_tenant, config)  # zero GPU quota, deny-all ingress, not owned
 """
 
@@ -35,13 +36,13 @@ from .tenant import (
     render_namespace,
     render_network_policy,
     render_released_namespace,
-    render_resource_quota,
     render_tenant_children,
+    render_tenant_quota,
 )
 
 __all__ = [
     "RenderError", "engine_args", "labels", "pod_requests", "render_adapters_configmap", "render_children",
     "render_deployment", "render_egress_policy", "render_namespace", "render_network_policy", "render_pdb",
-    "render_released_namespace", "render_resource_quota", "render_service", "render_tenant_children",
+    "render_released_namespace", "render_service", "render_tenant_children", "render_tenant_quota",
     "render_trust_configmap", "runtime_command", "selector_labels", "selector_string",
 ]

@@ -1,8 +1,8 @@
 """Desired children of a Tenant in each namespace it owns, and what stays in a namespace it gave up.
 
-Owned namespace: labels (tenant, Pod Security ``restricted``, remote code and exec allowed or not), a GPU ResourceQuota
-backstop equal to what the admission ledger reserves there, a second ResourceQuota on CPU, memory and object counts
-(``Tenant.spec.quota``) with a LimitRange giving default requests, ingress and egress NetworkPolicies, the runtime's
+Owned namespace: labels (tenant, Pod Security ``restricted``, remote code and exec allowed or not), one ResourceQuota
+(the GPU backstop, equal to what the admission ledger reserves there, and CPU, memory and object counts from
+``Tenant.spec.quota``) with a LimitRange giving default requests, ingress and egress NetworkPolicies, the runtime's
 ServiceAccount and RoleBinding. Every child carries ``app.kubernetes.io/managed-by: llmos`` and a fixed name: the
 chart's admission policies keep them the operator's. The Namespace dicts carry only the labels llmos needs:
 server-side apply them onto an existing namespace, never own a namespace by the Tenant (deleting a Tenant must not
@@ -30,13 +30,13 @@ from ..api.names import (
     LABEL_NAME,
     LABEL_RELEASED,
     LABEL_TENANT,
+    LEGACY_GPU_QUOTA_NAME,
     LIMIT_RANGE_NAME,
     MANAGED_BY,
     NETWORK_POLICY_NAME,
     OPERATOR_APP,
     RELEASED_POLICY_NAME,
     RELEASED_QUOTA_NAME,
-    RESOURCE_QUOTA_NAME,
     RUNTIME_BINDING_NAME,
     RUNTIME_SERVICE_ACCOUNT,
     TENANT_QUOTA_NAME,
@@ -69,18 +69,11 @@ def render_namespace(tenant: Tenant, namespace: str) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
 
 
-def render_resource_quota(tenant: Tenant, namespace: str, config: OperatorConfig,
-                          reserved: Mapping[str, int] | None = None) -> dict:
-    """A backstop, not the admission mechanism: pods of this namespace may request no more of each GPU resource than
-    the admission ledger reserves here (``reserved``: resource → GPUs, surge room included). Resources with nothing
+def gpu_backstop(config: OperatorConfig, reserved: Mapping[str, int] | None = None) -> dict[str, str]:
+    """A backstop, not the admission mechanism: pods of a namespace may request no more of each GPU resource than the
+    admission ledger reserves there (``reserved``: resource → GPUs, surge room included). Resources with nothing
     reserved are pinned to 0, so the tenant's total is never copied into every namespace."""
-    hard = {f"requests.{r}": str((reserved or {}).get(r, 0)) for r in gpu_resources(config)}
-    return {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": RESOURCE_QUOTA_NAME, "namespace": namespace, "labels": _labels(tenant)},
-        "spec": {"hard": hard},
-    }
+    return {f"requests.{r}": str((reserved or {}).get(r, 0)) for r in gpu_resources(config)}
 
 
 def _quantity(value: int | str) -> Decimal:
@@ -114,10 +107,13 @@ def model_pods_share(tenant: Tenant, config: OperatorConfig) -> dict[str, Decima
     return {"cpu": gpus * cpu, "memory": gpus * memory, "ephemeral-storage": gpus * storage, "pods": gpus}
 
 
-def render_tenant_quota(tenant: Tenant, namespace: str, config: OperatorConfig) -> dict:
-    """CPU, memory, ephemeral storage and object counts of one namespace (``Tenant.spec.quota``, unset fields from
-    ``tenancy.quota`` of the configuration): the tenant's own budget plus llmos's model pods' share
-    (:func:`model_pods_share`); object counts include llmos's objects. No NodePort Services at all."""
+def render_tenant_quota(tenant: Tenant, namespace: str, config: OperatorConfig,
+                        reserved: Mapping[str, int] | None = None) -> dict:
+    """The namespace's one ResourceQuota: the GPU backstop (:func:`gpu_backstop`, what the ledger reserves here) and
+    CPU, memory, ephemeral storage and object counts (``Tenant.spec.quota``, unset fields from ``tenancy.quota`` of
+    the configuration): the tenant's own budget plus llmos's model pods' share (:func:`model_pods_share`); object
+    counts include llmos's objects. No NodePort Services at all. One quota, not two: the API server updates the
+    status of every quota a pod counts against at each pod create."""
     quota, defaults = tenant.spec.quota, config.tenancy.quota
 
     def pick(name: str) -> int | str:
@@ -126,6 +122,7 @@ def render_tenant_quota(tenant: Tenant, namespace: str, config: OperatorConfig) 
 
     share = model_pods_share(tenant, config)
     hard = {
+        **gpu_backstop(config, reserved),
         "requests.cpu": _format(_quantity(pick("cpu")) + share["cpu"], cpu=True),
         "requests.memory": _format(_quantity(pick("memory")) + share["memory"]),
         "requests.ephemeral-storage": _format(_quantity(pick("ephemeral_storage")) + share["ephemeral-storage"]),
@@ -226,16 +223,14 @@ def render_tenant_children(
     reserved: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[dict]:
     """For each namespace the tenant owns (default: all it claims; pass the owned ones after the refused and
-    conflicting claims are taken out): Namespace, GPU ResourceQuota (``reserved``: namespace → resource → GPUs),
-    the CPU/memory/object ResourceQuota and its LimitRange, NetworkPolicies, and the runtime's ServiceAccount and
-    RoleBinding."""
+    conflicting claims are taken out): Namespace, LimitRange, the ResourceQuota (``reserved``: namespace → resource →
+    GPUs), NetworkPolicies, and the runtime's ServiceAccount and RoleBinding."""
     out: list[dict] = []
     for ns in namespaces if namespaces is not None else tenant.spec.namespaces:
         out += [
             render_namespace(tenant, ns),
-            render_resource_quota(tenant, ns, config, (reserved or {}).get(ns)),
             render_limit_range(tenant, ns, config),  # first: a pod that names no requests meets the quota below
-            render_tenant_quota(tenant, ns, config),
+            render_tenant_quota(tenant, ns, config, (reserved or {}).get(ns)),
             render_network_policy(tenant, ns, config),
             render_egress_policy(tenant, ns, config),
         ]
@@ -263,8 +258,8 @@ def render_released_namespace(namespace: str, former_tenant: str, config: Operat
 
 # What the tenant's children in a namespace are, by kind and name: removed when the namespace is released.
 TENANT_CHILDREN = (
-    ("ResourceQuota", RESOURCE_QUOTA_NAME),
     ("ResourceQuota", TENANT_QUOTA_NAME),
+    ("ResourceQuota", LEGACY_GPU_QUOTA_NAME),
     ("LimitRange", LIMIT_RANGE_NAME),
     ("NetworkPolicy", NETWORK_POLICY_NAME),
     ("NetworkPolicy", EGRESS_POLICY_NAME),
