@@ -540,6 +540,11 @@ def run_equivalent(figures: Figures, args, size: Size, pool, new_api, core, wait
     # The runtime's ServiceAccount its pods name (llmos makes it per tenant namespace, with the Tenant).
     list(pool.map(lambda ns: core.create_namespaced_service_account(ns, {"metadata": {"name": "llmos-runtime"}}),
                   eq_ns))
+    if args.equivalent_tenancy:
+        quota, limits = tenancy_objects(size, args.samples)
+        for ns in eq_ns:
+            core.create_namespaced_resource_quota(ns, {**quota, "metadata": {**quota["metadata"], "namespace": ns}})
+            core.create_namespaced_limit_range(ns, {**limits, "metadata": {**limits["metadata"], "namespace": ns}})
     tracker = Tracker(deployment_available)
     watch = Watcher(new_api(), "/apis/apps/v1/deployments", tracker, label_selector="bench=equivalent")
     watch.start()
@@ -586,13 +591,40 @@ def run_equivalent(figures: Figures, args, size: Size, pool, new_api, core, wait
     if profile is not None:
         profile.join()  # the API server makes one CPU profile at a time
     log(f"raw equivalent: all available after {figures.equivalent_all_available_s:.1f} s; deleting them")
-    for ns in eq_ns:
+    delete_namespaces(core, eq_ns, max(args.timeout, 600), "raw equivalent")
+
+
+def delete_namespaces(core, namespaces: list[str], timeout: float, phase: str) -> None:
+    """Delete a phase's namespaces and wait until they are gone, not just their pods: the namespace controller's
+    cleanup (collection deletes, lists of every resource) would otherwise run into the next phase and be billed to
+    it (a profile of the llmos phase showed 3 s of the API server's CPU in the equivalent's deletes)."""
+    for ns in namespaces:
         core.delete_namespace(ns)
-    deadline = time.monotonic() + max(args.timeout, 600)
-    while core.list_pod_for_all_namespaces(label_selector="bench=equivalent", limit=1).items:
-        if time.monotonic() > deadline:
-            raise SystemExit("raw equivalent pods still there")
+    deadline = time.monotonic() + timeout
+    left = set(namespaces)
+    while left:
+        left &= {ns.metadata.name for ns in core.list_namespace().items}
+        if left and time.monotonic() > deadline:
+            raise SystemExit(f"{phase}: {len(left)} namespaces still there after {timeout:.0f} s, e.g. {min(left)}")
         time.sleep(2)
+
+
+def tenancy_objects(size: Size, samples: int) -> tuple[dict, dict]:
+    """The ResourceQuota and LimitRange llmos renders into a tenant namespace of the llmos phase (GPU line at the
+    tenant's whole GPU quota, as a platform team would set it by hand), for ``--equivalent-tenancy``."""
+    from llmos_operator.api import parse_object
+    from llmos_operator.config import default_config
+    from llmos_operator.render.tenant import render_limit_range, render_tenant_quota
+
+    gpus = math.ceil(size.deployments / size.tenants) + math.ceil(samples / size.tenants)
+    tenant = parse_object({"apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": "eq"},
+                           "spec": {"namespaces": ["eq"], "quota": {"gpus": {"h100": gpus}}}})
+    config = default_config()
+    quota = render_tenant_quota(tenant, "eq", config, {config.gpu_classes["h100"].resource_name: gpus})
+    limits = render_limit_range(tenant, "eq", config)
+    for obj in (quota, limits):
+        obj["metadata"]["labels"] = {"bench": "equivalent"}
+    return quota, limits
 
 
 def equivalent_children(namespace: str, name: str, bundle: bytes, public_key: str) -> list[dict]:
@@ -700,13 +732,7 @@ def run_size(figures: Figures, args, workdir: Path) -> None:
         figures.raw_cpu = cpu_between(cpu0, component_cpu(name))
         raw_watch.stopping.set()
         log(f"raw: all available after {figures.raw_all_available_s:.1f} s; deleting them")
-        for ns in raw_ns:
-            core.delete_namespace(ns)
-        deadline = time.monotonic() + max(args.timeout, 600)
-        while core.list_pod_for_all_namespaces(label_selector="bench=raw", limit=1).items:
-            if time.monotonic() > deadline:
-                raise SystemExit("raw pods still there")
-            time.sleep(2)
+        delete_namespaces(core, raw_ns, max(args.timeout, 600), "raw")
 
         # 1b. raw equivalent ---------------------------------------------------------------------------------------
         bundle, public_key = signed_model(workdir)
@@ -1040,6 +1066,10 @@ def main() -> int:
     parser.add_argument("--operator-from", default=str(REPO),
                         help="checkout whose operator runs (its operator/, runtime/ and crds/), or REPO@REV to export "
                              "that commit first (default: this checkout)")
+    parser.add_argument("--equivalent-tenancy", action="store_true",
+                        help="give each namespace of the raw equivalent the ResourceQuota and LimitRange llmos renders "
+                             "for a tenant namespace (quota admission then writes a quota status at every pod, "
+                             "Service and ConfigMap create, as it does for llmos): what isolation costs, apart")
     parser.add_argument("--cluster", default="scale", help="local cluster name (recreated for every size)")
     parser.add_argument("--keep", action="store_true", help="leave the last cluster running")
     parser.add_argument("--profile-dir", type=Path, default=None,

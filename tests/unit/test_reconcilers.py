@@ -226,3 +226,29 @@ def test_a_terminating_namespace_of_a_deleted_tenant_loses_its_label_and_nothing
     labels = world.api.get("Namespace", "t-a")["metadata"]["labels"]
     assert "llmos.dev/tenant" not in labels and labels["llmos.dev/released"] == "t", labels
     assert world.api.get("ResourceQuota", "llmos-released-gpus", "t-a") is None  # nothing created in it
+
+
+def test_a_models_trust_configmap_is_created_once_while_the_watch_lags():
+    """The deployments of one Model share its trust ConfigMap: the second one written before the watch brought the
+    first's create neither creates it again (refused, and charged to the namespace's ConfigMap quota) nor reads it."""
+    from llmos_operator.api.names import LABEL_MODEL
+    from llmos_operator.controller.children import ChildWriter
+
+    world = world_with()
+    notify = world.api._notify
+    world.api._notify = lambda kind, event, obj: None if kind == "ConfigMap" else notify(kind, event, obj)  # lag
+    writer = ChildWriter(world.manager.ctx)
+    model = world.api.get("Model", "m", "t-a")
+    trust = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"model.sig": "bundle"},
+             "metadata": {"name": "m-trust-1", "namespace": "t-a", "labels": {LABEL_MODEL: "m"}}}
+    before = len(world.api.writes)
+    writer.apply(trust, model)
+    writer.apply(trust, model)  # a second deployment of the Model, the same rendering
+    changed = {**trust, "data": {"model.sig": "another"}}
+    writer.apply(changed, model)  # a new rendering: written over ours, not created
+    assert [w[0] for w in world.api.writes[before:]] == ["create", "replace"]
+    world.api.delete("ConfigMap", "m-trust-1", "t-a")  # gone meanwhile: the next write goes by the store again
+    with pytest.raises(Exception, match="deleted or replaced"):
+        writer.apply(trust, model)
+    writer.apply(trust, model)
+    assert world.api.writes[-1][0] == "create"

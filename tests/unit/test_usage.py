@@ -104,3 +104,28 @@ def test_the_bill_prints_as_tables_and_as_csv(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("section,tenant,gpu_class") and lines[1].startswith("gpu,acme,h100")
     assert lines[2].startswith("tokens,acme,,team-a/bot,chat,,,10,100,50,1")
+
+
+def test_the_ledger_and_the_gpu_time_up_to_its_change_are_one_tenant_write():
+    """Admission writes the GPU time integrated up to a change of the ledger with the ledger itself, so the meter
+    has nothing left to write for it (a change of the ledger was two Tenant writes)."""
+    from tests.support.admission_world import World
+
+    world = World()
+    clock = [ts(2026, 12, 3, 10)]
+    world.manager.usage.clock = lambda: clock[0]
+    world.tenant("t", ["t-a"], {"h100": 8})
+    world.drain()
+    world.manager.usage.tick(clock[0])  # the meter knows the tenant: nothing reserved yet
+    clock[0] += 1800
+    world.deploy("t-a", "chat", 1, 4, "h100")
+    world.drain()
+    status = world.api.get("Tenant", "t")["status"]
+    assert status["reservations"]["t-a/chat"]["gpus"] == 4
+    assert status["usage"]["meteredGPUs"] == {"h100": {"reserved": 4, "serving": 0}}
+    assert status["usage"]["updatedAt"] == "2026-12-03T10:30:00.000Z"
+    clock[0] += 600  # 10 minutes on 4 GPUs: counted, and nothing for the meter to write (the change is written)
+    before = len(world.api.writes)
+    world.manager.usage.tick(clock[0])
+    assert [w for w in world.api.writes[before:] if w[1] == "Tenant"] == []
+    assert world.manager.usage._states["t"].advance(clock[0]).reserved_seconds["h100"] == pytest.approx(4 * 600)

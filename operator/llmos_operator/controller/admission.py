@@ -45,11 +45,13 @@ from ..core.quota import (
 )
 from ..core.status import model_servable, model_serving, status_changed, tenant_status, transitions
 from ..core.status.model import verified_condition
+from ..core.usage import reserved_gpus
 from ..core.workloads import pod_gpus
 from ..kube.client import Gone, NotOwned, controller_uid, with_owner
 from ..render import render_tenant_quota
 from .gpu_pods import GPUPodReconciler
 from .state import AdmissionScope, Context
+from .usage import UsageMeter
 
 log = logging.getLogger("llmos.controller.admission")
 PARALLEL_WRITES = 8  # Tenant statuses and GPU backstops a pass writes at once
@@ -67,8 +69,8 @@ class _Candidates:
 
 
 class Admission:
-    def __init__(self, ctx: Context, gpu_pods: GPUPodReconciler):
-        self.ctx, self.gpu_pods = ctx, gpu_pods
+    def __init__(self, ctx: Context, gpu_pods: GPUPodReconciler, usage: UsageMeter | None = None):
+        self.ctx, self.gpu_pods, self.usage = ctx, gpu_pods, usage
         self._lock = threading.Lock()
         self._series = metrics.TenantSeries()
         # the tenant gauges as last published: admitted, queued (by tenant), GPUs used, allowed (by tenant and class)
@@ -219,14 +221,24 @@ class Admission:
         status = tenant_status(tenant, self.ctx.config, result=result, conflicts=ownership.conflicts.get(name),
                                refused_namespaces=refused_namespaces, refused_keys=refused_keys,
                                intruders=intruders, child_conflicts=self.ctx.state.tenant_conflicts(name))
-        if not status_changed(tenant.status.to_dict(), status):
+        before = tenant.status.to_dict()
+        if not status_changed(before, status):
             return
+        metered = None
+        ledger = status.get("reservations", before.get("reservations")) or {}  # a merge patch: None drops an entry
+        reserved = reserved_gpus({k: v for k, v in ledger.items() if v is not None})
+        if self.usage is not None and reserved != reserved_gpus(before.get("reservations") or {}):
+            # The GPU time up to this change goes with the ledger that changes it (the meter would write it next).
+            metered = self.usage.fold(name, before.get("usage") or {}, reserved)
+            status = {**status, "usage": {**(status.get("usage") or {}), **metered.to_status()}}
         try:
             self.ctx.kube.patch_status("Tenant", name, None, status, tenant.metadata.resource_version)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"Tenant {name} changed during admission") from None
             raise
+        if metered is not None and self.usage is not None:
+            self.usage.folded(name, metered)
         raw = {"apiVersion": tenant.api_version, "kind": "Tenant",
                "metadata": {"name": name, "uid": tenant.metadata.uid, "namespace": None}}
         for t in transitions([c.to_dict() for c in tenant.status.conditions], status.get("conditions", [])):

@@ -19,7 +19,7 @@ from ..api.names import LABEL_MODEL
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
-from ..kube.client import controller_uid, with_owner
+from ..kube.client import Gone, controller_uid, with_owner
 from .cache import spec_version
 from .state import Context
 from .summaries import SUMMARY
@@ -38,6 +38,12 @@ class ChildWriter:
         self._applied: dict[tuple[str, str], dict[tuple[str, str], tuple[str, Any, float]]] = {}
         # id of a rendered object → (the object, its digest); the object is kept so that its id is not reused
         self._digests: LRUCache = LRUCache(maxsize=20_000)
+        # A Model's trust ConfigMap is shared by its deployments: written one at a time, and (namespace, name) → the
+        # object as last written, which stands in for the store's until the watch brings it. Without both, the
+        # deployments of one Model created together each tried to create it (a burst of 1,000: 67 creates refused
+        # as AlreadyExists, each followed by a read, and each charged to the namespace's ConfigMap quota).
+        self._shared_lock = threading.Lock()
+        self._shared_written: LRUCache = LRUCache(maxsize=1_000)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -50,6 +56,12 @@ class ChildWriter:
         been changed since (its generation, or resourceVersion for kinds without one; a hand edit of the spec is
         put back at once) and was last written within ``REAPPLY_SECONDS``: a reconcile woken by a pod or a status
         change then writes nothing. ``owner_obj``: the deployment, or the Model (its trust ConfigMap)."""
+        if (child["metadata"].get("labels") or {}).get(LABEL_MODEL):
+            with self._shared_lock:
+                return self._apply(child, owner_obj, shared=True)
+        return self._apply(child, owner_obj, shared=False)
+
+    def _apply(self, child: dict, owner_obj: Mapping[str, Any], *, shared: bool) -> dict:
         digest = self._digest(child)  # of the rendering, before the owner is added: the same owner per name
         child = with_owner(child, owner_obj)
         meta = child["metadata"]
@@ -57,15 +69,27 @@ class ChildWriter:
         owner = (meta["namespace"], owner_obj["metadata"]["name"])
         informer = self.ctx.cache.store.informers.get(child["kind"])
         stored = informer.get(meta["name"], meta.get("namespace")) if informer is not None else None
+        if shared:
+            written = self._shared_written.get((meta["namespace"], meta["name"]))
+            if (written is not None and controller_uid(written) == controller_uid(child)
+                    and (stored is None or _newer(written, stored))):
+                stored = written  # the watch has not brought our write yet
         with self._lock:
             last = self._applied.get(owner, {}).get(key)
         if (stored is not None and last is not None and last[0] == digest and last[1] == spec_version(stored)
                 and controller_uid(stored) == controller_uid(child) and time.monotonic() - last[2] < REAPPLY_SECONDS):
             return stored
-        applied = self.ctx.kube.write_owned(child, controller_uid(child) or "", stored,
-                                            absent=informer is not None and informer.synced.is_set())
+        try:
+            applied = self.ctx.kube.write_owned(child, controller_uid(child) or "", stored,
+                                                absent=informer is not None and informer.synced.is_set())
+        except Gone:
+            if shared:  # what we wrote is gone: the next try goes by the store
+                self._shared_written.pop((meta["namespace"], meta["name"]), None)
+            raise
         with self._lock:
             self._applied.setdefault(owner, {})[key] = (digest, spec_version(applied), time.monotonic())
+        if shared:
+            self._shared_written[(meta["namespace"], meta["name"])] = applied
         return applied
 
     def _digest(self, child: dict) -> str:
@@ -125,7 +149,10 @@ class ChildWriter:
                 used |= {v["configMap"].get("name") for v in pod_spec.get("volumes") or [] if v.get("configMap")}
         for cm in mine:
             if cm["metadata"]["name"] not in used:
-                self.ctx.kube.delete("ConfigMap", cm["metadata"]["name"], namespace, uid=cm["metadata"].get("uid"))
+                with self._shared_lock:
+                    self._shared_written.pop((namespace, cm["metadata"]["name"]), None)
+                    self.ctx.kube.delete("ConfigMap", cm["metadata"]["name"], namespace,
+                                         uid=cm["metadata"].get("uid"))
 
     def whole_replica_set(self, replica_sets: list[dict], template: str | None) -> list[dict]:
         """``replica_sets`` with the one of ``template`` read live, whole (or left out if it is gone)."""
@@ -138,3 +165,15 @@ class ChildWriter:
                 rs = whole
             out.append(rs)
         return out
+
+
+def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Is ``a`` a later version of the object than ``b`` (same uid, higher resourceVersion)? resourceVersions are
+    opaque, but the API server's are etcd revisions, and only ours are compared here."""
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    if ma.get("uid") != mb.get("uid"):
+        return False
+    try:
+        return int(ma.get("resourceVersion") or 0) > int(mb.get("resourceVersion") or 0)
+    except ValueError:
+        return False

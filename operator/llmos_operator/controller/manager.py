@@ -76,12 +76,12 @@ class Manager:
         })
         self.ctx.cache.store = self.store
         self.gpu_pods = GPUPodReconciler(self.ctx)
-        self.admission = Admission(self.ctx, self.gpu_pods)
+        self.usage = UsageMeter(self.ctx)
+        self.admission = Admission(self.ctx, self.gpu_pods, self.usage)
         self.tenants = TenantReconciler(self.ctx, self.triggers)
         self.models = ModelReconciler(self.ctx, self.triggers)
         self.model_deployments = ModelDeploymentReconciler(self.ctx, self.models, ChildWriter(self.ctx))
         self.api_keys = ApiKeysReconciler(self.ctx)
-        self.usage = UsageMeter(self.ctx)
         self.autoscaler = Autoscaler(self.ctx)
         self.workers: list[threading.Thread] = []
         self.health = Health(self.store, queue, self.workers, stuck_after=STUCK_SECONDS,
