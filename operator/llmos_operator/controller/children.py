@@ -40,8 +40,8 @@ class ChildWriter:
         self._digests: LRUCache = LRUCache(maxsize=20_000)
         # A Model's trust ConfigMap is shared by its deployments: written one at a time, and (namespace, name) → the
         # object as last written, which stands in for the store's until the watch brings it. Without both, the
-        # deployments of one Model created together each tried to create it (a burst of 1,000: 67 creates refused
-        # as AlreadyExists, each followed by a read, and each charged to the namespace's ConfigMap quota).
+        # deployments of one Model made together could each try to create it: refused as AlreadyExists, read again,
+        # and charged to the namespace's ConfigMap quota until the quota controller recounts.
         self._shared_lock = threading.Lock()
         self._shared_written: LRUCache = LRUCache(maxsize=1_000)
 
