@@ -184,37 +184,72 @@ def test_management_endpoints_are_404_on_the_public_port(served):
     assert r.status_code == 200, r.text
 
 
+def _guard_token(rp: RuntimeProcess) -> str:
+    """The runtime's per-start token, read from vLLM's environment (the runtime gives it to no one else)."""
+    environ = Path(f"/proc/{_engine_pid(rp)}/environ").read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LLMOS_GUARD_TOKEN="))
+
+
+def _inflight(rp: RuntimeProcess, token: str) -> int:
+    r = httpx.get(rp.api + "/llmos/inflight", headers={"X-LLMOS-Runtime-Token": token}, timeout=5)
+    return int(r.json()["inflight"])
+
+
 def test_a_client_hanging_up_frees_the_engine(served):
     """A client that gives up on a long non-streaming request: vLLM aborts it instead of generating every token.
-    The client hangs up once the engine is generating (a wall-clock timeout is not enough: on a quiet machine the
-    tiny model finishes 480 tokens in under 2 s). Judged by what the engine generated (not by catching the
-    running-requests gauge at the right moment, which a poll can miss): fewer tokens than asked for, then none."""
+
+    The engine core is stepped with SIGSTOP/SIGCONT so that the hang-up lands mid-generation on any machine: polling
+    a metric and hanging up raced the engine (the tiny model makes 480 tokens in ~1.5 s on a quiet machine, and the
+    engine core can starve the API server that reports the metric: one CI run lost the race, 480 of 480). The core
+    runs in 0.1 s slices until it has generated some of the answer; then, with the core stopped, the client hangs up,
+    the API server sees it (the guard's in-flight count drops) and sends its abort; then the core runs again. Judged
+    by what the engine generated: fewer tokens than asked for, then none."""
     rp, _ = served
     wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30, message="an idle engine")
+    core, token = _engine_core_pid(rp), _guard_token(rp)
     asked = 480  # the prompt and these fit the test engine's --max-model-len 512
     before = _metric(rp, "vllm:generation_tokens_total")
+
+    def generated_settled() -> float:
+        """Tokens generated so far, once the API server has caught up with the engine core."""
+        last = None
+        for _ in range(100):
+            now = _metric(rp, "vllm:generation_tokens_total") - before
+            if now == last:
+                return now
+            last = now
+            time.sleep(0.3)
+        raise AssertionError("vllm:generation_tokens_total never settled")
+
     body = json.dumps({"model": "tiny", "prompt": "a long answer", "max_tokens": asked, "ignore_eos": True}).encode()
     url = urlsplit(rp.api)
-    client = socket.create_connection((url.hostname, url.port), timeout=10)
-    client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (url.netloc.encode(), len(body), body))
+    os.kill(core, signal.SIGSTOP)
     try:
-        wait_for(lambda: _metric(rp, "vllm:generation_tokens_total") > before, timeout=30, interval=0.02,
-                 message="the engine to start generating")
+        client = socket.create_connection((url.hostname, url.port), timeout=10)
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (url.netloc.encode(), len(body), body))
+        wait_for(lambda: _inflight(rp, token) == 1, timeout=30, interval=0.05, message="the request in the API server")
+        slices, at_hang_up = 0, 0.0
+        while at_hang_up == 0:
+            assert slices < 200, "the engine core generated nothing in 200 slices of 0.1 s"
+            os.kill(core, signal.SIGCONT)
+            time.sleep(0.1)
+            os.kill(core, signal.SIGSTOP)
+            slices += 1
+            at_hang_up = generated_settled()
+        assert at_hang_up < asked, f"the whole answer came within one 0.1 s slice ({at_hang_up:.0f} tokens)"
+        client.close()  # the client gives up mid-generation, the engine core stopped
+        wait_for(lambda: _inflight(rp, token) == 0, timeout=30, interval=0.05,
+                 message="the API server to see the hang-up")
+        time.sleep(0.5)  # its abort goes out after the handler is cancelled, a few loop turns later
     finally:
-        client.close()  # the client gives up mid-generation
+        os.kill(core, signal.SIGCONT)
     started = time.monotonic()
     wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30,
              message="the abandoned request to be aborted")
-
-    def settled():
-        first = _metric(rp, "vllm:generation_tokens_total")
-        time.sleep(1.5)
-        return first == _metric(rp, "vllm:generation_tokens_total")
-
-    wait_for(settled, timeout=30, message="the engine to stop generating")
-    generated = _metric(rp, "vllm:generation_tokens_total") - before
-    record("guarantees: abandoned request: tokens generated of those asked", f"{generated:.0f}/{asked}")
+    generated = generated_settled()
+    record("guarantees: abandoned request: tokens generated of those asked (at the hang-up)",
+           f"{generated:.0f}/{asked} ({at_hang_up:.0f})")
     record("guarantees: abandoned request idle after (s)", round(time.monotonic() - started, 2))
     assert generated < asked, f"the abandoned request ran to completion ({generated:.0f} of {asked} tokens)"
 
