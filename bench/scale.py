@@ -282,7 +282,9 @@ class Operator:
         self.source, self.kubeconfig, self.log_path = source, kubeconfig, log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
-        self.health_port, self.metrics_port = _free_ports(2)
+        from tests.support.ports import free_port  # never the same port twice in this process
+
+        self.health_port, self.metrics_port = free_port(), free_port()
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
@@ -377,19 +379,6 @@ class ApiServerProfile(threading.Thread):
             log(f"API server profile: {self.path}")
         except Exception as exc:  # noqa: BLE001 — a profile is extra; the run goes on without it
             log(f"API server profile failed: {exc}")
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` different loopback ports: all held at once while picked (one after the other, the kernel may hand
-    out the same port twice, and the operator's metrics server would answer its liveness probe)."""
-    import contextlib
-    import socket
-
-    with contextlib.ExitStack() as stack:
-        held = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in held]
 
 
 def operator_source(spec: str, workdir: Path) -> Path:
@@ -1085,7 +1074,7 @@ def main() -> int:
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
 
-    sys.path[:0] = [str(REPO / "operator"), str(REPO / "runtime")]
+    sys.path[:0] = [str(REPO / "operator"), str(REPO / "runtime"), str(REPO)]  # REPO: tests.support.ports
     full = Size(args.tenants, args.nodes, args.deployments)
     sizes = [full]
     if not args.no_growth:

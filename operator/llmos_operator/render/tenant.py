@@ -229,7 +229,9 @@ def render_tenant_children(
     for ns in namespaces if namespaces is not None else tenant.spec.namespaces:
         out += [
             render_namespace(tenant, ns),
-            render_limit_range(tenant, ns, config),  # first: a pod that names no requests meets the quota below
+            # The quota is listed for completeness; admission writes it from the ledger, perhaps before the
+            # LimitRange exists: a pod naming no requests is refused until then and its ReplicaSet retries.
+            render_limit_range(tenant, ns, config),
             render_tenant_quota(tenant, ns, config, (reserved or {}).get(ns)),
             render_network_policy(tenant, ns, config),
             render_egress_policy(tenant, ns, config),
