@@ -78,8 +78,8 @@ class MemoryAPI:
                 continue
             if informer.namespace and informer.namespace != obj["metadata"].get("namespace"):
                 continue
-            if informer.label_selector and informer.label_selector not in labels:
-                continue  # the selectors the operator uses are "label exists"
+            if informer.label_selector and not selects(informer.label_selector, labels):
+                continue
             informer._apply(event, copy.deepcopy(obj))
 
     # Writes --------------------------------------------------------------------------------------------------------
@@ -197,12 +197,8 @@ class MemoryAPI:
         for (k, ns, _), obj in self.objects.items():
             if k != kind or (namespace is not None and ns != namespace):
                 continue
-            if label_selector:
-                labels = obj["metadata"].get("labels") or {}
-                wanted = dict(part.split("=", 1) if "=" in part else (part, None)
-                              for part in label_selector.split(","))
-                if any(k2 not in labels or (v is not None and labels[k2] != v) for k2, v in wanted.items()):
-                    continue
+            if label_selector and not selects(label_selector, obj["metadata"].get("labels") or {}):
+                continue
             out.append(copy.deepcopy(obj))
         return out
 
@@ -210,3 +206,9 @@ class MemoryAPI:
         """The reasons of the Events posted (about ``name`` only, if given)."""
         return [e["reason"] for e in self.events
                 if name is None or e["involvedObject"].get("name") == name]
+
+
+def selects(label_selector: str, labels: dict) -> bool:
+    """The selectors the operator uses: comma-separated ``key`` (exists) and ``key=value`` terms."""
+    wanted = dict(part.split("=", 1) if "=" in part else (part, None) for part in label_selector.split(","))
+    return all(k in labels and (v is None or labels[k] == v) for k, v in wanted.items())

@@ -1,8 +1,9 @@
 """The API keys of a tenant namespace (key ("ApiKeys", namespace)): the key Secrets the store holds as hashes
 (core/api_keys.py) rendered into the ConfigMap ``llmos-api-keys`` that the namespace's model pods watch, with the
 tenant's limits and each served model's replicas. Written as the Tenant's own child (created, then replaced only
-while the Tenant controls it); re-written only when what it renders changed, or after ``REAPPLY_SECONDS``. Secrets
-of another namespace are never read: a namespace's table holds only its own keys.
+while the Tenant controls it, as the watched ConfigMap store shows it: no live read); re-written only when what it
+renders changed, or after ``REAPPLY_SECONDS``. Secrets of another namespace are never read: a namespace's table
+holds only its own keys.
 
 A Secret that grants nothing (no key, a short one, a bad limit) gets an Event saying why, once per version."""
 
@@ -18,7 +19,7 @@ from ..api.names import API_KEYS_CONFIGMAP
 from ..api.types import Model, ModelDeployment, Tenant
 from ..core import policy
 from ..core.api_keys import render_key_table
-from ..kube.client import Gone, NotOwned, with_owner
+from ..kube.client import Gone, NotOwned, later_version, with_owner
 from .state import Context
 
 log = logging.getLogger("llmos.controller.api_keys")
@@ -54,9 +55,16 @@ class ApiKeysReconciler:
         last = self._applied.get(namespace)
         if last is not None and last[0] == digest and time.monotonic() - last[1] < REAPPLY_SECONDS:
             return
+        # Go by the watched store (no live read, even the first time after a restart), or by our own last write
+        # while the watch has not brought it yet (no second create refused and charged to the ConfigMap quota).
+        informer = self.ctx.cache.store.informers.get("ConfigMap")
+        stored = informer.get(API_KEYS_CONFIGMAP, namespace) if informer is not None else None
+        written = self._written.get(namespace)
+        if written is not None and (stored is None or later_version(written, stored)):
+            stored = written
         try:
-            self._written[namespace] = self.ctx.kube.write_owned(child, tenant.metadata.uid or "",
-                                                                 self._written.get(namespace))
+            self._written[namespace] = self.ctx.kube.write_owned(
+                child, tenant.metadata.uid or "", stored, absent=informer is not None and informer.synced.is_set())
         except NotOwned as exc:
             self.ctx.state.set_tenant_conflicts(owner, f"api-keys/{namespace}",
                                                 {API_KEYS_CONFIGMAP: f"namespace {namespace}: {exc}"})

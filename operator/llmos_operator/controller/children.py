@@ -19,7 +19,7 @@ from ..api.names import LABEL_MODEL
 from ..api.types import ModelDeployment
 from ..core.errors import RenderError
 from ..core.rollout import COMPLETE, ROLLED_BACK, ROLLING_OUT, ROLLOUT_STOPPED, RolloutPlan, template_hash
-from ..kube.client import Gone, controller_uid, with_owner
+from ..kube.client import Gone, controller_uid, later_version, with_owner
 from .cache import spec_version
 from .state import Context
 from .summaries import SUMMARY
@@ -72,7 +72,7 @@ class ChildWriter:
         if shared:
             written = self._shared_written.get((meta["namespace"], meta["name"]))
             if (written is not None and controller_uid(written) == controller_uid(child)
-                    and (stored is None or _newer(written, stored))):
+                    and (stored is None or later_version(written, stored))):
                 stored = written  # the watch has not brought our write yet
         with self._lock:
             last = self._applied.get(owner, {}).get(key)
@@ -165,15 +165,3 @@ class ChildWriter:
                 rs = whole
             out.append(rs)
         return out
-
-
-def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Is ``a`` a later version of the object than ``b`` (same uid, higher resourceVersion)? resourceVersions are
-    opaque, but the API server's are etcd revisions, and only ours are compared here."""
-    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
-    if ma.get("uid") != mb.get("uid"):
-        return False
-    try:
-        return int(ma.get("resourceVersion") or 0) > int(mb.get("resourceVersion") or 0)
-    except ValueError:
-        return False

@@ -248,6 +248,19 @@ def with_owner(child: dict, owner: Mapping[str, Any]) -> dict:
     return child
 
 
+def later_version(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Is ``a`` a later version of the object than ``b`` (same uid, higher resourceVersion)? resourceVersions are
+    opaque, but the API server's are etcd revisions, and only ours are compared here: what the operator wrote against
+    what its watch-fed store holds."""
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    if ma.get("uid") != mb.get("uid"):
+        return False
+    try:
+        return int(ma.get("resourceVersion") or 0) > int(mb.get("resourceVersion") or 0)
+    except ValueError:
+        return False
+
+
 def controller_uid(obj: Mapping[str, Any] | None) -> str | None:
     """The uid of the object's controller (the ownerReference with ``controller: true``), if any."""
     for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
