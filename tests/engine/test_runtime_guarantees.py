@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -201,13 +202,30 @@ def test_a_client_hanging_up_frees_the_engine(served):
     The engine core is stepped with SIGSTOP/SIGCONT so that the hang-up lands mid-generation on any machine: polling
     a metric and hanging up raced the engine (the tiny model makes 480 tokens in ~1.5 s on a quiet machine, and the
     engine core can starve the API server that reports the metric: one CI run lost the race, 480 of 480). The core
-    runs in 0.1 s slices until it has generated some of the answer; then, with the core stopped, the client hangs up,
+    runs in short slices until it has generated some of the answer; then, with the core stopped, the client hangs up,
     the API server sees it (the guard's in-flight count drops) and sends its abort; then the core runs again. Judged
-    by what the engine generated: fewer tokens than asked for, then none."""
+    by what the engine generated: fewer tokens than asked for, then none. An attempt whose answer reached the client
+    before the hang-up (a slice stretched by a busy machine) proves nothing either way and is made again."""
     rp, _ = served
-    wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30, message="an idle engine")
     core, token = _engine_core_pid(rp), _guard_token(rp)
     asked = 480  # the prompt and these fit the test engine's --max-model-len 512
+    attempts, outcome = 0, None
+    while outcome is None:
+        assert attempts < 3, "the whole answer reached the client before each of 3 hang-ups"
+        attempts += 1
+        outcome = _hang_up_mid_generation(rp, core, token, asked)
+    at_hang_up, generated, idle_after = outcome
+    record("guarantees: abandoned request: tokens generated of those asked (at the hang-up), attempts",
+           f"{generated:.0f}/{asked} ({at_hang_up:.0f}), {attempts}")
+    record("guarantees: abandoned request idle after (s)", round(idle_after, 2))
+    assert generated < asked, f"the abandoned request ran to completion ({generated:.0f} of {asked} tokens)"
+
+
+def _hang_up_mid_generation(rp: RuntimeProcess, core: int, token: str, asked: int
+                            ) -> tuple[float, float, float] | None:
+    """(tokens generated when the client hung up, in all, seconds until the engine was idle after SIGCONT); None when
+    the answer was in the client's socket before it hung up."""
+    wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30, message="an idle engine")
     before = _metric(rp, "vllm:generation_tokens_total")
 
     def generated_settled() -> float:
@@ -221,6 +239,9 @@ def test_a_client_hanging_up_frees_the_engine(served):
             time.sleep(0.3)
         raise AssertionError("vllm:generation_tokens_total never settled")
 
+    def answered() -> bool:
+        return bool(select.select([client], [], [], 0)[0])  # bytes (or the server's close) are waiting
+
     body = json.dumps({"model": "tiny", "prompt": "a long answer", "max_tokens": asked, "ignore_eos": True}).encode()
     url = urlsplit(rp.api)
     os.kill(core, signal.SIGSTOP)
@@ -231,13 +252,13 @@ def test_a_client_hanging_up_frees_the_engine(served):
         wait_for(lambda: _inflight(rp, token) == 1, timeout=30, interval=0.05, message="the request in the API server")
         slices, at_hang_up = 0, 0.0
         while at_hang_up == 0:
-            assert slices < 200, "the engine core generated nothing in 200 slices of 0.1 s"
+            assert slices < 500, "the engine core generated nothing in 500 slices of 0.03 s"
             os.kill(core, signal.SIGCONT)
-            time.sleep(0.1)
+            time.sleep(0.03)
             os.kill(core, signal.SIGSTOP)
             slices += 1
             at_hang_up = generated_settled()
-        assert at_hang_up < asked, f"the whole answer came within one 0.1 s slice ({at_hang_up:.0f} tokens)"
+        lost = answered()
         client.close()  # the client gives up mid-generation, the engine core stopped
         wait_for(lambda: _inflight(rp, token) == 0, timeout=30, interval=0.05,
                  message="the API server to see the hang-up")
@@ -248,10 +269,7 @@ def test_a_client_hanging_up_frees_the_engine(served):
     wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30,
              message="the abandoned request to be aborted")
     generated = generated_settled()
-    record("guarantees: abandoned request: tokens generated of those asked (at the hang-up)",
-           f"{generated:.0f}/{asked} ({at_hang_up:.0f})")
-    record("guarantees: abandoned request idle after (s)", round(time.monotonic() - started, 2))
-    assert generated < asked, f"the abandoned request ran to completion ({generated:.0f} of {asked} tokens)"
+    return None if lost else (at_hang_up, generated, time.monotonic() - started)
 
 
 def test_a_pooled_connection_idle_10s_is_not_reset(served):
