@@ -73,37 +73,6 @@ def _wait_phase(rp: RuntimeProcess, phase: str, timeout: float = 120) -> None:
     raise AssertionError(f"{rp.name} never reached {phase}:\n{rp.log_tail()}")
 
 
-def _engine_pid(rp: RuntimeProcess) -> int:
-    """vLLM's API server process: the runtime's child running vllm.entrypoints."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == rp.proc.pid and b"vllm.entrypoints" in cmdline:
-            return int(entry.name)
-    raise AssertionError("vLLM process not found")
-
-
-def _engine_core_pid(rp: RuntimeProcess) -> int:
-    """vLLM's engine-core process (its title is VLLM::EngineCore): a child of the API server process."""
-    api = _engine_pid(rp)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == api and b"EngineCore" in cmdline:
-            return int(entry.name)
-    raise AssertionError("vLLM's engine-core process not found")
-
-
 def _metric(rp: RuntimeProcess, name: str) -> float:
     text = httpx.get(rp.health + "/metrics", timeout=10).text
     values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
@@ -185,17 +154,6 @@ def test_management_endpoints_are_404_on_the_public_port(served):
     assert r.status_code == 200, r.text
 
 
-def _guard_token(rp: RuntimeProcess) -> str:
-    """The runtime's per-start token, read from vLLM's environment (the runtime gives it to no one else)."""
-    environ = Path(f"/proc/{_engine_pid(rp)}/environ").read_bytes().split(b"\0")
-    return next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LLMOS_GUARD_TOKEN="))
-
-
-def _inflight(rp: RuntimeProcess, token: str) -> int:
-    r = httpx.get(rp.api + "/llmos/inflight", headers={"X-LLMOS-Runtime-Token": token}, timeout=5)
-    return int(r.json()["inflight"])
-
-
 def test_a_client_hanging_up_frees_the_engine(served):
     """A client that gives up on a long non-streaming request: vLLM aborts it instead of generating every token.
 
@@ -207,13 +165,13 @@ def test_a_client_hanging_up_frees_the_engine(served):
     by what the engine generated: fewer tokens than asked for, then none. An attempt whose answer reached the client
     before the hang-up (a slice stretched by a busy machine) proves nothing either way and is made again."""
     rp, _ = served
-    core, token = _engine_core_pid(rp), _guard_token(rp)
+    core = rp.engine_core_pid()
     asked = 480  # the prompt and these fit the test engine's --max-model-len 512
     attempts, outcome = 0, None
     while outcome is None:
         assert attempts < 3, "the whole answer reached the client before each of 3 hang-ups"
         attempts += 1
-        outcome = _hang_up_mid_generation(rp, core, token, asked)
+        outcome = _hang_up_mid_generation(rp, core, asked)
     at_hang_up, generated, idle_after = outcome
     record("guarantees: abandoned request: tokens generated of those asked (at the hang-up), attempts",
            f"{generated:.0f}/{asked} ({at_hang_up:.0f}), {attempts}")
@@ -221,8 +179,7 @@ def test_a_client_hanging_up_frees_the_engine(served):
     assert generated < asked, f"the abandoned request ran to completion ({generated:.0f} of {asked} tokens)"
 
 
-def _hang_up_mid_generation(rp: RuntimeProcess, core: int, token: str, asked: int
-                            ) -> tuple[float, float, float] | None:
+def _hang_up_mid_generation(rp: RuntimeProcess, core: int, asked: int) -> tuple[float, float, float] | None:
     """(tokens generated when the client hung up, in all, seconds until the engine was idle after SIGCONT); None when
     the answer was in the client's socket before it hung up."""
     wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30, message="an idle engine")
@@ -244,12 +201,12 @@ def _hang_up_mid_generation(rp: RuntimeProcess, core: int, token: str, asked: in
 
     body = json.dumps({"model": "tiny", "prompt": "a long answer", "max_tokens": asked, "ignore_eos": True}).encode()
     url = urlsplit(rp.api)
+    client = socket.create_connection((url.hostname, url.port), timeout=10)
     os.kill(core, signal.SIGSTOP)
     try:
-        client = socket.create_connection((url.hostname, url.port), timeout=10)
         client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (url.netloc.encode(), len(body), body))
-        wait_for(lambda: _inflight(rp, token) == 1, timeout=30, interval=0.05, message="the request in the API server")
+        wait_for(lambda: rp.inflight() == 1, timeout=30, interval=0.05, message="the request in the API server")
         slices, at_hang_up = 0, 0.0
         while at_hang_up == 0:
             assert slices < 500, "the engine core generated nothing in 500 slices of 0.03 s"
@@ -260,10 +217,11 @@ def _hang_up_mid_generation(rp: RuntimeProcess, core: int, token: str, asked: in
             at_hang_up = generated_settled()
         lost = answered()
         client.close()  # the client gives up mid-generation, the engine core stopped
-        wait_for(lambda: _inflight(rp, token) == 0, timeout=30, interval=0.05,
+        wait_for(lambda: rp.inflight() == 0, timeout=30, interval=0.05,
                  message="the API server to see the hang-up")
         time.sleep(0.5)  # its abort goes out after the handler is cancelled, a few loop turns later
     finally:
+        client.close()
         os.kill(core, signal.SIGCONT)
     started = time.monotonic()
     wait_for(lambda: _metric(rp, "vllm:num_requests_running") == 0, timeout=30,
@@ -335,7 +293,7 @@ def test_a_stopped_engine_core_under_a_running_request_leaves_readiness_and_come
     tokens again, ready again, and the request completes."""
     rp, _ = served
     wait_for(lambda: rp.readyz() == 200, timeout=60, message="ready")
-    core = _engine_core_pid(rp)
+    core = rp.engine_core_pid()
     stream, out = _stream_in_thread(rp, max_tokens=480)
     assert out["first"].wait(60) and out["error"] is None, out
     os.kill(core, signal.SIGSTOP)
@@ -474,7 +432,7 @@ def test_an_adapter_swapped_after_verification_is_never_served(served, test_mode
 def test_a_stopped_engine_turns_the_pod_not_ready_then_not_live(served):
     """Runs last: it leaves the shared runtime failed. vLLM's API server stopped: /health does not answer at all."""
     rp, _ = served
-    pid = _engine_pid(rp)
+    pid = rp.engine_pid()
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:

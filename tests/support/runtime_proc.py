@@ -124,6 +124,23 @@ class RuntimeProcess:
             time.sleep(0.25)
         raise AssertionError(f"{self.name} not ready after {timeout:.0f}s:\n" + self.log_tail())
 
+    def engine_pid(self) -> int:
+        """vLLM's API server process: the runtime's child running vllm.entrypoints."""
+        assert self.proc is not None
+        return _child_of(self.proc.pid, b"vllm.entrypoints", "vLLM's API server")
+
+    def engine_core_pid(self) -> int:
+        """vLLM's engine-core process (its title is VLLM::EngineCore): a child of the API server process."""
+        return _child_of(self.engine_pid(), b"EngineCore", "vLLM's engine core")
+
+    def inflight(self) -> int:
+        """The guard's count of inference requests in flight, asked with the runtime's per-start token (read from
+        vLLM's environment: the runtime gives it to no one else)."""
+        environ = Path(f"/proc/{self.engine_pid()}/environ").read_bytes().split(b"\0")
+        token = next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LLMOS_GUARD_TOKEN="))
+        r = httpx.get(self.api + "/llmos/inflight", headers={"X-LLMOS-Runtime-Token": token}, timeout=5)
+        return int(r.json()["inflight"])
+
     def terminate(self) -> None:
         """SIGTERM to the runtime only (what the kubelet does): it drains and stops vLLM itself."""
         assert self.proc is not None
@@ -239,3 +256,18 @@ def write_configmap(mount_dir: Path, files: dict[str, str | bytes]) -> None:
         import shutil
 
         shutil.rmtree(mount_dir / old, ignore_errors=True)
+
+
+def _child_of(parent: int, marker: bytes, what: str) -> int:
+    """The pid of ``parent``'s child whose command line holds ``marker``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and marker in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"{what} process not found")
